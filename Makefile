@@ -1,0 +1,37 @@
+# The README's commands. Each target does its own set-up; nothing needs installing by hand.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: setup test lint demo bench clean
+
+setup: $(STAMP)
+
+# torch goes first and pinned: anything unpinned would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	@bash .ci/ensure-python "$(PYTHON)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[trainer,dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+test: setup
+	@bash .ci/ensure-binaries
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check service trainer_image tests bench migrations
+
+demo: setup
+	@bash scripts/demo.sh
+
+bench: setup
+	@bash .ci/ensure-binaries
+	$(PY) bench/api_submit.py
+
+clean:
+	rm -rf $(VENV) .pretrain demo-out .pytest_cache

@@ -1,0 +1,1 @@
+"""The trainer that runs inside each PyTorchJob pod; imports nothing from `service`."""
