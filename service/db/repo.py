@@ -1,0 +1,196 @@
+"""Queries as functions; each takes the session first and everything else by keyword."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from service.db.models import (
+    ApiToken,
+    Attempt,
+    AttemptReason,
+    Event,
+    Job,
+    Role,
+    utcnow,
+)
+from service.errors import NotFound
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: Sequence[T]
+    count: int
+    next_cursor: int | None
+
+
+def add_job(
+    session: Session,
+    *,
+    name: str,
+    kind: str,
+    owner: str,
+    spec: dict[str, Any],
+    spec_hash: str,
+    derived: dict[str, Any],
+    warnings: list[Any],
+    plan: dict[str, Any] | None = None,
+) -> Job:
+    job = Job(
+        name=name,
+        kind=kind,
+        owner=owner,
+        spec=spec,
+        spec_hash=spec_hash,
+        derived=derived,
+        warnings=warnings,
+        plan=plan,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def add_attempt(
+    session: Session,
+    *,
+    job: Job,
+    number: int,
+    reason: AttemptReason,
+    resume_from_checkpoint_id: int | None = None,
+    skip_ranges: list[Any] | None = None,
+    lr_scale: float = 1.0,
+) -> Attempt:
+    attempt = Attempt(
+        job=job,
+        number=number,
+        reason=reason,
+        resume_from_checkpoint_id=resume_from_checkpoint_id,
+        skip_ranges=skip_ranges or [],
+        lr_scale=lr_scale,
+    )
+    session.add(attempt)
+    session.flush()
+    return attempt
+
+
+def get_job(session: Session, *, job_id: int, for_update: bool = False) -> Job:
+    """The job with its attempts, or NotFound; `for_update` locks the row until commit."""
+    query = select(Job).where(Job.id == job_id).options(selectinload(Job.attempts))
+    if for_update:
+        query = query.with_for_update()
+    job = session.scalars(query).one_or_none()
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def find_active_job_by_name(session: Session, *, name: str, active_states: Sequence[str]) -> Job | None:
+    query = select(Job).where(Job.name == name, Job.state.in_(active_states))
+    return session.scalars(query).first()
+
+
+def list_jobs(
+    session: Session,
+    *,
+    states: Sequence[str] = (),
+    owner: str | None = None,
+    name: str | None = None,
+    cursor: int | None = None,
+    limit: int,
+) -> Page[Job]:
+    """Newest first, keyset-paginated on id so pages stay stable while jobs arrive."""
+    filters = []
+    if states:
+        filters.append(Job.state.in_(states))
+    if owner is not None:
+        filters.append(Job.owner == owner)
+    if name is not None:
+        filters.append(Job.name == name)
+    count = session.scalar(select(func.count()).select_from(Job).where(*filters)) or 0
+    query = select(Job).where(*filters).options(selectinload(Job.attempts))
+    if cursor is not None:
+        query = query.where(Job.id < cursor)
+    rows = session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)).all()
+    next_cursor = rows[limit - 1].id if len(rows) > limit else None
+    return Page(items=rows[:limit], count=count, next_cursor=next_cursor)
+
+
+def add_event(
+    session: Session,
+    *,
+    kind: str,
+    actor: str,
+    job_id: int | None = None,
+    attempt: int | None = None,
+    reason: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> Event:
+    event = Event(
+        kind=kind, actor=actor, job_id=job_id, attempt=attempt, reason=reason, data=data or {}
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+def list_events(
+    session: Session, *, job_id: int, after: int | None = None, limit: int
+) -> Page[Event]:
+    """Oldest first, so a follower can poll with `after` = the last id it saw."""
+    filters = [Event.job_id == job_id]
+    count = session.scalar(select(func.count()).select_from(Event).where(*filters)) or 0
+    query = select(Event).where(*filters)
+    if after is not None:
+        query = query.where(Event.id > after)
+    rows = session.scalars(query.order_by(Event.id).limit(limit + 1)).all()
+    next_cursor = rows[limit - 1].id if len(rows) > limit else None
+    return Page(items=rows[:limit], count=count, next_cursor=next_cursor)
+
+
+def add_token(
+    session: Session,
+    *,
+    name: str,
+    role: Role,
+    token_hash: str,
+    prefix: str,
+    created_by: str,
+    job_id: int | None = None,
+) -> ApiToken:
+    token = ApiToken(
+        name=name,
+        role=role.value,
+        token_hash=token_hash,
+        prefix=prefix,
+        created_by=created_by,
+        job_id=job_id,
+    )
+    session.add(token)
+    session.flush()
+    return token
+
+
+def find_active_token(session: Session, *, token_hash: str) -> ApiToken | None:
+    query = select(ApiToken).where(ApiToken.token_hash == token_hash, ApiToken.revoked_at.is_(None))
+    return session.scalars(query).one_or_none()
+
+
+def list_tokens(session: Session) -> Sequence[ApiToken]:
+    return session.scalars(select(ApiToken).order_by(ApiToken.id)).all()
+
+
+def revoke_token(session: Session, *, token_id: int) -> ApiToken:
+    token = session.get(ApiToken, token_id)
+    if token is None:
+        raise NotFound(f"token {token_id} not found")
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+    session.flush()
+    return token
