@@ -1,0 +1,124 @@
+"""The FastAPI application: routers under /v1, errors mapped to statuses, bodies capped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import __version__
+from service.api.routes import health, jobs, tokens
+from service.db.migrate import head_revision
+from service.errors import ServiceError
+from service.settings import Settings, get_settings
+from service.spec import JobSpec, SpecInvalid
+from service.tokens import hash_token
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """Answer 413 to any request whose body exceeds `max_bytes`, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        received = 0
+        response_started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge:
+            if response_started:
+                raise
+            await self._too_large(scope, receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            {"detail": f"request body is larger than {self.max_bytes} bytes"}, status_code=413
+        )
+        await response(scope, receive, send)
+
+
+def _body_loc(loc: list[str | int]) -> list[str | int]:
+    """Spec paths start at the document; on the wire they sit under `body`, as FastAPI's own do."""
+    return loc if loc[:1] == ["body"] else ["body", *loc]
+
+
+def _admin_token_hash(settings: Settings) -> str | None:
+    if settings.admin_token is not None:
+        return hash_token(settings.admin_token.get_secret_value())
+    generated = settings.generated_admin_token_path
+    if settings.environment == "development" and generated.exists():
+        return hash_token(generated.read_text().strip())
+    return None
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="pretrain-orchestrator",
+        version=__version__,
+        description="Submit, plan, run and watch LLM pretraining jobs.",
+    )
+    app.state.settings = settings
+    app.state.admin_token_hash = _admin_token_hash(settings)
+    app.state.schema_head = head_revision(settings)
+
+    app.include_router(health.router)
+    for router in (jobs.router, tokens.router):
+        app.include_router(router, prefix="/v1")
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+
+    @app.exception_handler(SpecInvalid)
+    async def spec_invalid(_: Request, exc: SpecInvalid) -> JSONResponse:
+        detail = [{**p.model_dump(), "loc": _body_loc(p.loc)} for p in exc.problems]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    app.openapi = lambda: _openapi_with_job_spec(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    return app
+
+
+def _openapi_with_job_spec(app: FastAPI) -> dict[str, Any]:
+    """The generated schema plus JobSpec, which the submit route parses itself (JSON or YAML)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    job_spec = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.update(job_spec.pop("$defs", {}))
+    components["JobSpec"] = job_spec
+    app.openapi_schema = schema
+    return schema

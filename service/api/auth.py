@@ -1,0 +1,62 @@
+"""Bearer-token authentication and role checks."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.api.deps import SessionDep
+from service.db.models import Role
+from service.tokens import Principal, authenticate
+
+bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer pto_…`.")
+
+
+def get_principal(
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    if credentials is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing bearer token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    principal = authenticate(
+        session,
+        token=credentials.credentials,
+        admin_token_hash=request.app.state.admin_token_hash,
+    )
+    if principal is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "invalid or revoked token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require(role: Role):
+    """A dependency that lets through principals with at least `role`."""
+
+    def check(principal: PrincipalDep) -> Principal:
+        if not principal.may(role):
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"role {principal.role.value} may not do this; it needs {role.value} or above",
+            )
+        return principal
+
+    return check
+
+
+ViewerDep = Annotated[Principal, Depends(require(Role.VIEWER))]
+SubmitterDep = Annotated[Principal, Depends(require(Role.SUBMITTER))]
+OncallDep = Annotated[Principal, Depends(require(Role.ONCALL))]
+AdminDep = Annotated[Principal, Depends(require(Role.ADMIN))]

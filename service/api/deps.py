@@ -1,0 +1,30 @@
+"""Dependencies injected into handlers through `Annotated` aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from service.db.session import get_sessionmaker
+from service.settings import Settings
+
+# Ids are database bigints; a larger number cannot name anything and must not reach the driver.
+MAX_ID = 2**63 - 1
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def get_session(settings: SettingsDep) -> Iterator[Session]:
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]

@@ -1,0 +1,112 @@
+"""/v1/jobs: submit, read, list, cancel, and the audit log."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Path, Query, Request, status
+
+from service import jobs
+from service.api.auth import SubmitterDep, ViewerDep
+from service.api.deps import MAX_ID, SessionDep, SettingsDep
+from service.api.schemas import EventsPublic, JobCancel, JobPublic, JobsPublic
+from service.db import repo
+from service.db.models import JobState
+from service.spec import parse_spec_text
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+SPEC_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}},
+            **{t: {"schema": {"$ref": "#/components/schemas/JobSpec"}} for t in YAML_TYPES[:1]},
+        },
+    }
+}
+JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="Job id.")]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobPublic,
+    openapi_extra=SPEC_BODY,
+    responses={409: {"description": "A job with this name is still active."}},
+)
+async def submit_job(request: Request, session: SessionDep, principal: SubmitterDep) -> JobPublic:
+    """Validate a job spec (JSON or YAML), store it with attempt 0, and return it."""
+    raw = parse_spec_text(await request.body())
+    job = jobs.submit_job(session, raw=raw, principal=principal)
+    return JobPublic.model_validate(job)
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    session: SessionDep,
+    settings: SettingsDep,
+    _: ViewerDep,
+    state: Annotated[list[JobState] | None, Query(description="Keep jobs in these states.")] = None,
+    owner: Annotated[str | None, Query(max_length=128)] = None,
+    name: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[int | None, Query(ge=1, le=MAX_ID, description="`next_cursor` of the previous page.")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=MAX_ID, description="Page size, capped by the server.")] = None,
+) -> JobsPublic:
+    """Jobs, newest first."""
+    page = repo.list_jobs(
+        session,
+        states=[s.value for s in state or ()],
+        owner=owner,
+        name=name,
+        cursor=cursor,
+        limit=_page_size(settings, limit),
+    )
+    return JobsPublic(
+        data=[JobPublic.model_validate(j) for j in page.items],
+        count=page.count,
+        next_cursor=page.next_cursor,
+    )
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses={404: {"description": "No such job."}})
+def get_job(job_id: JobId, session: SessionDep, _: ViewerDep) -> JobPublic:
+    """One job with its attempts, derived fields and plan."""
+    return JobPublic.model_validate(repo.get_job(session, job_id=job_id))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobPublic,
+    responses={404: {"description": "No such job."}, 409: {"description": "Already finished or cancelling."}},
+)
+def cancel_job(
+    job_id: JobId,
+    session: SessionDep,
+    principal: SubmitterDep,
+    body: Annotated[JobCancel | None, Body()] = None,
+) -> JobPublic:
+    """Stop a job: at once if nothing runs yet, else through the controller."""
+    job = jobs.cancel_job(session, job_id=job_id, principal=principal, reason=body.reason if body else None)
+    return JobPublic.model_validate(job)
+
+
+@router.get("/{job_id}/events", response_model=EventsPublic, responses={404: {"description": "No such job."}})
+def list_events(
+    job_id: JobId,
+    session: SessionDep,
+    settings: SettingsDep,
+    _: ViewerDep,
+    after: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Only events with a larger id.")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=MAX_ID, description="Page size, capped by the server.")] = None,
+) -> EventsPublic:
+    """The job's audit log, oldest first."""
+    repo.get_job(session, job_id=job_id)
+    page = repo.list_events(session, job_id=job_id, after=after, limit=_page_size(settings, limit))
+    return EventsPublic(data=page.items, count=page.count, next_cursor=page.next_cursor)
+
+
+def _page_size(settings, limit: int | None) -> int:
+    return min(limit or settings.default_page_size, settings.max_page_size)
+

@@ -1,0 +1,308 @@
+"""`pretrainctl`: run the service, manage its database, and talk to its API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from service.client import ApiClient, ApiError
+from service.db.models import JobState, Role
+from service.settings import Settings, get_settings
+from service.tokens import new_token_value
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise click.ClickException(f"bad configuration: {exc}") from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", default=None, help="API base URL [PRETRAIN_API_URL].")
+@click.option("--token", default=None, help="Bearer token [PRETRAIN_API_TOKEN].")
+@click.pass_context
+def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
+    """Submit and follow LLM pretraining jobs, and run the service that runs them."""
+    ctx.obj = {"url": url, "token": token}
+
+
+@contextmanager
+def api(ctx: click.Context) -> Iterator[ApiClient]:
+    """A client for the API the user pointed at; API errors become a clean exit."""
+    settings = _settings()
+    url = ctx.obj["url"] or settings.api_url
+    token = ctx.obj["token"] or (settings.api_token.get_secret_value() if settings.api_token else None)
+    if token is None and settings.environment == "development":
+        generated = settings.generated_admin_token_path
+        token = generated.read_text().strip() if generated.exists() else None
+    client = ApiClient(url, token)
+    try:
+        yield client
+    except ApiError as exc:
+        lines = exc.lines()
+        click.echo(f"error ({exc.status_code}): {lines[0] if len(lines) == 1 else 'the spec was refused:'}", err=True)
+        if len(lines) > 1:
+            for line in lines:
+                click.echo(f"  - {line}", err=True)
+        sys.exit(2 if exc.status_code == 422 else 1)
+    except Exception as exc:
+        if type(exc).__module__.startswith("httpx"):
+            raise click.ClickException(f"cannot reach the API at {url}: {exc}") from exc
+        raise
+    finally:
+        client.close()
+
+
+def _print(data: Any, as_json: bool, human: Callable[[Any], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        human(data)
+
+
+# --- service -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--host", default=None, help="Bind address [PRETRAIN_API_HOST].")
+@click.option("--port", type=int, default=None, help="Port [PRETRAIN_API_PORT].")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the API. On the embedded default it migrates its SQLite file first."""
+    import uvicorn
+
+    from service.api.app import create_app
+    from service.db import migrate
+
+    settings = _settings()
+    if settings.is_embedded:
+        migrate.upgrade(settings)
+    if settings.admin_token is None and settings.environment == "development":
+        path = _ensure_generated_admin_token(settings)
+        click.echo(f"no PRETRAIN_ADMIN_TOKEN set: the admin token is in {path}", err=True)
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        log_level=settings.log_level,
+    )
+
+
+def _ensure_generated_admin_token(settings: Settings) -> Path:
+    path = settings.generated_admin_token_path
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(new_token_value() + "\n")
+    return path
+
+
+@cli.group()
+def db() -> None:
+    """Database schema migrations."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    from service.db import migrate
+
+    migrate.upgrade(_settings(), revision)
+
+
+@db.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Revert migrations down to REVISION (`base` empties the database)."""
+    from service.db import migrate
+
+    migrate.downgrade(_settings(), revision)
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the schema revision the database is at."""
+    from service.db import migrate
+    from service.db.session import make_engine
+
+    settings = _settings()
+    current = migrate.current_revision(make_engine(settings.resolved_database_url))
+    click.echo(f"{current or 'empty'} (head {migrate.head_revision(settings)})")
+
+
+# --- tokens ------------------------------------------------------------------------------------
+
+
+@cli.group()
+def tokens() -> None:
+    """API tokens (admin)."""
+
+
+@tokens.command("create")
+@click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
+@click.option("--name", default=None, help="Holder of the token (default: the role).")
+@click.option("--local", is_flag=True, help="Write straight to the database instead of the API (bootstrap).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def tokens_create(ctx: click.Context, role: str, name: str | None, local: bool, as_json: bool) -> None:
+    """Mint a token; its secret is printed once."""
+    name = name or role
+    if local:
+        from service.db.session import get_sessionmaker
+        from service.tokens import mint_token
+
+        with get_sessionmaker(_settings().resolved_database_url)() as session:
+            token, value = mint_token(session, name=name, role=Role(role), created_by="pretrainctl --local")
+        created = {"id": token.id, "name": name, "role": role, "token": value}
+    else:
+        with api(ctx) as client:
+            created = client.create_token(name=name, role=role)
+    _print(created, as_json, lambda c: click.echo(c["token"]))
+
+
+@tokens.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def tokens_list(ctx: click.Context, as_json: bool) -> None:
+    """List tokens, without their secrets."""
+    with api(ctx) as client:
+        rows = client.list_tokens()
+
+    def human(rows: list[dict[str, Any]]) -> None:
+        for t in rows:
+            status = "revoked" if t["revoked_at"] else "active"
+            click.echo(f"{t['id']:>5}  {t['prefix']}…  {t['role']:<9}  {status:<7}  {t['name']}")
+
+    _print(rows, as_json, human)
+
+
+@tokens.command("revoke")
+@click.argument("token_id", type=int)
+@click.pass_context
+def tokens_revoke(ctx: click.Context, token_id: int) -> None:
+    """Revoke a token by id."""
+    with api(ctx) as client:
+        client.revoke_token(token_id)
+    click.echo(f"token {token_id} revoked")
+
+
+# --- jobs --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("file", type=click.File("r"))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def submit(ctx: click.Context, file, as_json: bool) -> None:
+    """Submit the job spec in FILE (YAML or JSON; `-` for stdin)."""
+    text = file.read()
+    with api(ctx) as client:
+        job = client.submit(text, yaml=not file.name.endswith(".json"))
+
+    def human(job: dict[str, Any]) -> None:
+        click.echo(f"job {job['id']} ({job['name']}) submitted: {job['state']}")
+        for warning in job["warnings"]:
+            click.echo(f"  warning: {'.'.join(map(str, warning['loc']))}: {warning['msg']}")
+
+    _print(job, as_json, human)
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def get(ctx: click.Context, job_id: int, as_json: bool) -> None:
+    """Show one job."""
+    with api(ctx) as client:
+        job = client.get_job(job_id)
+    _print(job, as_json, _show_job)
+
+
+def _show_job(job: dict[str, Any]) -> None:
+    derived = job["derived"]
+    click.echo(f"job {job['id']}  {job['name']}  ({job['kind']})")
+    click.echo(f"  state      {job['state']} (desired {job['desired_state']})" + (f": {job['state_reason']}" if job["state_reason"] else ""))
+    click.echo(f"  owner      {job['owner']}")
+    click.echo(f"  submitted  {job['created_at']}")
+    if "world_size" in derived:
+        click.echo(f"  layout     world {derived['world_size']}, data parallel {derived.get('data_parallel')}")
+    for stage in derived.get("stages", []):
+        click.echo(f"  stage      {stage.get('stage')}: {stage.get('train_iters')} iters at seq {stage.get('seq_length')}")
+    for attempt in job["attempts"]:
+        click.echo(f"  attempt {attempt['number']}  {attempt['state']:<10} {attempt['reason']}")
+    for warning in job["warnings"]:
+        click.echo(f"  warning    {'.'.join(map(str, warning['loc']))}: {warning['msg']}")
+
+
+@cli.command("list")
+@click.option("--state", "states", multiple=True, type=click.Choice([s.value for s in JobState]))
+@click.option("--owner", default=None)
+@click.option("--limit", type=int, default=None, help="Page size.")
+@click.option("--cursor", type=int, default=None, help="`next_cursor` from the previous page.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def list_(ctx: click.Context, states: tuple[str, ...], owner: str | None, limit: int | None, cursor: int | None, as_json: bool) -> None:
+    """List jobs, newest first."""
+    with api(ctx) as client:
+        page = client.list_jobs(state=list(states) or None, owner=owner, limit=limit, cursor=cursor)
+
+    def human(page: dict[str, Any]) -> None:
+        click.echo(f"{'ID':>6}  {'NAME':<32} {'STATE':<10} {'OWNER':<16} SUBMITTED")
+        for job in page["data"]:
+            click.echo(f"{job['id']:>6}  {job['name']:<32} {job['state']:<10} {job['owner']:<16} {job['created_at']}")
+        more = f"; next page: --cursor {page['next_cursor']}" if page["next_cursor"] else ""
+        click.echo(f"{len(page['data'])} of {page['count']} jobs{more}")
+
+    _print(page, as_json, human)
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@click.option("--reason", default=None, help="Why, for the audit log.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def cancel(ctx: click.Context, job_id: int, reason: str | None, as_json: bool) -> None:
+    """Cancel a job."""
+    with api(ctx) as client:
+        job = client.cancel(job_id, reason)
+    _print(job, as_json, lambda j: click.echo(f"job {j['id']} {j['state']}"))
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@click.option("--after", type=int, default=None, help="Only events after this id.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def events(ctx: click.Context, job_id: int, after: int | None, as_json: bool) -> None:
+    """Print a job's audit log, oldest first (every page)."""
+    rows: list[dict[str, Any]] = []
+    with api(ctx) as client:
+        while True:
+            page = client.events(job_id, after=after)
+            rows.extend(page["data"])
+            if page["next_cursor"] is None:
+                break
+            after = page["next_cursor"]
+
+    def human(rows: list[dict[str, Any]]) -> None:
+        for e in rows:
+            attempt = f"a{e['attempt']}" if e["attempt"] is not None else "-"
+            why = f"  ({e['reason']})" if e["reason"] else ""
+            click.echo(f"{e['created_at']}  {attempt:<4} {e['kind']:<22} {e['actor']}{why}")
+
+    _print(rows, as_json, human)
+
+
+def main() -> None:
+    cli(prog_name="pretrainctl")
+
+
+if __name__ == "__main__":
+    main()

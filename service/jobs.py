@@ -1,0 +1,104 @@
+"""Job lifecycle operations: each is one transaction that also writes its audit event."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.db import repo
+from service.db.models import (
+    ACTIVE_JOB_STATES,
+    AttemptReason,
+    AttemptState,
+    DesiredState,
+    Job,
+    JobState,
+    Role,
+    utcnow,
+)
+from service.errors import Conflict, Forbidden
+from service.spec import ValidatedSpec, validate_spec
+from service.tokens import Principal
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of a spec, so identical submissions are recognisable."""
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def submit_job(session: Session, *, raw: dict[str, Any], principal: Principal) -> Job:
+    """Validate a spec and store the job with a pending attempt 0; nothing is written if invalid."""
+    validated: ValidatedSpec = validate_spec(raw)
+    spec = validated.spec.model_dump(mode="json")
+    name = validated.spec.name
+    duplicate = repo.find_active_job_by_name(session, name=name, active_states=ACTIVE_JOB_STATES)
+    if duplicate is not None:
+        raise Conflict(f"a job named {name!r} is already {duplicate.state} (job {duplicate.id})")
+    job = repo.add_job(
+        session,
+        name=name,
+        kind=validated.spec.kind,
+        owner=principal.name,
+        spec=spec,
+        spec_hash=spec_hash(spec),
+        derived={"model": validated.model.model_dump(mode="json"), **validated.derived.model_dump(mode="json")},
+        warnings=[w.model_dump(mode="json") for w in validated.warnings],
+    )
+    repo.add_attempt(session, job=job, number=0, reason=AttemptReason.LAUNCH)
+    repo.add_event(
+        session,
+        kind="job.submitted",
+        actor=principal.name,
+        job_id=job.id,
+        attempt=0,
+        data={"spec_hash": job.spec_hash, "warnings": len(job.warnings)},
+    )
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        # Another submission with the same name won the race between our check and our insert.
+        session.rollback()
+        raise Conflict(f"a job named {name!r} is already active") from exc
+    return job
+
+
+def cancel_job(session: Session, *, job_id: int, principal: Principal, reason: str | None) -> Job:
+    """Ask for a job to stop; a job with nothing running is cancelled at once."""
+    job = repo.get_job(session, job_id=job_id, for_update=True)
+    if job.owner != principal.name and not principal.may(Role.ONCALL):
+        raise Forbidden(f"job {job_id} belongs to {job.owner}; only its owner or on-call may cancel it")
+    if JobState(job.state).is_terminal or job.desired_state == DesiredState.CANCELLED:
+        raise Conflict(f"job {job_id} is already {job.state}")
+    job.desired_state = DesiredState.CANCELLED
+    nothing_running = all(a.state == AttemptState.PENDING or a.finished_at for a in job.attempts)
+    if nothing_running:
+        _finish(job, JobState.CANCELLED, reason or "cancelled before it started")
+        for attempt in job.attempts:
+            if attempt.state == AttemptState.PENDING:
+                attempt.state = AttemptState.CANCELLED
+                attempt.finished_at = utcnow()
+        kind = "job.cancelled"
+    else:
+        job.state = JobState.CANCELLING
+        kind = "job.cancel_requested"
+    repo.add_event(
+        session,
+        kind=kind,
+        actor=principal.name,
+        job_id=job.id,
+        attempt=job.attempts[-1].number if job.attempts else None,
+        reason=reason,
+    )
+    session.commit()
+    return job
+
+
+def _finish(job: Job, state: JobState, reason: str) -> None:
+    job.state = state
+    job.state_reason = reason
+    job.finished_at = utcnow()

@@ -1,0 +1,81 @@
+"""API tokens: minted once, shown once, stored only as a SHA-256."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from service.db import repo
+from service.db.models import ApiToken, Role
+
+TOKEN_PREFIX = "pto_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a named token with a role, optionally scoped to one job."""
+
+    name: str
+    role: Role
+    token_id: int | None = None
+    job_id: int | None = None
+
+    def may(self, required: Role) -> bool:
+        return self.role.allows(required)
+
+
+def hash_token(token: str) -> str:
+    # Tokens carry 256 random bits, so a fast unsalted hash is enough to make a leaked table useless.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token_value() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def mint_token(
+    session: Session, *, name: str, role: Role, created_by: str, job_id: int | None = None
+) -> tuple[ApiToken, str]:
+    """Store a new token with its audit event and return it with its one-time plaintext."""
+    value = new_token_value()
+    token = repo.add_token(
+        session,
+        name=name,
+        role=role,
+        token_hash=hash_token(value),
+        prefix=value[: len(TOKEN_PREFIX) + 6],
+        created_by=created_by,
+        job_id=job_id,
+    )
+    repo.add_event(
+        session,
+        kind="token.created",
+        actor=created_by,
+        job_id=job_id,
+        data={"token_id": token.id, "name": name, "role": role.value},
+    )
+    session.commit()
+    return token, value
+
+
+def revoke_token(session: Session, *, token_id: int, actor: str) -> ApiToken:
+    token = repo.revoke_token(session, token_id=token_id)
+    repo.add_event(
+        session, kind="token.revoked", actor=actor, job_id=token.job_id, data={"token_id": token_id}
+    )
+    session.commit()
+    return token
+
+
+def authenticate(session: Session, *, token: str, admin_token_hash: str | None) -> Principal | None:
+    """The principal behind a bearer token, or None when it is unknown or revoked."""
+    digest = hash_token(token)
+    if admin_token_hash is not None and secrets.compare_digest(digest, admin_token_hash):
+        return Principal(name="admin", role=Role.ADMIN)
+    stored = repo.find_active_token(session, token_hash=digest)
+    if stored is None:
+        return None
+    return Principal(name=stored.name, role=Role(stored.role), token_id=stored.id, job_id=stored.job_id)

@@ -1,0 +1,157 @@
+"""`pretrainctl` end to end: a real `serve` process over HTTP, driven by the CLI as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import EXAMPLES
+from tests.servers import free_port
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRETRAIN_")}
+    return {**env, **extra}
+
+
+def pretrainctl(*args: str, cwd: Path, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        cwd=cwd,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+class Server:
+    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve exited: {self.process.stdout.read()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("serve did not become ready in 30 s")
+
+    def stop(self) -> str:
+        self.process.terminate()
+        try:
+            out, _ = self.process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, _ = self.process.communicate()
+        return out
+
+
+@pytest.fixture
+def embedded_server(tmp_path):
+    """`pretrainctl serve` with no configuration at all, in an empty working directory."""
+    server = Server(cwd=tmp_path, env=clean_env())
+    yield server, tmp_path
+    server.stop()
+
+
+def test_serve_with_no_configuration_accepts_the_tiny_example(embedded_server):
+    server, cwd = embedded_server
+    env = clean_env(PRETRAIN_API_URL=server.url)
+
+    submitted = pretrainctl("submit", str(EXAMPLES / "tiny-cpu.yaml"), "--json", cwd=cwd, env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    job = json.loads(submitted.stdout)
+    assert job["state"] == "pending"
+    assert (cwd / ".pretrain" / "orchestrator.db").exists()
+
+    shown = pretrainctl("get", str(job["id"]), cwd=cwd, env=env)
+    assert shown.returncode == 0 and f"job {job['id']}" in shown.stdout and "pending" in shown.stdout
+
+    listed = pretrainctl("list", cwd=cwd, env=env)
+    assert job["name"] in listed.stdout and "1 of 1 jobs" in listed.stdout
+
+    cancelled = pretrainctl("cancel", str(job["id"]), "--reason", "demo over", cwd=cwd, env=env)
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
+
+    events = pretrainctl("events", str(job["id"]), "--json", cwd=cwd, env=env)
+    assert [e["kind"] for e in json.loads(events.stdout)] == ["job.submitted", "job.cancelled"]
+
+
+def test_cli_prints_each_problem_of_a_refused_spec_and_exits_2(embedded_server):
+    server, cwd = embedded_server
+    spec = yaml.safe_load((EXAMPLES / "tiny-cpu.yaml").read_text())
+    spec["batch"]["global_batch_size"] = 3
+    spec["parallelism"]["sequence_parallel"] = True
+    result = pretrainctl("submit", "-", cwd=cwd, env=clean_env(PRETRAIN_API_URL=server.url), stdin=yaml.safe_dump(spec))
+    assert result.returncode == 2
+    assert "batch.global_batch_size:" in result.stderr
+    assert "parallelism.sequence_parallel:" in result.stderr
+
+
+def test_cli_reports_a_missing_job_and_a_bad_token(embedded_server):
+    server, cwd = embedded_server
+    env = clean_env(PRETRAIN_API_URL=server.url)
+    missing = pretrainctl("get", "77", cwd=cwd, env=env)
+    assert missing.returncode == 1 and "job 77 not found" in missing.stderr
+    refused = pretrainctl("--token", "pto_wrong", "list", cwd=cwd, env=env)
+    assert refused.returncode == 1 and "invalid or revoked token" in refused.stderr
+
+
+def test_tokens_created_through_the_cli_carry_their_role(embedded_server):
+    server, cwd = embedded_server
+    env = clean_env(PRETRAIN_API_URL=server.url)
+    created = pretrainctl("tokens", "create", "--role", "viewer", "--name", "eve", cwd=cwd, env=env)
+    assert created.returncode == 0, created.stderr
+    viewer = created.stdout.strip()
+    refused = pretrainctl("--token", viewer, "submit", str(EXAMPLES / "tiny-cpu.yaml"), cwd=cwd, env=env)
+    assert refused.returncode == 1 and "needs submitter" in refused.stderr
+    listed = pretrainctl("tokens", "list", cwd=cwd, env=env)
+    assert "eve" in listed.stdout and viewer not in listed.stdout
+
+
+def test_unreachable_api_is_a_clear_error(tmp_path):
+    result = pretrainctl("list", cwd=tmp_path, env=clean_env(PRETRAIN_API_URL=f"http://127.0.0.1:{free_port()}"))
+    assert result.returncode == 1
+    assert "cannot reach the API" in result.stderr
+
+
+def test_serve_on_postgres_after_db_upgrade(pg_url, tmp_path):
+    env = clean_env(PRETRAIN_DATABASE_URL=pg_url, PRETRAIN_ADMIN_TOKEN="cli-admin-token-0123456789")
+    current = pretrainctl("db", "current", cwd=tmp_path, env=env)
+    assert current.returncode == 0 and current.stdout.startswith("0001")
+    server = Server(cwd=tmp_path, env=env)
+    try:
+        env["PRETRAIN_API_URL"] = server.url
+        env["PRETRAIN_API_TOKEN"] = "cli-admin-token-0123456789"
+        spec = yaml.safe_load((EXAMPLES / "tiny-cpu.yaml").read_text())
+        spec["name"] = "cli-on-postgres"
+        submitted = pretrainctl("submit", "-", "--json", cwd=tmp_path, env=env, stdin=json.dumps(spec))
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = json.loads(submitted.stdout)["id"]
+        cancelled = pretrainctl("cancel", str(job_id), cwd=tmp_path, env=env)
+        assert cancelled.returncode == 0
+    finally:
+        server.stop()
