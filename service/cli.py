@@ -244,14 +244,15 @@ def _show_job(job: dict[str, Any]) -> None:
 @cli.command("list")
 @click.option("--state", "states", multiple=True, type=click.Choice([s.value for s in JobState]))
 @click.option("--owner", default=None)
+@click.option("--name", default=None, help="Only jobs with this name.")
 @click.option("--limit", type=int, default=None, help="Page size.")
 @click.option("--cursor", type=int, default=None, help="`next_cursor` from the previous page.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def list_(ctx: click.Context, states: tuple[str, ...], owner: str | None, limit: int | None, cursor: int | None, as_json: bool) -> None:
+def list_(ctx: click.Context, states: tuple[str, ...], owner: str | None, name: str | None, limit: int | None, cursor: int | None, as_json: bool) -> None:
     """List jobs, newest first."""
     with api(ctx) as client:
-        page = client.list_jobs(state=list(states) or None, owner=owner, limit=limit, cursor=cursor)
+        page = client.list_jobs(state=list(states) or None, owner=owner, name=name, limit=limit, cursor=cursor)
 
     def human(page: dict[str, Any]) -> None:
         click.echo(f"{'ID':>6}  {'NAME':<32} {'STATE':<10} {'OWNER':<16} SUBMITTED")
