@@ -36,34 +36,37 @@ def submit_job(session: Session, *, raw: dict[str, Any], principal: Principal) -
     validated: ValidatedSpec = validate_spec(raw)
     spec = validated.spec.model_dump(mode="json")
     name = validated.spec.name
-    duplicate = repo.find_active_job_by_name(session, name=name, active_states=ACTIVE_JOB_STATES)
-    if duplicate is not None:
-        raise Conflict(f"a job named {name!r} is already {duplicate.state} (job {duplicate.id})")
-    job = repo.add_job(
-        session,
-        name=name,
-        kind=validated.spec.kind,
-        owner=principal.name,
-        spec=spec,
-        spec_hash=spec_hash(spec),
-        derived={"model": validated.model.model_dump(mode="json"), **validated.derived.model_dump(mode="json")},
-        warnings=[w.model_dump(mode="json") for w in validated.warnings],
-    )
-    repo.add_attempt(session, job=job, number=0, reason=AttemptReason.LAUNCH)
-    repo.add_event(
-        session,
-        kind="job.submitted",
-        actor=principal.name,
-        job_id=job.id,
-        attempt=0,
-        data={"spec_hash": job.spec_hash, "warnings": len(job.warnings)},
-    )
     try:
+        job = repo.add_job(
+            session,
+            name=name,
+            kind=validated.spec.kind,
+            owner=principal.name,
+            spec=spec,
+            spec_hash=spec_hash(spec),
+            derived={
+                "model": validated.model.model_dump(mode="json"),
+                **validated.derived.model_dump(mode="json"),
+            },
+            warnings=[w.model_dump(mode="json") for w in validated.warnings],
+        )
+        repo.add_attempt(session, job=job, number=0, reason=AttemptReason.LAUNCH)
+        repo.add_event(
+            session,
+            kind="job.submitted",
+            actor=principal.name,
+            job_id=job.id,
+            attempt=0,
+            data={"spec_hash": job.spec_hash, "warnings": len(job.warnings)},
+        )
         session.commit()
     except IntegrityError as exc:
-        # Another submission with the same name won the race between our check and our insert.
+        # The partial unique index on live names decides, race-free; look up who holds the name.
         session.rollback()
-        raise Conflict(f"a job named {name!r} is already active") from exc
+        holder = repo.find_active_job_by_name(session, name=name, active_states=ACTIVE_JOB_STATES)
+        if holder is None:
+            raise
+        raise Conflict(f"a job named {name!r} is already {holder.state} (job {holder.id})") from exc
     return job
 
 
@@ -71,7 +74,9 @@ def cancel_job(session: Session, *, job_id: int, principal: Principal, reason: s
     """Ask for a job to stop; a job with nothing running is cancelled at once."""
     job = repo.get_job(session, job_id=job_id, for_update=True)
     if job.owner != principal.name and not principal.may(Role.ONCALL):
-        raise Forbidden(f"job {job_id} belongs to {job.owner}; only its owner or on-call may cancel it")
+        raise Forbidden(
+            f"job {job_id} belongs to {job.owner}; only its owner or on-call may cancel it"
+        )
     if JobState(job.state).is_terminal or job.desired_state == DesiredState.CANCELLED:
         raise Conflict(f"job {job_id} is already {job.state}")
     job.desired_state = DesiredState.CANCELLED

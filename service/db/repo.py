@@ -51,6 +51,7 @@ def add_job(
         derived=derived,
         warnings=warnings,
         plan=plan,
+        attempts=[],  # a loaded empty collection: adding attempt 0 then costs no SELECT
     )
     session.add(job)
     session.flush()

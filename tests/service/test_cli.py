@@ -155,3 +155,26 @@ def test_serve_on_postgres_after_db_upgrade(pg_url, tmp_path):
         assert cancelled.returncode == 0
     finally:
         server.stop()
+
+
+def test_tokens_create_local_bootstraps_a_token_without_the_api(tmp_path):
+    env = clean_env(PRETRAIN_DATABASE_URL=f"sqlite:///{tmp_path / 'boot.db'}")
+    assert pretrainctl("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
+    created = pretrainctl("tokens", "create", "--local", "--role", "admin", "--name", "root", "--json", cwd=tmp_path, env=env)
+    assert created.returncode == 0, created.stderr
+    secret = json.loads(created.stdout)["token"]
+
+    server = Server(cwd=tmp_path, env=env)
+    try:
+        whoami = httpx.get(f"{server.url}/v1/whoami", headers={"Authorization": f"Bearer {secret}"})
+    finally:
+        server.stop()
+    assert whoami.json() == {"name": "root", "role": "admin"}
+
+
+def test_db_downgrade_to_base_empties_the_schema(tmp_path):
+    env = clean_env(PRETRAIN_DATABASE_URL=f"sqlite:///{tmp_path / 'down.db'}")
+    assert pretrainctl("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
+    assert pretrainctl("db", "downgrade", "base", cwd=tmp_path, env=env).returncode == 0
+    current = pretrainctl("db", "current", cwd=tmp_path, env=env)
+    assert current.stdout.startswith("empty")

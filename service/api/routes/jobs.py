@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
 
 from service import jobs
 from service.api.auth import SubmitterDep, ViewerDep
@@ -39,8 +40,12 @@ JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="Job id.")]
 async def submit_job(request: Request, session: SessionDep, principal: SubmitterDep) -> JobPublic:
     """Validate a job spec (JSON or YAML), store it with attempt 0, and return it."""
     raw = parse_spec_text(await request.body())
-    job = jobs.submit_job(session, raw=raw, principal=principal)
-    return JobPublic.model_validate(job)
+    # The handler is async only to read the raw body; the database work must not block the loop.
+    return await run_in_threadpool(_submit, session, raw, principal)
+
+
+def _submit(session, raw, principal) -> JobPublic:
+    return JobPublic.model_validate(jobs.submit_job(session, raw=raw, principal=principal))
 
 
 @router.get("", response_model=JobsPublic)

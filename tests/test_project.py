@@ -1,0 +1,62 @@
+"""Layers are enforced, not hoped for: nothing below the API imports it; the trainer stands alone."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# Entry points sit above the API and may start it.
+ABOVE_API = {"service/cli.py"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules.add(node.module)
+    return modules
+
+
+def python_files(folder: str) -> list[Path]:
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+def test_nothing_below_the_api_imports_it():
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in python_files("service")
+        if "api" not in path.relative_to(ROOT / "service").parts[:1]
+        and str(path.relative_to(ROOT)) not in ABOVE_API
+        and any(m == "service.api" or m.startswith("service.api.") for m in imported_modules(path))
+    ]
+    assert offenders == []
+
+
+def test_the_trainer_imports_nothing_from_the_service():
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in python_files("trainer_image")
+        if any(m == "service" or m.startswith("service.") for m in imported_modules(path))
+    ]
+    assert python_files("trainer_image"), "the trainer package is missing"
+    assert offenders == []
+
+
+def test_only_settings_reads_the_environment():
+    readers = [
+        str(path.relative_to(ROOT))
+        for path in python_files("service")
+        if path.name != "settings.py" and ("os.environ" in path.read_text() or "getenv" in path.read_text())
+    ]
+    assert readers == []
+
+
+def test_the_readme_documents_every_setting():
+    from service.settings import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name in Settings.model_fields if f"`PRETRAIN_{name.upper()}`" not in readme]
+    assert missing == []
