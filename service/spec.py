@@ -25,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_core import ErrorDetails
@@ -90,9 +91,17 @@ MAX_DOCUMENT_NODES = 100_000
 
 
 class _Section(BaseModel):
-    """Base of every spec section: unknown keys and NaN/inf are errors, never ignored."""
+    """Base of every spec section: unknown keys, NaN/inf and NUL characters are errors."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul_characters(cls, value: Any) -> Any:
+        # Postgres cannot store U+0000 in text or JSONB; refuse it here, with the field's path.
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain NUL (\\x00) characters")
+        return value
 
 
 # ---------------------------------------------------------------- the spec

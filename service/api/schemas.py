@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.db.models import Role
 
+# Postgres cannot store U+0000 in text; free-text fields refuse it at the edge.
+NO_NUL = r"^[^\x00]*$"
+
 
 class AttemptPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -55,7 +58,9 @@ class JobsPublic(BaseModel):
 class JobCancel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str | None = Field(None, max_length=2000, description="Why, for the audit log.")
+    reason: str | None = Field(
+        None, max_length=2000, pattern=NO_NUL, description="Why, for the audit log."
+    )
 
 
 class EventPublic(BaseModel):

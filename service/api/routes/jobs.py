@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from service import jobs
 from service.api.auth import SubmitterDep, ViewerDep
 from service.api.deps import MAX_ID, SessionDep, SettingsDep
-from service.api.schemas import EventsPublic, JobCancel, JobPublic, JobsPublic
+from service.api.schemas import NO_NUL, EventsPublic, JobCancel, JobPublic, JobsPublic
 from service.db import repo
 from service.db.models import JobState
 from service.spec import parse_spec_text
@@ -54,8 +54,8 @@ def list_jobs(
     settings: SettingsDep,
     _: ViewerDep,
     state: Annotated[list[JobState] | None, Query(description="Keep jobs in these states.")] = None,
-    owner: Annotated[str | None, Query(max_length=128)] = None,
-    name: Annotated[str | None, Query(max_length=64)] = None,
+    owner: Annotated[str | None, Query(max_length=128, pattern=NO_NUL)] = None,
+    name: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
     cursor: Annotated[int | None, Query(ge=1, le=MAX_ID, description="`next_cursor` of the previous page.")] = None,
     limit: Annotated[int | None, Query(ge=1, le=MAX_ID, description="Page size, capped by the server.")] = None,
 ) -> JobsPublic:

@@ -274,3 +274,18 @@ def test_streamed_body_without_length_over_the_limit_is_413(app_client, tokens, 
     )
     assert response.status_code == 413
     assert count_rows(session, Job) == 0
+
+
+def test_nul_characters_are_refused_at_the_edge_not_by_the_database(app_client, tokens, tiny_spec, session):
+    spec = json.loads(json.dumps(tiny_spec))
+    spec["stages"][0]["data"][0]["path"] = "corpus\x00.bin"
+    refused = submit(app_client, spec, tokens["alice"])
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["loc"] == ["body", "stages", 0, "data", 0, "path"]
+    assert count_rows(session, Job) == 0
+
+    job = submit(app_client, tiny_spec, tokens["alice"]).json()
+    cancel = app_client.post(f"/v1/jobs/{job['id']}/cancel", json={"reason": "a\x00b"}, headers=auth(tokens["alice"]))
+    assert cancel.status_code == 422
+    listing = app_client.get("/v1/jobs", params={"owner": "a\x00b"}, headers=auth(tokens["viewer"]))
+    assert listing.status_code == 422

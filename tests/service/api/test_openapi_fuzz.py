@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -11,7 +13,7 @@ from service.api.app import create_app
 from service.settings import Settings
 from tests.conftest import ADMIN_TOKEN, auth
 
-CASES_PER_OPERATION = 40
+CASES_PER_OPERATION = int(os.environ.get("FUZZ_CASES", "40"))
 
 
 @pytest.fixture
