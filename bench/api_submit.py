@@ -11,22 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
-import os
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import yaml
+from harness import ADMIN_TOKEN, ROOT, percentile, running_api
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.servers import free_port, provide_postgres  # noqa: E402
-
-ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
+from tests.servers import provide_postgres
 
 
 async def drive(url: str, make_request, *, clients: int, requests: int) -> list[float]:
@@ -47,11 +39,6 @@ async def drive(url: str, make_request, *, clients: int, requests: int) -> list[
     async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as http:
         await asyncio.gather(*(client_loop(http) for _ in range(clients)))
     return latencies
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def measure(url: str, make_request, *, clients: int, requests: int) -> dict[str, float]:
@@ -82,27 +69,12 @@ def main() -> None:
     async def healthz(http: httpx.AsyncClient, i: int) -> httpx.Response:
         return await http.get("/healthz")
 
-    with provide_postgres() as database_url:
-        env = {**os.environ, "PRETRAIN_DATABASE_URL": database_url, "PRETRAIN_ADMIN_TOKEN": ADMIN_TOKEN, "PRETRAIN_LOG_LEVEL": "warning"}
-        subprocess.run([sys.executable, "-m", "service.cli", "db", "upgrade"], env=env, check=True, capture_output=True)
-        port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(300):
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
-            measure(url, submit, clients=args.clients, requests=50)  # warm-up
-            submits, baselines = [], []
-            for _ in range(args.rounds):
-                submits.append(measure(url, submit, clients=args.clients, requests=args.requests))
-                baselines.append(measure(url, healthz, clients=args.clients, requests=args.requests))
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+    with provide_postgres() as database_url, running_api(database_url) as url:
+        measure(url, submit, clients=args.clients, requests=50)  # warm-up
+        submits, baselines = [], []
+        for _ in range(args.rounds):
+            submits.append(measure(url, submit, clients=args.clients, requests=args.requests))
+            baselines.append(measure(url, healthz, clients=args.clients, requests=args.requests))
 
     def median(rows: list[dict[str, float]], key: str) -> float:
         return statistics.median(r[key] for r in rows)

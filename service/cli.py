@@ -215,6 +215,54 @@ def submit(ctx: click.Context, file, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("file", type=click.File("r"))
+@click.option("--gpus", type=click.IntRange(min=1), default=None, help="Inverse question: tokens these GPUs see in --days.")
+@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=None, help="Wall-clock days for --gpus.")
+@click.option("--tokens", "token_budget", type=click.IntRange(min=1), default=None, help="Token budget for --deadline (default: the spec's).")
+@click.option("--deadline", "deadline_days", type=click.FloatRange(min=0, min_open=True), default=None, help="Inverse question: GPUs to train the budget in this many days.")
+@click.option("--json", "as_json", is_flag=True)
+def plan(file, gpus: int | None, days: float | None, token_budget: int | None, deadline_days: float | None, as_json: bool) -> None:
+    """Plan the spec in FILE locally: parameters, memory per GPU, FLOPs, time, advice."""
+    from service.planning import plan_spec
+    from service.spec import SpecInvalid, parse_spec_text
+
+    try:
+        report = plan_spec(parse_spec_text(file.read()), gpus=gpus, days=days, token_budget=token_budget, deadline_days=deadline_days)
+    except SpecInvalid as exc:
+        click.echo("error: the spec was refused:", err=True)
+        for problem in exc.problems:
+            click.echo(f"  - {'.'.join(map(str, problem.loc)) or 'body'}: {problem.msg}", err=True)
+        sys.exit(2)
+    _print(report.model_dump(mode="json"), as_json, _show_plan)
+    if report.problems:
+        sys.exit(3)
+
+
+def _show_plan(plan: dict[str, Any]) -> None:
+    params, memory, compute, advice = plan["params"], plan["memory"], plan["compute"], plan["advice"]
+    click.echo(f"parameters   {params['total']:,} total, {params['non_embedding']:,} non-embedding, {params['active']:,} active")
+    click.echo(f"vocabulary   {plan['vocab']['padded']:,} padded, {plan['vocab']['spare']:,} spare rows")
+    verdict = "fits" if memory["fits"] else "DOES NOT FIT"
+    click.echo(f"memory/GPU   {memory['per_gpu_gib']:.1f} GiB of {memory['capacity_gib']:.0f} GiB ({memory['utilisation']:.0%}): {verdict}")
+    for part, gib in memory["breakdown"].items():
+        if isinstance(gib, int | float):
+            click.echo(f"  {part:<22} {gib:>9.2f} GiB")
+    click.echo(f"compute      {compute['flops']:.3e} FLOPs (6ND {compute['flops_6nd']:.3e}), {compute['gpu_hours']:,.0f} GPU-hours, {compute['days']:.1f} days at MFU {compute['mfu']:.0%}")
+    for stage in plan["stages"]:
+        click.echo(f"stage        {stage['name']}: {stage['train_iters']:,} iters ({stage['warmup_iters']:,} warmup) at seq {stage['seq_length']:,}")
+    click.echo(f"advice       critical batch {advice['critical_batch_tokens']:,.0f} tokens vs {advice['batch_tokens']:,} in the spec; compute-optimal {advice['compute_optimal_tokens']:.3e} tokens")
+    inverse = plan.get("inverse") or {}
+    if budget := inverse.get("tokens_for_budget"):
+        click.echo(f"inverse      {budget['gpus']:,} GPUs × {budget['days']:g} days at MFU {budget['mfu']:.0%} see {budget['tokens']:.3e} tokens")
+    if deadline := inverse.get("gpus_for_deadline"):
+        click.echo(f"inverse      {deadline['token_budget']:.3e} tokens in {deadline['deadline_days']:g} days need {deadline['gpus']:,} GPUs ({deadline['nodes']:,} nodes)")
+    for warning in plan["warnings"]:
+        click.echo(f"warning      {warning}")
+    for problem in plan["problems"]:
+        click.echo(f"REFUSED      {'.'.join(map(str, problem['loc']))}: {problem['msg']}")
+
+
+@cli.command()
 @click.argument("job_id", type=int)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -235,6 +283,9 @@ def _show_job(job: dict[str, Any]) -> None:
         click.echo(f"  layout     world {derived['world_size']}, data parallel {derived.get('data_parallel')}")
     for stage in derived.get("stages", []):
         click.echo(f"  stage      {stage.get('stage')}: {stage.get('train_iters')} iters at seq {stage.get('seq_length')}")
+    if plan := job.get("plan"):
+        memory, compute = plan["memory"], plan["compute"]
+        click.echo(f"  plan       {plan['params']['total']:,} params, {memory['per_gpu_gib']:.1f} of {memory['capacity_gib']:.0f} GiB per GPU, {compute['gpu_hours']:,.0f} GPU-hours, {compute['days']:.1f} days")
     for attempt in job["attempts"]:
         click.echo(f"  attempt {attempt['number']}  {attempt['state']:<10} {attempt['reason']}")
     for warning in job["warnings"]:

@@ -21,7 +21,8 @@ from service.db.models import (
     utcnow,
 )
 from service.errors import Conflict, Forbidden
-from service.spec import ValidatedSpec, validate_spec
+from service.planner import memory_problems, plan_job
+from service.spec import SpecInvalid, ValidatedSpec, validate_spec
 from service.tokens import Principal
 
 
@@ -34,6 +35,9 @@ def spec_hash(spec: dict[str, Any]) -> str:
 def submit_job(session: Session, *, raw: dict[str, Any], principal: Principal) -> Job:
     """Validate a spec and store the job with a pending attempt 0; nothing is written if invalid."""
     validated: ValidatedSpec = validate_spec(raw)
+    plan = plan_job(validated)
+    if problems := memory_problems(validated, plan):
+        raise SpecInvalid(problems)
     spec = validated.spec.model_dump(mode="json")
     name = validated.spec.name
     try:
@@ -48,7 +52,9 @@ def submit_job(session: Session, *, raw: dict[str, Any], principal: Principal) -
                 "model": validated.model.model_dump(mode="json"),
                 **validated.derived.model_dump(mode="json"),
             },
-            warnings=[w.model_dump(mode="json") for w in validated.warnings],
+            warnings=[w.model_dump(mode="json") for w in validated.warnings]
+            + [{"loc": ["plan"], "msg": w, "type": "warning"} for w in plan.warnings],
+            plan=plan.model_dump(mode="json"),
         )
         repo.add_attempt(session, job=job, number=0, reason=AttemptReason.LAUNCH)
         repo.add_event(

@@ -475,6 +475,12 @@ class JobSpec(_Section):
     mfu: float = Field(
         0.4, gt=0, le=1, description="Model FLOPs utilisation assumed when estimating time."
     )
+    target_loss: float | None = Field(
+        None,
+        gt=0,
+        le=20,
+        description="Final training loss aimed for; the planner sizes the critical batch from it.",
+    )
 
 
 # ---------------------------------------------------------------- results and errors

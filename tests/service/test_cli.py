@@ -178,3 +178,31 @@ def test_db_downgrade_to_base_empties_the_schema(tmp_path):
     assert pretrainctl("db", "downgrade", "base", cwd=tmp_path, env=env).returncode == 0
     current = pretrainctl("db", "current", cwd=tmp_path, env=env)
     assert current.stdout.startswith("empty")
+
+
+def test_plan_prints_the_documented_json_without_a_server(tmp_path):
+    result = pretrainctl("plan", str(EXAMPLES / "qwen2-7b-pretrain.yaml"), "--json", cwd=tmp_path, env=clean_env())
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["params"]["total"] == 7_615_616_512
+    assert plan["vocab"]["padded"] == 152_064
+    assert plan["memory"]["fits"] is True and "activations" in plan["memory"]["breakdown"]
+    assert plan["compute"]["flops"] > 0 and plan["compute"]["flops_6nd"] > 0
+    assert [s["train_iters"] for s in plan["stages"]] == [1_668_800, 1_500, 596]
+    assert plan["stages"][0]["warmup_iters"] == 2_000
+    assert plan["advice"]["critical_batch_tokens"] > 0 and plan["advice"]["compute_optimal_tokens"] > 0
+
+
+def test_plan_of_a_job_that_does_not_fit_exits_3_and_says_why(tmp_path):
+    spec = yaml.safe_load((EXAMPLES / "qwen2-7b-pretrain.yaml").read_text())
+    spec["parallelism"].update(tensor=1, pipeline=1, sequence_parallel=False, distributed_optimizer=False)
+    result = pretrainctl("plan", "-", cwd=tmp_path, env=clean_env(), stdin=yaml.safe_dump(spec))
+    assert result.returncode == 3
+    assert "DOES NOT FIT" in result.stdout
+    assert "REFUSED      resources.gpu_memory_gib:" in result.stdout
+
+
+def test_plan_answers_inverse_questions_in_human_form(tmp_path):
+    result = pretrainctl("plan", str(EXAMPLES / "tiny-cpu.yaml"), "--gpus", "8", "--days", "1", "--deadline", "2", cwd=tmp_path, env=clean_env())
+    assert result.returncode == 0, result.stderr
+    assert "parameters" in result.stdout and "memory/GPU" in result.stdout

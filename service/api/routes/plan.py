@@ -1,0 +1,31 @@
+"""/v1/plan: what a spec will cost and whether it fits, before anything is stored or launched."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+
+from service.api.auth import ViewerDep
+from service.api.routes.jobs import SPEC_BODY
+from service.planning import PlanReport, plan_spec
+from service.spec import parse_spec_text
+
+router = APIRouter(tags=["plan"])
+
+
+@router.post("/plan", response_model=PlanReport, openapi_extra=SPEC_BODY)
+async def plan(
+    request: Request,
+    _: ViewerDep,
+    gpus: Annotated[int | None, Query(ge=1, le=10_000_000, description="For the inverse question: tokens seen by this many GPUs in `days`.")] = None,
+    days: Annotated[float | None, Query(gt=0, le=36_500, description="Wall-clock days those GPUs run.")] = None,
+    token_budget: Annotated[int | None, Query(ge=1, le=2**53, description="Tokens to train; default: the spec's.")] = None,
+    deadline_days: Annotated[float | None, Query(gt=0, le=36_500, description="For the inverse question: GPUs needed to train `token_budget` by then.")] = None,
+) -> PlanReport:
+    """Parameters, memory per GPU, FLOPs, time and advice for a spec (JSON or YAML); stores nothing."""
+    raw = parse_spec_text(await request.body())
+    return await run_in_threadpool(
+        plan_spec, raw, gpus=gpus, days=days, token_budget=token_budget, deadline_days=deadline_days
+    )
