@@ -54,6 +54,8 @@ OVERHEAD_FRAGMENTATION = 0.08
 # Bytes per parameter of mixed-precision Adam in Megatron: 16-bit weights, fp32 main gradients,
 # fp32 master weights + first and second moments.
 WEIGHT_BYTES, GRADIENT_BYTES, OPTIMIZER_BYTES = 2, 4, 12
+# A refusal lists at most this many ways to fit, single knobs first.
+MAX_SUGGESTED_FIXES = 4
 # Fewer spare embedding rows than this leaves little room for tokens added in later alignment.
 MIN_SPARE_VOCAB = 1000
 
@@ -982,9 +984,9 @@ _COMPONENT_NAMES = {
 def memory_problems(validated: ValidatedSpec, plan: Plan) -> list[Problem]:
     """One problem when the plan does not fit in GPU memory (unless allow_over_memory).
 
-    The message quotes need against capacity, the biggest component, and the single changes
-    (or, failing those, distributed optimizer + tensor × 2) that would make it fit, each
-    re-validated and re-planned at the same world size.
+    The message quotes need against capacity, the biggest component, and the changes that
+    would make it fit (single knobs, then the distributed optimizer paired with tensor,
+    pipeline or recompute), each re-validated and re-planned at the same world size.
     """
     memory = plan.memory
     if memory.fits or validated.spec.allow_over_memory:
@@ -1039,14 +1041,15 @@ def _fixes_that_fit(validated: ValidatedSpec) -> list[tuple[str, float]]:
         changes.append(
             (f"context {parallel.context * 2}", {"parallelism.context": parallel.context * 2})
         )
-    fixes = _fitting(raw, changes)
-    if not fixes and not parallel.distributed_optimizer:
-        pair = {
-            "parallelism.distributed_optimizer": True,
-            "parallelism.tensor": parallel.tensor * 2,
-        }
-        fixes = _fitting(raw, [(f"distributed_optimizer + tensor {parallel.tensor * 2}", pair)])
-    return fixes
+    if not parallel.distributed_optimizer:
+        # The distributed optimizer costs nothing in step time, so pair it with the other knobs.
+        sharded = {"parallelism.distributed_optimizer": True}
+        changes += [
+            (f"distributed_optimizer + {label}", {**sharded, **change})
+            for label, change in changes
+            if label.startswith(("tensor", "pipeline", "recompute"))
+        ]
+    return _fitting(raw, changes)[:MAX_SUGGESTED_FIXES]
 
 
 def _fitting(raw: dict, changes: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, float]]:

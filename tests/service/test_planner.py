@@ -397,9 +397,18 @@ def test_memory_problem_suggests_the_pair_when_no_single_change_fits() -> None:
     _, paired = planned(
         job(stages=stages, parallelism={"tensor": 2, "distributed_optimizer": True})
     )
-    assert problem.msg.endswith(
-        f"would fit with: distributed_optimizer + tensor 2 ({paired.memory.per_gpu_gib:.1f} GiB)"
-    )
+    fixes = problem.msg.split("would fit with: ")[1]
+    assert f"distributed_optimizer + tensor 2 ({paired.memory.per_gpu_gib:.1f} GiB)" in fixes
+    # No single knob fits at 8k, so every suggestion pairs two.
+    assert all(" + " in fix for fix in fixes.split(", "))
+
+
+def test_memory_problem_lists_at_most_four_fixes_including_do_with_tp2() -> None:
+    validated, plan = planned(job())
+    [problem] = memory_problems(validated, plan)
+    fixes = problem.msg.split("would fit with: ")[1].split(", ")
+    assert 1 <= len(fixes) <= 4
+    assert any(fix.startswith("distributed_optimizer + tensor 2 (") for fix in fixes)
 
 
 def test_qwen2_7b_with_distributed_optimizer_and_tensor_2_fits() -> None:
