@@ -1,0 +1,259 @@
+"""The real trainer on CPU: megatron-core GPTModel under torchrun on gloo, a few dozen steps.
+
+Each test runs `python -m trainer.train` (or torchrun) in a subprocess, as a pod would, and
+reads the metrics it writes. Every run has a timeout: a hung checkpoint writer must fail the
+test, not the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trainer.config import config_to_dict, example_config
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "tests" / "golden" / "tiny_losses.json"
+RUN_TIMEOUT_S = 240
+# Layouts reduce in a different order than one process does; fp32 sums then differ in the
+# last bits, which a few Adam steps amplify to ~1e-5 relative.
+LAYOUT_RTOL = 1e-4
+
+
+def tiny_config(tmp: Path, *, steps: int = 8, **sections) -> dict:
+    """A 2-layer GQA Llama on the embedded corpora: one stage, constant LR after 2 warmup steps."""
+    config = config_to_dict(example_config())
+    config["stages"] = config["stages"][:1]
+    config["stages"][0]["steps"] = steps
+    config["schedule"] = {"kind": "constant", "warmup_steps": 2}
+    config["eval"] = {"interval_steps": 0, "samples_per_channel": 8}
+    config["checkpoint"] = {"directory": str(tmp / "ckpt"), "interval_steps": 4, "keep_last": 5}
+    config["metrics"] = {"jsonl_path": str(tmp / "metrics.jsonl")}
+    config["data"]["cache_dir"] = str(tmp.parent / "corpora")
+    for section, values in sections.items():
+        if isinstance(values, dict) and isinstance(config.get(section), dict):
+            config[section] = {**config[section], **values}
+        else:
+            config[section] = values
+    return config
+
+
+def run_trainer(tmp: Path, config: dict, *, nproc: int = 1, check: bool = True) -> subprocess.CompletedProcess:
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / "config.json"
+    path.write_text(json.dumps(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1" if nproc > 1 else os.environ.get("OMP_NUM_THREADS", "2")}
+    if nproc == 1:
+        command = [sys.executable, "-m", "trainer.train", "--config", str(path)]
+    else:
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={nproc}", "-m", "trainer.train", "--config", str(path),
+        ]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    if check and result.returncode != 0:
+        raise AssertionError(f"trainer failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+def records(tmp: Path, phase: str | None = None) -> list[dict]:
+    rows = [json.loads(line) for line in (tmp / "metrics.jsonl").read_text().splitlines()]
+    if phase == "train":
+        return [r for r in rows if r["phase"] != "eval"]
+    if phase is not None:
+        return [r for r in rows if r["phase"] == phase]
+    return rows
+
+
+def losses(tmp: Path) -> list[float]:
+    return [r["metrics"]["loss"] for r in records(tmp, "train")]
+
+
+# --- a single process ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def learning_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("learning")
+    config = tiny_config(tmp, steps=30, eval={"interval_steps": 15, "samples_per_channel": 8})
+    config["checkpoint"]["interval_steps"] = 0
+    run_trainer(tmp, config)
+    return tmp
+
+
+def test_loss_falls_over_a_few_dozen_steps_on_embedded_text(learning_run):
+    curve = losses(learning_run)
+    assert len(curve) == 30
+    first, last = sum(curve[:3]) / 3, sum(curve[-3:]) / 3
+    assert first > 6.0  # ln(512) ≈ 6.24: an untrained model
+    assert last < first - 1.0
+
+
+def test_channel_losses_are_reported_and_their_token_weighted_mean_is_the_total(learning_run):
+    for record in records(learning_run, "train"):
+        metrics = record["metrics"]
+        channels = [k.split("/", 1)[1] for k in metrics if k.startswith("tokens/")]
+        assert set(channels) <= {"code", "en", "zh"} and channels
+        tokens = sum(metrics[f"tokens/{c}"] for c in channels)
+        weighted = sum(metrics[f"loss/{c}"] * metrics[f"tokens/{c}"] for c in channels) / tokens
+        assert weighted == pytest.approx(metrics["loss"], rel=1e-9)
+        assert tokens == 8 * 64  # global batch × sequence length
+
+
+def test_every_record_has_the_ingest_shape(learning_run):
+    for record in records(learning_run):
+        assert set(record) == {"job", "attempt", "step", "stage", "phase", "tokens", "metrics"}
+        assert record["phase"] in {"warmup", "stable", "decay", "eval"}
+    steps = records(learning_run, "train")
+    assert [r["phase"] for r in steps[:3]] == ["warmup", "warmup", "stable"]
+    assert all(r["metrics"]["data/batch_index"] == r["step"] for r in steps)
+    assert all(r["metrics"]["grad_norm"] > 0 for r in steps)
+
+
+def test_eval_reports_perplexity_per_channel(learning_run):
+    evals = records(learning_run, "eval")
+    assert [r["step"] for r in evals] == [14, 29]
+    for name in ("code", "en", "zh"):
+        first, last = evals[0]["metrics"][f"eval/ppl/{name}"], evals[1]["metrics"][f"eval/ppl/{name}"]
+        assert 1 < last < first
+
+
+def test_golden_losses_pin_the_numerics_of_a_seeded_tiny_run(learning_run):
+    golden = json.loads(GOLDEN.read_text())
+    assert losses(learning_run)[:20] == pytest.approx(golden["losses"], rel=1e-4)
+
+
+# --- parallel layouts -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def initial_checkpoint(tmp_path_factory) -> Path:
+    """An untrained model saved at step 0, so every layout starts from the same weights."""
+    tmp = tmp_path_factory.mktemp("init")
+    config = tiny_config(tmp, steps=1, checkpoint={"save_initial": True, "interval_steps": 0})
+    run_trainer(tmp, config)
+    return tmp / "ckpt" / "step-00000000"
+
+
+@pytest.fixture(scope="module")
+def single_process_run(tmp_path_factory, initial_checkpoint) -> Path:
+    tmp = tmp_path_factory.mktemp("single")
+    run_trainer(tmp, tiny_config(tmp, checkpoint={"init_from": str(initial_checkpoint)}))
+    return tmp
+
+
+@pytest.mark.parametrize(
+    "parallel",
+    [
+        {"tensor": 2},
+        {"pipeline": 2},
+        {"distributed_optimizer": True},  # data parallel 2, optimizer state sharded
+    ],
+    ids=["tp2", "pp2", "dp2-distopt"],
+)
+def test_parallel_layouts_give_the_single_process_losses(tmp_path, initial_checkpoint, single_process_run, parallel):
+    config = tiny_config(tmp_path, parallel=parallel, checkpoint={"init_from": str(initial_checkpoint)})
+    run_trainer(tmp_path, config, nproc=2)
+    assert losses(tmp_path) == pytest.approx(losses(single_process_run), rel=LAYOUT_RTOL)
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+
+
+def test_a_resumed_run_continues_with_the_identical_losses(tmp_path, single_process_run):
+    checkpoint = single_process_run / "ckpt" / "step-00000004"
+    run_trainer(tmp_path, tiny_config(tmp_path, checkpoint={"resume_from": str(checkpoint)}))
+    resumed = records(tmp_path, "train")
+    assert [r["step"] for r in resumed] == [4, 5, 6, 7]
+    assert losses(tmp_path) == pytest.approx(losses(single_process_run)[4:], rel=1e-6)
+
+
+def test_a_resume_with_a_skip_range_consumes_exactly_the_batches_it_should(tmp_path, single_process_run):
+    checkpoint = single_process_run / "ckpt" / "step-00000004"
+    config = tiny_config(tmp_path, checkpoint={"resume_from": str(checkpoint)})
+    config["data"]["skip_ranges"] = [[4, 7]]
+    run_trainer(tmp_path, config)
+    consumed = [int(r["metrics"]["data/batch_index"]) for r in records(tmp_path, "train")]
+    assert consumed == [7, 8, 9, 10]
+
+
+def test_a_checkpoint_with_one_changed_byte_is_refused(tmp_path, single_process_run):
+    checkpoint = tmp_path / "step-00000004"
+    shutil.copytree(single_process_run / "ckpt" / "step-00000004", checkpoint)
+    shard = next(checkpoint.glob("*.distcp"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+
+    result = run_trainer(tmp_path, tiny_config(tmp_path, checkpoint={"resume_from": str(checkpoint)}), check=False)
+
+    assert result.returncode != 0
+    assert f"{shard.name} does not match its sha256" in result.stderr
+    metrics = tmp_path / "metrics.jsonl"
+    assert not metrics.exists() or metrics.read_text() == ""  # not one step trained
+
+
+def test_published_checkpoints_carry_a_verifying_manifest_and_old_ones_are_pruned(tmp_path):
+    from trainer.checkpoint import verify
+
+    config = tiny_config(tmp_path, steps=8, checkpoint={"interval_steps": 2, "keep_last": 2})
+    run_trainer(tmp_path, config)
+    published = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert published == ["step-00000006", "step-00000008"]
+    manifest = verify(tmp_path / "ckpt" / "step-00000008")
+    assert manifest.step == 8 and manifest.tokens == 8 * 8 * 64
+    assert any(name.endswith(".distcp") for name in manifest.files)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    config = tiny_config(tmp_path, steps=100_000, checkpoint={"interval_steps": 0})
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trainer.train", "--config", str(tmp_path / "config.json")],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=RUN_TIMEOUT_S)
+    assert process.returncode == 0, stderr[-3000:]
+    saved = list((tmp_path / "ckpt").glob("step-*"))
+    assert len(saved) == 1
+    last_step = records(tmp_path, "train")[-1]["step"]
+    assert saved[0].name == f"step-{last_step + 1:08d}"
+
+
+# --- precision and stability -------------------------------------------------------------------------
+
+
+def test_fp16_loss_scaling_skips_an_overflowing_step_and_backs_off(tmp_path):
+    # Gradients are of the token-summed loss (per-token loss, as Megatron computes it), so a
+    # scale of 2**14 overflows fp16 here; each overflow must skip the step and halve the scale.
+    config = tiny_config(
+        tmp_path,
+        steps=10,
+        precision={"dtype": "fp16", "loss_scale": {"initial_scale": 2.0**14, "hysteresis": 1}},
+        checkpoint={"interval_steps": 0},
+    )
+    run_trainer(tmp_path, config)
+    steps = [r["metrics"] for r in records(tmp_path, "train")]
+    assert steps[0]["step/skipped"] == 1.0
+    first_update = next(i for i, m in enumerate(steps) if m["step/skipped"] == 0.0)
+    scales = [m["loss_scale"] for m in steps]
+    assert scales[:first_update] == [2.0 ** (13 - i) for i in range(first_update)]
+    assert all(m["grad_norm"] > 0 for m in steps[first_update:])

@@ -1,0 +1,259 @@
+"""Checkpoints a rollback can trust.
+
+Model and optimizer go through `megatron.core.dist_checkpointing` (every rank writes its
+shards); the trainer's own counters go beside them. A checkpoint is written to a temporary
+directory, sealed with a manifest (step, tokens, every file with its size and sha256), and
+published by one atomic rename. Only a directory whose manifest verifies is a checkpoint:
+`resume_from` verifies before loading and refuses a corrupt one by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing
+
+from trainer.model import unwrap
+from trainer.report import post_checkpoint
+
+if TYPE_CHECKING:
+    from trainer.config import TrainerConfig
+    from trainer.parallel import Layout
+    from trainer.train import Trainer
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+TRAINER_STATE = "trainer_state.pt"
+STEP_DIR = re.compile(r"^step-(\d{8})$")
+# Resharding-friendly layout of the distributed optimizer's state (across data parallel).
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint's files do not match its manifest (or it has none)."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    step: int
+    tokens: int
+    attempt: int
+    files: dict[str, dict[str, Any]]
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()
+
+
+def step_dir(directory: Path, step: int) -> Path:
+    return directory / f"step-{step:08d}"
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(path: Path, *, step: int, tokens: int, attempt: int) -> Manifest:
+    """Seal a finished checkpoint directory: every file's size and sha256."""
+    files = {
+        str(file.relative_to(path)): {"size": file.stat().st_size, "sha256": _file_digest(file)}
+        for file in sorted(path.rglob("*"))
+        if file.is_file() and file.name != MANIFEST
+    }
+    manifest = Manifest(step=step, tokens=tokens, attempt=attempt, files=files)
+    tmp = path / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest.__dict__, indent=1, sort_keys=True))
+    with tmp.open("rb") as handle:
+        os.fsync(handle.fileno())
+    tmp.rename(path / MANIFEST)
+    return manifest
+
+
+def verify(path: str | Path) -> Manifest:
+    """The checkpoint's manifest if every file matches it; CorruptCheckpointError otherwise."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise CorruptCheckpointError(f"checkpoint {path} has no {MANIFEST}: it was never completed")
+    try:
+        manifest = Manifest(**json.loads(manifest_path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise CorruptCheckpointError(f"checkpoint {path}: unreadable {MANIFEST} ({exc})") from exc
+    present = {
+        str(f.relative_to(path)) for f in path.rglob("*") if f.is_file() and f.name != MANIFEST
+    }
+    if missing := sorted(set(manifest.files) - present):
+        raise CorruptCheckpointError(f"checkpoint {path}: missing {', '.join(missing)}")
+    if extra := sorted(present - set(manifest.files)):
+        raise CorruptCheckpointError(f"checkpoint {path}: unexpected files {', '.join(extra)}")
+    for name, expected in manifest.files.items():
+        file = path / name
+        if file.stat().st_size != expected["size"] or _file_digest(file) != expected["sha256"]:
+            raise CorruptCheckpointError(
+                f"checkpoint {path}: {name} does not match its sha256 in the manifest"
+            )
+    return manifest
+
+
+def published(directory: Path) -> list[Path]:
+    """Published checkpoint directories, oldest first."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_dir() and STEP_DIR.match(p.name))
+
+
+class CheckpointManager:
+    """Saves, verifies, restores and prunes the checkpoints of one run."""
+
+    def __init__(self, config: TrainerConfig, layout: Layout) -> None:
+        self.config = config
+        self.layout = layout
+        self.directory = Path(config.checkpoint.directory)
+        self.resumed_from: Path | None = None
+        self.last_saved_step: int | None = None
+
+    # --- restore ------------------------------------------------------------------------------
+
+    def restore(self, trainer: Trainer) -> Path | None:
+        """Load `resume_from` (model, optimizer, counters) or `init_from` (weights only)."""
+        ckpt = self.config.checkpoint
+        if ckpt.resume_from and ckpt.init_from:
+            raise ValueError("checkpoint.resume_from and checkpoint.init_from are exclusive")
+        if ckpt.resume_from:
+            path = Path(ckpt.resume_from)
+            self._verify_everywhere(path)
+            self._load(trainer, path, with_optimizer=True)
+            trainer.load_state_dict(torch.load(path / TRAINER_STATE, weights_only=False))
+            self.resumed_from = path
+            return path
+        if ckpt.init_from:
+            path = Path(ckpt.init_from)
+            self._verify_everywhere(path)
+            self._load(trainer, path, with_optimizer=False)
+            return path
+        return None
+
+    def _verify_everywhere(self, path: Path) -> None:
+        # One rank hashes; every rank learns the verdict, so all fail together and clearly.
+        error = [None]
+        if self.layout.rank == 0:
+            try:
+                verify(path)
+            except CorruptCheckpointError as exc:
+                error[0] = str(exc)
+        dist.broadcast_object_list(error, src=0)
+        if error[0] is not None:
+            raise CorruptCheckpointError(error[0])
+
+    def _load(self, trainer: Trainer, path: Path, *, with_optimizer: bool) -> dict[str, Any]:
+        state = self._sharded_state_dict(trainer, with_optimizer=with_optimizer, loading=True)
+        loaded = dist_checkpointing.load(state, str(path))
+        with torch.no_grad():
+            for index, chunk in enumerate(trainer.model):
+                unwrap(chunk).load_state_dict(loaded[_model_key(trainer, index)], strict=True)
+            if with_optimizer:
+                trainer.optimizer.load_state_dict(loaded["optimizer"])
+        return loaded
+
+    # --- save ---------------------------------------------------------------------------------
+
+    def save_initial(self, trainer: Trainer) -> None:
+        if self.config.checkpoint.save_initial and trainer.step == 0:
+            self.save(trainer)
+
+    def save(self, trainer: Trainer) -> Path:
+        """Write, seal and publish a checkpoint of the current step; prune old ones."""
+        step = trainer.step
+        final = step_dir(self.directory, step)
+        if self.last_saved_step == step and final.exists():
+            return final
+        tmp = self.directory / f".tmp-step-{step:08d}-a{self.config.job.attempt}"
+        if self.layout.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        state = self._sharded_state_dict(trainer, with_optimizer=True, loading=False)
+        dist_checkpointing.save(state, str(tmp))
+        dist.barrier()
+        if self.layout.rank == 0:
+            torch.save(trainer.state_dict(), tmp / TRAINER_STATE)
+            manifest = write_manifest(
+                tmp, step=step, tokens=trainer.tokens, attempt=self.config.job.attempt
+            )
+            if final.exists():  # an earlier attempt reached this step too; ours supersedes it
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            _fsync_dir(self.directory)
+            self._report(final, manifest)
+            self._prune()
+        dist.barrier()
+        self.last_saved_step = step
+        log.info("checkpoint %s published", final)
+        return final
+
+    def _sharded_state_dict(self, trainer: Trainer, *, with_optimizer: bool, loading: bool):
+        state: dict[str, Any] = {}
+        # Unwrapped, as Megatron-LM does: keys then do not depend on the DDP/fp16 wrappers.
+        for index, chunk in enumerate(trainer.model):
+            state[_model_key(trainer, index)] = unwrap(chunk).sharded_state_dict()
+        if with_optimizer:
+            state["optimizer"] = trainer.optimizer.sharded_state_dict(
+                state, is_loading=loading, metadata=OPTIMIZER_METADATA
+            )
+        return state
+
+    def _report(self, path: Path, manifest: Manifest) -> None:
+        metrics = self.config.metrics
+        if not metrics.url:
+            return
+        post_checkpoint(
+            metrics.url,
+            self.config.job.id,
+            metrics.token,
+            {
+                "attempt": manifest.attempt,
+                "step": manifest.step,
+                "tokens": manifest.tokens,
+                "path": str(path),
+                "manifest_sha256": manifest.sha256(),
+            },
+        )
+
+    def _prune(self) -> None:
+        """Keep the newest `keep_last`, plus anything pinned or resumed from."""
+        keep = {Path(p).resolve() for p in self.config.checkpoint.pinned}
+        if self.resumed_from is not None:
+            keep.add(self.resumed_from.resolve())
+        candidates = [p for p in published(self.directory) if p.resolve() not in keep]
+        for old in candidates[: max(0, len(candidates) - self.config.checkpoint.keep_last)]:
+            shutil.rmtree(old, ignore_errors=True)
+            log.info("checkpoint %s pruned", old)
+
+    def close(self) -> None:
+        pass
+
+
+def _model_key(trainer: Trainer, index: int) -> str:
+    return "model" if len(trainer.model) == 1 else f"model{index}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
