@@ -39,3 +39,26 @@ print("ok")
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_raising_the_rope_base_changes_the_rotary_frequencies_even_after_caching():
+    script = """
+import torch
+from trainer.compat import enable_cpu_mode
+enable_cpu_mode()
+from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+from trainer.model import rebase_rotary
+
+def rotary(base):
+    return RotaryEmbedding(kv_channels=16, rotary_percent=1.0, rotary_base=base, use_cpu_initialization=True)
+
+embedding = rotary(10_000)
+before = embedding(32).clone()  # now cached for length 32
+rebase_rotary(embedding, 1_000_000)
+after = embedding(32)
+assert not torch.allclose(before, after)
+assert torch.allclose(after, rotary(1_000_000)(32))
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -257,3 +257,16 @@ def test_fp16_loss_scaling_skips_an_overflowing_step_and_backs_off(tmp_path):
     scales = [m["loss_scale"] for m in steps]
     assert scales[:first_update] == [2.0 ** (13 - i) for i in range(first_update)]
     assert all(m["grad_norm"] > 0 for m in steps[first_update:])
+
+
+def test_a_nonfinite_loss_never_reaches_the_weights_and_the_run_stops_naming_the_step(tmp_path):
+    # A learning rate of 1e4 without clipping blows the model up within a few steps.
+    config = tiny_config(tmp_path, steps=20, optimizer={"lr": 1e4, "clip_grad": 0.0}, checkpoint={"interval_steps": 0})
+    result = run_trainer(tmp_path, config, check=False)
+
+    assert result.returncode != 0
+    steps = records(tmp_path, "train")
+    bad = [r for r in steps if r["metrics"]["loss"] == "NaN" or r["metrics"]["loss"] == "Infinity"]
+    assert len(bad) == 3  # train.max_nonfinite_steps
+    assert all(r["metrics"]["step/skipped"] == 1.0 for r in bad)
+    assert f"last at step {bad[-1]['step']}" in result.stderr

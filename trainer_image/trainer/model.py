@@ -133,13 +133,17 @@ def set_rope_base(model_chunks: list[torch.nn.Module], base: float) -> None:
     """Switch every chunk's rotary embedding to `base` (the long-context stage raises it)."""
     for chunk in model_chunks:
         rotary = getattr(unwrap(chunk), "rotary_pos_emb", None)
-        if rotary is None:
-            continue
-        dim = rotary.inv_freq.numel() * 2
-        exponents = torch.arange(0, dim, 2, dtype=torch.float32, device=rotary.inv_freq.device) / dim
-        rotary.inv_freq = 1.0 / (base**exponents)
-        # RotaryEmbedding.forward is lru-cached per sequence length; stale entries keep the old base.
-        type(rotary).forward.cache_clear()
+        if rotary is not None:
+            rebase_rotary(rotary, base)
+
+
+def rebase_rotary(rotary: torch.nn.Module, base: float) -> None:
+    """Recompute a RotaryEmbedding's inverse frequencies for a new base."""
+    dim = rotary.inv_freq.numel() * 2
+    exponents = torch.arange(0, dim, 2, dtype=torch.float32, device=rotary.inv_freq.device) / dim
+    rotary.inv_freq = 1.0 / (base**exponents)
+    # RotaryEmbedding.forward is lru-cached per sequence length; stale entries keep the old base.
+    type(rotary).forward.cache_clear()
 
 
 def shrink_embedding_gradient(model: GPTModel, alpha: float) -> None:

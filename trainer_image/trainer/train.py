@@ -127,6 +127,7 @@ class Trainer:
             # Never let a NaN reach the weights: skip the update, report, and let the watchdog act.
             skipped = True
             self.nonfinite_in_a_row += 1
+            metrics["grad_norm"] = math.nan
             log.error("step %d: loss or gradients are not finite; update skipped", self.step)
             if self.nonfinite_in_a_row >= config.train.max_nonfinite_steps:
                 self._report(self.step, {**metrics, "step/skipped": 1.0})
@@ -134,7 +135,6 @@ class Trainer:
                     f"loss or gradients not finite for {self.nonfinite_in_a_row} steps in a row, "
                     f"last at step {self.step}"
                 )
-            metrics["grad_norm"] = math.nan
         else:
             updated, grad_norm, _ = self.optimizer.step()
             skipped = not updated
