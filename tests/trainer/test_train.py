@@ -270,3 +270,47 @@ def test_a_nonfinite_loss_never_reaches_the_weights_and_the_run_stops_naming_the
     assert len(bad) == 3  # train.max_nonfinite_steps
     assert all(r["metrics"]["step/skipped"] == 1.0 for r in bad)
     assert f"last at step {bad[-1]['step']}" in result.stderr
+
+
+def test_metrics_and_checkpoints_reach_the_ingest_api_with_the_job_token(tmp_path):
+    """A stand-in for the service's ingest routes on loopback: what the trainer sends, as sent."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[tuple[str, str, object]] = []
+
+    class Ingest(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's naming)
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append((self.path, self.headers.get("Authorization"), body))
+            self.send_response(201 if self.path.endswith("/checkpoints") else 202)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ingest)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        config = tiny_config(
+            tmp_path,
+            steps=4,
+            job={"id": "42", "attempt": 1, "name": "ingest-test"},
+            metrics={"url": url, "token": "pto_job42", "flush_interval_s": 0.1},
+            checkpoint={"interval_steps": 4},
+        )
+        run_trainer(tmp_path, config)
+    finally:
+        server.shutdown()
+
+    metric_posts = [body for path, _, body in received if path == "/v1/jobs/42/metrics"]
+    checkpoint_posts = [body for path, _, body in received if path == "/v1/jobs/42/checkpoints"]
+    assert {auth for _, auth, _ in received} == {"Bearer pto_job42"}
+    steps = [record["step"] for batch in metric_posts for record in batch]
+    assert steps == [0, 1, 2, 3]
+    assert all(record["job"] == "42" and record["attempt"] == 1 for batch in metric_posts for record in batch)
+    (checkpoint,) = checkpoint_posts
+    assert checkpoint["step"] == 4 and checkpoint["attempt"] == 1
+    assert checkpoint["path"].endswith("step-00000004") and len(checkpoint["manifest_sha256"]) == 64
