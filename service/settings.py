@@ -43,6 +43,36 @@ class Settings(BaseSettings):
     trainer_image: str = Field(
         "pretrain-orchestrator/trainer:0.1.0", description="Container image of the trainer pods."
     )
+    checkpoint_root: str = Field(
+        "/checkpoints",
+        description="Where trainer pods write checkpoints (the checkpoint volume's mount path).",
+    )
+    data_root: str = Field("/data", description="Where trainer pods read corpora (the data volume).")
+    checkpoint_pvc: str | None = Field(
+        None, description="PersistentVolumeClaim mounted at `checkpoint_root` in trainer pods."
+    )
+    data_pvc: str | None = Field(
+        None, description="PersistentVolumeClaim mounted read-only at `data_root` in trainer pods."
+    )
+    ingest_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="The API as trainer pods reach it, for metrics and checkpoint reports.",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node selector for trainer pods (JSON object)."
+    )
+    tolerations: list[dict[str, str]] = Field(
+        default_factory=list, description="Tolerations for trainer pods (JSON list)."
+    )
+    scheduling_queue: str | None = Field(
+        None, description="Gang-scheduling queue (Volcano/Kueue) for PyTorchJobs; unset = none."
+    )
+    priority_class: str | None = Field(
+        None, description="PriorityClass of trainer pods and their gang; unset = cluster default."
+    )
+    max_pod_failure_retries: int = Field(
+        3, ge=0, description="Attempts a job may open after retryable pod failures."
+    )
     api_host: str = Field("127.0.0.1", description="Address `pretrainctl serve` binds.")
     api_port: int = Field(8000, ge=1, le=65535, description="Port `pretrainctl serve` binds.")
     api_url: str = Field(
