@@ -52,6 +52,8 @@ class _CudaToCpu(TorchFunctionMode):
 class _NullStream:
     """Stands in for a CUDA stream on CPU: everything is already ordered."""
 
+    def __init__(self, *_: Any, **__: Any) -> None: ...
+
     def wait_stream(self, _stream: Any) -> None: ...
 
     def wait_event(self, _event: Any) -> None: ...
@@ -95,7 +97,7 @@ def enable_cpu_mode() -> bool:
     cuda.synchronize = lambda *_, **__: None
     cuda.current_stream = lambda *_, **__: _NullStream()
     cuda.default_stream = lambda *_, **__: _NullStream()
-    cuda.Stream = lambda *_, **__: _NullStream()
+    cuda.Stream = _NullStream  # a class: libraries write `torch.cuda.Stream | None`
     cuda.stream = lambda *_, **__: contextlib.nullcontext()
     cuda.Event = _NullEvent
     cuda.get_rng_state = lambda *_, **__: torch.get_rng_state()
