@@ -246,21 +246,35 @@ def test_reporter_from_config_writes_jsonl_without_a_url(tmp_path: Path) -> None
     assert (record["job"], record["attempt"]) == ("job-9", 3)
 
 
-def test_reporter_from_config_posts_to_the_service_with_a_url(ingest) -> None:
+def test_reporter_from_config_posts_to_the_service_and_keeps_a_local_file(ingest, tmp_path: Path) -> None:
     server = ingest()
     config = example_config()
     config.metrics.url = server.url + "/"
     config.metrics.token = "tok"
     config.metrics.max_buffer = 7
+    config.metrics.jsonl_path = str(tmp_path / "m.jsonl")
     config.job.id = "job-9"
     reporter = MetricsReporter.from_config(config)
-    assert isinstance(reporter.sink, HttpSink)
-    assert reporter.sink.endpoint == f"{server.url}/v1/jobs/job-9/metrics"
-    assert reporter.sink.max_buffer == 7
+    http, jsonl = reporter.sink.sinks
+    assert isinstance(http, HttpSink) and isinstance(jsonl, JsonlSink)
+    assert http.endpoint == f"{server.url}/v1/jobs/job-9/metrics"
+    assert http.max_buffer == 7
     reporter.report(0, "pretrain", "warmup", 0, {"loss": 1.0})
     assert reporter.close(timeout=10)
     assert [r["job"] for r in server.accepted()] == ["job-9"]
     assert server.requests[0].headers["Authorization"] == "Bearer tok"
+    assert json.loads((tmp_path / "m.jsonl").read_text())["metrics"] == {"loss": 1.0}
+
+
+def test_the_ingest_token_comes_from_the_pod_environment_when_the_config_has_none(monkeypatch) -> None:
+    from trainer.report import ingest_token
+
+    config = example_config()
+    config.metrics.token = None
+    monkeypatch.setenv("PRETRAIN_INGEST_TOKEN", "pto_from_secret")
+    assert ingest_token(config) == "pto_from_secret"
+    config.metrics.token = "pto_in_config"
+    assert ingest_token(config) == "pto_in_config"
 
 
 def test_report_after_close_is_an_error(tmp_path: Path) -> None:

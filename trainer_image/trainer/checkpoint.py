@@ -24,7 +24,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
 from trainer.model import unwrap
-from trainer.report import post_checkpoint
+from trainer.report import ingest_token, post_checkpoint
 
 if TYPE_CHECKING:
     from trainer.config import TrainerConfig
@@ -223,7 +223,7 @@ class CheckpointManager:
         post_checkpoint(
             metrics.url,
             self.config.job.id,
-            metrics.token,
+            ingest_token(self.config),
             {
                 "attempt": manifest.attempt,
                 "step": manifest.step,

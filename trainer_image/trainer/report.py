@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -32,6 +33,9 @@ from urllib.parse import quote
 import httpx
 
 from trainer.config import TrainerConfig
+
+# Where a pod finds its ingest token (mounted from the workload's Secret).
+INGEST_TOKEN_ENV = "PRETRAIN_INGEST_TOKEN"
 
 log = logging.getLogger(__name__)
 
@@ -114,20 +118,19 @@ class MetricsReporter:
 
     @classmethod
     def from_config(cls, config: TrainerConfig) -> MetricsReporter:
-        """HTTP to the service when `metrics.url` is set, else the JSONL file."""
+        """The JSONL file always; also HTTP to the service when `metrics.url` is set."""
         metrics = config.metrics
-        sink: Sink
+        sink: Sink = JsonlSink(metrics.jsonl_path)
         if metrics.url:
-            sink = HttpSink(
+            http = HttpSink(
                 metrics.url,
                 config.job.id,
-                metrics.token,
+                ingest_token(config),
                 metrics.timeout_s,
                 flush_interval_s=metrics.flush_interval_s,
                 max_buffer=metrics.max_buffer,
             )
-        else:
-            sink = JsonlSink(metrics.jsonl_path)
+            sink = TeeSink([http, sink])
         return cls(sink, job=config.job.id, attempt=config.job.attempt)
 
     def report(
@@ -163,6 +166,28 @@ class MetricsReporter:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def ingest_token(config: TrainerConfig) -> str | None:
+    """The job's ingest token: from the config, else from the pod's Secret via the environment."""
+    return config.metrics.token or os.environ.get(INGEST_TOKEN_ENV) or None
+
+
+class TeeSink:
+    """Every record to several sinks (the service, and a local file to read after the fact)."""
+
+    def __init__(self, sinks: list[Sink]) -> None:
+        self.sinks = sinks
+
+    def submit(self, record: dict[str, Any]) -> None:
+        for sink in self.sinks:
+            sink.submit(record)
+
+    def flush(self, timeout: float) -> bool:
+        return all([sink.flush(timeout) for sink in self.sinks])
+
+    def close(self, timeout: float) -> bool:
+        return all([sink.close(timeout) for sink in self.sinks])
 
 
 class JsonlSink:
