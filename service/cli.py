@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -81,17 +82,62 @@ def serve(host: str | None, port: int | None) -> None:
     from service.db import migrate
 
     settings = _settings()
+    host, port = host or settings.api_host, port or settings.api_port
     if settings.is_embedded:
         migrate.upgrade(settings)
     if settings.admin_token is None and settings.environment == "development":
         path = _ensure_generated_admin_token(settings)
         click.echo(f"no PRETRAIN_ADMIN_TOKEN set: the admin token is in {path}", err=True)
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.api_host,
-        port=port or settings.api_port,
-        log_level=settings.log_level,
-    )
+    stop = None
+    if settings.is_embedded and settings.backend == "local":
+        from service.controller.loop import start_in_background
+
+        if "ingest_url" not in settings.model_fields_set:  # trainers report to this very server
+            settings = settings.model_copy(update={"ingest_url": f"http://{host}:{port}"})
+        _, stop, _ = start_in_background(settings)
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level)
+    finally:
+        if stop is not None:
+            stop.set()
+
+
+@cli.command()
+def controller() -> None:
+    """Run the controller loop (cluster mode; `serve` runs one itself on the embedded default)."""
+    import logging
+    import signal
+    import threading
+
+    from service.controller.loop import Controller, backend_for
+    from service.db.session import get_sessionmaker
+
+    settings = _settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    loop = Controller(settings, backend_for(settings), get_sessionmaker(settings.resolved_database_url))
+    click.echo(f"controller: {settings.backend} backend, namespace {settings.namespace}", err=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        loop.run(stop)
+
+
+@cli.command()
+@click.argument("file", type=click.File("r"))
+@click.option("--attempt", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--resume-from", default=None, help="Checkpoint path the attempt resumes from.")
+def render(file, attempt: int, resume_from: str | None) -> None:
+    """Print the PyTorchJob, ConfigMap and Secret a spec would launch, as YAML."""
+    from service.controller.manifests import render_for_review
+    from service.spec import SpecInvalid
+
+    try:
+        click.echo(render_for_review(file.read(), attempt=attempt, resume_from=resume_from, settings=_settings()))
+    except SpecInvalid as exc:
+        click.echo("error: the spec was refused:", err=True)
+        for problem in exc.problems:
+            click.echo(f"  - {'.'.join(map(str, problem.loc)) or 'body'}: {problem.msg}", err=True)
+        sys.exit(2)
 
 
 def _ensure_generated_admin_token(settings: Settings) -> Path:

@@ -43,9 +43,10 @@ class Settings(BaseSettings):
     trainer_image: str = Field(
         "pretrain-orchestrator/trainer:0.1.0", description="Container image of the trainer pods."
     )
-    checkpoint_root: str = Field(
-        "/checkpoints",
-        description="Where trainer pods write checkpoints (the checkpoint volume's mount path).",
+    checkpoint_root: str | None = Field(
+        None,  # filled in below: it depends on the backend
+        description="Where trainers write checkpoints: the checkpoint volume's mount path "
+        "(default /checkpoints), or `<state_dir>/checkpoints` with the local backend.",
     )
     data_root: str = Field("/data", description="Where trainer pods read corpora (the data volume).")
     checkpoint_pvc: str | None = Field(
@@ -98,6 +99,13 @@ class Settings(BaseSettings):
             if url is not None and url.startswith(plain):
                 return "postgresql+psycopg://" + url[len(plain) :]
         return url
+
+    @model_validator(mode="after")
+    def _default_checkpoint_root_by_backend(self) -> Settings:
+        if self.checkpoint_root is None:
+            local = str((self.state_dir / "checkpoints").resolve())
+            self.checkpoint_root = local if self.backend == "local" else "/checkpoints"
+        return self
 
     @model_validator(mode="after")
     def _refuse_default_secrets_in_production(self) -> Settings:

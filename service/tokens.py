@@ -37,9 +37,18 @@ def new_token_value() -> str:
 
 
 def mint_token(
-    session: Session, *, name: str, role: Role, created_by: str, job_id: int | None = None
+    session: Session,
+    *,
+    name: str,
+    role: Role,
+    created_by: str,
+    job_id: int | None = None,
+    commit: bool = True,
 ) -> tuple[ApiToken, str]:
-    """Store a new token with its audit event and return it with its one-time plaintext."""
+    """Store a new token with its audit event and return it with its one-time plaintext.
+
+    `commit=False` leaves it in the caller's transaction (the controller's reconcile).
+    """
     value = new_token_value()
     token = repo.add_token(
         session,
@@ -57,7 +66,8 @@ def mint_token(
         job_id=job_id,
         data={"token_id": token.id, "name": name, "role": role.value},
     )
-    session.commit()
+    if commit:
+        session.commit()
     return token, value
 
 

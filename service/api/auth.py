@@ -46,6 +46,11 @@ def require(role: Role):
     """A dependency that lets through principals with at least `role`."""
 
     def check(principal: PrincipalDep) -> Principal:
+        if principal.job_id is not None:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                "a job token may only report metrics and checkpoints for its own job",
+            )
         if not principal.may(role):
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
@@ -60,3 +65,17 @@ ViewerDep = Annotated[Principal, Depends(require(Role.VIEWER))]
 SubmitterDep = Annotated[Principal, Depends(require(Role.SUBMITTER))]
 OncallDep = Annotated[Principal, Depends(require(Role.ONCALL))]
 AdminDep = Annotated[Principal, Depends(require(Role.ADMIN))]
+
+
+def get_job_reporter(job_id: int, principal: PrincipalDep) -> Principal:
+    """A trainer writing for its own job (its job token), or an admin."""
+    if principal.job_id == job_id or (principal.job_id is None and principal.may(Role.ADMIN)):
+        return principal
+    if principal.job_id is not None:
+        detail = f"this token belongs to job {principal.job_id}, not job {job_id}"
+    else:
+        detail = "only the job's own token (or an admin) may report for it"
+    raise HTTPException(status.HTTP_403_FORBIDDEN, detail)
+
+
+JobReporterDep = Annotated[Principal, Depends(get_job_reporter)]

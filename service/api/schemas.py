@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from service.db.models import Role
 
@@ -55,7 +55,9 @@ class JobsPublic(BaseModel):
     next_cursor: int | None = Field(description="Pass as `cursor` for the next page; null on the last.")
 
 
-class JobCancel(BaseModel):
+class ActionReason(BaseModel):
+    """The optional body of cancel, pause and resume: why, for the audit log."""
+
     model_config = ConfigDict(extra="forbid")
 
     reason: str | None = Field(
@@ -114,3 +116,65 @@ class PrincipalPublic(BaseModel):
 class Health(BaseModel):
     status: str
     detail: str | None = None
+
+
+class CheckpointReport(BaseModel):
+    """What a trainer sends once a checkpoint is published and sealed by its manifest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attempt: int = Field(ge=0, le=1_000_000)
+    step: int = Field(ge=0, le=2**53)
+    tokens: int = Field(ge=0, le=2**62)
+    path: str = Field(min_length=1, max_length=4096, pattern=NO_NUL)
+    manifest_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class CheckpointPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    job_id: int
+    attempt: int
+    step: int
+    tokens: int
+    path: str
+    verified: bool
+    usable: bool
+    created_at: datetime
+
+
+MetricValue = Annotated[float, Field(allow_inf_nan=False)] | Literal["NaN", "Infinity", "-Infinity"]
+MetricName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_./:-]+$")]
+
+
+class MetricRecord(BaseModel):
+    """One trainer record: a step's metrics (non-finite values as strings)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: str = Field(max_length=64, description="The job id, as the trainer knows it.")
+    attempt: int = Field(ge=0, le=1_000_000)
+    step: int = Field(ge=0, le=2**53)
+    stage: str | None = Field(None, max_length=64, pattern=NO_NUL)
+    phase: str | None = Field(None, max_length=16, pattern=NO_NUL)
+    tokens: int | None = Field(None, ge=0, le=2**62)
+    metrics: dict[MetricName, MetricValue] = Field(max_length=1000)
+
+
+class MetricsAccepted(BaseModel):
+    received: int = Field(description="Metric points in the batch.")
+    stored: int = Field(description="Points newly stored; duplicates of stored points are ignored.")
+
+
+class MetricPointPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    attempt: int
+    step: int
+    name: str
+    value: float | None
+    nonfinite: str | None
+    stage: str | None
+    phase: str | None
+    tokens: int | None

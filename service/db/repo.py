@@ -13,8 +13,10 @@ from service.db.models import (
     ApiToken,
     Attempt,
     AttemptReason,
+    Checkpoint,
     Event,
     Job,
+    MetricPoint,
     Role,
     utcnow,
 )
@@ -195,3 +197,66 @@ def revoke_token(session: Session, *, token_id: int) -> ApiToken:
         token.revoked_at = utcnow()
     session.flush()
     return token
+
+
+def add_checkpoint(
+    session: Session,
+    *,
+    job_id: int,
+    attempt: int,
+    step: int,
+    tokens: int,
+    path: str,
+    meta: dict[str, Any],
+) -> Checkpoint:
+    checkpoint = Checkpoint(
+        job_id=job_id, attempt=attempt, step=step, tokens=tokens, path=path, verified=True, meta=meta
+    )
+    session.add(checkpoint)
+    session.flush()
+    return checkpoint
+
+
+def find_checkpoint(session: Session, *, job_id: int, attempt: int, step: int) -> Checkpoint | None:
+    query = select(Checkpoint).where(
+        Checkpoint.job_id == job_id, Checkpoint.attempt == attempt, Checkpoint.step == step
+    )
+    return session.scalars(query).one_or_none()
+
+
+def list_checkpoints(session: Session, *, job_id: int) -> Sequence[Checkpoint]:
+    query = select(Checkpoint).where(Checkpoint.job_id == job_id)
+    return session.scalars(query.order_by(Checkpoint.step, Checkpoint.attempt)).all()
+
+
+def newest_good_checkpoint(session: Session, *, job_id: int, before_step: int | None = None) -> Checkpoint | None:
+    """The latest verified, usable checkpoint (optionally strictly before a step)."""
+    query = select(Checkpoint).where(
+        Checkpoint.job_id == job_id, Checkpoint.verified.is_(True), Checkpoint.usable.is_(True)
+    )
+    if before_step is not None:
+        query = query.where(Checkpoint.step < before_step)
+    return session.scalars(query.order_by(Checkpoint.step.desc(), Checkpoint.attempt.desc()).limit(1)).first()
+
+
+def metric_points(
+    session: Session,
+    *,
+    job_id: int,
+    names: Sequence[str] = (),
+    attempt: int | None = None,
+    min_step: int | None = None,
+    max_step: int | None = None,
+    limit: int,
+) -> Sequence[MetricPoint]:
+    query = select(MetricPoint).where(MetricPoint.job_id == job_id)
+    if names:
+        query = query.where(MetricPoint.name.in_(names))
+    if attempt is not None:
+        query = query.where(MetricPoint.attempt == attempt)
+    if min_step is not None:
+        query = query.where(MetricPoint.step >= min_step)
+    if max_step is not None:
+        query = query.where(MetricPoint.step <= max_step)
+    query = query.order_by(MetricPoint.name, MetricPoint.step, MetricPoint.attempt).limit(limit)
+    return session.scalars(query).all()

@@ -38,18 +38,20 @@ class Server:
     def __init__(self, cwd: Path, env: dict[str, str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # A file, not a pipe: a server whose log nobody reads must never block on a full pipe.
+        self.log = (Path(cwd) / f"serve-{self.port}.log").open("w+")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
             cwd=cwd,
             env=env,
-            stdout=subprocess.PIPE,
+            stdout=self.log,
             stderr=subprocess.STDOUT,
             text=True,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"serve exited: {self.process.stdout.read()}")
+                raise RuntimeError(f"serve exited: {self.output()}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
                     return
@@ -59,13 +61,20 @@ class Server:
         self.stop()
         raise RuntimeError("serve did not become ready in 30 s")
 
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
     def stop(self) -> str:
         self.process.terminate()
         try:
-            out, _ = self.process.communicate(timeout=10)
+            self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            out, _ = self.process.communicate()
+            self.process.wait()
+        out = self.output()
+        self.log.close()
         return out
 
 

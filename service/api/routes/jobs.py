@@ -7,10 +7,17 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 
-from service import jobs
-from service.api.auth import SubmitterDep, ViewerDep
+from service import attempts, jobs
+from service.api.auth import OncallDep, SubmitterDep, ViewerDep
 from service.api.deps import MAX_ID, SessionDep, SettingsDep
-from service.api.schemas import NO_NUL, EventsPublic, JobCancel, JobPublic, JobsPublic
+from service.api.schemas import (
+    NO_NUL,
+    ActionReason,
+    AttemptPublic,
+    EventsPublic,
+    JobPublic,
+    JobsPublic,
+)
 from service.db import repo
 from service.db.models import JobState
 from service.spec import parse_spec_text
@@ -90,11 +97,49 @@ def cancel_job(
     job_id: JobId,
     session: SessionDep,
     principal: SubmitterDep,
-    body: Annotated[JobCancel | None, Body()] = None,
+    body: Annotated[ActionReason | None, Body()] = None,
 ) -> JobPublic:
     """Stop a job: at once if nothing runs yet, else through the controller."""
     job = jobs.cancel_job(session, job_id=job_id, principal=principal, reason=body.reason if body else None)
     return JobPublic.model_validate(job)
+
+
+@router.post(
+    "/{job_id}/pause",
+    response_model=JobPublic,
+    responses={404: {"description": "No such job."}, 409: {"description": "Finished or already paused."}},
+)
+def pause_job(
+    job_id: JobId,
+    session: SessionDep,
+    principal: OncallDep,
+    body: Annotated[ActionReason | None, Body()] = None,
+) -> JobPublic:
+    """Stop the workload, keep the job (on-call); `resume` continues from the newest checkpoint."""
+    job = attempts.pause_job(session, job_id=job_id, principal=principal, reason=body.reason if body else None)
+    return JobPublic.model_validate(job)
+
+
+@router.post(
+    "/{job_id}/resume",
+    response_model=JobPublic,
+    responses={404: {"description": "No such job."}, 409: {"description": "The job is not paused."}},
+)
+def resume_job(
+    job_id: JobId,
+    session: SessionDep,
+    principal: OncallDep,
+    body: Annotated[ActionReason | None, Body()] = None,
+) -> JobPublic:
+    """Open a new attempt of a paused job from its newest good checkpoint (on-call)."""
+    job = attempts.resume_job(session, job_id=job_id, principal=principal, reason=body.reason if body else None)
+    return JobPublic.model_validate(job)
+
+
+@router.get("/{job_id}/attempts", response_model=list[AttemptPublic], responses={404: {"description": "No such job."}})
+def list_attempts(job_id: JobId, session: SessionDep, _: ViewerDep) -> list[AttemptPublic]:
+    """The job's attempts, oldest first, with why each was opened."""
+    return [AttemptPublic.model_validate(a) for a in repo.get_job(session, job_id=job_id).attempts]
 
 
 @router.get("/{job_id}/events", response_model=EventsPublic, responses={404: {"description": "No such job."}})

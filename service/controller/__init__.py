@@ -1,0 +1,1 @@
+"""The controller: reconcile desired attempts (DB) with workloads (PyTorchJobs or local processes)."""

@@ -1,0 +1,30 @@
+"""Where workloads run. Every backend answers the same three questions, idempotently."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from service.controller.manifests import Workload
+from service.controller.reconcile import WorkloadStatus
+
+
+class TemporaryBackendError(Exception):
+    """Worth retrying later: API 5xx, timeouts, conflicts, a backend restarting."""
+
+
+class PermanentBackendError(Exception):
+    """Retrying will not help (invalid manifest, forbidden): the job fails with this reason."""
+
+
+class Backend(Protocol):
+    def observe(self, job_id: int) -> dict[int, WorkloadStatus]:
+        """This job's workloads by attempt number, as they are now."""
+        ...
+
+    def create(self, workload: Workload) -> bool:
+        """Create the workload unless it exists; True if this call created it."""
+        ...
+
+    def delete(self, job_id: int, attempt: int) -> bool:
+        """Delete the workload if it exists; True if this call deleted it."""
+        ...

@@ -1,0 +1,172 @@
+"""The controller's decision, as a pure function: desired state + observed state -> actions.
+
+Level-triggered: nothing here remembers what happened; `plan` looks at the job as stored and
+the workloads as the backend reports them, and says what to do to make them agree. Applying
+the actions is idempotent, so running `plan` twice, or after a crash, is always safe.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+# How soon to look again while something is in motion, and while a job just runs.
+REQUEUE_SOON_S = 2.0
+REQUEUE_RUNNING_S = 5.0
+
+
+class Phase(enum.StrEnum):
+    """A workload's phase as the backend reports it."""
+
+    PENDING = "pending"  # created, not yet running (scheduling, pulling images)
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class WorkloadStatus:
+    name: str
+    attempt: int
+    phase: Phase
+    reason: str | None = None
+    retryable: bool = False
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What the database says about a job."""
+
+    job_id: int
+    state: str  # JobState value
+    desired_state: str  # DesiredState value
+    attempt: int  # the newest attempt's number
+    attempt_state: str  # AttemptState value of the newest attempt
+    pod_failure_retries: int  # attempts opened so far because pods failed
+    max_pod_failure_retries: int
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the backend says: this job's workloads, by attempt."""
+
+    workloads: dict[int, WorkloadStatus] = field(default_factory=dict)
+
+
+# --- actions -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreateWorkload:
+    attempt: int
+
+
+@dataclass(frozen=True)
+class DeleteWorkload:
+    attempt: int
+    why: str
+
+
+@dataclass(frozen=True)
+class RecordAttempt:
+    """Set the newest attempt's state (and the job's, when it follows)."""
+
+    attempt: int
+    state: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class OpenAttempt:
+    """Open attempt N+1 resuming from the newest good checkpoint."""
+
+    reason: str  # AttemptReason value
+    why: str
+
+
+@dataclass(frozen=True)
+class FinishJob:
+    state: str  # succeeded | failed | cancelled | paused
+    reason: str
+
+
+Action = CreateWorkload | DeleteWorkload | RecordAttempt | OpenAttempt | FinishJob
+
+TERMINAL_JOB_STATES = {"succeeded", "failed", "cancelled"}
+TERMINAL_ATTEMPT_STATES = {"succeeded", "failed", "cancelled", "superseded"}
+
+
+def plan(desired: Desired, observed: Observed) -> tuple[list[Action], float | None]:
+    """The actions that move the world towards `desired`, and when to look again (None: done)."""
+    actions: list[Action] = []
+    current = observed.workloads.get(desired.attempt)
+    # Workloads of older attempts have no business running.
+    for attempt in sorted(observed.workloads):
+        if attempt != desired.attempt:
+            actions.append(DeleteWorkload(attempt, why=f"attempt {attempt} is superseded"))
+
+    if desired.state in TERMINAL_JOB_STATES:
+        if desired.state == "cancelled" and current is not None:
+            actions.append(DeleteWorkload(desired.attempt, why="the job is cancelled"))
+        return actions, (REQUEUE_SOON_S if actions else None)
+
+    if desired.desired_state in ("cancelled", "paused"):
+        target = desired.desired_state
+        if current is not None:
+            actions.append(DeleteWorkload(desired.attempt, why=f"the job is {target}"))
+            return actions, REQUEUE_SOON_S
+        if desired.attempt_state not in TERMINAL_ATTEMPT_STATES:
+            actions.append(RecordAttempt(desired.attempt, "cancelled", reason=f"job {target}"))
+        if desired.state != target:
+            actions.append(FinishJob(target, reason=f"{target} on request"))
+        return actions, None
+
+    # desired running
+    if desired.state == "paused":
+        # Resuming opens a new attempt (the API does that); until then nothing to do.
+        return actions, (REQUEUE_SOON_S if actions else None)
+
+    if current is None:
+        if desired.attempt_state == "pending":
+            actions.append(CreateWorkload(desired.attempt))
+            return actions, REQUEUE_SOON_S
+        if desired.attempt_state == "running":
+            # It ran and vanished (node lost, deleted by hand): as good as a retryable failure.
+            actions += _after_failure(desired, "its workload disappeared", retryable=True)
+            return actions, REQUEUE_SOON_S
+        return actions, (REQUEUE_SOON_S if actions else None)
+
+    if current.phase in (Phase.PENDING, Phase.RUNNING, Phase.RESTARTING):
+        if current.phase != Phase.PENDING and desired.attempt_state != "running":
+            actions.append(RecordAttempt(desired.attempt, "running", reason=current.reason))
+        return actions, REQUEUE_RUNNING_S if current.phase == Phase.RUNNING else REQUEUE_SOON_S
+
+    if current.phase == Phase.SUCCEEDED:
+        if desired.attempt_state != "succeeded":
+            actions.append(RecordAttempt(desired.attempt, "succeeded"))
+        actions.append(
+            FinishJob("succeeded", reason=f"attempt {desired.attempt} finished training")
+        )
+        return actions, None
+
+    # failed
+    actions += _after_failure(desired, current.reason or "the workload failed", current.retryable)
+    return actions, REQUEUE_SOON_S
+
+
+def _after_failure(desired: Desired, reason: str, retryable: bool) -> list[Action]:
+    actions: list[Action] = [RecordAttempt(desired.attempt, "failed", reason=reason)]
+    if retryable and desired.pod_failure_retries < desired.max_pod_failure_retries:
+        actions.append(OpenAttempt("pod_failure", why=f"attempt {desired.attempt}: {reason}"))
+    elif retryable:
+        actions.append(
+            FinishJob(
+                "failed",
+                reason=f"attempt {desired.attempt}: {reason}; retry budget of "
+                f"{desired.max_pod_failure_retries} pod-failure attempts spent",
+            )
+        )
+    else:
+        actions.append(FinishJob("failed", reason=f"attempt {desired.attempt}: {reason}"))
+    return actions

@@ -1,0 +1,310 @@
+"""Render the trainer config (TrainerConfig schema v1) of one attempt from a stored job.
+
+The JSON is the whole contract with the trainer image, so this module never imports
+`trainer`: it writes every field of schema v1 out in full, which keeps the rendered file
+a complete record of what the attempt ran with and lets the trainer side round-trip it.
+Spec fields with no v1 counterpart are memory or service knobs that leave the numerics
+alone (recompute, optimizer_offload, checkpoint.storage, watchdog, planner inputs);
+combinations the trainer cannot run raise `ValueError`.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from service.settings import Settings
+
+TRAINER_CONFIG_SCHEMA_VERSION = 1
+# The spec has no seed fields yet; both seeds stay at the trainer's documented default.
+DEFAULT_SEED = 1234
+EMBEDDED_SCHEME = "embedded://"
+BYTE_TOKENIZER = "byte"
+
+# Trainer-side knobs the spec does not expose, written out so the file is complete.
+_METRICS_DEFAULTS = {
+    "flush_interval_s": 2.0,
+    "max_buffer": 10000,
+    "timeout_s": 5.0,
+}
+_TRAIN_DEFAULTS = {"max_nonfinite_steps": 3, "log_interval": 1}
+
+_SCHEDULE_KINDS = frozenset({"wsd", "cosine", "constant"})
+_DECAY_SHAPES = frozenset({"linear", "cosine", "1-sqrt"})
+
+
+def render_trainer_config(
+    *,
+    job_id: int,
+    job_name: str,
+    spec: Mapping[str, Any],
+    derived: Mapping[str, Any],
+    plan: Mapping[str, Any] | None,
+    attempt: int,
+    resume_from: str | None,
+    skip_ranges: Sequence[Sequence[int]],
+    lr_scale: float,
+    ingest_token: str | None,
+    settings: Settings,
+) -> dict[str, Any]:
+    """The TrainerConfig v1 JSON mapping of one attempt of a stored job.
+
+    `spec` is `JobSpec.model_dump(mode="json")`, `derived` is `{"model": ModelArch, **Derived}`
+    as the service stores them, and `plan` the stored Plan (or None before planning).
+    """
+    if job_id < 0:
+        raise ValueError(f"job_id must not be negative, got {job_id}")
+    if attempt < 0:
+        raise ValueError(f"attempt must not be negative, got {attempt}")
+    if not (isinstance(lr_scale, int | float) and math.isfinite(lr_scale) and lr_scale > 0):
+        raise ValueError(f"lr_scale must be a positive finite number, got {lr_scale!r}")
+    try:
+        resources = spec["resources"]
+        return {
+            "schema_version": TRAINER_CONFIG_SCHEMA_VERSION,
+            "job": {"id": str(job_id), "attempt": attempt, "name": job_name},
+            "model": _model(derived["model"], plan),
+            "parallel": _parallel(spec["parallelism"], resources),
+            "precision": _precision(spec["precision"], resources),
+            "optimizer": _optimizer(spec["optimizer"]),
+            "schedule": _schedule(spec["schedule"], derived),
+            "batch": {
+                "micro_batch_size": spec["batch"]["micro_batch_size"],
+                "global_batch_size": spec["batch"]["global_batch_size"],
+            },
+            "stages": _stages(spec["stages"], derived["stages"], settings),
+            "data": {
+                "seed": DEFAULT_SEED,
+                "tokenizer": spec["tokenizer"]["path"] if spec.get("tokenizer") else BYTE_TOKENIZER,
+                "cache_dir": None,
+                "skip_ranges": _ranges(skip_ranges),
+            },
+            "checkpoint": _checkpoint(spec["checkpoint"], job_id, job_name, resume_from, settings),
+            "eval": {
+                "interval_steps": spec["eval"]["interval_steps"],
+                "samples_per_channel": spec["eval"]["samples_per_channel"],
+            },
+            "metrics": _metrics(job_id, job_name, attempt, ingest_token, settings),
+            "lr_scale": float(lr_scale),
+            "train": {
+                "seed": DEFAULT_SEED,
+                **_TRAIN_DEFAULTS,
+                # MFU against a nominal CPU figure would be meaningless: leave it out on CPU.
+                "peak_tflops": None
+                if resources["gpu_type"] == "cpu"
+                else float(resources["peak_tflops"]),
+            },
+        }
+    except KeyError as exc:
+        raise ValueError(
+            f"the stored job lacks {exc.args[0]!r}; was it stored by this service?"
+        ) from exc
+
+
+def _model(model: Mapping[str, Any], plan: Mapping[str, Any] | None) -> dict[str, Any]:
+    moe = model.get("moe")
+    # Megatron allocates the padded embedding (plan.vocab.allocated), which checkpoints carry.
+    vocab_size = plan["vocab"]["allocated"] if plan is not None else model["vocab_size"]
+    if vocab_size < model["vocab_size"]:
+        raise ValueError(
+            f"plan.vocab.allocated {vocab_size} is below the model's vocab_size "
+            f"{model['vocab_size']}; re-plan the job"
+        )
+    return {
+        "num_layers": model["num_layers"],
+        "hidden_size": model["hidden_size"],
+        "num_attention_heads": model["num_attention_heads"],
+        "num_query_groups": model["num_query_groups"],
+        "ffn_hidden_size": model["ffn_hidden_size"],
+        "vocab_size": vocab_size,
+        "max_position_embeddings": model["max_position_embeddings"],
+        "rope_base": float(model["rope_base"]),
+        "norm_eps": float(model["norm_eps"]),
+        "tie_embeddings": model["tie_embeddings"],
+        "qkv_bias": model["qkv_bias"],
+        "moe": None
+        if moe is None
+        else {
+            "num_experts": moe["num_experts"],
+            "top_k": moe["top_k"],
+            "moe_ffn_hidden_size": moe["moe_ffn_hidden_size"],
+            "shared_expert_ffn_hidden_size": moe["shared_expert_ffn_hidden_size"],
+        },
+    }
+
+
+def _parallel(parallel: Mapping[str, Any], resources: Mapping[str, Any]) -> dict[str, Any]:
+    if parallel["sequence_parallel"] and resources["gpu_type"] == "cpu":
+        raise ValueError(
+            "sequence_parallel needs Transformer Engine or Apex kernels, which run on GPUs only; "
+            "turn it off for gpu_type cpu"
+        )
+    # optimizer_offload has no v1 field: it moves optimizer state, not the numerics.
+    return {
+        "tensor": parallel["tensor"],
+        "pipeline": parallel["pipeline"],
+        "context": parallel["context"],
+        "expert": parallel["expert"],
+        "virtual_pipeline": parallel["virtual_pipeline"],
+        "sequence_parallel": parallel["sequence_parallel"],
+        "distributed_optimizer": parallel["distributed_optimizer"],
+    }
+
+
+def _precision(precision: Mapping[str, Any], resources: Mapping[str, Any]) -> dict[str, Any]:
+    dtype = precision["dtype"]
+    if dtype not in ("bf16", "fp16", "fp8"):
+        raise ValueError(f"precision.dtype {dtype!r} is not one of bf16, fp16, fp8")
+    if resources["gpu_type"] == "cpu":
+        dtype = "fp32"  # CPU processes compute in fp32 whatever the spec asks for
+    elif dtype == "fp8":
+        # Trainer schema v1 has no fp8 (Transformer Engine recipes): train bf16, which is also
+        # the format fp8 training keeps its master weights and non-GEMM ops in.
+        dtype = "bf16"
+    scale = precision["loss_scale"]
+    return {
+        "dtype": dtype,
+        "loss_scale": {
+            "initial_scale": float(scale["initial_scale"]),
+            "min_scale": float(scale["min_scale"]),
+            "growth_interval": scale["growth_interval"],
+            "growth_factor": float(scale["growth_factor"]),
+            "backoff_factor": float(scale["backoff_factor"]),
+            "hysteresis": scale["hysteresis"],
+        },
+    }
+
+
+def _optimizer(optimizer: Mapping[str, Any]) -> dict[str, Any]:
+    names = (
+        "lr",
+        "min_lr",
+        "weight_decay",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_eps",
+        "clip_grad",
+        "z_loss",
+        "embedding_grad_scale",
+    )
+    return {name: float(optimizer[name]) for name in names}
+
+
+def _schedule(schedule: Mapping[str, Any], derived: Mapping[str, Any]) -> dict[str, Any]:
+    kind, shape = schedule["kind"], schedule["decay_shape"]
+    if kind not in _SCHEDULE_KINDS:
+        raise ValueError(
+            f"schedule.kind {kind!r} is not one of {', '.join(sorted(_SCHEDULE_KINDS))}"
+        )
+    if shape not in _DECAY_SHAPES:
+        raise ValueError(
+            f"schedule.decay_shape {shape!r} is not one of {', '.join(sorted(_DECAY_SHAPES))}"
+        )
+    total = derived["total_train_iters"]
+    decay = round(schedule["decay_fraction"] * total) if kind == "wsd" else 0
+    return {
+        "kind": kind,
+        "warmup_steps": derived["warmup_iters"],
+        "decay_steps": decay,
+        "decay_shape": shape,
+    }
+
+
+def _stages(
+    stages: Sequence[Mapping[str, Any]],
+    planned: Sequence[Mapping[str, Any]],
+    settings: Settings,
+) -> list[dict[str, Any]]:
+    names, planned_names = [s["name"] for s in stages], [p["stage"] for p in planned]
+    if names != planned_names:
+        raise ValueError(
+            f"the derived stages {planned_names} do not match the spec's stages {names}; "
+            "re-validate the spec"
+        )
+    return [
+        {
+            "name": stage["name"],
+            "steps": plan["train_iters"],
+            "seq_length": stage["seq_length"],
+            # null means the model's rope_base, exactly as the spec reads an unset stage base
+            "rope_base": None if stage["rope_base"] is None else float(stage["rope_base"]),
+            "lr_scale": float(stage["lr_scale"]),
+            "data": [
+                {
+                    "channel": source["channel"],
+                    "path": _data_path(source["path"], settings),
+                    "weight": float(source["weight"]),
+                    "corrupt": [],
+                }
+                for source in stage["data"]
+            ],
+        }
+        for stage, plan in zip(stages, planned, strict=True)
+    ]
+
+
+def _data_path(path: str, settings: Settings) -> str:
+    """Where a trainer pod finds a data source: relative paths live under `settings.data_root`."""
+    if path.startswith(EMBEDDED_SCHEME) or "://" in path or path.startswith("/"):
+        return path
+    return posixpath.normpath(posixpath.join(settings.data_root, path))
+
+
+def _ranges(ranges: Sequence[Sequence[int]]) -> list[list[int]]:
+    result = []
+    for bounds in ranges:
+        pair = list(bounds)
+        valid = (
+            len(pair) == 2
+            and all(isinstance(b, int) and not isinstance(b, bool) for b in pair)
+            and 0 <= pair[0] < pair[1]
+        )
+        if not valid:
+            raise ValueError(f"a skip range is [start, end) with 0 <= start < end, got {pair}")
+        result.append(pair)
+    return result
+
+
+def _checkpoint_directory(job_id: int, job_name: str, settings: Settings) -> str:
+    if not settings.checkpoint_root:
+        raise ValueError("settings.checkpoint_root is not set; trainers need a checkpoint volume")
+    return f"{settings.checkpoint_root.rstrip('/')}/{job_name}-{job_id}"
+
+
+def _metrics(
+    job_id: int, job_name: str, attempt: int, ingest_token: str | None, settings: Settings
+) -> dict[str, Any]:
+    # The trainer also keeps every record in a JSONL file: beside the checkpoints, one file per
+    # attempt, it outlives the pod (a relative path would land in the image's working directory).
+    directory = _checkpoint_directory(job_id, job_name, settings)
+    return {
+        "url": settings.ingest_url,
+        "token": ingest_token,
+        "jsonl_path": f"{directory}/metrics/attempt-{attempt}.jsonl",
+        **_METRICS_DEFAULTS,
+    }
+
+
+def _checkpoint(
+    checkpoint: Mapping[str, Any],
+    job_id: int,
+    job_name: str,
+    resume_from: str | None,
+    settings: Settings,
+) -> dict[str, Any]:
+    # Every attempt of a job writes into one directory on the checkpoint volume, so a rollback
+    # finds the checkpoints of earlier attempts. spec.checkpoint.storage is not honoured yet: the
+    # v1 trainer writes to a mounted path, and the volume is mounted at checkpoint_root.
+    return {
+        "directory": _checkpoint_directory(job_id, job_name, settings),
+        "interval_steps": checkpoint["interval_steps"],
+        "keep_last": checkpoint["keep_last"],
+        "resume_from": resume_from,
+        "init_from": None,
+        "save_initial": False,
+        # The checkpoint a rollback resumed from must survive keep_last rotation.
+        "pinned": [resume_from] if resume_from else [],
+        "save_on_sigterm": True,
+    }

@@ -1,0 +1,224 @@
+"""The whole controller against the Kubernetes emulator over real HTTP, on real Postgres.
+
+Submit through the service, reconcile, and play the Training Operator by moving the
+PyTorchJob's conditions: running, a retryable failure that resumes from the newest good
+checkpoint, success, cancellation, API errors, a controller killed between any two steps,
+and two controllers on one database.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client
+from sqlalchemy import select
+
+from service import ingest, jobs
+from service.controller.backends.kubernetes import KubernetesBackend
+from service.controller.loop import Controller
+from service.controller.manifests import workload_name
+from service.db.models import Attempt, Checkpoint, Event, Job, Role
+from service.db.session import get_sessionmaker
+from service.settings import Settings
+from service.tokens import Principal
+from tests.service.controller.k8s_emulator import EmulatorHandle, running_emulator
+
+NAMESPACE = "training"
+ALICE = Principal(name="alice", role=Role.SUBMITTER)
+
+
+@pytest.fixture
+def cluster() -> Iterator[tuple[str, EmulatorHandle]]:
+    with running_emulator(NAMESPACE) as started:
+        yield started
+
+
+@pytest.fixture
+def settings(pg_url, tmp_path) -> Settings:
+    return Settings(
+        database_url=pg_url,
+        backend="kubernetes",
+        namespace=NAMESPACE,
+        state_dir=tmp_path,
+        ingest_url="http://pretrain-api:8000",
+        max_pod_failure_retries=2,
+    )
+
+
+def make_controller(settings: Settings, cluster) -> Controller:
+    backend = KubernetesBackend(settings, client.Configuration(host=cluster[0]), request_timeout_s=2.0)
+    return Controller(settings, backend, get_sessionmaker(settings.resolved_database_url))
+
+
+@pytest.fixture
+def controller(settings, cluster) -> Controller:
+    return make_controller(settings, cluster)
+
+
+@pytest.fixture
+def job(settings, tiny_spec) -> Job:
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        return jobs.submit_job(session, raw=tiny_spec, principal=ALICE)
+
+
+def stored(settings, job_id: int) -> Job:
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        found = session.get(Job, job_id)
+        found.attempts  # load while the session is open  # noqa: B018
+        return found
+
+
+def event_kinds(settings, job_id: int) -> list[str]:
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        return list(session.scalars(select(Event.kind).where(Event.job_id == job_id).order_by(Event.id)))
+
+
+def name_of(job: Job, attempt: int) -> str:
+    return workload_name(job.name, job.id, attempt)
+
+
+def test_submit_creates_a_pytorchjob_of_the_right_shape(controller, job, cluster):
+    _, k8s = cluster
+    controller.reconcile(job.id)
+
+    pytorchjob = k8s.get("pytorchjobs", name_of(job, 0))
+    assert pytorchjob is not None
+    spec = pytorchjob["spec"]
+    assert spec["pytorchReplicaSpecs"]["Master"]["replicas"] == 1
+    assert "Worker" not in spec["pytorchReplicaSpecs"]  # one node
+    assert spec["nprocPerNode"] == "2"
+    container = spec["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    assert container["name"] == "pytorch"
+    assert pytorchjob["metadata"]["labels"]["pretrain.io/job-id"] == str(job.id)
+    assert {f"{name_of(job, 0)}-config"} <= k8s.names("configmaps")
+    assert {f"{name_of(job, 0)}-token"} <= k8s.names("secrets")
+
+
+def test_the_job_follows_the_operator_from_running_to_succeeded(controller, job, cluster, settings):
+    _, k8s = cluster
+    controller.reconcile(job.id)
+    k8s.transition(name_of(job, 0), "Created")
+    k8s.transition(name_of(job, 0), "Running")
+    controller.reconcile(job.id)
+    assert stored(settings, job.id).state == "running"
+
+    k8s.transition(name_of(job, 0), "Succeeded")
+    assert controller.reconcile(job.id) is None
+    done = stored(settings, job.id)
+    assert done.state == "succeeded" and [a.state for a in done.attempts] == ["succeeded"]
+    kinds = event_kinds(settings, job.id)
+    order = [kinds.index(k) for k in ("job.submitted", "workload.created", "attempt.running", "attempt.succeeded", "job.succeeded")]
+    assert order == sorted(order)
+
+
+def test_a_retryable_failure_opens_an_attempt_resuming_from_the_newest_good_checkpoint(controller, job, cluster, settings):
+    _, k8s = cluster
+    controller.reconcile(job.id)
+    k8s.transition(name_of(job, 0), "Running")
+    controller.reconcile(job.id)
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        for step in (40, 80):
+            ingest.record_checkpoint(
+                session, job_id=job.id, attempt=0, step=step, tokens=step * 2048,
+                path=f"/checkpoints/tiny-cpu-{job.id}/step-{step:08d}", manifest_sha256=f"{step:064x}", actor="trainer",
+            )  # fmt: skip
+
+    k8s.transition(name_of(job, 0), "Failed", reason="Evicted", message="The node was low on resource: memory.")
+    controller.reconcile(job.id)  # records the failure, opens attempt 1
+    controller.reconcile(job.id)  # deletes attempt 0's workload, creates attempt 1's
+
+    after = stored(settings, job.id)
+    assert [(a.number, a.state, a.reason) for a in after.attempts] == [(0, "failed", "launch"), (1, "pending", "pod_failure")]
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        attempt = session.scalars(select(Attempt).where(Attempt.job_id == job.id, Attempt.number == 1)).one()
+        assert session.get(Checkpoint, attempt.resume_from_checkpoint_id).step == 80
+    assert k8s.names("pytorchjobs") == {name_of(job, 1)}
+    config = k8s.get("configmaps", f"{name_of(job, 1)}-config")["data"]["trainer.json"]
+    assert f"step-{80:08d}" in config
+
+
+def test_a_permanent_failure_fails_the_job(controller, job, cluster, settings):
+    _, k8s = cluster
+    controller.reconcile(job.id)
+    k8s.transition(name_of(job, 0), "Failed", reason="OOMKilled", message="container pytorch was OOMKilled")
+    controller.reconcile(job.id)
+    failed = stored(settings, job.id)
+    assert failed.state == "failed" and "OOM" in failed.state_reason
+
+
+def test_cancel_deletes_the_workload(controller, job, cluster, settings):
+    _, k8s = cluster
+    controller.reconcile(job.id)
+    k8s.transition(name_of(job, 0), "Running")
+    controller.reconcile(job.id)
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        jobs.cancel_job(session, job_id=job.id, principal=ALICE, reason="wrong data")
+
+    controller.reconcile(job.id)
+    controller.reconcile(job.id)
+
+    assert k8s.names("pytorchjobs") == set()
+    assert stored(settings, job.id).state == "cancelled"
+
+
+def test_api_errors_are_retried_without_duplicates(controller, job, cluster):
+    _, k8s = cluster
+    k8s.fail_next("create", "pytorchjobs", times=2, status=500)
+    delays = [controller.reconcile(job.id) for _ in range(2)]
+    assert all(d is not None and d >= 2 for d in delays)  # backing off
+    controller.reconcile(job.id)
+    k8s.fail_next("create", "configmaps", times=1, status=409)
+    controller.reconcile(job.id)
+    assert k8s.names("pytorchjobs") == {name_of(job, 0)}
+    assert len(k8s.objects("configmaps")) == 1 and len(k8s.objects("secrets")) == 1
+
+
+def test_a_controller_killed_between_any_two_steps_converges_to_one_workload_per_attempt(settings, cluster, job):
+    """Each reconcile is a fresh controller (a restart); the world converges to the same state."""
+    _, k8s = cluster
+    script = [
+        lambda: None,
+        lambda: k8s.transition(name_of(job, 0), "Running"),
+        lambda: k8s.transition(name_of(job, 0), "Failed", reason="Evicted"),
+        lambda: None,
+        lambda: k8s.transition(name_of(job, 1), "Running"),
+        lambda: k8s.transition(name_of(job, 1), "Succeeded"),
+    ]
+    for step in script:
+        step()
+        for _ in range(2):  # a restarted controller reconciles again: harmless
+            make_controller(settings, cluster).reconcile(job.id)
+    final = stored(settings, job.id)
+    assert final.state == "succeeded"
+    assert [(a.number, a.state) for a in final.attempts] == [(0, "failed"), (1, "succeeded")]
+    assert k8s.names("pytorchjobs") == {name_of(job, 1)}
+    assert k8s.count("create", "pytorchjobs") == 2
+
+
+def test_two_controllers_on_one_postgres_never_double_act(settings, cluster, tiny_spec):
+    _, k8s = cluster
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        job_ids = [
+            jobs.submit_job(session, raw={**tiny_spec, "name": f"race-{i}"}, principal=ALICE).id for i in range(6)
+        ]
+    controllers = [make_controller(settings, cluster) for _ in range(2)]
+    barrier = threading.Barrier(2)
+
+    def work(controller: Controller) -> None:
+        barrier.wait()
+        for _ in range(3):
+            for job_id in job_ids:
+                controller.reconcile(job_id)
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in controllers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert len(k8s.objects("pytorchjobs")) == 6
+    assert k8s.count("create", "pytorchjobs") == 6  # not one create attempted twice
+    for job_id in job_ids:
+        assert event_kinds(settings, job_id).count("workload.created") == 1

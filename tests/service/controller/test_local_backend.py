@@ -1,0 +1,131 @@
+"""The embedded default end to end: `pretrainctl serve` runs the controller and the local backend.
+
+A tiny CPU job goes in through the API and trains to completion as real trainer processes;
+a trainer killed mid-run is resumed from its last checkpoint by a new attempt, automatically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import EXAMPLES
+from tests.service.test_cli import Server, clean_env
+
+RUN_TIMEOUT_S = 240
+
+
+def small_job(name: str, *, steps: int, checkpoint_every: int) -> dict:
+    """The tiny CPU example cut down to one process and `steps` steps of 8 × 64 tokens."""
+    spec = yaml.safe_load((EXAMPLES / "tiny-cpu.yaml").read_text())
+    spec["name"] = name
+    spec["resources"]["gpus_per_node"] = 1
+    spec["batch"] = {"micro_batch_size": 4, "global_batch_size": 8}
+    spec["schedule"] = {"kind": "constant", "warmup_tokens": 8 * 64 * 2}
+    spec["stages"] = [{**spec["stages"][0], "seq_length": 64, "tokens": 8 * 64 * steps}]
+    spec["checkpoint"] = {"interval_steps": checkpoint_every, "keep_last": 3}
+    spec["eval"] = {"interval_steps": steps, "samples_per_channel": 4}
+    return spec
+
+
+@pytest.fixture
+def embedded(tmp_path):
+    server = Server(cwd=tmp_path, env=clean_env())
+    token = (tmp_path / ".pretrain" / "admin-token").read_text().strip()
+    client = httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    yield client, tmp_path
+    client.close()
+    server.stop()
+
+
+def wait_for(client: httpx.Client, job_id: int, predicate, what: str) -> dict:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if predicate(job):
+            return job
+        assert job["state"] not in ("failed", "cancelled") or predicate(job), job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} never {what}: {client.get(f'/v1/jobs/{job_id}').json()}")
+
+
+def kinds(client: httpx.Client, job_id: int) -> list[str]:
+    return [
+        e["kind"]
+        for e in client.get(f"/v1/jobs/{job_id}/events", params={"limit": 500}).json()["data"]
+    ]
+
+
+def test_a_tiny_cpu_job_submitted_through_the_api_runs_to_completion(embedded):
+    client, _ = embedded
+    job = client.post(
+        "/v1/jobs", json=small_job("local-complete", steps=6, checkpoint_every=3)
+    ).json()
+
+    done = wait_for(client, job["id"], lambda j: j["state"] == "succeeded", "succeeded")
+
+    assert [a["state"] for a in done["attempts"]] == ["succeeded"]
+    events = kinds(client, job["id"])
+    for kind in (
+        "job.submitted",
+        "workload.created",
+        "attempt.running",
+        "checkpoint.published",
+        "attempt.succeeded",
+        "job.succeeded",
+    ):
+        assert kind in events, events
+    steps = {c["step"] for c in client.get(f"/v1/jobs/{job['id']}/checkpoints").json()}
+    assert steps == {3, 6}
+    losses = client.get(f"/v1/jobs/{job['id']}/metrics", params={"name": "loss"}).json()
+    assert [p["step"] for p in losses] == list(range(6))
+
+
+def _trainer_pid(root: Path, job_id: int, attempt: int) -> int:
+    """The trainer's own process: the child of the workload's shell wrapper."""
+    (folder,) = list((root / ".pretrain" / "workloads").glob(f"*-{job_id}-a{attempt}"))
+    wrapper = json.loads((folder / "meta.json").read_text())["pid"]
+    children = Path(f"/proc/{wrapper}/task/{wrapper}/children").read_text().split()
+    return int(children[0])
+
+
+def test_a_killed_trainer_is_resumed_from_its_last_checkpoint(embedded):
+    client, root = embedded
+    job = client.post(
+        "/v1/jobs", json=small_job("local-resume", steps=16, checkpoint_every=4)
+    ).json()
+    job_id = job["id"]
+    wait_for(
+        client,
+        job_id,
+        lambda j: any(c["step"] >= 4 for c in client.get(f"/v1/jobs/{j['id']}/checkpoints").json()),
+        "wrote a checkpoint at step 4",
+    )
+
+    os.kill(_trainer_pid(root, job_id, 0), signal.SIGKILL)
+
+    done = wait_for(client, job_id, lambda j: j["state"] == "succeeded", "succeeded after the kill")
+    first, second = done["attempts"]
+    assert first["state"] == "failed" and "SIGKILL" in first["state_reason"]
+    assert second["reason"] == "pod_failure" and second["state"] == "succeeded"
+    checkpoints = {c["id"]: c for c in client.get(f"/v1/jobs/{job_id}/checkpoints").json()}
+    resumed_from = checkpoints[second["resume_from_checkpoint_id"]]
+    assert resumed_from["attempt"] == 0 and resumed_from["step"] >= 4
+    # The new attempt trained only the steps after its checkpoint.
+    steps = [
+        p["step"]
+        for p in client.get(
+            f"/v1/jobs/{job_id}/metrics", params={"name": "loss", "attempt": 1}
+        ).json()
+    ]
+    assert steps == list(range(resumed_from["step"], 16))
+    assert "attempt.opened" in kinds(client, job_id)
