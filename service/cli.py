@@ -398,6 +398,63 @@ def events(ctx: click.Context, job_id: int, after: int | None, as_json: bool) ->
     _print(rows, as_json, human)
 
 
+@cli.command()
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def checkpoints(ctx: click.Context, job_id: int, as_json: bool) -> None:
+    """List a job's registered checkpoints."""
+    with api(ctx) as client:
+        rows = client.checkpoints(job_id)
+
+    def human(rows: list[dict[str, Any]]) -> None:
+        for c in rows:
+            state = "good" if c["verified"] and c["usable"] else "unusable"
+            click.echo(f"  a{c['attempt']:<3} step {c['step']:>8}  {c['tokens']:>14,} tokens  {state:<8} {c['path']}")
+
+    _print(rows, as_json, human)
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True)
+@click.pass_context
+def follow(ctx: click.Context, job_id: int, interval: float) -> None:
+    """Follow a job live: per-channel loss as steps land, and every event, until it ends."""
+    import time
+
+    after_event, next_step = None, 0
+    with api(ctx) as client:
+        while True:
+            job = client.get_job(job_id)
+            for event in client.events(job_id, after=after_event)["data"]:
+                after_event = event["id"]
+                attempt = f"a{event['attempt']}" if event["attempt"] is not None else "-"
+                why = f": {event['reason']}" if event["reason"] else ""
+                click.echo(f"  event  {attempt:<4} {event['kind']}{why}")
+            points = client.metrics(job_id, min_step=next_step, attempt=job["attempts"][-1]["number"])
+            by_step: dict[int, dict[str, Any]] = {}
+            for point in points:
+                by_step.setdefault(point["step"], {})[point["name"]] = point["value"] if point["value"] is not None else point["nonfinite"]
+            for step in sorted(by_step):
+                values = by_step[step]
+                if "loss" not in values:
+                    continue
+                channels = "  ".join(
+                    f"{name.split('/', 1)[1]} {_number(v)}" for name, v in sorted(values.items()) if name.startswith("loss/")
+                )
+                click.echo(f"step {step:>6}  loss {_number(values['loss'])}  {channels}  lr {_number(values.get('lr'), '.2e')}")
+                next_step = step + 1
+            if job["state"] in ("succeeded", "failed", "cancelled", "paused"):
+                click.echo(f"job {job_id} {job['state']}" + (f": {job['state_reason']}" if job["state_reason"] else ""))
+                sys.exit(0 if job["state"] == "succeeded" else 1)
+            time.sleep(interval)
+
+
+def _number(value: Any, spec: str = ".3f") -> str:
+    return format(value, spec) if isinstance(value, int | float) else str(value)
+
+
 def main() -> None:
     cli(prog_name="pretrainctl")
 

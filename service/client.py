@@ -71,6 +71,14 @@ class ApiClient:
             "GET", f"/v1/jobs/{job_id}/events", params={k: v for k, v in params.items() if v is not None}
         )
 
+    def metrics(self, job_id: int, **params: Any) -> list[dict[str, Any]]:
+        return self._call(
+            "GET", f"/v1/jobs/{job_id}/metrics", params={k: v for k, v in params.items() if v is not None}
+        )
+
+    def checkpoints(self, job_id: int) -> list[dict[str, Any]]:
+        return self._call("GET", f"/v1/jobs/{job_id}/checkpoints")
+
     def create_token(self, *, name: str, role: str) -> dict[str, Any]:
         return self._call("POST", "/v1/tokens", json={"name": name, "role": role})
 

@@ -58,6 +58,7 @@ def record_checkpoint(
             attempt=attempt,
             data={"checkpoint_id": checkpoint.id, "step": step, "tokens": tokens, "path": path},
         )
+        _mark_pruned(session, job=job)
         session.commit()
     except IntegrityError:
         # A retry of the same report raced us to the insert; the stored row answers both.
@@ -117,3 +118,18 @@ def store_metrics(session: Session, *, job_id: int, records: list[dict[str, Any]
     stored = len(session.execute(statement.returning(MetricPoint.id), rows).all())
     session.commit()
     return stored
+
+
+def _mark_pruned(session: Session, *, job) -> None:
+    """Mirror the trainer's pruning: beyond the newest `keep_last`, a checkpoint is gone from disk.
+
+    The trainer keeps the newest `checkpoint.keep_last` plus any it was told to pin (the one
+    each attempt resumed from); everything else it deletes, so it must not be offered for a
+    rollback.
+    """
+    keep_last = job.spec.get("checkpoint", {}).get("keep_last", 3)
+    pinned = {a.resume_from_checkpoint_id for a in job.attempts if a.resume_from_checkpoint_id}
+    checkpoints = repo.list_checkpoints(session, job_id=job.id)
+    live = [c for c in checkpoints if c.usable and c.id not in pinned]
+    for old in live[: max(0, len(live) - keep_last)]:
+        old.usable = False

@@ -97,16 +97,19 @@ def test_serve_with_no_configuration_accepts_the_tiny_example(embedded_server):
     assert (cwd / ".pretrain" / "orchestrator.db").exists()
 
     shown = pretrainctl("get", str(job["id"]), cwd=cwd, env=env)
-    assert shown.returncode == 0 and f"job {job['id']}" in shown.stdout and "pending" in shown.stdout
+    assert shown.returncode == 0 and f"job {job['id']}" in shown.stdout and "attempt 0" in shown.stdout
 
     listed = pretrainctl("list", cwd=cwd, env=env)
     assert job["name"] in listed.stdout and "1 of 1 jobs" in listed.stdout
 
+    # The embedded controller may already have launched it: cancelling is then asynchronous.
     cancelled = pretrainctl("cancel", str(job["id"]), "--reason", "demo over", cwd=cwd, env=env)
-    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
+    assert cancelled.returncode == 0 and ("cancelled" in cancelled.stdout or "cancelling" in cancelled.stdout)
 
     events = pretrainctl("events", str(job["id"]), "--json", cwd=cwd, env=env)
-    assert [e["kind"] for e in json.loads(events.stdout)] == ["job.submitted", "job.cancelled"]
+    kinds = [e["kind"] for e in json.loads(events.stdout)]
+    assert kinds[0] == "job.submitted"
+    assert {"job.cancelled", "job.cancel_requested"} & set(kinds)
 
 
 def test_cli_prints_each_problem_of_a_refused_spec_and_exits_2(embedded_server):

@@ -113,3 +113,13 @@ def test_pause_needs_oncall_and_resume_needs_a_paused_job(app_client, tokens, tw
     assert resumed.status_code == 409 and "not paused" in resumed.json()["detail"]
     attempts = app_client.get(f"/v1/jobs/{job_a}/attempts", headers=auth(tokens["viewer"])).json()
     assert [(a["number"], a["reason"]) for a in attempts] == [(0, "launch")]
+
+
+def test_checkpoints_the_trainer_prunes_stop_being_usable(app_client, two_jobs, settings):
+    (job_a, _), (token_a, _) = two_jobs
+    # examples/tiny-cpu.yaml keeps the newest 3 checkpoints on disk.
+    for step in (40, 80, 120, 160, 200):
+        checkpoint = {"attempt": 0, "step": step, "tokens": step, "path": f"/c/{step}", "manifest_sha256": f"{step:064x}"}
+        assert app_client.post(f"/v1/jobs/{job_a}/checkpoints", json=checkpoint, headers=auth(token_a)).status_code == 201
+    listed = app_client.get(f"/v1/jobs/{job_a}/checkpoints", headers=auth(ADMIN_TOKEN)).json()
+    assert [(c["step"], c["usable"]) for c in listed] == [(40, False), (80, False), (120, True), (160, True), (200, True)]
