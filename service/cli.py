@@ -123,6 +123,18 @@ def controller() -> None:
 
 
 @cli.command()
+@click.option("--concurrency", type=click.IntRange(min=1), default=2, show_default=True)
+def worker(concurrency: int) -> None:
+    """Run a Celery worker for the asynchronous actions (needs PRETRAIN_REDIS_URL)."""
+    from service.tasks import make_app
+
+    settings = _settings()
+    if not settings.redis_url:
+        raise click.ClickException("PRETRAIN_REDIS_URL is not set: without Redis the tasks run in-process")
+    make_app(settings).worker_main(["worker", "--loglevel=INFO", f"--concurrency={concurrency}"])
+
+
+@cli.command()
 @click.argument("file", type=click.File("r"))
 @click.option("--attempt", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--resume-from", default=None, help="Checkpoint path the attempt resumes from.")

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 
-from service import attempts, jobs
+from service import attempts, jobs, tasks
 from service.api.auth import OncallDep, SubmitterDep, ViewerDep
 from service.api.deps import MAX_ID, SessionDep, SettingsDep
 from service.api.schemas import (
@@ -44,11 +44,15 @@ JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="Job id.")]
     openapi_extra=SPEC_BODY,
     responses={409: {"description": "A job with this name is still active."}},
 )
-async def submit_job(request: Request, session: SessionDep, principal: SubmitterDep) -> JobPublic:
+async def submit_job(
+    request: Request, session: SessionDep, settings: SettingsDep, principal: SubmitterDep
+) -> JobPublic:
     """Validate a job spec (JSON or YAML), store it with attempt 0, and return it."""
     raw = parse_spec_text(await request.body())
     # The handler is async only to read the raw body; the database work must not block the loop.
-    return await run_in_threadpool(_submit, session, raw, principal)
+    job = await run_in_threadpool(_submit, session, raw, principal)
+    tasks.job_changed(settings, job.id, "submitted")
+    return job
 
 
 def _submit(session, raw, principal) -> JobPublic:
@@ -96,11 +100,13 @@ def get_job(job_id: JobId, session: SessionDep, _: ViewerDep) -> JobPublic:
 def cancel_job(
     job_id: JobId,
     session: SessionDep,
+    settings: SettingsDep,
     principal: SubmitterDep,
     body: Annotated[ActionReason | None, Body()] = None,
 ) -> JobPublic:
     """Stop a job: at once if nothing runs yet, else through the controller."""
     job = jobs.cancel_job(session, job_id=job_id, principal=principal, reason=body.reason if body else None)
+    tasks.job_changed(settings, job.id, f"cancel-{job.updated_at.timestamp()}")
     return JobPublic.model_validate(job)
 
 
@@ -112,11 +118,13 @@ def cancel_job(
 def pause_job(
     job_id: JobId,
     session: SessionDep,
+    settings: SettingsDep,
     principal: OncallDep,
     body: Annotated[ActionReason | None, Body()] = None,
 ) -> JobPublic:
     """Stop the workload, keep the job (on-call); `resume` continues from the newest checkpoint."""
     job = attempts.pause_job(session, job_id=job_id, principal=principal, reason=body.reason if body else None)
+    tasks.job_changed(settings, job.id, f"pause-{job.updated_at.timestamp()}")
     return JobPublic.model_validate(job)
 
 
@@ -128,11 +136,13 @@ def pause_job(
 def resume_job(
     job_id: JobId,
     session: SessionDep,
+    settings: SettingsDep,
     principal: OncallDep,
     body: Annotated[ActionReason | None, Body()] = None,
 ) -> JobPublic:
     """Open a new attempt of a paused job from its newest good checkpoint (on-call)."""
     job = attempts.resume_job(session, job_id=job_id, principal=principal, reason=body.reason if body else None)
+    tasks.job_changed(settings, job.id, f"resume-{job.updated_at.timestamp()}")
     return JobPublic.model_validate(job)
 
 

@@ -1,0 +1,82 @@
+"""The queue: a real Celery worker on real Redis reconciles a job the moment the API changes it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+from fastapi.testclient import TestClient
+
+from service import tasks
+from service.api.app import create_app
+from service.controller.manifests import workload_name
+from service.settings import Settings
+from tests.conftest import ADMIN_TOKEN, auth
+from tests.service.controller.k8s_emulator import running_emulator
+
+
+@pytest.fixture
+def cluster():
+    with running_emulator("training") as started:
+        yield started
+
+
+@pytest.fixture
+def queued_settings(pg_url, redis_url, tmp_path, cluster, monkeypatch) -> Settings:
+    settings = Settings(
+        database_url=pg_url,
+        redis_url=redis_url,
+        backend="kubernetes",
+        namespace="training",
+        admin_token=ADMIN_TOKEN,
+        state_dir=tmp_path,
+    )
+    # The worker's controller talks to the emulator (the cluster's API server in this test).
+    from kubernetes import client
+
+    from service.controller.backends.kubernetes import KubernetesBackend
+
+    monkeypatch.setattr(
+        KubernetesBackend,
+        "from_environment",
+        classmethod(lambda cls, s, **kw: cls(s, client.Configuration(host=cluster[0]), request_timeout_s=2.0)),
+    )
+    return settings
+
+
+def eventually(check, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.1)
+    raise AssertionError("condition never held")
+
+
+def test_a_submission_is_launched_by_a_celery_worker_and_a_cancel_deletes_it(queued_settings, cluster, tiny_spec):
+    _, k8s = cluster
+    app = tasks.make_app(queued_settings)
+    tasks._apps[id(queued_settings)] = app  # the API sends through the same app the worker serves
+    with start_worker(app, perform_ping_check=False, pool="solo", loglevel="WARNING"), TestClient(
+        create_app(queued_settings)
+    ) as api:
+        job = api.post("/v1/jobs", json=tiny_spec, headers=auth(ADMIN_TOKEN)).json()
+        name = workload_name(job["name"], job["id"], 0)
+        eventually(lambda: name in k8s.names("pytorchjobs"))
+
+        api.post(f"/v1/jobs/{job['id']}/cancel", headers=auth(ADMIN_TOKEN))
+        eventually(lambda: name not in k8s.names("pytorchjobs"))
+        final = eventually(
+            lambda: (j := api.get(f"/v1/jobs/{job['id']}", headers=auth(ADMIN_TOKEN)).json())["state"] == "cancelled" and j
+        )
+    assert final["state"] == "cancelled"
+    assert k8s.count("create", "pytorchjobs") == 1
+
+
+def test_without_redis_changes_reach_the_in_process_controller(tmp_path, tiny_spec, monkeypatch):
+    seen: list[int] = []
+    monkeypatch.setattr(tasks, "_local_listeners", [seen.append])
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", state_dir=tmp_path)
+    tasks.job_changed(settings, 42, "submitted")
+    assert seen == [42]
