@@ -116,10 +116,17 @@ def controller() -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    loop = Controller(settings, backend_for(settings), get_sessionmaker(settings.resolved_database_url))
+    backend = backend_for(settings)
+    loop = Controller(settings, backend, get_sessionmaker(settings.resolved_database_url))
+    if hasattr(backend, "start_watch"):  # informer: changes in the cluster wake their job at once
+        backend.start_watch(loop.notify)
     click.echo(f"controller: {settings.backend} backend, namespace {settings.namespace}", err=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        loop.run(stop)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            loop.run(stop)
+    finally:
+        if hasattr(backend, "stop_watch"):
+            backend.stop_watch()
 
 
 @cli.command()

@@ -218,3 +218,15 @@ def test_plan_answers_inverse_questions_in_human_form(tmp_path):
     result = pretrainctl("plan", str(EXAMPLES / "tiny-cpu.yaml"), "--gpus", "8", "--days", "1", "--deadline", "2", cwd=tmp_path, env=clean_env())
     assert result.returncode == 0, result.stderr
     assert "parameters" in result.stdout and "memory/GPU" in result.stdout
+
+
+def test_render_prints_the_three_manifests_a_launch_would_create(tmp_path):
+    result = pretrainctl("render", str(EXAMPLES / "qwen2-7b-pretrain.yaml"), "--attempt", "2", "--resume-from", "/checkpoints/x/step-00001000", cwd=tmp_path, env=clean_env())
+    assert result.returncode == 0, result.stderr
+    documents = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert sorted(d["kind"] for d in documents) == ["ConfigMap", "PyTorchJob", "Secret"]
+    pytorchjob = next(d for d in documents if d["kind"] == "PyTorchJob")
+    assert pytorchjob["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 63
+    config = json.loads(next(d for d in documents if d["kind"] == "ConfigMap")["data"]["trainer.json"])
+    assert config["job"]["attempt"] == 2 and config["checkpoint"]["resume_from"] == "/checkpoints/x/step-00001000"
+    assert "token" not in config["metrics"]

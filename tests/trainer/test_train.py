@@ -8,6 +8,7 @@ test, not the suite.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -314,3 +315,12 @@ def test_metrics_and_checkpoints_reach_the_ingest_api_with_the_job_token(tmp_pat
     (checkpoint,) = checkpoint_posts
     assert checkpoint["step"] == 4 and checkpoint["attempt"] == 1
     assert checkpoint["path"].endswith("step-00000004") and len(checkpoint["manifest_sha256"]) == 64
+
+
+def test_z_loss_adds_its_penalty_to_the_reported_loss(tmp_path, learning_run):
+    # At initialisation every logit is near 0, so log Z ≈ ln(vocab): z-loss ≈ coefficient × ln(512)².
+    config = tiny_config(tmp_path, steps=1, optimizer={"z_loss": 0.5}, checkpoint={"interval_steps": 0})
+    run_trainer(tmp_path, config)
+    (with_z,) = losses(tmp_path)
+    plain = losses(learning_run)[0]
+    assert with_z - plain == pytest.approx(0.5 * math.log(512) ** 2, rel=0.05)
