@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 ACTOR = "controller"
 MAX_BACKOFF_S = 60.0
 POLL_S = 1.0
+# With a live informer every change in the cluster wakes its job, so a quiet job needs only
+# an occasional safety look; without one, the plan's short requeue is the only way to learn.
+WATCHED_REQUEUE_S = 60.0
 
 
 class Controller:
@@ -55,6 +58,7 @@ class Controller:
         self._schedule: list[tuple[float, int]] = []
         self._due: dict[int, float] = {}
         self._lock = threading.Lock()
+        self._wake = threading.Event()
         self._last_poll = datetime.now(UTC) - timedelta(days=3650)
 
     # --- one job -----------------------------------------------------------------------------------
@@ -72,6 +76,8 @@ class Controller:
                 for action in actions:
                     self._apply(session, job, action)
                 session.commit()
+                if not actions and requeue is not None and getattr(self.backend, "watching", False):
+                    requeue = max(requeue, WATCHED_REQUEUE_S)
             except TemporaryBackendError as exc:
                 session.rollback()
                 failures = self._failures.get(job_id, 0) + 1
@@ -213,6 +219,8 @@ class Controller:
                 return
             self._due[job_id] = when
             heapq.heappush(self._schedule, (when, job_id))
+        if delay <= 0:
+            self._wake.set()
 
     def run_once(self) -> int:
         """Poll for changed jobs, reconcile every job that is due; how many were reconciled."""
@@ -235,13 +243,22 @@ class Controller:
 
     def run(self, stop: threading.Event, *, idle: Callable[[float], bool] | None = None) -> None:
         """Reconcile until `stop` is set."""
-        wait = idle or stop.wait
         while not stop.is_set():
             try:
                 self.run_once()
             except Exception:  # one bad job must not stop the controller
                 log.exception("reconcile pass failed")
-            wait(POLL_S)
+            if idle is not None:
+                idle(POLL_S)
+            else:
+                # A notify for "now" (an API change, a watch event) ends the pause early.
+                self._wake.wait(self._next_pause())
+                self._wake.clear()
+
+    def _next_pause(self) -> float:
+        with self._lock:
+            soonest = self._schedule[0][0] - time.monotonic() if self._schedule else POLL_S
+        return max(0.0, min(POLL_S, soonest))
 
     def _poll_changes(self) -> None:
         since = self._last_poll - timedelta(seconds=2)  # clock skew between writers
