@@ -31,7 +31,7 @@ demo: setup
 
 bench: setup
 	@bash .ci/ensure-binaries
-	@for script in bench/api_submit.py bench/plan.py bench/trainer_cpu.py bench/controller_scale.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	@for script in bench/api_submit.py bench/plan.py bench/trainer_cpu.py bench/controller_scale.py bench/watchdog.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pretrain demo-out .pytest_cache

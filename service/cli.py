@@ -474,6 +474,21 @@ def _number(value: Any, spec: str = ".3f") -> str:
     return format(value, spec) if isinstance(value, int | float) else str(value)
 
 
+@cli.group()
+def watchdog() -> None:
+    """The loss-anomaly detector the service runs."""
+
+
+@watchdog.command("replay")
+@click.argument("file")
+@click.option("--policy", "policy_path", default=None, help="Watchdog knobs (JSON/YAML), or a whole job spec.")
+def watchdog_replay(file: str, policy_path: str | None) -> None:
+    """Replay trainer records (one JSON per line, `-` for stdin); print one JSON line per verdict."""
+    from service.watchdog.replay import run_replay
+
+    sys.exit(run_replay(file, policy_path))
+
+
 def main() -> None:
     cli(prog_name="pretrainctl")
 

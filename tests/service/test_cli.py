@@ -230,3 +230,16 @@ def test_render_prints_the_three_manifests_a_launch_would_create(tmp_path):
     config = json.loads(next(d for d in documents if d["kind"] == "ConfigMap")["data"]["trainer.json"])
     assert config["job"]["attempt"] == 2 and config["checkpoint"]["resume_from"] == "/checkpoints/x/step-00001000"
     assert "token" not in config["metrics"]
+
+
+def test_watchdog_replay_prints_one_json_line_per_verdict(tmp_path):
+    records = [
+        {"job": "7", "attempt": 0, "step": step, "stage": "pretrain", "phase": "stable", "tokens": step, "metrics": {"loss": 3.0 - 0.001 * step}}
+        for step in range(30)
+    ]
+    records.append({"job": "7", "attempt": 0, "step": 30, "stage": "pretrain", "phase": "stable", "tokens": 30, "metrics": {"loss": "NaN"}})
+    stdin = "\n".join(json.dumps(r) for r in records) + "\n"
+    result = pretrainctl("watchdog", "replay", "-", cwd=tmp_path, env=clean_env(), stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    verdicts = [json.loads(line) for line in result.stdout.splitlines()]
+    assert verdicts == [{"job": "7", "step": 30, "kind": "nonfinite", "action": "rollback", "channel": "all"}]
