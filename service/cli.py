@@ -61,6 +61,14 @@ def api(ctx: click.Context) -> Iterator[ApiClient]:
         client.close()
 
 
+def _refused(exc) -> None:
+    """Print every problem of a refused spec, one per line, and exit 2 (as the API's 422)."""
+    click.echo("error: the spec was refused:", err=True)
+    for problem in exc.problems:
+        click.echo(f"  - {'.'.join(map(str, problem.loc)) or 'body'}: {problem.msg}", err=True)
+    sys.exit(2)
+
+
 def _print(data: Any, as_json: bool, human: Callable[[Any], None]) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -153,10 +161,7 @@ def render(file, attempt: int, resume_from: str | None) -> None:
     try:
         click.echo(render_for_review(file.read(), attempt=attempt, resume_from=resume_from, settings=_settings()))
     except SpecInvalid as exc:
-        click.echo("error: the spec was refused:", err=True)
-        for problem in exc.problems:
-            click.echo(f"  - {'.'.join(map(str, problem.loc)) or 'body'}: {problem.msg}", err=True)
-        sys.exit(2)
+        _refused(exc)
 
 
 def _ensure_generated_admin_token(settings: Settings) -> Path:
@@ -294,10 +299,7 @@ def plan(file, gpus: int | None, days: float | None, token_budget: int | None, d
     try:
         report = plan_spec(parse_spec_text(file.read()), gpus=gpus, days=days, token_budget=token_budget, deadline_days=deadline_days)
     except SpecInvalid as exc:
-        click.echo("error: the spec was refused:", err=True)
-        for problem in exc.problems:
-            click.echo(f"  - {'.'.join(map(str, problem.loc)) or 'body'}: {problem.msg}", err=True)
-        sys.exit(2)
+        _refused(exc)
     _print(report.model_dump(mode="json"), as_json, _show_plan)
     if report.problems:
         sys.exit(3)

@@ -105,9 +105,7 @@ def cancel_job(
     body: Annotated[ActionReason | None, Body()] = None,
 ) -> JobPublic:
     """Stop a job: at once if nothing runs yet, else through the controller."""
-    job = jobs.cancel_job(session, job_id=job_id, principal=principal, reason=body.reason if body else None)
-    tasks.job_changed(settings, job.id, f"cancel-{job.updated_at.timestamp()}")
-    return JobPublic.model_validate(job)
+    return _act(jobs.cancel_job, "cancel", job_id, session, settings, principal, body)
 
 
 @router.post(
@@ -123,9 +121,7 @@ def pause_job(
     body: Annotated[ActionReason | None, Body()] = None,
 ) -> JobPublic:
     """Stop the workload, keep the job (on-call); `resume` continues from the newest checkpoint."""
-    job = attempts.pause_job(session, job_id=job_id, principal=principal, reason=body.reason if body else None)
-    tasks.job_changed(settings, job.id, f"pause-{job.updated_at.timestamp()}")
-    return JobPublic.model_validate(job)
+    return _act(attempts.pause_job, "pause", job_id, session, settings, principal, body)
 
 
 @router.post(
@@ -141,9 +137,7 @@ def resume_job(
     body: Annotated[ActionReason | None, Body()] = None,
 ) -> JobPublic:
     """Open a new attempt of a paused job from its newest good checkpoint (on-call)."""
-    job = attempts.resume_job(session, job_id=job_id, principal=principal, reason=body.reason if body else None)
-    tasks.job_changed(settings, job.id, f"resume-{job.updated_at.timestamp()}")
-    return JobPublic.model_validate(job)
+    return _act(attempts.resume_job, "resume", job_id, session, settings, principal, body)
 
 
 @router.get("/{job_id}/attempts", response_model=list[AttemptPublic], responses={404: {"description": "No such job."}})
@@ -165,6 +159,13 @@ def list_events(
     repo.get_job(session, job_id=job_id)
     page = repo.list_events(session, job_id=job_id, after=after, limit=_page_size(settings, limit))
     return EventsPublic(data=page.items, count=page.count, next_cursor=page.next_cursor)
+
+
+def _act(action, change: str, job_id: int, session, settings, principal, body: ActionReason | None) -> JobPublic:
+    """Run a state change with its reason, then have the job reconciled at once."""
+    job = action(session, job_id=job_id, principal=principal, reason=body.reason if body else None)
+    tasks.job_changed(settings, job.id, f"{change}-{job.updated_at.timestamp()}")
+    return JobPublic.model_validate(job)
 
 
 def _page_size(settings, limit: int | None) -> int:
