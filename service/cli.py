@@ -476,6 +476,30 @@ def _number(value: Any, spec: str = ".3f") -> str:
     return format(value, spec) if isinstance(value, int | float) else str(value)
 
 
+@cli.command()
+@click.argument("job_id", type=int)
+@click.option("--reason", required=True, help="Why, for the audit log.")
+@click.option("--to-step", type=click.IntRange(min=0), default=None, help="Newest good checkpoint at or before this step.")
+@click.option("--skip-steps", type=click.IntRange(min=0), default=None, help="Steps of data to skip after it.")
+@click.option("--lr-scale", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def rollback(ctx: click.Context, job_id: int, reason: str, to_step: int | None, skip_steps: int | None, lr_scale: float | None, as_json: bool) -> None:
+    """Roll a job back to a good checkpoint and resume it, skipping bad data (on-call)."""
+    with api(ctx) as client:
+        result = client.rollback(job_id, reason=reason, to_step=to_step, skip_steps=skip_steps, lr_scale=lr_scale)
+
+    def human(result: dict[str, Any]) -> None:
+        if result["paused"]:
+            click.echo(f"job {job_id} paused: too many rollbacks; it needs a person")
+            return
+        checkpoint = result["checkpoint"]
+        click.echo(f"job {job_id}: attempt {result['attempt']} resumes from step {checkpoint['step']} ({checkpoint['path']})")
+        click.echo(f"  skips batches [{result['skip_range'][0]}, {result['skip_range'][1]})")
+
+    _print(result, as_json, human)
+
+
 @cli.group()
 def watchdog() -> None:
     """The loss-anomaly detector the service runs."""

@@ -79,6 +79,9 @@ class ApiClient:
     def checkpoints(self, job_id: int) -> list[dict[str, Any]]:
         return self._call("GET", f"/v1/jobs/{job_id}/checkpoints")
 
+    def rollback(self, job_id: int, **body: Any) -> dict[str, Any]:
+        return self._call("POST", f"/v1/jobs/{job_id}/rollback", json={k: v for k, v in body.items() if v is not None})
+
     def create_token(self, *, name: str, role: str) -> dict[str, Any]:
         return self._call("POST", "/v1/tokens", json={"name": name, "role": role})
 

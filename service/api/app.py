@@ -11,7 +11,7 @@ from sqlalchemy.exc import DataError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
-from service.api.routes import checkpoints, health, jobs, metrics, plan, tokens
+from service.api.routes import checkpoints, health, jobs, metrics, plan, rollbacks, tokens
 from service.db.migrate import head_revision
 from service.errors import ServiceError
 from service.settings import Settings, get_settings
@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.schema_head = head_revision(settings)
 
     app.include_router(health.router)
-    for router in (jobs.router, checkpoints.router, metrics.router, plan.router, tokens.router):
+    for router in (jobs.router, checkpoints.router, metrics.router, rollbacks.router, plan.router, tokens.router):
         app.include_router(router, prefix="/v1")
 
     @app.exception_handler(ServiceError)

@@ -178,3 +178,23 @@ class MetricPointPublic(BaseModel):
     stage: str | None
     phase: str | None
     tokens: int | None
+
+
+class RollbackCreate(BaseModel):
+    """On-call's rollback: back to a checkpoint, skip data, optionally scale the LR."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=2000, pattern=NO_NUL, description="Why, for the audit log.")
+    to_step: int | None = Field(None, ge=0, le=2**53, description="Resume from the newest good checkpoint at or before this step; default: the newest good one.")
+    skip_steps: int | None = Field(None, ge=0, le=2**53, description="Steps of data to skip after the checkpoint; default: up to the latest step + skip_steps_after.")
+    lr_scale: float | None = Field(None, gt=0, le=10, description="Learning-rate multiplier for the new attempt.")
+    attempt: int | None = Field(None, ge=0, le=1_000_000, description="The attempt you are rolling back; another attempt in its place is a 409.")
+
+
+class RollbackPublic(BaseModel):
+    job: JobPublic
+    attempt: int | None = Field(description="The new attempt; null when the job was paused instead.")
+    checkpoint: CheckpointPublic | None
+    skip_range: list[int] | None = Field(description="Batch indices [start, end) the new attempt never trains on.")
+    paused: bool = Field(description="True when the rollback cap was reached: the job waits for a person.")

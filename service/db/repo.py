@@ -260,3 +260,8 @@ def metric_points(
         query = query.where(MetricPoint.step <= max_step)
     query = query.order_by(MetricPoint.name, MetricPoint.step, MetricPoint.attempt).limit(limit)
     return session.scalars(query).all()
+
+
+def job_events(session: Session, *, job_id: int, kind: str) -> Sequence[Event]:
+    query = select(Event).where(Event.job_id == job_id, Event.kind == kind).order_by(Event.id)
+    return session.scalars(query).all()

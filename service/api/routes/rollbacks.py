@@ -1,0 +1,55 @@
+"""/v1/jobs/{id}/rollback: on-call sends a run back to a good checkpoint, skipping bad data."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from service import tasks
+from service.api.auth import OncallDep
+from service.api.deps import SessionDep, SettingsDep
+from service.api.routes.jobs import JobId
+from service.api.schemas import CheckpointPublic, JobPublic, RollbackCreate, RollbackPublic
+from service.db import repo
+from service.db.models import AttemptReason
+from service.watchdog.rollback import RollbackRequest, roll_back
+
+router = APIRouter(prefix="/jobs/{job_id}/rollback", tags=["rollback"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RollbackPublic,
+    responses={404: {"description": "No such job."}, 409: {"description": "Finished, no checkpoint, or a racing rollback won."}},
+)
+def rollback(job_id: JobId, body: RollbackCreate, session: SessionDep, settings: SettingsDep, principal: OncallDep) -> RollbackPublic:
+    """Open a new attempt from a good checkpoint with a data skip range (on-call)."""
+    latest = _latest_step(session, job_id)
+    outcome = roll_back(
+        session,
+        job_id=job_id,
+        request=RollbackRequest(
+            onset_step=body.to_step if body.to_step is not None else latest,
+            reason=AttemptReason.ONCALL,
+            why=body.reason,
+            actor=principal.name,
+            expected_attempt=body.attempt,
+            to_step=body.to_step if body.to_step is not None else latest,
+            skip_steps=body.skip_steps,
+            lr_scale=body.lr_scale,
+        ),
+    )
+    tasks.job_changed(settings, job_id, f"rollback-{outcome.attempt}")
+    return RollbackPublic(
+        job=JobPublic.model_validate(outcome.job),
+        attempt=outcome.attempt,
+        checkpoint=CheckpointPublic.model_validate(outcome.checkpoint) if outcome.checkpoint else None,
+        skip_range=outcome.skip_range,
+        paused=outcome.paused,
+    )
+
+
+def _latest_step(session, job_id: int) -> int:
+    checkpoints = repo.list_checkpoints(session, job_id=job_id)
+    repo.get_job(session, job_id=job_id)
+    return max((c.step for c in checkpoints), default=0)
