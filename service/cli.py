@@ -515,6 +515,26 @@ def watchdog_replay(file: str, policy_path: str | None) -> None:
     sys.exit(run_replay(file, policy_path))
 
 
+@watchdog.command("run")
+@click.option("--consumer", default="watchdog-1", show_default=True, help="This consumer's name in the group.")
+def watchdog_run(consumer: str) -> None:
+    """Consume the shared metrics stream on Redis (cluster mode; serve runs one in-process)."""
+    import logging
+    import signal
+    import threading
+
+    from service.watchdog.consumer import run
+
+    settings = _settings()
+    if not settings.redis_url:
+        raise click.ClickException("PRETRAIN_REDIS_URL is not set: without Redis the watchdog runs inside serve")
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        run(settings, stop, consumer=consumer)
+
+
 def main() -> None:
     cli(prog_name="pretrainctl")
 

@@ -259,3 +259,14 @@ class ApiToken(Base):
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WatchdogState(Base):
+    """A watchdog consumer's detector state and stream cursor, saved with every batch it handles."""
+
+    __tablename__ = "watchdog_state"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    cursor: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

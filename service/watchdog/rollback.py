@@ -70,8 +70,13 @@ def batch_index(step: int, skip_ranges: Iterable[Sequence[int]] = ()) -> int:
     return index
 
 
-def roll_back(session: Session, *, job_id: int, request: RollbackRequest) -> RollbackOutcome:
-    """Apply a rollback in one transaction; Conflict when it cannot or another won the race."""
+def roll_back(
+    session: Session, *, job_id: int, request: RollbackRequest, commit: bool = True
+) -> RollbackOutcome:
+    """Apply a rollback in one transaction; Conflict when it cannot or another won the race.
+
+    `commit=False` leaves it in the caller's transaction (the watchdog saves its state with it).
+    """
     job = repo.get_job(session, job_id=job_id, for_update=True)
     current = job.attempts[-1]
     if JobState(job.state).is_terminal:
@@ -83,7 +88,7 @@ def roll_back(session: Session, *, job_id: int, request: RollbackRequest) -> Rol
         )
     policy = job.spec.get("watchdog", {})
     if _recent_rollbacks(session, job, request.onset_step, policy) >= policy.get("max_rollbacks", 3):
-        return _pause_for_a_person(session, job, request, policy)
+        return _pause_for_a_person(session, job, request, policy, commit)
 
     latest_allowed = request.to_step if request.to_step is not None else (
         request.onset_step - policy.get("rollback_margin_steps", 100)
@@ -129,7 +134,8 @@ def roll_back(session: Session, *, job_id: int, request: RollbackRequest) -> Rol
             "evidence": request.evidence or {},
         },
     )
-    session.commit()
+    if commit:
+        session.commit()
     return RollbackOutcome(job, attempt.number, checkpoint, skip_range, paused=False)
 
 
@@ -140,7 +146,9 @@ def _recent_rollbacks(session: Session, job: Job, onset_step: int, policy: dict)
     return sum(1 for onset in onsets if onset_step - onset <= window)
 
 
-def _pause_for_a_person(session: Session, job: Job, request: RollbackRequest, policy: dict) -> RollbackOutcome:
+def _pause_for_a_person(
+    session: Session, job: Job, request: RollbackRequest, policy: dict, commit: bool
+) -> RollbackOutcome:
     job.desired_state = DesiredState.PAUSED
     repo.add_event(
         session,
@@ -154,5 +162,6 @@ def _pause_for_a_person(session: Session, job: Job, request: RollbackRequest, po
         ),
         data={"onset_step": request.onset_step, "evidence": request.evidence or {}},
     )
-    session.commit()
+    if commit:
+        session.commit()
     return RollbackOutcome(job, None, None, None, paused=True)

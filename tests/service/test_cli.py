@@ -153,7 +153,7 @@ def test_unreachable_api_is_a_clear_error(tmp_path):
 def test_serve_on_postgres_after_db_upgrade(pg_url, tmp_path):
     env = clean_env(PRETRAIN_DATABASE_URL=pg_url, PRETRAIN_ADMIN_TOKEN="cli-admin-token-0123456789")
     current = pretrainctl("db", "current", cwd=tmp_path, env=env)
-    assert current.returncode == 0 and current.stdout.startswith("0001")
+    assert current.returncode == 0 and current.stdout.startswith("0002")
     server = Server(cwd=tmp_path, env=env)
     try:
         env["PRETRAIN_API_URL"] = server.url

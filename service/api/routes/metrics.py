@@ -9,10 +9,11 @@ from fastapi.concurrency import run_in_threadpool
 
 from service import ingest
 from service.api.auth import JobReporterDep, ViewerDep
-from service.api.deps import SessionDep
+from service.api.deps import SessionDep, SettingsDep
 from service.api.routes.jobs import JobId
 from service.api.schemas import MetricPointPublic, MetricRecord, MetricsAccepted
 from service.db import repo
+from service.watchdog import consumer as watchdog
 
 router = APIRouter(prefix="/jobs/{job_id}/metrics", tags=["metrics"])
 
@@ -24,6 +25,7 @@ async def ingest_metrics(
     job_id: JobId,
     records: Annotated[list[MetricRecord], Body(max_length=MAX_RECORDS_PER_BATCH)],
     session: SessionDep,
+    settings: SettingsDep,
     _: JobReporterDep,
 ) -> MetricsAccepted:
     """Store a batch of trainer records (the job's own token); a retried batch changes nothing."""
@@ -35,6 +37,8 @@ async def ingest_metrics(
             )
     raw = [r.model_dump() for r in records]
     stored = await run_in_threadpool(ingest.store_metrics, session, job_id=job_id, records=raw)
+    # Stored first, then watched: the history is never behind what the watchdog acted on.
+    await run_in_threadpool(watchdog.feed, settings, raw)
     return MetricsAccepted(received=sum(len(r.metrics) for r in records), stored=stored)
 
 

@@ -11,7 +11,7 @@ from service.db import migrate
 from service.db.models import Base
 from service.settings import Settings
 
-TABLES = {"jobs", "attempts", "checkpoints", "metric_points", "events", "api_tokens"}
+TABLES = {"jobs", "attempts", "checkpoints", "metric_points", "events", "api_tokens", "watchdog_state"}
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
