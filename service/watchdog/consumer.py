@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,9 +35,15 @@ ACTOR = "watchdog"
 
 
 class Watchdog:
-    def __init__(self, sessions: sessionmaker[Session], name: str = STATE_NAME) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        name: str = STATE_NAME,
+        on_rollback: Callable[[int], None] | None = None,
+    ) -> None:
         self.sessions = sessions
         self.name = name
+        self.on_rollback = on_rollback or (lambda _job_id: None)
         self._lock = threading.Lock()  # records arrive from several request threads
         with self.sessions() as session:
             saved = session.get(WatchdogState, name)
@@ -53,22 +60,24 @@ class Watchdog:
         """Judge records, act on verdicts, save state (with the stream cursor) in one transaction."""
         with self._lock, self.sessions() as session:
             verdicts = [v for record in records for v in self.detector.observe(record)]
-            for verdict in verdicts:
-                self._act(session, verdict)
+            rolled_back = {job_id for verdict in verdicts if (job_id := self._act(session, verdict))}
             saved = session.get(WatchdogState, self.name) or WatchdogState(name=self.name)
             saved.state = self.detector.state_dict()
             saved.cursor = cursor or saved.cursor
             session.add(saved)
             session.commit()
             self.cursor = saved.cursor
-            return verdicts
+        for job_id in rolled_back:  # the controller replaces the workload now, not at its next poll
+            self.on_rollback(job_id)
+        return verdicts
 
-    def _act(self, session: Session, verdict: Verdict) -> None:
+    def _act(self, session: Session, verdict: Verdict) -> int | None:
+        """Record the verdict; roll back when it asks and policy allows. The job id if rolled back."""
         job_id = int(verdict.job)
         try:
             job = repo.get_job(session, job_id=job_id)
         except NotFound:
-            return
+            return None
         evidence = {"channel": verdict.channel, "step": verdict.step, **verdict.evidence}
         repo.add_event(
             session,
@@ -81,9 +90,9 @@ class Watchdog:
         )
         session.flush()
         if verdict.action != "rollback":
-            return
+            return None
         if job.spec.get("watchdog", {}).get("rollback", "auto") != "auto":
-            return  # alert_only: the event is the whole answer
+            return None  # alert_only: the event is the whole answer
         onset = int(verdict.evidence.get("onset", verdict.step))
         request = RollbackRequest(
             onset_step=onset,
@@ -99,6 +108,7 @@ class Watchdog:
                 outcome = roll_back(session, job_id=job_id, request=request, commit=False)
             if outcome.checkpoint is not None:
                 log.warning("job %d rolled back to step %d", job_id, outcome.checkpoint.step)
+            return job_id
         except Conflict as exc:
             repo.add_event(
                 session,
@@ -109,6 +119,7 @@ class Watchdog:
                 reason=str(exc),
                 data=evidence,
             )
+            return None
 
 
 def _series(channel: str) -> str:
@@ -133,8 +144,14 @@ def feed(settings: Settings, records: list[dict[str, Any]]) -> list[Verdict]:
     if url not in _in_process:
         from service.db.session import get_sessionmaker
 
-        _in_process[url] = Watchdog(get_sessionmaker(url))
+        _in_process[url] = Watchdog(get_sessionmaker(url), on_rollback=_notifier(settings))
     return _in_process[url].process(records)
+
+
+def _notifier(settings: Settings) -> Callable[[int], None]:
+    from service import tasks
+
+    return lambda job_id: tasks.job_changed(settings, job_id, f"watchdog-rollback-{time.time_ns()}")
 
 
 def _redis(url: str):
@@ -153,7 +170,7 @@ def run(settings: Settings, stop: threading.Event, consumer: str = "watchdog-1",
     except Exception as exc:  # BUSYGROUP: it exists already
         if "BUSYGROUP" not in str(exc):
             raise
-    watchdog = Watchdog(get_sessionmaker(settings.resolved_database_url))
+    watchdog = Watchdog(get_sessionmaker(settings.resolved_database_url), on_rollback=_notifier(settings))
     pending_first = True
     while not stop.is_set():
         # First what this consumer was given but never acknowledged (a crash), then new records.

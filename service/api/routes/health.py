@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
+from service import observability
 from service.api.deps import SessionDep, SettingsDep
 from service.api.schemas import Health
 from service.db.migrate import current_revision
-from service.db.session import get_engine
+from service.db.session import get_engine, get_sessionmaker
 
 router = APIRouter(tags=["health"])
 
@@ -36,3 +38,10 @@ def readyz(request: Request, session: SessionDep, settings: SettingsDep):
         detail = f"database schema at {current or 'nothing'}, expected {head}; run `pretrainctl db upgrade`"
         return JSONResponse(Health(status="unavailable", detail=detail).model_dump(), status_code=503)
     return Health(status="ok")
+
+
+@router.get("/metrics", response_class=PlainTextResponse, include_in_schema=True)
+def prometheus(settings: SettingsDep) -> PlainTextResponse:
+    """Prometheus exposition: job states, live jobs' channel loss and PPL, verdicts, rollbacks."""
+    body = observability.exposition(get_sessionmaker(settings.resolved_database_url))
+    return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)

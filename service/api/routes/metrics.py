@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
 
-from service import ingest
+from service import ingest, observability
 from service.api.auth import JobReporterDep, ViewerDep
 from service.api.deps import SessionDep, SettingsDep
 from service.api.routes.jobs import JobId
@@ -37,6 +37,7 @@ async def ingest_metrics(
             )
     raw = [r.model_dump() for r in records]
     stored = await run_in_threadpool(ingest.store_metrics, session, job_id=job_id, records=raw)
+    observability.INGESTED_POINTS.inc(sum(len(r.metrics) for r in records))
     # Stored first, then watched: the history is never behind what the watchdog acted on.
     await run_in_threadpool(watchdog.feed, settings, raw)
     return MetricsAccepted(received=sum(len(r.metrics) for r in records), stored=stored)
@@ -52,10 +53,28 @@ def read_metrics(
     min_step: Annotated[int | None, Query(ge=0, le=2**53)] = None,
     max_step: Annotated[int | None, Query(ge=0, le=2**53)] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    max_points: Annotated[int | None, Query(ge=2, le=100_000, description="Downsample each series to about this many points (first and last kept).")] = None,
 ) -> list[MetricPointPublic]:
-    """Stored points by name, then step."""
+    """Stored points by name, then step; long ranges downsampled per series on request."""
     repo.get_job(session, job_id=job_id)
     points = repo.metric_points(
         session, job_id=job_id, names=name or (), attempt=attempt, min_step=min_step, max_step=max_step, limit=limit
     )
+    if max_points is not None:
+        points = _downsample(points, max_points)
     return [MetricPointPublic.model_validate(p) for p in points]
+
+
+def _downsample(points, max_points: int):
+    """Every k-th point of each series, keeping its last (a month-long run has 10^6 steps)."""
+    by_name: dict[str, list] = {}
+    for point in points:
+        by_name.setdefault(point.name, []).append(point)
+    kept = []
+    for series in by_name.values():
+        stride = -(-len(series) // max_points)
+        sample = series[::stride]
+        if sample[-1] is not series[-1]:
+            sample.append(series[-1])
+        kept.extend(sample)
+    return kept

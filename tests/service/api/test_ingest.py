@@ -123,3 +123,13 @@ def test_checkpoints_the_trainer_prunes_stop_being_usable(app_client, two_jobs, 
         assert app_client.post(f"/v1/jobs/{job_a}/checkpoints", json=checkpoint, headers=auth(token_a)).status_code == 201
     listed = app_client.get(f"/v1/jobs/{job_a}/checkpoints", headers=auth(ADMIN_TOKEN)).json()
     assert [(c["step"], c["usable"]) for c in listed] == [(40, False), (80, False), (120, True), (160, True), (200, True)]
+
+
+def test_long_series_come_back_downsampled_on_request(app_client, two_jobs):
+    (job_a, _), (token_a, _) = two_jobs
+    for start in range(0, 1000, 200):  # the test server caps bodies at 64 KiB
+        batch = [record(job_a, step, loss=5.0 - step / 1000) for step in range(start, start + 200)]
+        assert app_client.post(f"/v1/jobs/{job_a}/metrics", json=batch, headers=auth(token_a)).status_code == 202
+    series = app_client.get(f"/v1/jobs/{job_a}/metrics", params={"name": "loss", "max_points": 100}, headers=auth(ADMIN_TOKEN)).json()
+    steps = [p["step"] for p in series]
+    assert 90 <= len(steps) <= 101 and steps[0] == 0 and steps[-1] == 999 and steps == sorted(steps)

@@ -104,6 +104,10 @@ def test_a_streamed_divergence_produces_exactly_one_rollback(watched):
     assert new.reason == "rollback" and new.number == 1
     assert checkpoint.step == 60  # the newest at least 5 steps before the onset at 70
     assert new.skip_ranges == [[60, 70 + 15]]
+    exported = api.get("/metrics").text
+    assert 'pretrain_rollbacks_total{trigger="watchdog"} 1.0' in exported
+    assert 'pretrain_verdicts_total{kind="divergence"}' in exported
+    assert f'pretrain_loss{{channel="zh",job="{job_id}"' in exported
 
 
 def test_a_transient_spike_is_an_alert_and_no_rollback(watched):
