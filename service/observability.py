@@ -7,13 +7,14 @@ cardinality stays bounded: a finished job leaves the exporter.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db.models import ACTIVE_JOB_STATES, Attempt, Event, Job, JobState, MetricPoint
+from service.db.models import ACTIVE_JOB_STATES, Attempt, Event, Job, JobState, MetricPoint, utcnow
 
 # Latest values exported per live job: the channel losses, eval PPL and throughput.
 EXPORTED_PREFIXES = ("loss", "eval/ppl/", "throughput/", "grad_norm", "lr")
@@ -29,6 +30,7 @@ class ServiceCollector:
             yield from self._latest(session)
             yield from self._verdicts(session)
             yield from self._rollbacks(session)
+            yield from self._ingest_lag(session)
 
     def _jobs(self, session: Session):
         jobs = GaugeMetricFamily("pretrain_jobs", "Jobs by state.", labels=["state"])
@@ -88,6 +90,24 @@ class ServiceCollector:
         rollbacks.add_metric(["watchdog"], counts.get("rollback", 0))
         rollbacks.add_metric(["oncall"], counts.get("oncall", 0))
         yield rollbacks
+
+
+    def _ingest_lag(self, session: Session):
+        lag = GaugeMetricFamily(
+            "pretrain_ingest_lag_seconds", "Seconds since a live job's newest metric point arrived.", labels=["job", "name"]
+        )
+        query = (
+            select(Job.id, Job.name, func.max(MetricPoint.created_at))
+            .join(MetricPoint, MetricPoint.job_id == Job.id)
+            .where(Job.state.in_(ACTIVE_JOB_STATES))
+            .group_by(Job.id, Job.name)
+        )
+        now = utcnow()
+        for job_id, job_name, newest in session.execute(query):
+            if newest is not None:
+                newest = newest if newest.tzinfo else newest.replace(tzinfo=UTC)
+                lag.add_metric([str(job_id), job_name], max(0.0, (now - newest).total_seconds()))
+        yield lag
 
 
 INGESTED_POINTS = Counter("pretrain_ingested_points", "Metric points received by this API process.")

@@ -108,6 +108,8 @@ def test_a_streamed_divergence_produces_exactly_one_rollback(watched):
     assert 'pretrain_rollbacks_total{trigger="watchdog"} 1.0' in exported
     assert 'pretrain_verdicts_total{kind="divergence"}' in exported
     assert f'pretrain_loss{{channel="zh",job="{job_id}"' in exported
+    assert f'pretrain_ingest_lag_seconds{{job="{job_id}"' in exported
+    assert "pretrain_ingested_points_total" in exported
 
 
 def test_a_transient_spike_is_an_alert_and_no_rollback(watched):
