@@ -12,7 +12,6 @@ import heapq
 import logging
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
@@ -66,7 +65,7 @@ class Controller:
     def reconcile(self, job_id: int) -> float | None:
         """Make job `job_id` what the database says it should be; when to look again."""
         with self.sessions() as session:
-            job = _lock_job(session, job_id)
+            job = repo.lock_job_if_free(session, job_id=job_id)
             if job is None:
                 return rc.REQUEUE_SOON_S  # another controller holds it (or it is gone)
             try:
@@ -89,7 +88,7 @@ class Controller:
                 return delay
             except PermanentBackendError as exc:
                 session.rollback()
-                job = _lock_job(session, job_id)
+                job = repo.lock_job_if_free(session, job_id=job_id)
                 if job is not None:
                     self._finish(
                         session, job, JobState.FAILED, f"backend refused the workload: {exc}"
@@ -241,19 +240,16 @@ class Controller:
                 self.notify(job_id, requeue)
         return done
 
-    def run(self, stop: threading.Event, *, idle: Callable[[float], bool] | None = None) -> None:
+    def run(self, stop: threading.Event) -> None:
         """Reconcile until `stop` is set."""
         while not stop.is_set():
             try:
                 self.run_once()
             except Exception:  # one bad job must not stop the controller
                 log.exception("reconcile pass failed")
-            if idle is not None:
-                idle(POLL_S)
-            else:
-                # A notify for "now" (an API change, a watch event) ends the pause early.
-                self._wake.wait(self._next_pause())
-                self._wake.clear()
+            # A notify for "now" (an API change, a watch event) ends the pause early.
+            self._wake.wait(self._next_pause())
+            self._wake.clear()
 
     def _next_pause(self) -> float:
         with self._lock:
@@ -267,11 +263,6 @@ class Controller:
             query = select(Job.id).where(Job.updated_at >= since, Job.state.in_(ACTIVE_JOB_STATES))
             for job_id in session.scalars(query):
                 self.notify(job_id)
-
-
-def _lock_job(session: Session, job_id: int) -> Job | None:
-    query = select(Job).where(Job.id == job_id).with_for_update(skip_locked=True)
-    return session.scalars(query).one_or_none()
 
 
 def backend_for(settings: Settings) -> Backend:

@@ -94,6 +94,12 @@ def get_job(session: Session, *, job_id: int, for_update: bool = False) -> Job:
     return job
 
 
+def lock_job_if_free(session: Session, *, job_id: int) -> Job | None:
+    """The job, its row locked until commit; None if it is gone or another session holds it."""
+    query = select(Job).where(Job.id == job_id).with_for_update(skip_locked=True)
+    return session.scalars(query).one_or_none()
+
+
 def find_active_job_by_name(session: Session, *, name: str, active_states: Sequence[str]) -> Job | None:
     query = select(Job).where(Job.name == name, Job.state.in_(active_states))
     return session.scalars(query).first()

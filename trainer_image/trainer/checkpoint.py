@@ -243,9 +243,6 @@ class CheckpointManager:
             shutil.rmtree(old, ignore_errors=True)
             log.info("checkpoint %s pruned", old)
 
-    def close(self) -> None:
-        pass
-
 
 def _model_key(trainer: Trainer, index: int) -> str:
     return "model" if len(trainer.model) == 1 else f"model{index}"

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from trainer import data
+
 if TYPE_CHECKING:
     from trainer.train import Trainer
 
@@ -22,12 +24,7 @@ def evaluate(trainer: Trainer) -> dict[str, float]:
     per_pass = config.batch.micro_batch_size * trainer.layout.data_size
     padded = -(-batch["tokens"].shape[0] // per_pass) * per_pass
     batch = _pad(batch, padded)
-    mine = trainer.shard(batch)
-    size = config.batch.micro_batch_size
-    micro_batches = [
-        {k: v[i * size : (i + 1) * size] for k, v in mine.items()}
-        for i in range(mine["tokens"].shape[0] // size)
-    ]
+    micro_batches = data.micro_batches(trainer.shard(batch), config.batch.micro_batch_size)
     for chunk in trainer.model:
         chunk.eval()
     stats = trainer.forward_backward(micro_batches, stage.seq_length, forward_only=True)

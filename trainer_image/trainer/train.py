@@ -157,7 +157,6 @@ class Trainer:
     def close(self) -> None:
         if self.reporter is not None:
             self.reporter.close()
-        self.checkpoints.close()
         parallel.shutdown()
 
     # --- pieces -------------------------------------------------------------------------------
@@ -182,10 +181,7 @@ class Trainer:
 
     def _micro_batches(self, stage_index: int, batch_index: int) -> list[dict[str, torch.Tensor]]:
         batch = self.dataset(stage_index).batch(batch_index, self.config.batch.global_batch_size)
-        mine = self.shard(batch)
-        size = self.config.batch.micro_batch_size
-        count = mine["tokens"].shape[0] // size
-        return [{k: v[i * size : (i + 1) * size] for k, v in mine.items()} for i in range(count)]
+        return data.micro_batches(self.shard(batch), self.config.batch.micro_batch_size)
 
     def forward_backward(self, micro_batches, seq_length: int, forward_only: bool = False):
         """Run the pipeline schedule; return global loss sums per channel (on every rank)."""
