@@ -353,6 +353,12 @@ class DataSource(_Section):
     weight: PositiveFloat = Field(
         description="Share of the stage's tokens; a stage's weights sum to 1."
     )
+    corrupt_steps: list[tuple[NonNegativeInt, PositiveInt]] = Field(
+        default_factory=list,
+        description="Fault injection for demos and on-call drills: half-open [start, end) step "
+        "ranges (steps of the run as first planned) in which this channel's samples are "
+        "replaced by random tokens. Every plan of such a spec carries a warning.",
+    )
 
 
 class StageSpec(_Section):
@@ -1225,6 +1231,22 @@ def _min_lr_not_above_lr(context: _Context) -> Iterator[Problem]:
 
 
 # Run in this order; every rule runs, so one response lists every problem.
+def _corrupt_steps_inside_their_stage(context: _Context) -> Iterator[Problem]:
+    # A range outside the stage that names the channel would silently inject nothing.
+    first_step = 0
+    for stage_index, stage in enumerate(context.spec.stages):
+        last_step = first_step + stage.tokens // context.tokens_per_step(stage)
+        for source_index, source in enumerate(stage.data):
+            for range_index, (start, end) in enumerate(source.corrupt_steps):
+                if not first_step <= start < end <= last_step:
+                    yield _problem(
+                        ["stages", stage_index, "data", source_index, "corrupt_steps", range_index],
+                        f"[{start}, {end}) is not a non-empty range inside stage {stage.name!r}, "
+                        f"which trains steps [{first_step}, {last_step})",
+                    )
+        first_step = last_step
+
+
 _RULES: tuple[Rule, ...] = (
     _hidden_divisible_by_heads,
     _heads_and_groups_divisible_by_tensor,
@@ -1245,6 +1267,7 @@ _RULES: tuple[Rule, ...] = (
     _mixture_weights_sum_to_one,
     _warmup_fits,
     _every_stage_trains_a_step,
+    _corrupt_steps_inside_their_stage,
     _model_vocab_holds_tokenizer,
     _min_lr_not_above_lr,
 )
@@ -1306,7 +1329,20 @@ def _warn_rope_base_falls_back(context: _Context) -> Iterator[Problem]:
         previous = (stage.name, rope_base)
 
 
+def _warn_fault_injection(context: _Context) -> Iterator[Problem]:
+    for index, stage in enumerate(context.spec.stages):
+        for source_index, source in enumerate(stage.data):
+            if source.corrupt_steps:
+                spans = ", ".join(f"[{start}, {end})" for start, end in source.corrupt_steps)
+                yield _problem(
+                    ["stages", index, "data", source_index, "corrupt_steps"],
+                    f"channel {source.channel!r} trains on random tokens at steps {spans} on "
+                    "purpose (fault injection); remove corrupt_steps for a real run",
+                )
+
+
 _WARNINGS: tuple[Rule, ...] = (
+    _warn_fault_injection,
     _warn_tokens_rounded_to_steps,
     _warn_ignored_settings,
     _warn_rope_base_falls_back,

@@ -236,7 +236,7 @@ def _stages(
                     "channel": source["channel"],
                     "path": _data_path(source["path"], settings),
                     "weight": float(source["weight"]),
-                    "corrupt": [],
+                    "corrupt": [list(bounds) for bounds in source.get("corrupt_steps", [])],
                 }
                 for source in stage["data"]
             ],

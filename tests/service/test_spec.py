@@ -900,3 +900,41 @@ def test_warns_when_a_later_stage_falls_back_to_a_smaller_rope_base() -> None:
     assert warning.loc == ["stages", 1, "rope_base"]
     assert_mentions(warning, "10000", "1e+06")
     assert [plan.rope_base for plan in validated.derived.stages] == [1_000_000, 10_000]
+
+
+# ---------------------------------------------------------------- fault injection
+
+
+def test_demo_example_injects_garbage_into_one_channel_and_says_so() -> None:
+    validated = load_example("demo.yaml")
+    corrupt = {s.channel: s.corrupt_steps for s in validated.spec.stages[0].data}
+    assert corrupt == {"code": [], "en": [(60, 76)], "zh": []}
+    (warning,) = [w for w in validated.warnings if w.loc[-1] == "corrupt_steps"]
+    assert warning.loc == ["stages", 0, "data", 1, "corrupt_steps"]
+    assert "'en'" in warning.msg and "[60, 76)" in warning.msg and "on purpose" in warning.msg
+
+
+def test_corrupt_steps_outside_their_stage_are_refused_with_the_stage_steps() -> None:
+    spec = base_spec()  # one stage of 10 steps
+    spec["stages"][0]["data"][0]["corrupt_steps"] = [[2, 4], [8, 12]]
+    problem = problem_at(spec, ["stages", 0, "data", 0, "corrupt_steps", 1])
+    assert_mentions(problem, "[8, 12)", "'pretrain'", "[0, 10)")
+    assert all(p.loc[-1] != 0 for p in problems_of(spec) if "corrupt_steps" in p.loc)
+
+
+def test_corrupt_steps_of_a_later_stage_count_from_its_first_step() -> None:
+    stage = copy.deepcopy(base_spec()["stages"][0])
+    spec = base_spec(stages=[stage, {**copy.deepcopy(stage), "name": "anneal"}])
+    spec["stages"][1]["data"][1]["corrupt_steps"] = [[5, 7]]
+    problem = problem_at(spec, ["stages", 1, "data", 1, "corrupt_steps", 0])
+    assert_mentions(problem, "[10, 20)")
+    spec["stages"][1]["data"][1]["corrupt_steps"] = [[12, 14]]
+    assert accepted(spec).spec.stages[1].data[1].corrupt_steps == [(12, 14)]
+
+
+@pytest.mark.parametrize("bounds", [[5, 5], [6, 3], [-1, 2], [1], [1, 2, 3], ["a", 2]])
+def test_malformed_corrupt_steps_are_refused_at_the_field(bounds) -> None:
+    spec = base_spec()
+    spec["stages"][0]["data"][0]["corrupt_steps"] = [bounds]
+    problems = problems_of(spec)
+    assert problems and all(p.loc[:5] == ["stages", 0, "data", 0, "corrupt_steps"] for p in problems)

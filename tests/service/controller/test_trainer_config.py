@@ -302,3 +302,11 @@ def test_a_stored_job_missing_a_section_is_a_value_error():
             ingest_token=None,
             settings=make_settings(),
         )
+
+
+def test_fault_injection_reaches_the_trainer_as_corrupt_batch_ranges():
+    rendered = render(load_example("demo.yaml"))
+    corrupt = {d["channel"]: d["corrupt"] for d in rendered["stages"][0]["data"]}
+    assert corrupt == {"code": [], "en": [[60, 76]], "zh": []}
+    assert all(d["corrupt"] == [] for d in rendered["stages"][1]["data"])
+    validate(config_from_dict(rendered), world_size=2)
