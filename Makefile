@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint demo bench dashboards clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ demo: setup
 bench: setup
 	@bash .ci/ensure-binaries
 	@for script in bench/api_submit.py bench/plan.py bench/trainer_cpu.py bench/controller_scale.py bench/watchdog.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+# Grafana dashboards as code (scripts/dashboards.py) into the chart; tests/dashboards checks they match.
+dashboards: setup
+	$(PY) scripts/dashboards.py
 
 clean:
 	rm -rf $(VENV) .pretrain demo-out .pytest_cache

@@ -1,7 +1,9 @@
 """Prometheus: what the dashboards and alerts read, computed from the database at scrape time.
 
 Per-job series cover live jobs only (pending, running, paused, cancelling), so label
-cardinality stays bounded: a finished job leaves the exporter.
+cardinality stays bounded: a finished job leaves the exporter. They carry the job's id as
+`job_id` and its name as `name`; never `job`, which Prometheus gives every series as the
+scrape job's name (an exported `job` would arrive renamed to `exported_job`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.db.models import ACTIVE_JOB_STATES, Attempt, Event, Job, JobState, MetricPoint, utcnow
 
 # Latest values exported per live job: the channel losses, eval PPL and throughput.
-EXPORTED_PREFIXES = ("loss", "eval/ppl/", "throughput/", "grad_norm", "lr")
+EXPORTED_PREFIXES = ("loss", "eval/ppl", "throughput/", "grad_norm", "lr")
+# The detector's verdict kinds and the rollback triggers: a live job exports each from zero,
+# so the first one shows as an increase (Prometheus sees no increase in a series born at 1).
+VERDICT_KINDS = ("spike", "divergence", "nonfinite", "drop", "ppl_rise")
+ROLLBACK_TRIGGERS = {"rollback": "watchdog", "oncall": "oncall"}
 
 
 class ServiceCollector:
@@ -44,10 +50,12 @@ class ServiceCollector:
         yield attempts
 
     def _latest(self, session: Session):
-        loss = GaugeMetricFamily("pretrain_loss", "Latest training loss of a live job.", labels=["job", "name", "channel"])
-        ppl = GaugeMetricFamily("pretrain_eval_ppl", "Latest eval perplexity of a live job.", labels=["job", "name", "channel"])
-        other = GaugeMetricFamily("pretrain_train_metric", "Latest throughput/optimizer metric of a live job.", labels=["job", "name", "metric"])
-        step = GaugeMetricFamily("pretrain_step", "Latest step a live job reported.", labels=["job", "name"])
+        labels = ["job_id", "name"]
+        loss = GaugeMetricFamily("pretrain_loss", "Latest training loss of a live job.", labels=[*labels, "channel"])
+        ppl = GaugeMetricFamily("pretrain_eval_ppl", "Latest eval perplexity of a live job.", labels=[*labels, "channel"])
+        other = GaugeMetricFamily("pretrain_train_metric", "Latest throughput/optimizer metric of a live job.", labels=[*labels, "metric"])
+        step = GaugeMetricFamily("pretrain_step", "Latest step a live job reported.", labels=labels)
+        tokens = GaugeMetricFamily("pretrain_tokens", "Tokens a live job had trained on at its newest report.", labels=labels)
         newest = (
             select(MetricPoint.job_id, MetricPoint.name, func.max(MetricPoint.id).label("id"))
             .join(Job, Job.id == MetricPoint.job_id)
@@ -56,45 +64,67 @@ class ServiceCollector:
             .subquery()
         )
         rows = session.execute(
-            select(Job.id, Job.name, MetricPoint.name, MetricPoint.value, MetricPoint.step)
+            select(Job.id, Job.name, MetricPoint.id, MetricPoint.name, MetricPoint.value, MetricPoint.step, MetricPoint.tokens)
             .join(newest, MetricPoint.id == newest.c.id)
             .join(Job, Job.id == MetricPoint.job_id)
         )
         steps: dict[tuple[str, str], int] = {}
-        for job_id, job_name, metric, value, at in rows:
-            job = str(job_id)
-            steps[(job, job_name)] = max(steps.get((job, job_name), 0), at)
+        # The newest report's token count: after a rollback it falls back with the step.
+        seen: dict[tuple[str, str], tuple[int, int]] = {}
+        for job_id, job_name, point_id, metric, value, at, tokens_seen in rows:
+            job = (str(job_id), job_name)
+            steps[job] = max(steps.get(job, 0), at)
+            if tokens_seen is not None and point_id > seen.get(job, (-1, 0))[0]:
+                seen[job] = (point_id, tokens_seen)
             if value is None or not metric.startswith(EXPORTED_PREFIXES):
                 continue
             if metric == "loss" or metric.startswith("loss/"):
-                loss.add_metric([job, job_name, metric.partition("/")[2] or "all"], value)
-            elif metric.startswith("eval/ppl/"):
-                ppl.add_metric([job, job_name, metric.removeprefix("eval/ppl/")], value)
+                loss.add_metric([*job, metric.partition("/")[2] or "all"], value)
+            elif metric == "eval/ppl" or metric.startswith("eval/ppl/"):
+                ppl.add_metric([*job, metric.removeprefix("eval/ppl").removeprefix("/") or "all"], value)
             else:
-                other.add_metric([job, job_name, metric], value)
-        for (job, job_name), at in steps.items():
-            step.add_metric([job, job_name], at)
-        yield from (loss, ppl, other, step)
+                other.add_metric([*job, metric], value)
+        for job, at in steps.items():
+            step.add_metric(list(job), at)
+        for job, (_, count) in seen.items():
+            tokens.add_metric(list(job), count)
+        yield from (loss, ppl, other, step, tokens)
 
     def _verdicts(self, session: Session):
-        verdicts = CounterMetricFamily("pretrain_verdicts", "Watchdog verdicts by kind.", labels=["kind"])
-        query = select(Event.kind, func.count()).where(Event.kind.like("verdict.%")).group_by(Event.kind)
-        for kind, count in session.execute(query):
-            verdicts.add_metric([kind.removeprefix("verdict.")], count)
+        verdicts = CounterMetricFamily("pretrain_verdicts", "Watchdog verdicts on a live job, by kind.", labels=["job_id", "name", "kind"])
+        counts: dict[tuple[str, str], dict[str, int]] = {job: {} for job in _live_jobs(session)}
+        query = (
+            select(Job.id, Job.name, Event.kind, func.count())
+            .join(Event, Event.job_id == Job.id)
+            .where(Job.state.in_(ACTIVE_JOB_STATES), Event.kind.like("verdict.%"))
+            .group_by(Job.id, Job.name, Event.kind)
+        )
+        for job_id, job_name, kind, count in session.execute(query):
+            counts.setdefault((str(job_id), job_name), {})[kind.removeprefix("verdict.")] = count
+        for job, by_kind in counts.items():
+            for kind in sorted({*VERDICT_KINDS, *by_kind}):
+                verdicts.add_metric([*job, kind], by_kind.get(kind, 0))
         yield verdicts
 
     def _rollbacks(self, session: Session):
-        rollbacks = CounterMetricFamily("pretrain_rollbacks", "Rollbacks by trigger.", labels=["trigger"])
-        query = select(Attempt.reason, func.count()).where(Attempt.reason.in_(["rollback", "oncall"])).group_by(Attempt.reason)
-        counts = dict(session.execute(query).all())
-        rollbacks.add_metric(["watchdog"], counts.get("rollback", 0))
-        rollbacks.add_metric(["oncall"], counts.get("oncall", 0))
+        rollbacks = CounterMetricFamily("pretrain_rollbacks", "Rollbacks of a live job, by trigger.", labels=["job_id", "name", "trigger"])
+        counts: dict[tuple[str, str], dict[str, int]] = {job: {} for job in _live_jobs(session)}
+        query = (
+            select(Job.id, Job.name, Attempt.reason, func.count())
+            .join(Attempt, Attempt.job_id == Job.id)
+            .where(Job.state.in_(ACTIVE_JOB_STATES), Attempt.reason.in_(list(ROLLBACK_TRIGGERS)))
+            .group_by(Job.id, Job.name, Attempt.reason)
+        )
+        for job_id, job_name, reason, count in session.execute(query):
+            counts.setdefault((str(job_id), job_name), {})[ROLLBACK_TRIGGERS[reason]] = count
+        for job, by_trigger in counts.items():
+            for trigger in ROLLBACK_TRIGGERS.values():
+                rollbacks.add_metric([*job, trigger], by_trigger.get(trigger, 0))
         yield rollbacks
-
 
     def _ingest_lag(self, session: Session):
         lag = GaugeMetricFamily(
-            "pretrain_ingest_lag_seconds", "Seconds since a live job's newest metric point arrived.", labels=["job", "name"]
+            "pretrain_ingest_lag_seconds", "Seconds since a live job's newest metric point arrived.", labels=["job_id", "name"]
         )
         query = (
             select(Job.id, Job.name, func.max(MetricPoint.created_at))
@@ -108,6 +138,12 @@ class ServiceCollector:
                 newest = newest if newest.tzinfo else newest.replace(tzinfo=UTC)
                 lag.add_metric([str(job_id), job_name], max(0.0, (now - newest).total_seconds()))
         yield lag
+
+
+def _live_jobs(session: Session) -> list[tuple[str, str]]:
+    """(id, name) of every job that is not finished."""
+    query = select(Job.id, Job.name).where(Job.state.in_(ACTIVE_JOB_STATES)).order_by(Job.id)
+    return [(str(job_id), name) for job_id, name in session.execute(query)]
 
 
 INGESTED_POINTS = Counter("pretrain_ingested_points", "Metric points received by this API process.")

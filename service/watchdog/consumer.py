@@ -79,17 +79,23 @@ class Watchdog:
         except NotFound:
             return None
         evidence = {"channel": verdict.channel, "step": verdict.step, **verdict.evidence}
+        # One bad stretch diverges on several series (the mixture's loss and the channel's) in the
+        # same batch: the first rolled the attempt back, the others are the same episode.
+        replaced_by = job.attempts[-1].number if job.attempts and job.attempts[-1].number > verdict.attempt else None
+        action = verdict.action
+        if verdict.action == "rollback" and replaced_by is not None:
+            action = f"rollback already done (attempt {verdict.attempt} replaced by attempt {replaced_by})"
         repo.add_event(
             session,
             kind=f"verdict.{verdict.kind}",
             actor=ACTOR,
             job_id=job_id,
             attempt=verdict.attempt,
-            reason=f"{verdict.kind} on {_series(verdict.channel)} at step {verdict.step}: {verdict.action}",
+            reason=f"{verdict.kind} on {_series(verdict.channel)} at step {verdict.step}: {action}",
             data=evidence,
         )
         session.flush()
-        if verdict.action != "rollback":
+        if verdict.action != "rollback" or replaced_by is not None:
             return None
         if job.spec.get("watchdog", {}).get("rollback", "auto") != "auto":
             return None  # alert_only: the event is the whole answer

@@ -8,6 +8,7 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from service import ingest, jobs
 from service.api.app import create_app
@@ -104,12 +105,29 @@ def test_a_streamed_divergence_produces_exactly_one_rollback(watched):
     assert new.reason == "rollback" and new.number == 1
     assert checkpoint.step == 60  # the newest at least 5 steps before the onset at 70
     assert new.skip_ranges == [[60, 70 + 15]]
-    exported = api.get("/metrics").text
-    assert 'pretrain_rollbacks_total{trigger="watchdog"} 1.0' in exported
-    assert 'pretrain_verdicts_total{kind="divergence"}' in exported
-    assert f'pretrain_loss{{channel="zh",job="{job_id}"' in exported
-    assert f'pretrain_ingest_lag_seconds{{job="{job_id}"' in exported
-    assert "pretrain_ingested_points_total" in exported
+    exported = exposed(api.get("/metrics").text)
+    this = {"job_id": str(job_id), "name": "tiny-cpu"}
+    assert exported[("pretrain_rollbacks_total", key(this, trigger="watchdog"))] == 1
+    assert exported[("pretrain_rollbacks_total", key(this, trigger="oncall"))] == 0
+    assert exported[("pretrain_verdicts_total", key(this, kind="divergence"))] >= 1
+    assert exported[("pretrain_verdicts_total", key(this, kind="nonfinite"))] == 0
+    assert ("pretrain_loss", key(this, channel="zh")) in exported
+    assert exported[("pretrain_tokens", key(this))] == 109 * 2048  # the newest record's count
+    assert ("pretrain_ingest_lag_seconds", key(this)) in exported
+    assert exported[("pretrain_ingested_points_total", key({}))] >= 110 * 4
+
+
+def key(labels: dict[str, str], **more: str) -> frozenset:
+    return frozenset({**labels, **more}.items())
+
+
+def exposed(text: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample of a Prometheus exposition by (name, labels)."""
+    return {
+        (sample.name, key(sample.labels)): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def test_a_transient_spike_is_an_alert_and_no_rollback(watched):
@@ -168,3 +186,18 @@ def test_without_redis_the_api_judges_records_in_process(pg_url, tmp_path, tiny_
         post(api, job.id, token, curve(job.id, steps=40, nan_at=30))
     events = kinds(sessions, job.id)
     assert "verdict.nonfinite" in events
+
+
+def test_a_stretch_diverging_on_several_series_is_one_rollback_and_no_refusal(watched):
+    settings, sessions, job_id, token, api = watched
+    post(api, job_id, token, curve(job_id, steps=110, bad_from=70))
+
+    run_consumer(settings, until=lambda: kinds(sessions, job_id).count("verdict.divergence") >= 2)
+
+    with sessions() as session:
+        events = repo.list_events(session, job_id=job_id, limit=1000).items
+        divergences = [e.reason for e in events if e.kind == "verdict.divergence"]
+        assert [e.kind for e in events].count("job.rolled_back") == 1
+        assert "rollback.skipped" not in [e.kind for e in events]
+    assert divergences[0].endswith(": rollback")
+    assert all("rollback already done (attempt 0 replaced by attempt 1)" in why for why in divergences[1:])
