@@ -323,6 +323,8 @@ def _show_plan(plan: dict[str, Any]) -> None:
         click.echo(f"inverse      {budget['gpus']:,} GPUs × {budget['days']:g} days at MFU {budget['mfu']:.0%} see {budget['tokens']:.3e} tokens")
     if deadline := inverse.get("gpus_for_deadline"):
         click.echo(f"inverse      {deadline['token_budget']:.3e} tokens in {deadline['deadline_days']:g} days need {deadline['gpus']:,} GPUs ({deadline['nodes']:,} nodes)")
+    for warning in plan.get("spec_warnings", []):
+        click.echo(f"warning      {'.'.join(map(str, warning['loc']))}: {warning['msg']}")
     for warning in plan["warnings"]:
         click.echo(f"warning      {warning}")
     for problem in plan["problems"]:
@@ -470,6 +472,42 @@ def follow(ctx: click.Context, job_id: int, interval: float) -> None:
                 click.echo(f"job {job_id} {job['state']}" + (f": {job['state_reason']}" if job["state_reason"] else ""))
                 sys.exit(0 if job["state"] == "succeeded" else 1)
             time.sleep(interval)
+
+
+@cli.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-out", show_default=True)
+@click.option("--spec", "spec_path", type=click.Path(exists=True, dir_okay=False), default=None, help="Default: examples/demo.yaml.")
+@click.option("--baseline/--no-baseline", default=True, show_default=True, help="Also train the spec without its fault, for comparison.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=900, show_default=True, help="Seconds each job may take.")
+def demo(out_dir: str, spec_path: str | None, baseline: bool, timeout_s: float) -> None:
+    """The whole loop on this machine: a spike caught, a run rolled back and finished, a report."""
+    from service import demo as demo_run
+
+    result = demo_run.run(
+        out_dir=Path(out_dir),
+        spec_path=Path(spec_path) if spec_path else demo_run.DEMO_SPEC,
+        baseline=baseline,
+        timeout_s=timeout_s,
+        echo=click.echo,
+    )
+    sys.exit(0 if result.ok else 1)
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Default: job-<id>-report.html.")
+@click.option("--baseline", "baseline_id", type=int, default=None, help="Another job to draw beside it (grey, dashed).")
+@click.pass_context
+def report(ctx: click.Context, job_id: int, out_path: str | None, baseline_id: int | None) -> None:
+    """Write a job's report: loss per channel across attempts, eval PPL, events, plan (HTML)."""
+    from service import run_report
+
+    with api(ctx) as client:
+        run = run_report.collect(client, job_id)
+        baseline = run_report.collect(client, baseline_id) if baseline_id is not None else None
+    path = Path(out_path or f"job-{job_id}-report.html")
+    path.write_text(run_report.render_html(run, baseline=baseline))
+    click.echo(str(path))
 
 
 def _number(value: Any, spec: str = ".3f") -> str:

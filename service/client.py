@@ -57,6 +57,13 @@ class ApiClient:
         content_type = "application/yaml" if yaml else "application/json"
         return self._call("POST", "/v1/jobs", content=spec_text, headers={"Content-Type": content_type})
 
+    def plan(self, spec_text: str, *, yaml: bool) -> dict[str, Any]:
+        content_type = "application/yaml" if yaml else "application/json"
+        return self._call("POST", "/v1/plan", content=spec_text, headers={"Content-Type": content_type})
+
+    def attempts(self, job_id: int) -> list[dict[str, Any]]:
+        return self._call("GET", f"/v1/jobs/{job_id}/attempts")
+
     def get_job(self, job_id: int) -> dict[str, Any]:
         return self._call("GET", f"/v1/jobs/{job_id}")
 
