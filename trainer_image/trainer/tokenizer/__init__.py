@@ -2,6 +2,10 @@
 
 `load_tokenizer("byte")` gives the byte-level tokenizer of the embedded default; any other
 spec is a Hugging Face `tokenizer.json` file or a directory holding one.
+
+The tokenizer workshop (`pretrain-tokenizer`: train, expand, report) lives beside this in
+`train.py`, `expand.py`, `report.py` and `cli.py`; `job.run_tokenizer_job` is its one entry
+point for a JSON config. Those import `tokenizers` on use, not here.
 """
 
 from __future__ import annotations
