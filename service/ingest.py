@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.db import repo
-from service.db.models import Checkpoint, MetricPoint
+from service.db.models import AttemptState, Checkpoint, MetricPoint
 from service.errors import Conflict
 
 NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -29,9 +29,16 @@ def record_checkpoint(
     manifest_sha256: str,
     actor: str,
 ) -> tuple[Checkpoint, bool]:
-    """Register a published checkpoint once; a retried report returns the stored row unchanged."""
-    job = repo.get_job(session, job_id=job_id)
-    if attempt not in {a.number for a in job.attempts}:
+    """Register a published checkpoint once; a retried report returns the stored row unchanged.
+
+    A checkpoint of an attempt a rollback superseded is stored unusable: it was trained on
+    the data the rollback skips (a save on SIGTERM, or one that raced the rollback).
+    """
+    # The job's row lock serialises this with a rollback (which takes it too), so a checkpoint
+    # is either there for the rollback to mark unusable or sees its attempt superseded.
+    job = repo.get_job(session, job_id=job_id, for_update=True)
+    reporter = next((a for a in job.attempts if a.number == attempt), None)
+    if reporter is None:
         raise Conflict(f"job {job_id} has no attempt {attempt}")
     existing = repo.find_checkpoint(session, job_id=job_id, attempt=attempt, step=step)
     if existing is not None:
@@ -50,13 +57,21 @@ def record_checkpoint(
             path=path,
             meta={"manifest_sha256": manifest_sha256},
         )
+        if reporter.state == AttemptState.SUPERSEDED:
+            checkpoint.usable = False
         repo.add_event(
             session,
             kind="checkpoint.published",
             actor=actor,
             job_id=job_id,
             attempt=attempt,
-            data={"checkpoint_id": checkpoint.id, "step": step, "tokens": tokens, "path": path},
+            data={
+                "checkpoint_id": checkpoint.id,
+                "step": step,
+                "tokens": tokens,
+                "path": path,
+                "usable": checkpoint.usable,
+            },
         )
         _mark_pruned(session, job=job)
         session.commit()

@@ -9,19 +9,24 @@ published by one atomic rename. Only a directory whose manifest verifies is a ch
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import re
 import shutil
+import signal
 from dataclasses import dataclass
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.strategies import filesystem_async
 
 from trainer.model import unwrap
 from trainer.report import ingest_token, post_checkpoint
@@ -177,6 +182,7 @@ class CheckpointManager:
 
     def save(self, trainer: Trainer) -> Path:
         """Write, seal and publish a checkpoint of the current step; prune old ones."""
+        _results_queue_that_outlives_sigterm()
         step = trainer.step
         final = step_dir(self.directory, step)
         if self.last_saved_step == step and final.exists():
@@ -199,7 +205,10 @@ class CheckpointManager:
             os.rename(tmp, final)
             _fsync_dir(self.directory)
             self._report(final, manifest)
-            self._prune()
+            if not trainer.stop_requested:
+                # A stopping attempt deletes nothing: the service may be rolling back to an
+                # older checkpoint this very moment; the next attempt prunes, with it pinned.
+                self._prune()
         dist.barrier()
         self.last_saved_step = step
         log.info("checkpoint %s published", final)
@@ -242,6 +251,21 @@ class CheckpointManager:
         for old in candidates[: max(0, len(candidates) - self.config.checkpoint.keep_last)]:
             shutil.rmtree(old, ignore_errors=True)
             log.info("checkpoint %s pruned", old)
+
+
+def _results_queue_that_outlives_sigterm() -> None:
+    """Give dist_checkpointing's writer a results queue whose server process ignores SIGTERM.
+
+    torchrun stops a worker by signalling its whole process group. The queue's manager
+    process, which dist_checkpointing spawns at the first save, is in that group and would die
+    of the SIGTERM while the trainer, which handles it, goes on to save a last checkpoint
+    through that very queue (BrokenPipeError). Only the process group's SIGKILL ends it now.
+    """
+    if filesystem_async._results_queue is not None:
+        return
+    manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
+    manager.start(initializer=functools.partial(signal.signal, signal.SIGTERM, signal.SIG_IGN))
+    filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager alive
 
 
 def _model_key(trainer: Trainer, index: int) -> str:

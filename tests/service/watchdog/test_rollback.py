@@ -76,6 +76,22 @@ def test_a_rollback_resumes_before_the_onset_and_skips_the_bad_data(running_job)
     assert [step for step, ok in usable.items() if not ok] == [200, 240, 280, 320]
 
 
+def test_a_checkpoint_the_superseded_attempt_reports_after_the_rollback_is_not_usable(running_job):
+    # The replaced trainer's save on SIGTERM, or a save that raced the rollback: trained on skipped data.
+    sessions, job_id = running_job
+    with sessions() as session:
+        roll_back(session, job_id=job_id, request=watchdog_request(205, expected_attempt=0))
+        late, created = ingest.record_checkpoint(
+            session, job_id=job_id, attempt=0, step=333, tokens=333, path="/c/333", manifest_sha256="d" * 64, actor="trainer"
+        )
+        assert created and late.usable is False
+        fresh, _ = ingest.record_checkpoint(
+            session, job_id=job_id, attempt=1, step=170, tokens=170, path="/c/a1-170", manifest_sha256="c" * 64, actor="trainer"
+        )
+        assert fresh.usable is True
+        assert jobs.repo.newest_good_checkpoint(session, job_id=job_id).step == 170
+
+
 def test_a_second_rollback_maps_its_steps_through_the_first_skip(running_job):
     sessions, job_id = running_job
     with sessions() as session:

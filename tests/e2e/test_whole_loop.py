@@ -1,0 +1,337 @@
+"""The whole loop in cluster mode: submit → train → watch → roll back → resume → finish.
+
+The API, the controller, the Celery worker and the watchdog run as separate `pretrainctl`
+processes on real Postgres and Redis, with the kubernetes backend talking over HTTP to the
+Kubernetes emulator. The emulator's pods are played by local trainer processes: the kubelet
+stand-in in `kubelet.py` runs each PyTorchJob's own command (`torchrun` over the real
+Megatron-core trainer, on this CPU) with the pod's environment and config, and moves the
+PyTorchJob's conditions as the Training Operator does. Nothing else is a stand-in.
+
+The jobs follow `examples/demo.yaml` (the tiny Llama on the three embedded channels, `en`
+fed random tokens for a stretch), shrunk so that the four runs take a few minutes on two
+cores: one trainer process, 8 sequences a step, one stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import statistics
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from service.client import ApiClient
+from service.controller.manifests import workload_name
+from tests.e2e.conftest import Deployment
+from tests.e2e.stack import wait_until
+
+pytestmark = pytest.mark.slow
+
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
+TOKENS_PER_STEP = 8 * 128
+GARBAGE = (30, 40)  # steps (and batches) of `en` that are random tokens
+CHECKPOINT_EVERY = 10
+RUN_TIMEOUT_S = 300
+FINISHED = {"succeeded", "failed", "cancelled", "paused"}
+
+
+@cache
+def _demo() -> dict[str, Any]:
+    return yaml.safe_load(DEMO.read_text())
+
+
+def demo_spec(name: str, *, steps: int, garbage: tuple[int, int] | None = None) -> dict[str, Any]:
+    """examples/demo.yaml for one CPU process, `steps` long, its `en` stretch at `garbage`."""
+    spec = copy.deepcopy(_demo())
+    spec["name"] = name
+    spec["resources"]["gpus_per_node"] = 1
+    spec["batch"]["global_batch_size"] = 8
+    spec["schedule"]["warmup_tokens"] = 8 * TOKENS_PER_STEP
+    pretrain = spec["stages"][0]
+    pretrain["tokens"] = steps * TOKENS_PER_STEP
+    for source in pretrain["data"]:
+        source.pop("corrupt_steps", None)
+        if source["channel"] == "en" and garbage is not None:
+            source["corrupt_steps"] = [list(garbage)]
+    spec["stages"] = [pretrain]  # the anneal stage would only add minutes
+    spec["checkpoint"] = {"interval_steps": CHECKPOINT_EVERY, "keep_last": 4}
+    spec["eval"] = {"interval_steps": steps, "samples_per_channel": 8}
+    spec["watchdog"].update(recover_window_steps=6, rollback_margin_steps=10, skip_steps_after=12)
+    return spec
+
+
+# --- reading the service's answers --------------------------------------------------------------
+
+
+def submit(api: ApiClient, spec: dict[str, Any]) -> dict[str, Any]:
+    return api.submit(yaml.safe_dump(spec), yaml=True)
+
+
+def events(api: ApiClient, job_id: int) -> list[dict[str, Any]]:
+    rows, after = [], None
+    while True:
+        page = api.events(job_id, after=after)
+        rows += page["data"]
+        if page["next_cursor"] is None:
+            return rows
+        after = page["next_cursor"]
+
+
+def kinds(rows: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [row for row in rows if row["kind"] == kind]
+
+
+def series(api: ApiClient, job_id: int, name: str, attempt: int) -> dict[int, float | None]:
+    """One metric of one attempt by step (train phase only); None for a non-finite value."""
+    points = api.metrics(job_id, name=[name], attempt=attempt)
+    return {p["step"]: p["value"] for p in points if p["phase"] != "eval"}
+
+
+def newest_step(api: ApiClient, job_id: int, attempt: int) -> int | None:
+    points = api.metrics(job_id, name=["loss"], attempt=attempt)
+    return max((p["step"] for p in points), default=None)
+
+
+def wait_for_state(
+    deployment: Deployment, job_id: int, state: str, timeout: float = RUN_TIMEOUT_S
+) -> dict[str, Any]:
+    """The job once it is in `state`; fails at once if it ends in another."""
+
+    def probe() -> dict[str, Any] | None:
+        if exited := deployment.stack.exited():
+            raise AssertionError(f"service processes exited meanwhile: {exited}")
+        job = deployment.api.get_job(job_id)
+        if job["state"] != state and job["state"] in FINISHED:
+            raise AssertionError(
+                f"job {job_id} ended {job['state']} ({job['state_reason']}), not {state}"
+            )
+        return job if job["state"] == state else None
+
+    return wait_until(
+        probe,
+        timeout=timeout,
+        what=f"job {job_id} to be {state}",
+        diagnostics=deployment.diagnostics,
+    )
+
+
+def wait_for_step(deployment: Deployment, job_id: int, attempt: int, step: int) -> int:
+    return wait_until(
+        lambda: (s := newest_step(deployment.api, job_id, attempt)) is not None and s >= step and s,
+        timeout=RUN_TIMEOUT_S,
+        what=f"job {job_id} attempt {attempt} to report step {step}",
+        diagnostics=deployment.diagnostics,
+    )
+
+
+def name_of(job: dict[str, Any], attempt: int) -> str:
+    return workload_name(job["name"], job["id"], attempt)
+
+
+def launched(deployment: Deployment, job: dict[str, Any]) -> list[str]:
+    """The job's PyTorchJobs the kubelet ran, one entry per launch."""
+    ours = {name_of(job, attempt) for attempt in range(len(job["attempts"]))}
+    return [name for name in deployment.kubelet.launched() if name in ours]
+
+
+def clean_level(api: ApiClient, job_id: int, name: str) -> float:
+    """A series' level just before the garbage: the median of attempt 0's five steps before it."""
+    values = series(api, job_id, name, 0)
+    return statistics.median(
+        values[step] for step in range(GARBAGE[0] - 5, GARBAGE[0]) if step in values
+    )
+
+
+def assert_caught_and_rolled_back_once(deployment: Deployment, job: dict[str, Any]) -> None:
+    """The shared verdict of the two garbage runs: caught, one rollback, resumed past it, finished."""
+    api, job_id = deployment.api, job["id"]
+    log = events(api, job_id)
+    spec = job["spec"]["watchdog"]
+
+    divergences = [e for e in kinds(log, "verdict.divergence") if e["data"]["channel"] == "en"]
+    assert len(divergences) == 1, f"one divergence verdict on en, got {divergences}"
+    onset = divergences[0]["data"]["onset"]
+    assert divergences[0]["attempt"] == 0 and GARBAGE[0] <= onset < GARBAGE[1]
+    rollbacks = kinds(log, "job.rolled_back")
+    assert [(e["actor"], e["attempt"]) for e in rollbacks] == [("watchdog", 1)]
+
+    attempts = api.attempts(job_id)
+    assert [(a["number"], a["state"], a["reason"]) for a in attempts] == [
+        (0, "superseded", "launch"),
+        (1, "succeeded", "rollback"),
+    ]
+    checkpoints = {c["id"]: c for c in api.checkpoints(job_id)}
+    resumed = checkpoints[attempts[1]["resume_from_checkpoint_id"]]
+    before = [
+        c["step"]
+        for c in checkpoints.values()
+        if c["attempt"] == 0 and c["step"] <= onset - spec["rollback_margin_steps"]
+    ]
+    assert resumed["attempt"] == 0 and resumed["step"] == max(before) < GARBAGE[0]
+    # What attempt 0 saved past that point (its last save on SIGTERM included) is never offered again.
+    trained_on_garbage = [
+        c for c in checkpoints.values() if c["attempt"] == 0 and c["step"] > resumed["step"]
+    ]
+    assert trained_on_garbage and not [c for c in trained_on_garbage if c["usable"]]
+    (skip,) = attempts[1]["skip_ranges"]
+    assert skip == [resumed["step"], onset + spec["skip_steps_after"]]
+    assert skip[0] <= GARBAGE[0] and skip[1] >= GARBAGE[1], (
+        f"{skip} does not cover the garbage {GARBAGE}"
+    )
+
+    # Attempt 1 starts at the checkpoint's step and never reads a garbage batch.
+    batches = series(api, job_id, "data/batch_index", 1)
+    assert min(batches) == resumed["step"]
+    assert not [b for b in batches.values() if GARBAGE[0] <= b < GARBAGE[1]]
+    assert batches[resumed["step"]] == skip[1]
+
+    # Finished, finite, and back at (below) the level the run had before the garbage.
+    steps = job["spec"]["stages"][0]["tokens"] // TOKENS_PER_STEP
+    for name in ("loss", "loss/en"):
+        values = series(api, job_id, name, 1)
+        assert max(values) == steps - 1
+        final = statistics.median(values[s] for s in range(steps - 5, steps) if s in values)
+        assert all(v is not None and math.isfinite(v) for v in values.values())
+        assert final < clean_level(api, job_id, name) * 1.05, f"{name} ends at {final}"
+    assert launched(deployment, job) == [name_of(job, 0), name_of(job, 1)]
+    assert name_of(job, 0) not in deployment.cluster.names("pytorchjobs")
+    assert not deployment.kubelet.errors
+
+
+# --- the tests ---------------------------------------------------------------------------------
+
+
+def test_garbage_stretch_is_rolled_back_automatically_and_the_run_finishes(deployment: Deployment):
+    job = submit(deployment.api, demo_spec("garbage", steps=64, garbage=GARBAGE))
+
+    done = wait_for_state(deployment, job["id"], "succeeded")
+
+    assert_caught_and_rolled_back_once(deployment, done)
+    log = events(deployment.api, job["id"])
+    assert kinds(log, "verdict.spike"), "the jump was seen as a spike first"
+
+
+def test_on_call_rollback_through_the_api_during_a_run(deployment: Deployment):
+    api = deployment.api
+    oncall = deployment.stack.pretrainctl(
+        "tokens", "create", "--role", "oncall", "--name", "carol", "--local", "--json"
+    )
+    job = submit(api, demo_spec("oncall", steps=30))
+    first = wait_until(
+        lambda: next(
+            (c for c in api.checkpoints(job["id"]) if c["step"] == CHECKPOINT_EVERY), None
+        ),
+        timeout=RUN_TIMEOUT_S,
+        what="the first checkpoint",
+        diagnostics=deployment.diagnostics,
+    )
+    assert api.get_job(job["id"])["state"] == "running"
+
+    reason = "en looks wrong after the first checkpoint"
+    with ApiClient(deployment.url, yaml.safe_load(oncall.stdout)["token"]) as carol:
+        answer = carol.rollback(job["id"], reason=reason, to_step=first["step"])
+
+    assert (
+        answer["attempt"] == 1
+        and answer["checkpoint"]["id"] == first["id"]
+        and not answer["paused"]
+    )
+    done = wait_for_state(deployment, job["id"], "succeeded")
+    attempts = api.attempts(job["id"])
+    assert [(a["number"], a["state"], a["reason"]) for a in attempts] == [
+        (0, "superseded", "launch"),
+        (1, "succeeded", "oncall"),
+    ]
+    assert attempts[1]["resume_from_checkpoint_id"] == first["id"]
+    assert not [
+        c
+        for c in api.checkpoints(job["id"])
+        if c["attempt"] == 0 and c["step"] > first["step"] and c["usable"]
+    ]
+    assert attempts[1]["skip_ranges"] == [answer["skip_range"]]
+    batches = series(api, job["id"], "data/batch_index", 1)
+    assert min(batches) == first["step"] and batches[first["step"]] == answer["skip_range"][1]
+    log = events(api, job["id"])
+    assert [(e["actor"], e["reason"], e["attempt"]) for e in kinds(log, "job.rolled_back")] == [
+        ("carol", reason, 1)
+    ]
+    assert [e["actor"] for e in kinds(log, "attempt.opened")] == ["carol"]
+    assert launched(deployment, done) == [name_of(done, 0), name_of(done, 1)]
+    assert not deployment.kubelet.errors
+
+
+def test_cancel_stops_the_workload(deployment: Deployment):
+    api = deployment.api
+    job = submit(api, demo_spec("cancel", steps=400))
+    name = name_of(job, 0)
+    wait_until(
+        lambda: api.checkpoints(job["id"]),
+        timeout=RUN_TIMEOUT_S,
+        what="the first checkpoint",
+        diagnostics=deployment.diagnostics,
+    )
+    pod = deployment.kubelet.pod(name)
+    assert pod is not None and pod.alive
+
+    api.cancel(job["id"], reason="wrong mixture")
+
+    done = wait_for_state(deployment, job["id"], "cancelled", timeout=60)
+    assert name not in deployment.cluster.names("pytorchjobs")
+    assert f"{name}-config" not in deployment.cluster.names("configmaps")
+    assert f"{name}-token" not in deployment.cluster.names("secrets")
+    wait_until(
+        lambda: not pod.alive,
+        timeout=60,
+        what=f"the trainer of {name} to exit",
+        diagnostics=deployment.diagnostics,
+    )
+    assert pod.terminating_since is not None, "the kubelet stopped it because its PyTorchJob went"
+    # On SIGTERM the trainer finished its step and saved there before it exited.
+    last_step = newest_step(api, job["id"], 0)
+    assert max(c["step"] for c in api.checkpoints(job["id"])) == last_step + 1
+    assert [(a["number"], a["state"]) for a in done["attempts"]] == [(0, "cancelled")]
+    log = events(api, job["id"])
+    assert [(e["actor"], e["reason"]) for e in kinds(log, "job.cancel_requested")] == [
+        ("admin", "wrong mixture")
+    ]
+    assert [e["attempt"] for e in kinds(log, "workload.deleted")] == [0]
+    assert kinds(log, "job.cancelled")
+    assert launched(deployment, done) == [name] and not deployment.kubelet.errors
+
+
+def test_controller_and_watchdog_restarted_mid_run_lose_nothing(deployment: Deployment):
+    api, stack = deployment.api, deployment.stack
+    job = submit(api, demo_spec("restart", steps=64, garbage=GARBAGE))
+    wait_until(
+        lambda: [
+            e
+            for e in kinds(events(api, job["id"]), "verdict.spike")
+            if e["data"]["channel"] == "en"
+        ],
+        timeout=RUN_TIMEOUT_S,
+        what="the spike on en",
+        diagnostics=deployment.diagnostics,
+    )
+
+    # Mid-episode: the watchdog has seen the jump but not yet called it a divergence.
+    stack.kill("watchdog", signal.SIGKILL)
+    stack.kill("controller", signal.SIGKILL)
+    window = job["spec"]["watchdog"]["recover_window_steps"]
+    wait_for_step(deployment, job["id"], 0, GARBAGE[0] + window + 3)
+    assert not kinds(events(api, job["id"]), "job.rolled_back"), "nobody was watching"
+    stack.start("watchdog")
+    stack.start("controller")
+
+    done = wait_for_state(deployment, job["id"], "succeeded")
+
+    assert_caught_and_rolled_back_once(deployment, done)
+    log = events(api, job["id"])
+    spikes = [e for e in kinds(log, "verdict.spike") if e["data"]["channel"] == "en"]
+    assert len(spikes) == 1, "a redelivered record is not judged twice"
+    assert [e["attempt"] for e in kinds(log, "workload.created")] == [0, 1]
+    assert [e["attempt"] for e in kinds(log, "attempt.opened")] == [1]
