@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from celery import Celery
 
+from service.controller.reconcile import REQUEUE_RUNNING_S
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,10 @@ def make_app(settings: Settings) -> Celery:
     @app.task(name=RECONCILE, bind=True, max_retries=10)
     def reconcile_job(task, job_id: int) -> None:
         requeue = _controller(settings).reconcile(job_id)
-        if requeue is not None and requeue <= 5:
+        if requeue is not None and requeue < REQUEUE_RUNNING_S:
             # Something is in motion (a create, a delete): look again shortly, from any worker.
+            # A running job's steady look is the controller loop's business, not a retry's:
+            # retrying it would exhaust max_retries on every healthy job.
             raise task.retry(countdown=requeue)
 
     return app

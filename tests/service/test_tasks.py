@@ -80,3 +80,35 @@ def test_without_redis_changes_reach_the_in_process_controller(tmp_path, tiny_sp
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", state_dir=tmp_path)
     tasks.job_changed(settings, 42, "submitted")
     assert seen == [42]
+
+
+class _Reconciler:
+    def __init__(self, requeue: float | None) -> None:
+        self.requeue = requeue
+        self.calls = 0
+
+    def reconcile(self, job_id: int) -> float | None:
+        self.calls += 1
+        return self.requeue
+
+
+@pytest.mark.parametrize(("requeue", "retried"), [(2.0, True), (tasks.REQUEUE_RUNNING_S, False), (None, False)])
+def test_the_task_retries_only_while_something_is_in_motion(monkeypatch, requeue, retried):
+    """A running job's steady 5 s look belongs to the controller loop; retrying it from the
+    worker would exhaust max_retries and log an error for every healthy job."""
+    from celery.exceptions import Retry
+
+    settings = Settings(redis_url="redis://127.0.0.1:1/0")
+    reconciler = _Reconciler(requeue)
+    monkeypatch.setattr(tasks, "_controller", lambda _settings: reconciler)
+    task = tasks.make_app(settings).tasks[tasks.RECONCILE]
+    task.push_request(retries=0, is_eager=True)  # what a worker sets; retry() raises Retry
+    try:
+        if retried:
+            with pytest.raises(Retry):
+                task.run(7)
+        else:
+            task.run(7)
+    finally:
+        task.pop_request()
+    assert reconciler.calls == 1
