@@ -355,6 +355,11 @@ def _show_job(job: dict[str, Any]) -> None:
     if plan := job.get("plan"):
         memory, compute = plan["memory"], plan["compute"]
         click.echo(f"  plan       {plan['params']['total']:,} params, {memory['per_gpu_gib']:.1f} of {memory['capacity_gib']:.0f} GiB per GPU, {compute['gpu_hours']:,.0f} GPU-hours, {compute['days']:.1f} days")
+    if result := job.get("result"):
+        click.echo(f"  result     {result['path']}")
+        layout = (result.get("report") or {}).get("layout") or {}
+        if {"vocab_size", "padded_vocab_size"} <= set(layout):
+            click.echo(f"  vocabulary {layout['vocab_size']:,} ids, padded to {layout['padded_vocab_size']:,}")
     for attempt in job["attempts"]:
         click.echo(f"  attempt {attempt['number']}  {attempt['state']:<10} {attempt['reason']}")
     for warning in job["warnings"]:

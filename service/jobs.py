@@ -22,7 +22,7 @@ from service.db.models import (
 )
 from service.errors import Conflict, Forbidden
 from service.planner import memory_problems, plan_job
-from service.spec import SpecInvalid, ValidatedSpec, validate_spec
+from service.spec import TOKENIZER_KIND, SpecInvalid, ValidatedTokenizerSpec, validate_spec
 from service.tokens import Principal
 
 
@@ -34,10 +34,24 @@ def spec_hash(spec: dict[str, Any]) -> str:
 
 def submit_job(session: Session, *, raw: dict[str, Any], principal: Principal) -> Job:
     """Validate a spec and store the job with a pending attempt 0; nothing is written if invalid."""
-    validated: ValidatedSpec = validate_spec(raw)
-    plan = plan_job(validated)
-    if problems := memory_problems(validated, plan):
-        raise SpecInvalid(problems)
+    validated = validate_spec(raw)
+    if isinstance(validated, ValidatedTokenizerSpec):
+        # A tokenizer job runs on one CPU machine: nothing to derive or plan.
+        derived: dict[str, Any] = {}
+        warnings = [w.model_dump(mode="json") for w in validated.warnings]
+        plan_document = None
+    else:
+        plan = plan_job(validated)
+        if problems := memory_problems(validated, plan):
+            raise SpecInvalid(problems)
+        derived = {
+            "model": validated.model.model_dump(mode="json"),
+            **validated.derived.model_dump(mode="json"),
+        }
+        warnings = [w.model_dump(mode="json") for w in validated.warnings] + [
+            {"loc": ["plan"], "msg": w, "type": "warning"} for w in plan.warnings
+        ]
+        plan_document = plan.model_dump(mode="json")
     spec = validated.spec.model_dump(mode="json")
     name = validated.spec.name
     try:
@@ -48,13 +62,9 @@ def submit_job(session: Session, *, raw: dict[str, Any], principal: Principal) -
             owner=principal.name,
             spec=spec,
             spec_hash=spec_hash(spec),
-            derived={
-                "model": validated.model.model_dump(mode="json"),
-                **validated.derived.model_dump(mode="json"),
-            },
-            warnings=[w.model_dump(mode="json") for w in validated.warnings]
-            + [{"loc": ["plan"], "msg": w, "type": "warning"} for w in plan.warnings],
-            plan=plan.model_dump(mode="json"),
+            derived=derived,
+            warnings=warnings,
+            plan=plan_document,
         )
         repo.add_attempt(session, job=job, number=0, reason=AttemptReason.LAUNCH)
         repo.add_event(
@@ -104,6 +114,40 @@ def cancel_job(session: Session, *, job_id: int, principal: Principal, reason: s
         job_id=job.id,
         attempt=job.attempts[-1].number if job.attempts else None,
         reason=reason,
+    )
+    session.commit()
+    return job
+
+
+def record_result(
+    session: Session,
+    *,
+    job_id: int,
+    attempt: int,
+    path: str,
+    report: dict[str, Any],
+    actor: str,
+) -> Job:
+    """Store what a tokenizer job's attempt made; a retried report of it replaces the first.
+
+    The workload reports before it exits, so by the time it has succeeded the result is here.
+    """
+    job = repo.get_job(session, job_id=job_id, for_update=True)
+    if job.kind != TOKENIZER_KIND:
+        raise Conflict(f"job {job_id} is a {job.kind} job; only tokenizer jobs report a result")
+    if JobState(job.state).is_terminal:
+        raise Conflict(f"job {job_id} is already {job.state}")
+    current = job.attempts[-1].number
+    if attempt != current:
+        raise Conflict(f"job {job_id} is at attempt {current}, not {attempt}")
+    job.result = {"attempt": attempt, "path": path, "report": report}
+    repo.add_event(
+        session,
+        kind="result.reported",
+        actor=actor,
+        job_id=job.id,
+        attempt=attempt,
+        data={"path": path},
     )
     session.commit()
     return job

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from service.planner import Plan, memory_problems, plan_job
-from service.spec import Problem, validate_spec
+from service.spec import Problem, SpecInvalid, ValidatedTokenizerSpec, validate_spec
 
 
 class PlanReport(Plan):
@@ -22,6 +22,18 @@ class PlanReport(Plan):
 def plan_spec(raw: dict[str, Any], **inverse: Any) -> PlanReport:
     """Validate a raw spec (raising SpecInvalid) and plan it, without refusing what does not fit."""
     validated = validate_spec(raw)
+    if isinstance(validated, ValidatedTokenizerSpec):
+        resources = validated.spec.resources
+        raise SpecInvalid(
+            [
+                Problem(
+                    loc=["kind"],
+                    msg="a tokenizer job has no memory or compute plan: it runs on one CPU "
+                    f"machine with resources.cpu {resources.cpu} and resources.memory_gib "
+                    f"{resources.memory_gib:g}; the spec is valid, submit it as it is",
+                )
+            ]
+        )
     plan = plan_job(validated, **inverse)
     return PlanReport(
         **plan.model_dump(),

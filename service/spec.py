@@ -445,7 +445,9 @@ class JobSpec(_Section):
         description="Job name: lowercase letters, digits and '-', starting with a letter.",
     )
     kind: Literal["pretrain"] = Field(
-        "pretrain", description="What the job does; only pretrain for now."
+        "pretrain",
+        description="What the job does: pretrain (this spec); `tokenizer` takes a "
+        "TokenizerJobSpec instead.",
     )
     model: ModelSpec = Field(description="Architecture: a preset, explicit fields, or both.")
     tokenizer: TokenizerSpec | None = Field(None, description="Tokenizer the data is encoded with.")
@@ -486,6 +488,128 @@ class JobSpec(_Section):
         gt=0,
         le=20,
         description="Final training loss aimed for; the planner sizes the critical batch from it.",
+    )
+
+
+# ---------------------------------------------------------------- the tokenizer job
+
+PRETRAIN_KIND = "pretrain"
+TOKENIZER_KIND = "tokenizer"
+JOB_KINDS = (PRETRAIN_KIND, TOKENIZER_KIND)
+# The trainer's embedded corpora (`trainer.data.EMBEDDED_CORPORA`; a test holds them equal).
+EMBEDDED_CORPORA = ("code", "en", "zh")
+EMBEDDED_CORPUS_PREFIXES = ("embedded://", "embedded:")
+# Options only one mode reads; the tokenizer library refuses them in the other.
+TRAIN_ONLY_OPTIONS = ("vocab_size", "model", "domain_tokens", "spare", "limit_alphabet")
+EXPAND_ONLY_OPTIONS = ("base", "add")
+BANNED_REGEX_PREFIX = "re:"
+
+CorpusPath = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=4096,
+        description="`embedded:code`, `embedded:en` or `embedded:zh`; an absolute path; or a path "
+        "relative to the data root (the data volume, settings.data_root). A file (.jsonl: one "
+        '{"text": ...} a line; any other file is one document) or a folder of such files.',
+    ),
+]
+CorpusName = Annotated[
+    str, Field(min_length=1, max_length=IDENTIFIER_MAX_LENGTH, pattern=IDENTIFIER_PATTERN)
+]
+
+
+class TokenizerOptionsSpec(_Section):
+    """The tokenizer library's options (`trainer.tokenizer.job`); unset means its default."""
+
+    vocab_size: PositiveInt | None = Field(
+        None, description="train: the vocabulary, specials + alphabet + learned (default 32000)."
+    )
+    model: Literal["byte-bpe", "bpe", "wordpiece"] | None = Field(
+        None, description="train: byte-bpe (default), bpe or wordpiece."
+    )
+    min_frequency: PositiveInt | None = Field(
+        None, description="Least occurrences of a pair for it to be merged (default 2)."
+    )
+    domain_tokens: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, description="train: strings that must each be one token."
+    )
+    banned: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None,
+        description="Ban lines: a literal (every token containing it) or `re:REGEX`; those "
+        "tokens and their merges are removed.",
+    )
+    spare: NonNegativeInt | None = Field(
+        None, description="train: reserved special tokens <|reserved_i|> (default 1000)."
+    )
+    pad_to_multiple_of: PositiveInt | None = Field(
+        None,
+        description="Embedding rows are rounded up to this (default 128; expand: the base's).",
+    )
+    limit_alphabet: PositiveInt | None = Field(
+        None, description="train, bpe and wordpiece: most characters in the alphabet."
+    )
+    base: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="expand (required): the tokenizer to grow, a directory or tokenizer.json; "
+        "a relative path is under the checkpoint root, where tokenizer jobs write theirs "
+        "(`<name>-<id>/tokenizer`).",
+    )
+    add: PositiveInt | None = Field(None, description="expand (required): tokens to add.")
+    max_bytes_per_corpus: PositiveInt | None = Field(
+        None, description="Read at most this many UTF-8 bytes of each corpus (default: all)."
+    )
+    report_corpora: dict[CorpusName, CorpusPath] | None = Field(
+        None,
+        description="Corpora to measure the result on, by name (paths as in corpora); adds "
+        "compression per corpus to the report.",
+    )
+    probes: list[str] | None = Field(
+        None, description="Strings whose split into tokens the report shows."
+    )
+
+
+class TokenizerResourcesSpec(_Section):
+    """The one CPU machine (a pod) a tokenizer job runs on."""
+
+    cpu: int = Field(8, gt=0, le=1024, description="CPU cores, requested and the limit.")
+    memory_gib: float = Field(
+        64.0,
+        gt=0,
+        le=16384,
+        description="Memory in GiB, requested and the limit: the corpora and merge tables.",
+    )
+
+
+class TokenizerJobSpec(_Section):
+    """A tokenizer job: train a tokenizer on corpora, or expand one, on a CPU machine.
+
+    It writes the tokenizer to `<checkpoint_root>/<name>-<id>/tokenizer` (the checkpoint
+    volume, beside the checkpoints of pretraining jobs) and stores that path with the
+    library's report as the job's `result`. It has no memory plan, watchdog or rollback.
+    """
+
+    name: str = Field(
+        max_length=NAME_MAX_LENGTH,
+        pattern=NAME_PATTERN,
+        description="Job name: lowercase letters, digits and '-', starting with a letter.",
+    )
+    kind: Literal["tokenizer"] = Field(description="`tokenizer` for this kind of job.")
+    mode: Literal["train", "expand"] = Field(
+        description="train a new tokenizer, or expand options.base by options.add tokens "
+        "(its ids unchanged)."
+    )
+    corpora: list[CorpusPath] = Field(
+        min_length=1, description="The text to train (or expand) on, all corpora together."
+    )
+    options: TokenizerOptionsSpec = Field(
+        default_factory=TokenizerOptionsSpec, description="The tokenizer library's options."
+    )
+    resources: TokenizerResourcesSpec = Field(
+        default_factory=TokenizerResourcesSpec,
+        description="CPU and memory (default 8 cores, 64 GiB).",
     )
 
 
@@ -558,6 +682,15 @@ class ValidatedSpec(BaseModel):
         description="Things that will work, but perhaps not as intended."
     )
     derived: Derived = Field(description="Step counts and parallel sizes the spec implies.")
+
+
+class ValidatedTokenizerSpec(BaseModel):
+    """A tokenizer job spec that passed every rule."""
+
+    spec: TokenizerJobSpec = Field(description="The spec as submitted, with defaults filled in.")
+    warnings: list[Problem] = Field(
+        default_factory=list, description="Things that will work, but perhaps not as intended."
+    )
 
 
 def format_loc(loc: Iterable[str | int]) -> str:
@@ -706,7 +839,7 @@ def _item_inside(annotation: Any) -> Any:
 
 
 def _clean_loc(
-    raw_loc: tuple[str | int, ...], error_type: str
+    raw_loc: tuple[str | int, ...], error_type: str, root: type[BaseModel] = JobSpec
 ) -> tuple[list[str | int], type[BaseModel] | None]:
     """The user's field path without pydantic's internal segments, and the model it ends in.
 
@@ -715,8 +848,8 @@ def _clean_loc(
     list indexes, plus the offending key of an unknown-field error.
     """
     loc: list[str | int] = []
-    annotation: Any = JobSpec
-    owner: type[BaseModel] | None = JobSpec
+    annotation: Any = root
+    owner: type[BaseModel] | None = root
     for position, segment in enumerate(raw_loc):
         if isinstance(segment, int):
             loc.append(segment)
@@ -762,10 +895,12 @@ def _readable_message(
     return msg
 
 
-def _problems_from_validation_error(error: ValidationError) -> list[Problem]:
+def _problems_from_validation_error(
+    error: ValidationError, root: type[BaseModel] = JobSpec
+) -> list[Problem]:
     problems = []
     for detail in error.errors(include_url=False):
-        loc, owner = _clean_loc(detail["loc"], detail["type"])
+        loc, owner = _clean_loc(detail["loc"], detail["type"], root)
         problems.append(
             Problem(loc=loc, msg=_readable_message(detail, loc, owner), type=detail["type"])
         )
@@ -1379,10 +1514,27 @@ def _derive(context: _Context) -> Derived:
     )
 
 
-def validate_spec(raw: dict) -> ValidatedSpec:
-    """Parse and check a spec mapping; SpecInvalid lists every problem found."""
+def validate_spec(raw: dict) -> ValidatedSpec | ValidatedTokenizerSpec:
+    """Parse and check a spec mapping; SpecInvalid lists every problem found.
+
+    `kind` picks the schema: `pretrain` (the default, a JobSpec) or `tokenizer` (a
+    TokenizerJobSpec, returned as a ValidatedTokenizerSpec).
+    """
     if not isinstance(raw, dict):
         raise _body_problem(f"the job spec must be a mapping of fields, not {_kind_of(raw)}")
+    kind = raw.get("kind", PRETRAIN_KIND)
+    if kind == TOKENIZER_KIND:
+        return validate_tokenizer_spec(raw)
+    if isinstance(kind, str) and kind not in JOB_KINDS:
+        raise SpecInvalid(
+            [
+                Problem(
+                    loc=["kind"],
+                    msg=f"unknown kind {kind!r}; use one of {', '.join(JOB_KINDS)}",
+                    type="literal_error",
+                )
+            ]
+        )
     try:
         spec = JobSpec.model_validate(raw)
     except ValidationError as error:
@@ -1397,3 +1549,57 @@ def validate_spec(raw: dict) -> ValidatedSpec:
     for warning in warnings:
         warning.type = "warning"
     return ValidatedSpec(spec=spec, model=model, warnings=warnings, derived=_derive(context))
+
+
+def validate_tokenizer_spec(raw: dict) -> ValidatedTokenizerSpec:
+    """Parse and check a tokenizer job spec; SpecInvalid lists every problem found."""
+    try:
+        spec = TokenizerJobSpec.model_validate(raw)
+    except ValidationError as error:
+        raise SpecInvalid(_problems_from_validation_error(error, TokenizerJobSpec)) from None
+    if problems := list(_tokenizer_problems(spec)):
+        raise SpecInvalid(problems)
+    return ValidatedTokenizerSpec(spec=spec)
+
+
+def _tokenizer_problems(spec: TokenizerJobSpec) -> Iterator[Problem]:
+    options = spec.options
+    for index, corpus in enumerate(spec.corpora):
+        yield from _embedded_corpus_problems(["corpora", index], corpus)
+    for name, corpus in (options.report_corpora or {}).items():
+        yield from _embedded_corpus_problems(["options", "report_corpora", name], corpus)
+    other = "train" if spec.mode == "expand" else "expand"
+    for key in TRAIN_ONLY_OPTIONS if spec.mode == "expand" else EXPAND_ONLY_OPTIONS:
+        if getattr(options, key) is not None:
+            yield _problem(
+                ["options", key],
+                f"{key} applies to mode {other} only; remove it, or set mode to {other}",
+            )
+    if spec.mode == "expand":
+        needed = {"base": "the tokenizer to grow", "add": "how many tokens to add"}
+        for key, what in needed.items():
+            if getattr(options, key) is None:
+                yield Problem(
+                    loc=["options", key],
+                    msg=f"options.{key} is required with mode expand: {what}",
+                    type="missing",
+                )
+    for index, line in enumerate(options.banned or []):
+        if line.startswith(BANNED_REGEX_PREFIX):
+            try:
+                re.compile(line[len(BANNED_REGEX_PREFIX) :])
+            except re.error as error:
+                yield _problem(
+                    ["options", "banned", index],
+                    f"{line!r} is not a valid regular expression: {error}",
+                )
+
+
+def _embedded_corpus_problems(loc: list[str | int], corpus: str) -> Iterator[Problem]:
+    for prefix in EMBEDDED_CORPUS_PREFIXES:
+        if corpus.startswith(prefix):
+            name = corpus[len(prefix) :]
+            if name not in EMBEDDED_CORPORA:
+                choices = ", ".join(f"embedded:{known}" for known in EMBEDDED_CORPORA)
+                yield _problem(loc, f"unknown embedded corpus {name!r}; use one of {choices}")
+            return

@@ -43,6 +43,11 @@ class JobPublic(BaseModel):
     derived: dict[str, Any] = Field(description="Resolved model and what follows from the spec: world size, data parallel, iterations per stage.")
     warnings: list[Any] = Field(description="Normalisations the service made instead of refusing; each with loc and msg.")
     plan: dict[str, Any] | None
+    result: dict[str, Any] | None = Field(
+        None,
+        description="What the finished job made, as its workload reported it; tokenizer jobs: "
+        "{attempt, path, report}, the tokenizer's directory and the library's report. Null until then.",
+    )
     attempts: list[AttemptPublic]
     created_at: datetime
     updated_at: datetime
@@ -128,6 +133,16 @@ class CheckpointReport(BaseModel):
     tokens: int = Field(ge=0, le=2**62)
     path: str = Field(min_length=1, max_length=4096, pattern=NO_NUL)
     manifest_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class JobResultReport(BaseModel):
+    """What a finished workload sends: where its output is and the report it made."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attempt: int = Field(ge=0, le=1_000_000, description="The attempt reporting.")
+    path: str = Field(min_length=1, max_length=4096, pattern=NO_NUL, description="Where the output was written.")
+    report: dict[str, Any] = Field(description="The workload's report, as it made it (tokenizer jobs: layout, expansion, compression).")
 
 
 class CheckpointPublic(BaseModel):

@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import attempts
 from service.controller import reconcile as rc
 from service.controller.backends import Backend, PermanentBackendError, TemporaryBackendError
-from service.controller.manifests import Workload
+from service.controller.manifests import TokenizerWorkload, Workload
+from service.controller.tokenizer_config import render_tokenizer_config
 from service.controller.trainer_config import render_trainer_config
 from service.db import repo
 from service.db.models import (
@@ -34,6 +35,7 @@ from service.db.models import (
     utcnow,
 )
 from service.settings import Settings
+from service.spec import PRETRAIN_KIND, TOKENIZER_KIND
 from service.tokens import mint_token
 
 log = logging.getLogger(__name__)
@@ -70,12 +72,14 @@ class Controller:
                 return rc.REQUEUE_SOON_S  # another controller holds it (or it is gone)
             try:
                 desired = self._desired(session, job)
-                observed = rc.Observed(self.backend.observe(job_id))
+                observed = rc.Observed(self.backend.observe(job_id, kind=job.kind))
                 actions, requeue = rc.plan(desired, observed)
                 for action in actions:
                     self._apply(session, job, action)
                 session.commit()
-                if not actions and requeue is not None and getattr(self.backend, "watching", False):
+                # The informer watches PyTorchJobs: other kinds' workloads wake no one.
+                watched = job.kind == PRETRAIN_KIND and getattr(self.backend, "watching", False)
+                if not actions and requeue is not None and watched:
                     requeue = max(requeue, WATCHED_REQUEUE_S)
             except TemporaryBackendError as exc:
                 session.rollback()
@@ -109,6 +113,7 @@ class Controller:
             attempt_state=current.state,
             pod_failure_retries=retries,
             max_pod_failure_retries=self.settings.max_pod_failure_retries,
+            awaits_result=job.kind == TOKENIZER_KIND and job.result is None,
         )
 
     def _apply(self, session: Session, job: Job, action: rc.Action) -> None:
@@ -120,7 +125,7 @@ class Controller:
                         session, kind="workload.created", actor=ACTOR, job_id=job.id, attempt=number
                     )
             case rc.DeleteWorkload(attempt=number, why=why):
-                if self.backend.delete(job.id, number):
+                if self.backend.delete(job.id, number, kind=job.kind):
                     repo.add_event(
                         session,
                         kind="workload.deleted",
@@ -170,7 +175,7 @@ class Controller:
             session, kind=f"job.{state.value}", actor=ACTOR, job_id=job.id, reason=reason
         )
 
-    def _workload(self, session: Session, job: Job, number: int) -> Workload:
+    def _workload(self, session: Session, job: Job, number: int) -> Workload | TokenizerWorkload:
         attempt = next(a for a in job.attempts if a.number == number)
         resume_from = None
         if attempt.resume_from_checkpoint_id is not None:
@@ -185,6 +190,19 @@ class Controller:
             commit=False,
         )
         resources = job.spec["resources"]
+        if job.kind == TOKENIZER_KIND:
+            return TokenizerWorkload(
+                job_id=job.id,
+                job_name=job.name,
+                attempt=number,
+                tokenizer_config=render_tokenizer_config(
+                    job_id=job.id, job_name=job.name, spec=job.spec, settings=self.settings
+                ),
+                ingest_token=token,
+                ingest_url=self.settings.ingest_url,
+                cpu=resources["cpu"],
+                memory_gib=resources["memory_gib"],
+            )
         return Workload(
             job_id=job.id,
             job_name=job.name,

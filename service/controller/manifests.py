@@ -38,10 +38,11 @@ from kubeflow.training import (
 )
 from kubernetes import client as k8s
 
+from service.controller.tokenizer_config import render_tokenizer_config
 from service.controller.trainer_config import render_trainer_config
 from service.planner import memory_problems, plan_job
 from service.settings import Settings
-from service.spec import SpecInvalid, parse_spec_text, validate_spec
+from service.spec import SpecInvalid, ValidatedTokenizerSpec, parse_spec_text, validate_spec
 
 PYTORCHJOB_API_VERSION = "kubeflow.org/v1"
 PYTORCHJOB_KIND = "PyTorchJob"
@@ -136,7 +137,36 @@ def workload_name(job_name: str, job_id: int, attempt: int) -> str:
     return stem + suffix
 
 
-def workload_labels(workload: Workload) -> dict[str, str]:
+@dataclass(frozen=True)
+class TokenizerWorkload:
+    """What one attempt of a tokenizer job runs: the tokenizer library's job, on one CPU pod."""
+
+    job_id: int
+    job_name: str
+    attempt: int
+    tokenizer_config: dict[str, Any]
+    """The `run_tokenizer_job` config (`tokenizer_config.render_tokenizer_config`)."""
+    ingest_token: str | None
+    ingest_url: str
+    """The API as the workload reaches it: it reports its result there."""
+    cpu: int
+    memory_gib: float
+
+    @property
+    def name(self) -> str:
+        """The batch Job's name; the ConfigMap and Secret are named after it."""
+        return workload_name(self.job_name, self.job_id, self.attempt)
+
+    @property
+    def output_dir(self) -> str:
+        """Where the tokenizer is written, and its result.json beside it."""
+        return str(self.tokenizer_config["out"])
+
+
+AnyWorkload = Workload | TokenizerWorkload
+
+
+def workload_labels(workload: AnyWorkload) -> dict[str, str]:
     """Labels on every object of an attempt, and on its pods."""
     return {
         "app.kubernetes.io/name": "pretrain-trainer",
@@ -148,12 +178,12 @@ def workload_labels(workload: Workload) -> dict[str, str]:
     }
 
 
-def config_map_name(workload: Workload) -> str:
-    """The ConfigMap holding the attempt's trainer.json."""
+def config_map_name(workload: AnyWorkload) -> str:
+    """The ConfigMap holding the attempt's trainer.json (tokenizer.json for a tokenizer job)."""
     return f"{workload.name}-config"
 
 
-def secret_name(workload: Workload) -> str:
+def secret_name(workload: AnyWorkload) -> str:
     """The Secret holding the attempt's ingest token."""
     return f"{workload.name}-token"
 
@@ -207,7 +237,7 @@ def _serializer() -> ApiClient:
 
 
 def _metadata(
-    workload: Workload,
+    workload: AnyWorkload,
     settings: Settings,
     name: str,
     owners: list[k8s.V1OwnerReference] | None = None,
@@ -389,7 +419,10 @@ def _config_map(
 
 
 def _secret(
-    workload: Workload, settings: Settings, owners: list[k8s.V1OwnerReference] | None
+    workload: AnyWorkload,
+    settings: Settings,
+    owners: list[k8s.V1OwnerReference] | None,
+    extra_labels: Mapping[str, str] | None = None,
 ) -> k8s.V1Secret:
     data = {}
     if workload.ingest_token is not None:
@@ -398,9 +431,166 @@ def _secret(
         api_version="v1",
         kind="Secret",
         type="Opaque",
-        metadata=_metadata(workload, settings, secret_name(workload), owners),
+        metadata=_metadata(workload, settings, secret_name(workload), owners, extra_labels),
         data=data,
         immutable=True,
+    )
+
+
+# ---------------------------------------------------------------- tokenizer jobs
+
+BATCH_JOB_API_VERSION = "batch/v1"
+BATCH_JOB_KIND = "Job"
+TOKENIZER_CONTAINER_NAME = "tokenizer"
+TOKENIZER_CONFIG_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_PATH = f"{CONFIG_DIR}/{TOKENIZER_CONFIG_FILE}"
+RESULT_FILE = "result.json"
+TOKENIZER_LABELS = {"app.kubernetes.io/name": "pretrain-tokenizer", "pretrain.io/kind": "tokenizer"}
+# A finished Job (and its pod, with the log) stays this long for a post-mortem; the controller
+# needs it only until it has seen how it ended, which takes seconds unless it is down for days.
+TOKENIZER_TTL_AFTER_FINISHED_S = 7 * 24 * 3600
+# Run the job keeping its result JSON beside the tokenizer, then report that result; each value
+# is a positional parameter, so no path or URL is ever parsed by the shell.
+_TOKENIZER_SCRIPT = (
+    'set -e; mkdir -p "$3"; '
+    '"$1" -m trainer.tokenizer.cli job "$2" > "$3/result.json.tmp"; '
+    'mv "$3/result.json.tmp" "$3/result.json"; '
+    'exec "$1" -m trainer.job_result "$3/result.json" --url "$4" --job "$5" --attempt "$6"'
+)
+
+
+def tokenizer_command(workload: TokenizerWorkload, *, python: str, config_path: str) -> list[str]:
+    """The tokenizer workload's command: run the job, keep its result, report it to the API.
+
+    It exits 0 only once the service has taken the result, so a succeeded workload always has
+    its result on record; the local backend runs the same command with its own Python.
+    """
+    return [
+        "sh",
+        "-c",
+        _TOKENIZER_SCRIPT,
+        "tokenizer-job",
+        python,
+        config_path,
+        workload.output_dir,
+        workload.ingest_url,
+        str(workload.job_id),
+        str(workload.attempt),
+    ]
+
+
+def render_tokenizer_manifests(
+    workload: TokenizerWorkload, settings: Settings, *, owner_uid: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """The attempt's batch/v1 Job, ConfigMap and Secret as plain JSON mappings.
+
+    As with a PyTorchJob: create the Job first, then render again with its `metadata.uid` as
+    `owner_uid`, so that the ConfigMap and Secret go when it is deleted.
+    """
+    if workload.cpu < 1 or workload.memory_gib <= 0:
+        raise ValueError(
+            f"a tokenizer workload needs CPU and memory, got cpu {workload.cpu}, "
+            f"memory_gib {workload.memory_gib}"
+        )
+    owners = None
+    if owner_uid:
+        owners = [
+            k8s.V1OwnerReference(
+                api_version=BATCH_JOB_API_VERSION,
+                kind=BATCH_JOB_KIND,
+                name=workload.name,
+                uid=owner_uid,
+                controller=True,
+                block_owner_deletion=True,
+            )
+        ]
+    config = k8s.V1ConfigMap(
+        api_version="v1",
+        kind="ConfigMap",
+        metadata=_metadata(workload, settings, config_map_name(workload), owners, TOKENIZER_LABELS),
+        data={TOKENIZER_CONFIG_FILE: json.dumps(workload.tokenizer_config, indent=2) + "\n"},
+        immutable=True,
+    )
+    objects = {
+        "job": _batch_job(workload, settings),
+        "configmap": config,
+        "secret": _secret(workload, settings, owners, TOKENIZER_LABELS),
+    }
+    return {kind: _serializer().sanitize_for_serialization(obj) for kind, obj in objects.items()}
+
+
+def _batch_job(workload: TokenizerWorkload, settings: Settings) -> k8s.V1Job:
+    volumes = [
+        k8s.V1Volume(
+            name="tokenizer-config",
+            config_map=k8s.V1ConfigMapVolumeSource(name=config_map_name(workload)),
+        )
+    ]
+    mounts = [k8s.V1VolumeMount(name="tokenizer-config", mount_path=CONFIG_DIR, read_only=True)]
+    if settings.checkpoint_pvc:
+        volumes.append(
+            k8s.V1Volume(
+                name="checkpoints",
+                persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+                    claim_name=settings.checkpoint_pvc
+                ),
+            )
+        )
+        mounts.append(k8s.V1VolumeMount(name="checkpoints", mount_path=settings.checkpoint_root))
+    if settings.data_pvc:
+        volumes.append(
+            k8s.V1Volume(
+                name="data",
+                persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+                    claim_name=settings.data_pvc, read_only=True
+                ),
+            )
+        )
+        mounts.append(k8s.V1VolumeMount(name="data", mount_path=settings.data_root, read_only=True))
+    amounts = {"cpu": str(workload.cpu), "memory": f"{math.ceil(workload.memory_gib * 1024)}Mi"}
+    container = k8s.V1Container(
+        name=TOKENIZER_CONTAINER_NAME,
+        image=settings.trainer_image,
+        command=tokenizer_command(workload, python="python", config_path=TOKENIZER_CONFIG_PATH),
+        env=[
+            # The tokenizers library sizes its thread pool by the node's cores, not the limit.
+            k8s.V1EnvVar(name="RAYON_NUM_THREADS", value=str(workload.cpu)),
+            k8s.V1EnvVar(
+                name=TOKEN_ENV,
+                value_from=k8s.V1EnvVarSource(
+                    secret_key_ref=k8s.V1SecretKeySelector(
+                        name=secret_name(workload), key=TOKEN_KEY
+                    )
+                ),
+            ),
+        ],
+        # Requests equal to limits: a memory-hungry batch job is not the first one evicted.
+        resources=k8s.V1ResourceRequirements(requests=amounts, limits=dict(amounts)),
+        volume_mounts=mounts,
+        # A failure's last log lines (the library's "error: ...") become the pod's message,
+        # which the controller quotes as the attempt's reason.
+        termination_message_policy="FallbackToLogsOnError",
+    )
+    labels = workload_labels(workload) | TOKENIZER_LABELS
+    return k8s.V1Job(
+        api_version=BATCH_JOB_API_VERSION,
+        kind=BATCH_JOB_KIND,
+        metadata=_metadata(workload, settings, workload.name, extra_labels=TOKENIZER_LABELS),
+        spec=k8s.V1JobSpec(
+            # Retries belong to the controller, as for PyTorchJobs: one pod, never restarted.
+            backoff_limit=0,
+            ttl_seconds_after_finished=TOKENIZER_TTL_AFTER_FINISHED_S,
+            template=k8s.V1PodTemplateSpec(
+                metadata=k8s.V1ObjectMeta(labels=labels),
+                spec=k8s.V1PodSpec(
+                    restart_policy="Never",
+                    containers=[container],
+                    volumes=volumes,
+                    node_selector=dict(settings.node_selector) or None,
+                    tolerations=[_toleration(t) for t in settings.tolerations] or None,
+                ),
+            ),
+        ),
     )
 
 
@@ -422,6 +612,8 @@ def render_for_review(
     """
     settings = _as_kubernetes(settings)
     validated = validate_spec(parse_spec_text(spec_text))
+    if isinstance(validated, ValidatedTokenizerSpec):
+        return _tokenizer_for_review(validated, attempt, settings)
     plan = plan_job(validated)
     if problems := memory_problems(validated, plan):
         raise SpecInvalid(problems)
@@ -454,6 +646,33 @@ def render_for_review(
         gpu_memory_gib=spec.resources.gpu_memory_gib,
     )
     manifests = render_manifests(workload, settings)
+    header = (
+        f"# {spec.name} attempt {attempt}: job id {REVIEW_JOB_ID} and the ingest token are "
+        "placeholders, set at launch\n"
+    )
+    return header + yaml.dump_all(
+        manifests.values(), Dumper=_ReviewDumper, sort_keys=False, allow_unicode=True
+    )
+
+
+def _tokenizer_for_review(validated: ValidatedTokenizerSpec, attempt: int, settings: Settings) -> str:
+    spec = validated.spec
+    workload = TokenizerWorkload(
+        job_id=REVIEW_JOB_ID,
+        job_name=spec.name,
+        attempt=attempt,
+        tokenizer_config=render_tokenizer_config(
+            job_id=REVIEW_JOB_ID,
+            job_name=spec.name,
+            spec=spec.model_dump(mode="json"),
+            settings=settings,
+        ),
+        ingest_token=REVIEW_TOKEN,
+        ingest_url=settings.ingest_url,
+        cpu=spec.resources.cpu,
+        memory_gib=spec.resources.memory_gib,
+    )
+    manifests = render_tokenizer_manifests(workload, settings)
     header = (
         f"# {spec.name} attempt {attempt}: job id {REVIEW_JOB_ID} and the ingest token are "
         "placeholders, set at launch\n"

@@ -45,6 +45,8 @@ class Desired:
     attempt_state: str  # AttemptState value of the newest attempt
     pod_failure_retries: int  # attempts opened so far because pods failed
     max_pod_failure_retries: int
+    # A job whose workload reports a result before it exits (tokenizer), with none stored yet.
+    awaits_result: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,12 @@ def plan(desired: Desired, observed: Observed) -> tuple[list[Action], float | No
         return actions, REQUEUE_RUNNING_S if current.phase == Phase.RUNNING else REQUEUE_SOON_S
 
     if current.phase == Phase.SUCCEEDED:
+        if desired.awaits_result:
+            # Its command exits 0 only once the API took the result: something else ran.
+            reason = "the workload exited 0 without reporting its result"
+            actions.append(RecordAttempt(desired.attempt, "failed", reason=reason))
+            actions.append(FinishJob("failed", reason=f"attempt {desired.attempt}: {reason}"))
+            return actions, None
         if desired.attempt_state != "succeeded":
             actions.append(RecordAttempt(desired.attempt, "succeeded"))
         actions.append(

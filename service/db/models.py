@@ -138,6 +138,8 @@ class Job(Base):
     derived: Mapped[dict[str, Any]]
     warnings: Mapped[list[Any]]
     plan: Mapped[dict[str, Any] | None]
+    # What a finished job made, as its workload reported it (tokenizer jobs: path and report).
+    result: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         UTCDateTime, default=utcnow, onupdate=utcnow

@@ -21,6 +21,7 @@ from service import attempts
 from service.db import repo
 from service.db.models import AttemptReason, Checkpoint, DesiredState, Job, JobState
 from service.errors import Conflict
+from service.spec import PRETRAIN_KIND
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,10 @@ def roll_back(
     """
     job = repo.get_job(session, job_id=job_id, for_update=True)
     current = job.attempts[-1]
+    if job.kind != PRETRAIN_KIND:
+        raise Conflict(
+            f"job {job_id} is a {job.kind} job: it keeps no checkpoints and cannot be rolled back"
+        )
     if JobState(job.state).is_terminal:
         raise Conflict(f"job {job_id} is already {job.state}")
     if request.expected_attempt is not None and current.number != request.expected_attempt:

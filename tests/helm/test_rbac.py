@@ -29,7 +29,9 @@ VERB = {
 }
 SUBRESOURCES = ("log", "status", "scale", "eviction", "binding")
 # The API classes the mapping above understands.
-UNDERSTOOD_APIS = {"ApiClient", "CoreV1Api", "CustomObjectsApi"}
+UNDERSTOOD_APIS = {"ApiClient", "BatchV1Api", "CoreV1Api", "CustomObjectsApi"}
+# API groups of the typed kinds the backend names that are not in the core group.
+GROUP_OF_KIND = {"job": "batch"}
 
 Rule = tuple[str, str, str]  # (apiGroup, resource, verb)
 
@@ -55,7 +57,7 @@ def resource_of(kind: str, constants: dict[str, str]) -> tuple[str, str]:
         if kind.endswith("_" + sub):
             group, base = resource_of(kind.removesuffix("_" + sub), constants)
             return group, f"{base}/{sub}"
-    return "", kind.replace("_", "") + "s"
+    return GROUP_OF_KIND.get(kind, ""), kind.replace("_", "") + "s"
 
 
 def rules_the_backend_needs() -> set[Rule]:
@@ -86,15 +88,25 @@ def rules_the_backend_needs() -> set[Rule]:
                 ):
                     needed.add((*resource_of(match.group(2), constants), "watch"))
     # Owned objects that block their owner's deletion need `update` on the owner's finalizers
-    # (the OwnerReferencesPermissionEnforcement admission plugin); the owner is the PyTorchJob.
+    # (the OwnerReferencesPermissionEnforcement admission plugin). manifests.py names each
+    # owner by its kind constant: the PyTorchJob and the tokenizer's batch Job.
     manifests = ast.parse(MANIFESTS.read_text(), filename=str(MANIFESTS))
-    if any(
-        isinstance(n, ast.keyword)
-        and n.arg == "block_owner_deletion"
-        and getattr(n.value, "value", None) is True
-        for n in ast.walk(manifests)
-    ):
-        needed.add((constants["GROUP"], constants["PLURAL"] + "/finalizers", "update"))
+    manifest_constants = module_strings(manifests)
+    owner_resources = {
+        "PYTORCHJOB_KIND": (constants["GROUP"], constants["PLURAL"]),
+        "BATCH_JOB_KIND": ("batch", "jobs"),
+    }
+    for call in ast.walk(manifests):
+        if not (isinstance(call, ast.Call) and getattr(call.func, "attr", None) == "V1OwnerReference"):
+            continue
+        keywords = {k.arg: k.value for k in call.keywords}
+        if getattr(keywords.get("block_owner_deletion"), "value", None) is not True:
+            continue
+        kind = keywords["kind"]
+        assert isinstance(kind, ast.Name) and kind.id in owner_resources, ast.dump(kind)
+        assert kind.id in manifest_constants
+        group, resource = owner_resources[kind.id]
+        needed.add((group, resource + "/finalizers", "update"))
     return needed
 
 
@@ -130,6 +142,10 @@ def test_the_derivation_finds_the_calls_the_backend_is_known_to_make() -> None:
         ("", "configmaps", "patch"),
         ("", "secrets", "delete"),
         ("", "pods", "list"),
+        ("batch", "jobs", "create"),
+        ("batch", "jobs", "delete"),
+        ("batch", "jobs/finalizers", "update"),
+        ("kubeflow.org", "pytorchjobs/finalizers", "update"),
     } <= needed
     assert ("", "pods/log", "get") not in needed  # the backend reads pod status, never logs
 

@@ -13,6 +13,8 @@ import httpx
 import pytest
 import yaml
 
+from service.db.migrate import head_revision
+from service.settings import Settings
 from tests.conftest import EXAMPLES
 from tests.servers import free_port
 
@@ -153,7 +155,8 @@ def test_unreachable_api_is_a_clear_error(tmp_path):
 def test_serve_on_postgres_after_db_upgrade(pg_url, tmp_path):
     env = clean_env(PRETRAIN_DATABASE_URL=pg_url, PRETRAIN_ADMIN_TOKEN="cli-admin-token-0123456789")
     current = pretrainctl("db", "current", cwd=tmp_path, env=env)
-    assert current.returncode == 0 and current.stdout.startswith("0002")
+    head = head_revision(Settings(database_url=pg_url))
+    assert current.returncode == 0 and current.stdout.startswith(f"{head} (head {head})")
     server = Server(cwd=tmp_path, env=env)
     try:
         env["PRETRAIN_API_URL"] = server.url
@@ -218,6 +221,20 @@ def test_plan_answers_inverse_questions_in_human_form(tmp_path):
     result = pretrainctl("plan", str(EXAMPLES / "tiny-cpu.yaml"), "--gpus", "8", "--days", "1", "--deadline", "2", cwd=tmp_path, env=clean_env())
     assert result.returncode == 0, result.stderr
     assert "parameters" in result.stdout and "memory/GPU" in result.stdout
+
+
+def test_plan_of_a_tokenizer_spec_says_it_has_no_plan_instead_of_crashing(tmp_path):
+    result = pretrainctl("plan", str(EXAMPLES / "tokenizer-zh.yaml"), cwd=tmp_path, env=clean_env())
+    assert result.returncode == 2
+    assert "kind: a tokenizer job has no memory or compute plan" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_render_of_a_tokenizer_spec_prints_its_batch_job(tmp_path):
+    result = pretrainctl("render", str(EXAMPLES / "tokenizer-zh.yaml"), cwd=tmp_path, env=clean_env())
+    assert result.returncode == 0, result.stderr
+    documents = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert [d["kind"] for d in documents] == ["Job", "ConfigMap", "Secret"]
 
 
 def test_render_prints_the_three_manifests_a_launch_would_create(tmp_path):

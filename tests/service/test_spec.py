@@ -263,9 +263,9 @@ def test_accepts_a_dns_style_name() -> None:
     assert accepted(base_spec(name="qwen2-7b-run3")).spec.name == "qwen2-7b-run3"
 
 
-def test_rejects_a_kind_other_than_pretrain() -> None:
-    problem = problem_at(base_spec(kind="tokenizer"), ["kind"])
-    assert "pretrain" in problem.msg
+def test_rejects_a_kind_that_is_neither_pretrain_nor_tokenizer() -> None:
+    problem = problem_at(base_spec(kind="finetune"), ["kind"])
+    assert "pretrain" in problem.msg and "tokenizer" in problem.msg
 
 
 def test_reports_precision_dtype_errors_without_pydantic_internal_segments() -> None:

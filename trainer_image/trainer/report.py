@@ -463,6 +463,40 @@ def post_checkpoint(
     Blocks for at most about `deadline_s`; True when the service accepted it.
     """
     endpoint = f"{url.rstrip('/')}/v1/jobs/{quote(job, safe='')}/checkpoints"
+    return _post_until_delivered(
+        endpoint, payload, token, timeout=timeout, deadline_s=deadline_s, backoff=backoff
+    )
+
+
+def post_result(
+    url: str,
+    job: str,
+    token: str | None,
+    payload: Mapping[str, Any],
+    *,
+    timeout: float = 10.0,
+    deadline_s: float = 300.0,
+    backoff: Backoff | None = None,
+) -> bool:
+    """Report a finished job's result: POST `{url}/v1/jobs/{job}/result`, retrying like `HttpSink`.
+
+    Blocks for at most about `deadline_s`; True when the service accepted it.
+    """
+    endpoint = f"{url.rstrip('/')}/v1/jobs/{quote(job, safe='')}/result"
+    return _post_until_delivered(
+        endpoint, payload, token, timeout=timeout, deadline_s=deadline_s, backoff=backoff
+    )
+
+
+def _post_until_delivered(
+    endpoint: str,
+    payload: Mapping[str, Any],
+    token: str | None,
+    *,
+    timeout: float,
+    deadline_s: float,
+    backoff: Backoff | None,
+) -> bool:
     body = json.dumps(encode_nonfinite(payload), allow_nan=False).encode()
     backoff = backoff or Backoff()
     deadline = time.monotonic() + deadline_s
@@ -482,5 +516,5 @@ def post_checkpoint(
                 break
             time.sleep(delay)
             attempt += 1
-    log.warning("gave up registering a checkpoint with %s after %.0f s", endpoint, deadline_s)
+    log.warning("gave up posting to %s after %.0f s", endpoint, deadline_s)
     return False

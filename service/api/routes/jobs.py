@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 
 from service import attempts, jobs, tasks
-from service.api.auth import OncallDep, SubmitterDep, ViewerDep
+from service.api.auth import JobReporterDep, OncallDep, SubmitterDep, ViewerDep
 from service.api.deps import MAX_ID, SessionDep, SettingsDep
 from service.api.schemas import (
     NO_NUL,
@@ -16,6 +16,7 @@ from service.api.schemas import (
     AttemptPublic,
     EventsPublic,
     JobPublic,
+    JobResultReport,
     JobsPublic,
 )
 from service.db import repo
@@ -159,6 +160,17 @@ def list_events(
     repo.get_job(session, job_id=job_id)
     page = repo.list_events(session, job_id=job_id, after=after, limit=_page_size(settings, limit))
     return EventsPublic(data=page.items, count=page.count, next_cursor=page.next_cursor)
+
+
+@router.post(
+    "/{job_id}/result",
+    response_model=JobPublic,
+    responses={404: {"description": "No such job."}, 409: {"description": "Not a tokenizer job, finished, or another attempt's."}},
+)
+def report_result(job_id: JobId, body: JobResultReport, session: SessionDep, principal: JobReporterDep) -> JobPublic:
+    """Store what a tokenizer job made (its own token): the path it wrote and its report."""
+    job = jobs.record_result(session, job_id=job_id, actor=principal.name, **body.model_dump())
+    return JobPublic.model_validate(job)
 
 
 def _act(action, change: str, job_id: int, session, settings, principal, body: ActionReason | None) -> JobPublic:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from service.controller.manifests import Workload
+from service.controller.manifests import TokenizerWorkload, Workload
 from service.controller.reconcile import WorkloadStatus
 
 
@@ -17,14 +17,16 @@ class PermanentBackendError(Exception):
 
 
 class Backend(Protocol):
-    def observe(self, job_id: int) -> dict[int, WorkloadStatus]:
+    """`kind` is the job's kind (`pretrain`, `tokenizer`): what sort of workload to look for."""
+
+    def observe(self, job_id: int, *, kind: str = "pretrain") -> dict[int, WorkloadStatus]:
         """This job's workloads by attempt number, as they are now."""
         ...
 
-    def create(self, workload: Workload) -> bool:
+    def create(self, workload: Workload | TokenizerWorkload) -> bool:
         """Create the workload unless it exists; True if this call created it."""
         ...
 
-    def delete(self, job_id: int, attempt: int) -> bool:
+    def delete(self, job_id: int, attempt: int, *, kind: str = "pretrain") -> bool:
         """Delete the workload if it exists; True if this call deleted it."""
         ...

@@ -9,6 +9,10 @@ next call. Every call has a timeout and none sleeps: API trouble surfaces at onc
 `start_watch` runs an informer: a thread that lists, then watches, the PyTorchJobs this
 service manages, keeps them in a cache that `observe` answers from, and calls back with the
 job id of each change. Without it `observe` lists the job's PyTorchJobs each time.
+
+A tokenizer job's attempt is a plain `batch/v1` Job (`manifests.render_tokenizer_manifests`)
+with the same ConfigMap and Secret around it, owned by it; `observe(job_id, kind="tokenizer")`
+lists the job's Jobs (no informer watches them) and reads their `Complete`/`Failed` conditions.
 """
 
 from __future__ import annotations
@@ -30,9 +34,15 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from service.controller.backends import PermanentBackendError, TemporaryBackendError
-from service.controller.manifests import Workload, render_manifests
+from service.controller.manifests import (
+    TokenizerWorkload,
+    Workload,
+    render_manifests,
+    render_tokenizer_manifests,
+)
 from service.controller.reconcile import Phase, WorkloadStatus
 from service.settings import Settings
+from service.spec import TOKENIZER_KIND
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +84,7 @@ class KubernetesBackend:
         self._api = client.ApiClient(self._configuration)
         self._custom = client.CustomObjectsApi(self._api)
         self._core = client.CoreV1Api(self._api)
+        self._batch = client.BatchV1Api(self._api)
         self._timeout = (request_timeout_s, request_timeout_s)
         self._watch_timeout_s = watch_timeout_s
         # The informer's state; `_lock` guards it and the failure verdicts.
@@ -104,12 +115,15 @@ class KubernetesBackend:
 
     # --- Backend -------------------------------------------------------------------------------
 
-    def create(self, workload: Workload) -> bool:
+    def create(self, workload: Workload | TokenizerWorkload) -> bool:
         """Create the PyTorchJob, then its ConfigMap and Secret, each unless it exists.
 
         True if this call created the PyTorchJob. A PyTorchJob of the same name that belongs
         to another job is a permanent error; one of this job is this workload, already there.
+        A tokenizer workload is a batch Job instead, created the same way.
         """
+        if isinstance(workload, TokenizerWorkload):
+            return self._create_batch_job(workload)
         try:
             manifests = render_manifests(workload, self._settings)
         except ValueError as exc:
@@ -139,45 +153,60 @@ class KubernetesBackend:
         self._create_owned("Secret", owned["secret"], uid)
         return created
 
-    def observe(self, job_id: int) -> dict[int, WorkloadStatus]:
+    def observe(self, job_id: int, *, kind: str = "pretrain") -> dict[int, WorkloadStatus]:
         """The job's workloads by attempt: from the informer's cache while it is live."""
+        if kind == TOKENIZER_KIND:
+            jobs = self._list_batch_jobs(job_id)
+            return {attempt: self._batch_status(obj) for attempt, obj in sorted(jobs.items())}
         with self._lock:
             cached = dict(self._cache.get(job_id, {})) if self._live else None
         workloads = cached if cached is not None else self._list_workloads(job_id)
         return {attempt: self._status(obj) for attempt, obj in sorted(workloads.items())}
 
-    def delete(self, job_id: int, attempt: int) -> bool:
-        """Delete the attempt's PyTorchJob, and its ConfigMap and Secret with it.
+    def delete(self, job_id: int, attempt: int, *, kind: str = "pretrain") -> bool:
+        """Delete the attempt's PyTorchJob (or batch Job), and its ConfigMap and Secret with it.
 
         The collector would remove those two through their ownerReferences; deleting them here
         too makes the effect immediate and leaves nothing behind where no collector runs.
         """
-        workload = self._list_workloads(job_id).get(attempt)
+        batch = kind == TOKENIZER_KIND
+        listed = self._list_batch_jobs(job_id) if batch else self._list_workloads(job_id)
+        workload = listed.get(attempt)
         if workload is None:
             return False
         name = workload["metadata"]["name"]
         deleted = False
         if not workload["metadata"].get("deletionTimestamp"):
-            with _api_errors(f"delete PyTorchJob {self._namespace}/{name}"):
+            what = "Job" if batch else "PyTorchJob"
+            with _api_errors(f"delete {what} {self._namespace}/{name}"):
                 try:
-                    self._custom.delete_namespaced_custom_object(
-                        GROUP,
-                        VERSION,
-                        self._namespace,
-                        PLURAL,
-                        name,
-                        propagation_policy=PROPAGATION_POLICY,
-                        _request_timeout=self._timeout,
-                    )
+                    if batch:
+                        # Background: the API's default for Jobs orphans their pods.
+                        self._batch.delete_namespaced_job(
+                            name,
+                            self._namespace,
+                            propagation_policy=PROPAGATION_POLICY,
+                            _request_timeout=self._timeout,
+                        )
+                    else:
+                        self._custom.delete_namespaced_custom_object(
+                            GROUP,
+                            VERSION,
+                            self._namespace,
+                            PLURAL,
+                            name,
+                            propagation_policy=PROPAGATION_POLICY,
+                            _request_timeout=self._timeout,
+                        )
                     deleted = True
                 except ApiException as exc:
                     if exc.status != 404:
                         raise
-        for kind, delete, owned_name in (
+        for owned_kind, delete, owned_name in (
             ("ConfigMap", self._core.delete_namespaced_config_map, name + CONFIG_MAP_SUFFIX),
             ("Secret", self._core.delete_namespaced_secret, name + SECRET_SUFFIX),
         ):
-            with _api_errors(f"delete {kind} {self._namespace}/{owned_name}"):
+            with _api_errors(f"delete {owned_kind} {self._namespace}/{owned_name}"):
                 try:
                     delete(owned_name, self._namespace, _request_timeout=self._timeout)
                 except ApiException as exc:
@@ -400,12 +429,80 @@ class KubernetesBackend:
                 ) from exc
             raise
 
-    def _check_same_workload(self, stored: Mapping[str, Any], workload: Workload) -> None:
+    def _list_batch_jobs(self, job_id: int) -> dict[int, dict[str, Any]]:
+        with _api_errors(f"list Jobs of job {job_id}"):
+            listing = self._batch.list_namespaced_job(
+                self._namespace,
+                label_selector=f"{JOB_ID_LABEL}={job_id}",
+                _request_timeout=self._timeout,
+            )
+        jobs: dict[int, dict[str, Any]] = {}
+        for obj in self._api.sanitize_for_serialization(listing).get("items", []):
+            identity = _identity(obj)
+            if identity is not None and identity[0] == job_id:
+                jobs[identity[1]] = obj
+        return jobs
+
+    def _create_batch_job(self, workload: TokenizerWorkload) -> bool:
+        """Create the batch Job, then its ConfigMap and Secret, as `create` does a PyTorchJob's."""
+        try:
+            manifests = render_tokenizer_manifests(workload, self._settings)
+        except ValueError as exc:
+            raise PermanentBackendError(f"cannot render the workload: {exc}") from exc
+        name = manifests["job"]["metadata"]["name"]
+        created = True
+        with _api_errors(f"create Job {self._namespace}/{name}"):
+            try:
+                stored = self._batch.create_namespaced_job(
+                    self._namespace, manifests["job"], _request_timeout=self._timeout
+                )
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                created = False
+                try:
+                    stored = self._batch.read_namespaced_job(
+                        name, self._namespace, _request_timeout=self._timeout
+                    )
+                except ApiException as gone:
+                    if gone.status == 404:
+                        raise TemporaryBackendError(
+                            f"Job {self._namespace}/{name} existed a moment ago and is gone"
+                        ) from gone
+                    raise
+        stored = self._api.sanitize_for_serialization(stored)
+        if not created:
+            self._check_same_workload(stored, workload, what="Job")
+            if stored["metadata"].get("deletionTimestamp"):
+                raise TemporaryBackendError(
+                    f"Job {self._namespace}/{name} is being deleted; create it once it is gone"
+                )
+        uid = stored["metadata"]["uid"]
+        owned = render_tokenizer_manifests(workload, self._settings, owner_uid=uid)
+        self._create_owned("ConfigMap", owned["configmap"], uid)
+        self._create_owned("Secret", owned["secret"], uid)
+        return created
+
+    def _batch_status(self, obj: Mapping[str, Any]) -> WorkloadStatus:
+        name = obj["metadata"]["name"]
+        _, attempt = _identity(obj) or (0, 0)
+        phase, condition = batch_job_phase(obj.get("status") or {})
+        if phase == Phase.FAILED:
+            verdict = self._failure_verdict(obj, condition or {})
+            return WorkloadStatus(name, attempt, phase, verdict.reason, verdict.retryable)
+        return WorkloadStatus(name, attempt, phase)
+
+    def _check_same_workload(
+        self,
+        stored: Mapping[str, Any],
+        workload: Workload | TokenizerWorkload,
+        what: str = "PyTorchJob",
+    ) -> None:
         labels = _labels(stored)
         theirs = (labels.get(JOB_ID_LABEL), labels.get(ATTEMPT_LABEL))
         if theirs != (str(workload.job_id), str(workload.attempt)):
             raise PermanentBackendError(
-                f"PyTorchJob {self._namespace}/{stored['metadata']['name']} already exists and "
+                f"{what} {self._namespace}/{stored['metadata']['name']} already exists and "
                 f"belongs to job {theirs[0]} attempt {theirs[1]}, not job {workload.job_id} "
                 f"attempt {workload.attempt}"
             )
@@ -539,6 +636,26 @@ def workload_phase(status: Mapping[str, Any]) -> tuple[Phase, dict[str, Any] | N
         key=lambda c: (_timestamp(c.get("lastTransitionTime")), _LATER_IN_LIFE.index(c["type"])),
     )
     return _CONDITION_PHASES[latest["type"]], latest
+
+
+def batch_job_phase(status: Mapping[str, Any]) -> tuple[Phase, dict[str, Any] | None]:
+    """The phase a batch Job's status says, and the final condition that says it.
+
+    `Complete` or `Failed` (status "True") are final. `SuccessCriteriaMet` and `FailureTarget`
+    come first while the pod is still terminating, so they are not final yet. Before that, a
+    ready pod (or an active one, where the cluster does not count ready pods) is running.
+    """
+    for condition in status.get("conditions") or []:
+        if condition.get("status") != "True":
+            continue
+        if condition.get("type") == "Failed":
+            return Phase.FAILED, dict(condition)
+        if condition.get("type") == "Complete":
+            return Phase.SUCCEEDED, dict(condition)
+    ready = status.get("ready")
+    if (ready if ready is not None else status.get("active")) or 0:
+        return Phase.RUNNING, None
+    return Phase.PENDING, None
 
 
 def _timestamp(value: Any) -> datetime:

@@ -52,8 +52,10 @@ PYTORCHJOBS = kmock.resource("kubeflow.org", "v1", "pytorchjobs")
 CONFIGMAPS = kmock.resource("", "v1", "configmaps")
 SECRETS = kmock.resource("", "v1", "secrets")
 PODS = kmock.resource("", "v1", "pods")
+JOBS = kmock.resource("batch", "v1", "jobs")
 RESOURCES = {
     PYTORCHJOBS: kmock.ResourceInfo(kind="PyTorchJob", namespaced=True, subresources={"status"}),
+    JOBS: kmock.ResourceInfo(kind="Job", namespaced=True, subresources={"status"}),
     CONFIGMAPS: kmock.ResourceInfo(kind="ConfigMap", namespaced=True),
     SECRETS: kmock.ResourceInfo(kind="Secret", namespaced=True),
     PODS: kmock.ResourceInfo(kind="Pod", namespaced=True, subresources={"status"}),
@@ -489,7 +491,7 @@ class EmulatorHandle:
     # --- reading ---
 
     def objects(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        """The live objects of a resource (`pytorchjobs`, `configmaps`, `secrets`, `pods`)."""
+        """The live objects of a resource (`pytorchjobs`, `jobs`, `configmaps`, `secrets`, `pods`)."""
         return self._run(self.emulator.snapshot(_BY_PLURAL[plural], namespace or self.namespace))
 
     def get(self, plural: str, name: str) -> dict[str, Any] | None:

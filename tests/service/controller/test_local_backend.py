@@ -129,3 +129,53 @@ def test_a_killed_trainer_is_resumed_from_its_last_checkpoint(embedded):
     ]
     assert steps == list(range(resumed_from["step"], 16))
     assert "attempt.opened" in kinds(client, job_id)
+
+
+def tokenizer_job(name: str, corpora: list[str]) -> dict:
+    """A tokenizer job small enough to train in seconds: a 1000-token BPE on 200 kB a corpus."""
+    return {
+        "name": name,
+        "kind": "tokenizer",
+        "mode": "train",
+        "corpora": corpora,
+        "options": {"vocab_size": 1000, "spare": 10, "max_bytes_per_corpus": 200_000},
+        "resources": {"cpu": 1, "memory_gib": 2},
+    }
+
+
+def test_a_tokenizer_job_trains_and_stores_its_result_on_the_job(embedded):
+    client, root = embedded
+    spec = tokenizer_job("local-tokenizer", ["embedded:code", "embedded:en", "embedded:zh"])
+    job = client.post("/v1/jobs", json=spec).json()
+
+    done = wait_for(client, job["id"], lambda j: j["state"] == "succeeded", "succeeded")
+
+    result = done["result"]
+    assert result["attempt"] == 0
+    expected = root / ".pretrain" / "checkpoints" / f"local-tokenizer-{job['id']}" / "tokenizer"
+    assert Path(result["path"]) == expected.resolve()
+    assert (expected / "tokenizer.json").is_file()
+    assert json.loads((expected / "result.json").read_text())["path"] == result["path"]
+    layout = result["report"]["layout"]
+    assert layout["pad_to_multiple_of"] == 128
+    assert layout["padded_vocab_size"] % 128 == 0
+    assert layout["padded_vocab_size"] >= layout["vocab_size"] == 1000 + 10
+    assert layout["spare_rows"]["reserved"] == 10
+    assert layout["spare_rows"]["total"] == layout["padded_vocab_size"] - 1000
+    assert [a["state"] for a in done["attempts"]] == ["succeeded"]
+    events = kinds(client, job["id"])
+    order = [events.index(k) for k in ("workload.created", "result.reported", "job.succeeded")]
+    assert order == sorted(order), events
+    (log,) = (root / ".pretrain" / "workloads").glob(f"*-{job['id']}-a0/tokenizer.log")
+    assert "reported the result" in log.read_text()
+
+
+def test_a_tokenizer_job_on_a_missing_corpus_fails_with_the_librarys_message(embedded):
+    client, _ = embedded
+    job = client.post("/v1/jobs", json=tokenizer_job("local-no-corpus", ["/no/such/corpus"])).json()
+
+    done = wait_for(client, job["id"], lambda j: j["state"] == "failed", "failed")
+
+    assert done["result"] is None
+    assert "exited with code 2" in done["state_reason"]
+    assert "/no/such/corpus" in done["state_reason"]

@@ -154,3 +154,28 @@ def test_plan_is_idempotent_for_every_situation():
     ]
     for state, seen in situations:
         assert plan(state, seen) == plan(state, seen)
+
+
+def test_a_workload_that_reports_its_result_succeeds_once_the_result_is_stored():
+    actions, requeue = plan(
+        desired(state="running", attempt_state="running", awaits_result=False),
+        observed(workload(0, Phase.SUCCEEDED)),
+    )
+    assert actions == [
+        RecordAttempt(0, "succeeded"),
+        FinishJob("succeeded", reason="attempt 0 finished training"),
+    ]
+    assert requeue is None
+
+
+def test_a_workload_that_succeeds_without_its_result_fails_the_job():
+    actions, requeue = plan(
+        desired(state="running", attempt_state="running", awaits_result=True),
+        observed(workload(0, Phase.SUCCEEDED)),
+    )
+    reason = "the workload exited 0 without reporting its result"
+    assert actions == [
+        RecordAttempt(0, "failed", reason=reason),
+        FinishJob("failed", reason=f"attempt 0: {reason}"),
+    ]
+    assert requeue is None

@@ -6,6 +6,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from service.db import migrate
 from service.db.models import Base
@@ -57,3 +58,51 @@ def test_migrated_schema_matches_the_models(empty_database):
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     engine.dispose()
     assert diff == []
+
+
+def _job_columns(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        return {column["name"] for column in inspect(engine).get_columns("jobs")}
+    finally:
+        engine.dispose()
+
+
+def _execute(url: str, query: str):
+    """Run one statement in its own transaction; the first value of a query's first row."""
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            result = connection.execute(text(query))
+            return result.scalar() if result.returns_rows else None
+    finally:
+        engine.dispose()
+
+
+def test_0003_gives_existing_jobs_an_empty_result_and_downgrading_keeps_the_jobs(empty_database):
+    settings = Settings(database_url=empty_database)
+    migrate.upgrade(settings, "0002")
+    _execute(
+        empty_database,
+        "INSERT INTO jobs (name, kind, owner, state, desired_state, spec, spec_hash, derived, "
+        "warnings, created_at, updated_at) VALUES ('before', 'pretrain', 'alice', 'succeeded', "
+        "'running', '{}', 'h', '{}', '[]', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    )
+
+    migrate.upgrade(settings, "0003")
+    assert "result" in _job_columns(empty_database)
+    assert _execute(empty_database, "SELECT count(*) FROM jobs WHERE result IS NULL") == 1
+
+    migrate.downgrade(settings, "0002")
+    assert "result" not in _job_columns(empty_database)
+    assert _execute(empty_database, "SELECT name FROM jobs") == "before"
+    # The partial unique index on live names survives the round trip.
+    migrate.upgrade(settings)
+    live = (
+        "INSERT INTO jobs (name, kind, owner, state, desired_state, spec, spec_hash, derived, "
+        "warnings, created_at, updated_at) VALUES ('live', 'tokenizer', 'alice', 'pending', "
+        "'running', '{}', 'h', '{}', '[]', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+    )
+    _execute(empty_database, live)
+    with pytest.raises(IntegrityError):
+        _execute(empty_database, live)

@@ -1,0 +1,243 @@
+"""A tokenizer job on Kubernetes: the controller runs it as a batch/v1 Job, over real HTTP.
+
+The emulator plays the Job controller by setting the Job's status (a ready pod, then the
+`Complete` or `Failed` condition); the workload's result arrives as the pod would send it,
+through `jobs.record_result`. Real Postgres underneath.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client
+from sqlalchemy import select
+
+from service import jobs
+from service.controller.backends.kubernetes import KubernetesBackend
+from service.controller.loop import Controller
+from service.controller.manifests import workload_name
+from service.db.models import Event, Job, Role
+from service.db.session import get_sessionmaker
+from service.settings import Settings
+from service.tokens import Principal
+from tests.service.controller.k8s_emulator import EmulatorHandle, running_emulator
+
+NAMESPACE = "training"
+ALICE = Principal(name="alice", role=Role.SUBMITTER)
+STAMP = "2026-01-01T00:00:10Z"
+REPORT = {"layout": {"vocab_size": 1010, "padded_vocab_size": 1024}}
+
+
+@pytest.fixture
+def cluster() -> Iterator[tuple[str, EmulatorHandle]]:
+    with running_emulator(NAMESPACE) as started:
+        yield started
+
+
+@pytest.fixture
+def settings(pg_url, tmp_path) -> Settings:
+    return Settings(
+        database_url=pg_url,
+        backend="kubernetes",
+        namespace=NAMESPACE,
+        state_dir=tmp_path,
+        ingest_url="http://pretrain-api:8000",
+        checkpoint_pvc="checkpoints",
+        max_pod_failure_retries=1,
+    )
+
+
+@pytest.fixture
+def controller(settings, cluster) -> Controller:
+    backend = KubernetesBackend(
+        settings, client.Configuration(host=cluster[0]), request_timeout_s=2.0
+    )
+    return Controller(settings, backend, get_sessionmaker(settings.resolved_database_url))
+
+
+@pytest.fixture
+def job(settings) -> Job:
+    spec = {
+        "name": "zh-tokenizer",
+        "kind": "tokenizer",
+        "mode": "train",
+        "corpora": ["embedded:zh", "web/zh"],
+        "options": {"vocab_size": 32000},
+        "resources": {"cpu": 4, "memory_gib": 24},
+    }
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        return jobs.submit_job(session, raw=spec, principal=ALICE)
+
+
+def stored(settings, job_id: int) -> Job:
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        found = session.get(Job, job_id)
+        found.attempts  # load while the session is open  # noqa: B018
+        return found
+
+
+def event_kinds(settings, job_id: int) -> list[str]:
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        query = select(Event.kind).where(Event.job_id == job_id).order_by(Event.id)
+        return list(session.scalars(query))
+
+
+def report_result(settings, job: Job, attempt: int = 0) -> None:
+    """What the pod's `python -m trainer.job_result` does, through the same function."""
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        jobs.record_result(
+            session,
+            job_id=job.id,
+            attempt=attempt,
+            path=f"/checkpoints/zh-tokenizer-{job.id}/tokenizer",
+            report=REPORT,
+            actor=f"job-{job.id}-a{attempt}",
+        )
+
+
+def condition(kind: str, reason: str, message: str = "") -> dict:
+    return {
+        "type": kind,
+        "status": "True",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": STAMP,
+        "lastProbeTime": STAMP,
+    }
+
+
+def test_a_tokenizer_job_becomes_a_batch_job_with_its_config_and_token(controller, job, cluster):
+    _, k8s = cluster
+    controller.reconcile(job.id)
+
+    name = workload_name(job.name, job.id, 0)
+    assert k8s.names("pytorchjobs") == set()
+    batch = k8s.get("jobs", name)
+    assert batch is not None and batch["apiVersion"] == "batch/v1"
+    assert batch["spec"]["backoffLimit"] == 0
+    pod = batch["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    (container,) = pod["containers"]
+    assert container["resources"]["requests"] == {"cpu": "4", "memory": f"{24 * 1024}Mi"}
+    assert container["resources"]["limits"] == container["resources"]["requests"]
+    config = k8s.get("configmaps", f"{name}-config")
+    assert "/data/web/zh" in config["data"]["tokenizer.json"]
+    assert f"/checkpoints/zh-tokenizer-{job.id}/tokenizer" in config["data"]["tokenizer.json"]
+    uid = batch["metadata"]["uid"]
+    for plural, owned in (("configmaps", f"{name}-config"), ("secrets", f"{name}-token")):
+        (owner,) = k8s.get(plural, owned)["metadata"]["ownerReferences"]
+        assert (owner["apiVersion"], owner["kind"], owner["uid"]) == ("batch/v1", "Job", uid)
+
+
+def test_the_job_runs_succeeds_and_keeps_the_result_the_pod_reported(
+    controller, job, cluster, settings
+):
+    _, k8s = cluster
+    controller.reconcile(job.id)
+    name = workload_name(job.name, job.id, 0)
+    k8s.set_status("jobs", name, {"active": 1, "ready": 1, "startTime": STAMP})
+    controller.reconcile(job.id)
+    assert stored(settings, job.id).state == "running"
+
+    report_result(settings, job)
+    k8s.set_status(
+        "jobs",
+        name,
+        {"succeeded": 1, "conditions": [condition("Complete", "CompletionsReached")]},
+    )
+    assert controller.reconcile(job.id) is None
+
+    done = stored(settings, job.id)
+    assert done.state == "succeeded"
+    assert [a.state for a in done.attempts] == ["succeeded"]
+    assert done.result["path"] == f"/checkpoints/zh-tokenizer-{job.id}/tokenizer"
+    assert done.result["report"] == REPORT
+    kinds = event_kinds(settings, job.id)
+    order = [
+        kinds.index(k)
+        for k in ("workload.created", "attempt.running", "result.reported", "job.succeeded")
+    ]
+    assert order == sorted(order)
+
+
+def test_a_job_that_completes_without_reporting_its_result_fails(controller, job, cluster, settings):
+    _, k8s = cluster
+    controller.reconcile(job.id)
+    name = workload_name(job.name, job.id, 0)
+    k8s.set_status("jobs", name, {"conditions": [condition("Complete", "CompletionsReached")]})
+
+    controller.reconcile(job.id)
+
+    done = stored(settings, job.id)
+    assert done.state == "failed"
+    assert "without reporting its result" in done.state_reason
+
+
+def test_a_failed_job_fails_the_tokenizer_job_with_the_pods_reason(
+    controller, job, cluster, settings
+):
+    _, k8s = cluster
+    controller.reconcile(job.id)
+    name = workload_name(job.name, job.id, 0)
+    k8s.add_pod(k8s.get("jobs", name), exit_code=137, terminated_reason="OOMKilled")
+    k8s.set_status(
+        "jobs",
+        name,
+        {
+            "failed": 1,
+            "conditions": [
+                condition("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+            ],
+        },
+    )
+
+    controller.reconcile(job.id)
+
+    done = stored(settings, job.id)
+    assert done.state == "failed"
+    assert "out of memory" in done.state_reason and "OOMKilled" in done.state_reason
+    assert [a.state for a in done.attempts] == ["failed"]  # an OOM is not retried
+
+
+def test_an_evicted_pod_opens_a_new_attempt_with_a_new_batch_job(
+    controller, job, cluster, settings
+):
+    _, k8s = cluster
+    controller.reconcile(job.id)
+    first = workload_name(job.name, job.id, 0)
+    k8s.add_pod(k8s.get("jobs", first), pod_reason="Evicted", pod_message="The node was low on memory.")
+    k8s.set_status(
+        "jobs", first, {"failed": 1, "conditions": [condition("Failed", "BackoffLimitExceeded")]}
+    )
+
+    controller.reconcile(job.id)  # records the failure, opens attempt 1
+    controller.reconcile(job.id)  # deletes attempt 0's Job, creates attempt 1's
+
+    after = stored(settings, job.id)
+    assert [(a.number, a.state) for a in after.attempts] == [(0, "failed"), (1, "pending")]
+    assert k8s.names("jobs") == {workload_name(job.name, job.id, 1)}
+
+
+def test_cancel_deletes_the_batch_job_its_config_and_token(controller, job, cluster, settings):
+    _, k8s = cluster
+    controller.reconcile(job.id)
+    name = workload_name(job.name, job.id, 0)
+    k8s.set_status("jobs", name, {"active": 1, "ready": 1})
+    controller.reconcile(job.id)
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        jobs.cancel_job(session, job_id=job.id, principal=ALICE, reason="wrong corpora")
+
+    controller.reconcile(job.id)  # deletes the workload
+    controller.reconcile(job.id)  # nothing runs any more: cancelled
+
+    assert k8s.names("jobs") == set()
+    assert f"{name}-config" not in k8s.names("configmaps")
+    assert f"{name}-token" not in k8s.names("secrets")
+    deletes = [
+        call
+        for call in k8s.emulator.calls
+        if call.plural == "jobs" and (call.action or "").lower() == "delete"
+    ]
+    assert deletes and all(c.params.get("propagationPolicy") == "Background" for c in deletes)
+    assert stored(settings, job.id).state == "cancelled"
