@@ -159,6 +159,29 @@ def test_trainer_image_pins_what_pyproject_pins_and_nothing_unpinned() -> None:
     assert {"psutil", "safetensors", "tokenizers", "jieba"} <= pinned.keys()
 
 
+# What the NGC base image provides to the trainer package (megatron-core's own dependencies).
+BASE_IMAGE_PACKAGES = {"torch", "numpy", "packaging"}
+IMPORT_NAMES = {"megatron": "megatron-core"}
+
+
+def test_trainer_image_installs_everything_the_trainer_package_imports() -> None:
+    import ast
+    import sys
+
+    [install] = [a for a in arguments_of(TRAINER_DOCKERFILE, "RUN") if "pip install" in a]
+    pinned = {w.split("==")[0] for w in install.split("&&")[0].split() if "==" in w}
+    imported = set()
+    for path in (TRAINER_IMAGE / "trainer").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = {name for name in imported if name not in sys.stdlib_module_names and name != "trainer"}
+    missing = {IMPORT_NAMES.get(name, name) for name in third_party} - pinned - BASE_IMAGE_PACKAGES
+    assert missing == set(), f"the trainer imports {sorted(missing)}, which its image does not install"
+
+
 def test_trainer_image_copies_only_the_trainer_package_from_its_context() -> None:
     copies = arguments_of(TRAINER_DOCKERFILE, "COPY")
     sources = [a.split()[-2] for a in copies if not a.startswith("--from")]
