@@ -29,9 +29,12 @@ lint: setup
 demo: setup
 	@bash scripts/demo.sh
 
+# Every bench/*.py in turn (bench/run_all.py), echoed live; their headline figures, one table, go
+# to bench/RESULTS.md (committed, quoted by the README), written even when a benchmark fails.
+# BENCH_ARGS passes options, e.g. make bench BENCH_ARGS="--only plan --quick".
 bench: setup
 	@bash .ci/ensure-binaries
-	@for script in bench/api_submit.py bench/plan.py bench/trainer_cpu.py bench/controller_scale.py bench/watchdog.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 # Grafana dashboards as code (scripts/dashboards.py) into the chart; tests/dashboards checks they match.
 dashboards: setup

@@ -16,7 +16,7 @@ import time
 
 import httpx
 import yaml
-from harness import ADMIN_TOKEN, ROOT, percentile, running_api
+from harness import ADMIN_TOKEN, ROOT, percentile, record, running_api
 
 from tests.servers import provide_postgres
 
@@ -81,9 +81,15 @@ def main() -> None:
 
     print(f"api_submit: {args.clients} clients, {args.requests} requests x {args.rounds} rounds, Postgres, one uvicorn worker")
     print(f"{'figure':<34}{'median':>12}{'baseline':>12}{'ratio':>8}")
+    units = {"per_second": "req/s", "p50_ms": "ms", "p99_ms": "ms"}
     for key, label in [("per_second", "submissions/s"), ("p50_ms", "p50 latency ms"), ("p99_ms", "p99 latency ms")]:
         ours, base = median(submits, key), median(baselines, key)
         print(f"{label:<34}{ours:>12.1f}{base:>12.1f}{ours / base:>8.2f}")
+        record(
+            "api_submit", label, ours, base, ours / base, unit=units[key],
+            baseline_name="GET /healthz same server",
+            note=f"{args.clients} clients, {args.requests} requests x {args.rounds} rounds, Postgres",
+        )  # fmt: skip
     print("baseline: GET /healthz on the same server in the same run")
 
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from harness import ROOT
+from harness import ROOT, record
 from kubernetes import client
 from sqlalchemy import func, select, text
 
@@ -372,32 +372,34 @@ def main() -> None:
     def med(runs: list[Run], figure: Callable[[Run], float]) -> float:
         return statistics.median(figure(r) for r in runs)
 
-    rows: list[tuple[str, Callable[[Run], float], str]] = [
-        ("submit ms/job", lambda r: r.submit_s / r.jobs * 1000, ".2f"),
-        ("converge s, all jobs", lambda r: r.converge_s, ".2f"),
-        ("converge ms/job", lambda r: r.converge_s / r.jobs * 1000, ".2f"),
-        ("converge reconciles/job", lambda r: r.converge_reconciles / r.jobs, ".2f"),
+    rows: list[tuple[str, Callable[[Run], float], str, str]] = [
+        ("submit ms/job", lambda r: r.submit_s / r.jobs * 1000, ".2f", "ms/job"),
+        ("converge s, all jobs", lambda r: r.converge_s, ".2f", "s"),
+        ("converge ms/job", lambda r: r.converge_s / r.jobs * 1000, ".2f", "ms/job"),
+        ("converge reconciles/job", lambda r: r.converge_reconciles / r.jobs, ".2f", "reconciles/job"),
         (
             "converge ms/reconcile",
             lambda r: r.converge_reconcile_s / r.converge_reconciles * 1000,
             ".2f",
+            "ms/reconcile",
         ),
-        ("converge API requests/job", lambda r: r.converge_requests / r.jobs, ".2f"),
-        ("running wave s, all jobs", lambda r: r.wave_s, ".2f"),
-        ("running wave ms/job", lambda r: r.wave_s / r.jobs * 1000, ".2f"),
-        ("running wave reconciles/job", lambda r: r.wave_reconciles / r.jobs, ".2f"),
+        ("converge API requests/job", lambda r: r.converge_requests / r.jobs, ".2f", "requests/job"),
+        ("running wave s, all jobs", lambda r: r.wave_s, ".2f", "s"),
+        ("running wave ms/job", lambda r: r.wave_s / r.jobs * 1000, ".2f", "ms/job"),
+        ("running wave reconciles/job", lambda r: r.wave_reconciles / r.jobs, ".2f", "reconciles/job"),
         (
             "running wave ms/reconcile",
             lambda r: r.wave_reconcile_s / max(1, r.wave_reconciles) * 1000,
             ".2f",
+            "ms/reconcile",
         ),
-        ("after wave: DB-poll echo/job", lambda r: r.echo_polled / r.jobs, ".2f"),
-        ("after wave: reconciles/job", lambda r: r.echo_reconciles / r.jobs, ".2f"),
-        ("idle reconciles/s, nothing changes", lambda r: r.idle_reconciles_per_s, ".1f"),
-        ("idle % of time in reconcile", lambda r: r.idle_busy * 100, ".1f"),
-        (f"{CHANGES} changes: s until all seen", lambda r: r.change_s, ".2f"),
-        (f"{CHANGES} changes: reconciles, theirs", lambda r: r.change_reconciles_own, ".0f"),
-        (f"{CHANGES} changes: reconciles, all", lambda r: r.change_reconciles, ".0f"),
+        ("after wave: DB-poll echo/job", lambda r: r.echo_polled / r.jobs, ".2f", "notifications/job"),
+        ("after wave: reconciles/job", lambda r: r.echo_reconciles / r.jobs, ".2f", "reconciles/job"),
+        ("idle reconciles/s, nothing changes", lambda r: r.idle_reconciles_per_s, ".1f", "reconciles/s"),
+        ("idle % of time in reconcile", lambda r: r.idle_busy * 100, ".1f", "%"),
+        (f"{CHANGES} changes: s until all seen", lambda r: r.change_s, ".2f", "s"),
+        (f"{CHANGES} changes: reconciles, theirs", lambda r: r.change_reconciles_own, ".0f", "reconciles"),
+        (f"{CHANGES} changes: reconciles, all", lambda r: r.change_reconciles, ".0f", "reconciles"),
     ]
     print(
         f"controller_scale: {args.jobs} jobs x {args.runs} run(s) vs {small} jobs x "
@@ -405,10 +407,20 @@ def main() -> None:
         f"Postgres; a pass every {args.poll_s:g}s; {elapsed:.0f}s in all"
     )
     print(f"{'figure':<38}{'median':>10}{'baseline':>10}{'ratio':>8}")
-    for label, figure, fmt in rows:
+    for label, figure, fmt, unit in rows:
         ours, base = med(larges, figure), med(baselines, figure)
         ratio = f"{ours / base:>8.2f}" if base else f"{'-':>8}"
         print(f"{label:<38}{ours:>10{fmt}}{base:>10{fmt}}{ratio}")
+        record(
+            "controller_scale",
+            label,
+            ours,
+            base,
+            ours / base if base else None,
+            unit=unit,
+            baseline_name=f"N/10 jobs ({small})",
+            note=f"N = {args.jobs} jobs x {args.runs} run(s), baseline x {args.baseline_runs}",
+        )
     print(
         f"baseline: the same run at {small} jobs in the same process "
         f"(median of {len(baselines)}); wave times include up to one {args.poll_s:g}s pass "

@@ -1,7 +1,12 @@
-"""What every API benchmark needs: a real `pretrainctl serve` process and a timing helper."""
+"""What every API benchmark needs: a real `pretrainctl serve` process and a timing helper.
+
+Also `record`, with which every benchmark hands its headline figures to `bench/run_all.py`.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -64,3 +69,43 @@ def timed(call: Callable[[], object], repeat: int) -> list[float]:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def record(
+    bench: str,
+    figure: str,
+    median: float,
+    baseline: float | None,
+    ratio: float | None,
+    *,
+    unit: str = "",
+    baseline_name: str = "",
+    note: str = "",
+) -> None:
+    """Append one headline figure as a JSON line to the file `BENCH_RESULTS` names, if set.
+
+    `bench/run_all.py` sets it and turns the lines into the table in bench/RESULTS.md; run on
+    its own, a benchmark only prints. Non-finite numbers (no baseline, a zero one) become null.
+    """
+    path = os.environ.get("BENCH_RESULTS")
+    if not path:
+        return
+    row = {
+        "bench": bench,
+        "figure": figure,
+        "median": _finite(median),
+        "unit": unit,
+        "baseline": _finite(baseline),
+        "baseline_name": baseline_name,
+        "ratio": _finite(ratio),
+        "note": note,
+    }
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None

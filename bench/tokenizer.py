@@ -24,6 +24,7 @@ import statistics
 import time
 from pathlib import Path
 
+from harness import record
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from trainer.tokenizer.corpus import embedded
@@ -156,6 +157,10 @@ def main() -> None:
         ours_mbs, base_mbs = row["ours_mb_per_s"], row["baseline_mb_per_s"]
         label = f"train {row['vocab_size'] // 1000}k vocab MB/s"
         print(f"{label:<26}{ours_mbs:>10.2f}{base_mbs:>10.2f}{ours_mbs / base_mbs:>8.2f}")
+        record(
+            "tokenizer", label, ours_mbs, base_mbs, ours_mbs / base_mbs, unit="MB/s",
+            baseline_name="tokenizers byte-level BPE trainer alone",
+        )
     print(
         "baseline: tokenizers' byte-level BPE trainer alone (GPT-2 split, no digit split, "
         "specials, reserved tokens or padding), same text and vocabulary size"
@@ -192,6 +197,16 @@ def main() -> None:
         for channel in CHANNELS
     }
     print(line(f"{largest}/qwen", "", {c: {**figures["qwen2.5"][c], **ratio[c]} for c in CHANNELS}))
+    for name in figures:
+        if not name.startswith("ours-"):
+            continue
+        for channel, key, unit in (("zh", "zh_chars_per_token", "zh chars/token"), ("en", "chars_per_token", "chars/token"), ("code", "chars_per_token", "chars/token")):
+            ours_value, qwen_value = figures[name][channel][key], figures["qwen2.5"][channel][key]
+            record(
+                "tokenizer", f"{name} {channel} {unit} (held-out)", ours_value, qwen_value,
+                ours_value / qwen_value if qwen_value else None, unit=unit, baseline_name="Qwen2.5 tokenizer, same text",
+                note=f"DeepSeek-V3: {figures['deepseek-v3'][channel][key]:.3f}",
+            )
     print(
         "c/t: characters per token; b/t: UTF-8 bytes per token; zh/t: Chinese characters per "
         "token that covers one (zh channel); higher is better compression"

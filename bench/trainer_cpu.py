@@ -303,11 +303,34 @@ def main() -> None:
         "trainer": "trainer tokens/s (megatron, local spec)",
         "trainer-sdpa": "trainer tokens/s (+ SDPA core attention)",
     }
+    from harness import record  # here, not at the top: the workers need none of it
+
+    shape = f"{params / 1e6:.1f}M params, seq {args.seq}, batch {args.batch}, {args.threads} threads"
     for side, label in labels.items():
         if side in rate:
             print(f"{label:<42}{rate[side]:>10.0f}{base:>10.0f}{rate[side] / base:>8.2f}")
+            record(
+                "trainer_cpu",
+                label,
+                rate[side],
+                base,
+                rate[side] / base,
+                unit="tokens/s",
+                baseline_name="plain PyTorch Llama (SDPA, AdamW)",
+                note=f"{shape}; target ratio >= 0.9",
+            )
     ms = {side: statistics.median(samples) * 1000 for side, samples in seconds.items()}
     print(f"{'step ms (trainer / reference)':<42}{ms['trainer']:>10.0f}{ms['reference']:>10.0f}")
+    record(
+        "trainer_cpu",
+        "step ms (trainer / reference)",
+        ms["trainer"],
+        ms["reference"],
+        None,
+        unit="ms",
+        baseline_name="plain PyTorch Llama (SDPA, AdamW)",
+        note=shape,
+    )
     print("baseline: plain PyTorch Llama (SDPA, AdamW) in the same run; target ratio >= 0.9")
 
 

@@ -39,7 +39,7 @@ import httpx
 import psycopg
 import redis
 import yaml
-from harness import ROOT, percentile, running_api
+from harness import ROOT, percentile, record, running_api
 from sqlalchemy.engine import make_url
 
 from service import ingest, jobs
@@ -333,6 +333,18 @@ def service_section(args: argparse.Namespace) -> None:
         f"{'ingest records/s (5 points each)':<34}{ours / METRICS_PER_RECORD:>12,.0f}"
         f"{base / METRICS_PER_RECORD:>12,.0f}{ours / base:>8.3f}"
     )
+    shape = (
+        f"{args.clients} clients x {args.requests} requests x {args.batch} records a round, "
+        f"median of {args.rounds} rounds; Postgres + Redis stream"
+    )
+    for label, unit, scale in [
+        ("ingest points/s", "points/s", 1),
+        ("ingest records/s (5 points each)", "records/s", METRICS_PER_RECORD),
+    ]:
+        record(
+            "watchdog", label, ours / scale, base / scale, ours / base, unit=unit,
+            baseline_name="COPY into the same table", note=shape,
+        )  # fmt: skip
     print(
         "baseline: one psycopg COPY metric_points (...) FROM STDIN of the same rows, one connection, "
         "one commit; ratio = API points/s / COPY points/s"
@@ -346,6 +358,11 @@ def service_section(args: argparse.Namespace) -> None:
         f"{'verdict latency ms (NaN -> event)':<34}{statistics.median(ms):>12.1f}"
         f"   min {min(ms):.1f}, max {max(ms):.1f}, {len(ms)} trials, {rolled_back} rolled back"
     )
+    record(
+        "watchdog", "verdict latency ms (NaN -> event)", statistics.median(ms), None, None,
+        unit="ms",
+        note=f"min {min(ms):.1f}, max {max(ms):.1f}, {len(ms)} trials, {rolled_back} rolled back",
+    )  # fmt: skip
     print(
         "latency: the NaN-carrying POST returning -> verdict.nonfinite visible in events (polled every "
         "10 ms), consumer.run in a thread; each trial a fresh job, its 50-record clean prefix already "
@@ -393,6 +410,16 @@ def main() -> None:
     )
     print(f"{'figure':<34}{'value':>12}{'baseline':>12}{'ratio':>8}")
     print(f"{'detector records/s':<34}{figure:>12,.0f}{baseline:>12,.0f}{figure / baseline:>8.2f}")
+    record(
+        "watchdog", "detector records/s", figure, baseline, figure / baseline, unit="records/s",
+        baseline_name="json.loads parse only",
+        note=(
+            f"best of {args.repeat} over {records:,} interleaved records; verdicts over "
+            f"{len(all_curves)} labelled curves: {sum(len(tally[k]['latency']) for k in KINDS)} hits "
+            f"of {sum(len(tally[k]['latency']) + len(tally[k]['missed']) for k in KINDS)} expected, "
+            f"{sum(len(tally[k]['false']) for k in KINDS)} false alarms"
+        ),
+    )  # fmt: skip
     print(
         f"baseline: json.loads alone over the same {records:,} interleaved records; "
         "ratio = detector / parse-only throughput"
