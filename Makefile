@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint demo bench dashboards clean
+.PHONY: setup test lint demo bench dashboards docs clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,10 @@ bench: setup
 # Grafana dashboards as code (scripts/dashboards.py) into the chart; tests/dashboards checks they match.
 dashboards: setup
 	$(PY) scripts/dashboards.py
+
+# The README's configuration table, from service/settings.py; tests/test_project.py checks it.
+docs: setup
+	$(PY) scripts/settings_table.py
 
 clean:
 	rm -rf $(VENV) .pretrain demo-out .pytest_cache
