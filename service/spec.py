@@ -1476,8 +1476,30 @@ def _warn_fault_injection(context: _Context) -> Iterator[Problem]:
                 )
 
 
+def _warn_rollback_target_may_be_pruned(context: _Context) -> Iterator[Problem]:
+    # The attempt keeps saving (and pruning to keep_last) until the controller stops it, so the
+    # checkpoint a rollback picks (at least rollback_margin_steps before the onset, found
+    # recover_window_steps after it) must outlive about one more interval of saves.
+    spec = context.spec
+    if spec.watchdog.rollback != "auto":
+        return
+    checkpoint, watchdog = spec.checkpoint, spec.watchdog
+    reach = watchdog.rollback_margin_steps + watchdog.recover_window_steps + 2 * checkpoint.interval_steps
+    kept = checkpoint.keep_last * checkpoint.interval_steps
+    if kept < reach:
+        yield _problem(
+            ["checkpoint", "keep_last"],
+            f"keep_last {checkpoint.keep_last} × interval_steps {checkpoint.interval_steps} = {kept} steps "
+            f"of checkpoints, but a rollback reaches back about {reach} steps (rollback_margin_steps "
+            f"{watchdog.rollback_margin_steps} + recover_window_steps {watchdog.recover_window_steps} "
+            f"+ two intervals); the checkpoint it needs may already be deleted: keep at least "
+            f"{-(-reach // checkpoint.interval_steps)}",
+        )
+
+
 _WARNINGS: tuple[Rule, ...] = (
     _warn_fault_injection,
+    _warn_rollback_target_may_be_pruned,
     _warn_tokens_rounded_to_steps,
     _warn_ignored_settings,
     _warn_rope_base_falls_back,

@@ -938,3 +938,17 @@ def test_malformed_corrupt_steps_are_refused_at_the_field(bounds) -> None:
     spec["stages"][0]["data"][0]["corrupt_steps"] = [bounds]
     problems = problems_of(spec)
     assert problems and all(p.loc[:5] == ["stages", 0, "data", 0, "corrupt_steps"] for p in problems)
+
+
+def test_a_keep_last_too_short_for_a_rollback_to_find_its_checkpoint_is_warned() -> None:
+    spec = base_spec(
+        checkpoint={"interval_steps": 10, "keep_last": 2},
+        watchdog={"rollback_margin_steps": 10, "recover_window_steps": 10},
+    )
+    (warning,) = [w for w in accepted(spec).warnings if w.loc == ["checkpoint", "keep_last"]]
+    assert_mentions(warning, "20 steps", "40 steps", "keep at least 4")
+    spec["checkpoint"]["keep_last"] = 4
+    assert [w for w in accepted(spec).warnings if w.loc == ["checkpoint", "keep_last"]] == []
+    spec["checkpoint"]["keep_last"] = 2
+    spec["watchdog"]["rollback"] = "alert_only"
+    assert [w for w in accepted(spec).warnings if w.loc == ["checkpoint", "keep_last"]] == []
