@@ -307,23 +307,18 @@ def test_cancel_stops_the_workload(deployment: Deployment):
 def test_controller_and_watchdog_restarted_mid_run_lose_nothing(deployment: Deployment):
     api, stack = deployment.api, deployment.stack
     job = submit(api, demo_spec("restart", steps=64, garbage=GARBAGE))
-    wait_until(
-        lambda: [
-            e
-            for e in kinds(events(api, job["id"]), "verdict.spike")
-            if e["data"]["channel"] == "en"
-        ],
-        timeout=RUN_TIMEOUT_S,
-        what="the spike on en",
-        diagnostics=deployment.diagnostics,
-    )
-
-    # Mid-episode: the watchdog has seen the jump but not yet called it a divergence.
+    # Killed while the run is healthy, well before the garbage: a fixed point in the run, not
+    # a race with the verdict. The watchdog has saved a history by then (its state is in the
+    # database with every batch), and the whole episode arrives while it is down.
+    wait_for_step(deployment, job["id"], 0, GARBAGE[0] - 10)
     stack.kill("watchdog", signal.SIGKILL)
     stack.kill("controller", signal.SIGKILL)
     window = job["spec"]["watchdog"]["recover_window_steps"]
     wait_for_step(deployment, job["id"], 0, GARBAGE[0] + window + 3)
-    assert not kinds(events(api, job["id"]), "job.rolled_back"), "nobody was watching"
+    log = events(api, job["id"])
+    assert not [e for e in log if e["kind"].startswith("verdict.") or e["kind"] == "job.rolled_back"], (
+        "nobody was watching"
+    )
     stack.start("watchdog")
     stack.start("controller")
 
