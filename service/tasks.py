@@ -35,7 +35,9 @@ def make_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
     )
 
-    @app.task(name=RECONCILE, bind=True, max_retries=10)
+    # shared=False: a shared task is added to every app finalized later in the process, and the
+    # first registration wins, so a second app would run the reconcile with the first's settings.
+    @app.task(name=RECONCILE, bind=True, max_retries=10, shared=False)
     def reconcile_job(task, job_id: int) -> None:
         requeue = _controller(settings).reconcile(job_id)
         if requeue is not None and requeue < REQUEUE_RUNNING_S:

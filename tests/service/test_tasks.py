@@ -112,3 +112,16 @@ def test_the_task_retries_only_while_something_is_in_motion(monkeypatch, requeue
     finally:
         task.pop_request()
     assert reconciler.calls == 1
+
+
+def test_each_app_reconciles_with_its_own_settings(monkeypatch):
+    """Two apps in one process (tests, or an embedded server beside a worker) must not share
+    the task: a shared Celery task runs with whichever app registered it first."""
+    seen: list[Settings] = []
+    monkeypatch.setattr(tasks, "_controller", lambda settings: seen.append(settings) or _Reconciler(None))
+    first, second = Settings(redis_url="redis://127.0.0.1:1/0"), Settings(redis_url="redis://127.0.0.1:1/1")
+    first_task = tasks.make_app(first).tasks[tasks.RECONCILE]
+    second_task = tasks.make_app(second).tasks[tasks.RECONCILE]
+    second_task.run(3)
+    first_task.run(3)
+    assert seen == [second, first] and seen[0] is second
