@@ -272,6 +272,9 @@ class LiveDisplay:
         why = f": {event['reason']}" if event["reason"] else ""
         marker = ">>" if flagged else "  "
         extra = ""
+        if kind == "checkpoint.published":
+            data = event["data"]
+            extra = f" step {data.get('step')}" + ("" if data.get("usable", True) else " (unusable: its attempt was superseded)")
         if kind == "job.rolled_back":
             data = event["data"]
             skip = data.get("skip_range_batches") or ["?", "?"]

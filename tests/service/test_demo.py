@@ -65,3 +65,22 @@ def test_demo_catches_the_garbage_rolls_back_and_finishes(tmp_path, monkeypatch)
     page = (tmp_path / "out" / "report.html").read_text()
     assert "en: garbage injected [24, 32)" in page and "attempt 1" in page
     assert any("rollback by watchdog" in line for line in lines)
+
+
+def test_the_live_display_flags_verdicts_and_rollbacks_and_thins_steps_off_a_terminal():
+    screen = io.StringIO()
+    display = demo.LiveDisplay(screen)
+    for step in range(25):
+        display.step(0, step, 40, {"loss": 3.0, "loss/en": 3.1, "loss/zh": 4.0})
+    display.event({"kind": "verdict.divergence", "attempt": 0, "reason": "divergence on loss/en at step 24: rollback", "data": {}})
+    display.event({"kind": "job.rolled_back", "attempt": 1, "reason": "divergence on loss/en from step 20",
+                   "data": {"checkpoint": {"step": 10}, "skip_range_batches": [10, 32]}})
+    display.event({"kind": "checkpoint.published", "attempt": 0, "reason": None, "data": {"step": 30, "usable": False}})
+    display.event({"kind": "token.created", "attempt": None, "reason": None, "data": {}})
+    lines = screen.getvalue().splitlines()
+    assert [line.split()[2] for line in lines if line.startswith("a0 step")] == ["1/40", "11/40", "21/40"]
+    assert ">> a0  verdict.divergence: divergence on loss/en at step 24: rollback" in lines
+    assert any(line.startswith(">> a1  job.rolled_back") and "back to step 10, batches [10, 32) skipped" in line for line in lines)
+    assert "   a0  checkpoint.published step 30 (unusable: its attempt was superseded)" in lines
+    assert not any("token.created" in line for line in lines)
+    assert "\r" not in screen.getvalue()  # not a terminal: no rewritten status line
