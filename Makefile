@@ -24,7 +24,7 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check service trainer_image tests bench migrations
+	$(VENV)/bin/ruff check service trainer_image tests bench migrations scripts
 
 demo: setup
 	@bash scripts/demo.sh
