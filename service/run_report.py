@@ -207,7 +207,7 @@ def svg_chart(
             f'<rect x="{px(a):.1f}" y="{top}" width="{max(px(b) - px(a), 1):.1f}" height="{height - top - bottom}" '
             f'fill="#f4c542" fill-opacity="0.25"><title>{html.escape(label)}</title></rect>'
         )
-    for tick in _ticks(y0, y1):
+    for tick in _log_ticks(y0, y1) if log_y else _ticks(y0, y1):
         label = f"{10 ** tick:.3g}" if log_y else f"{tick:g}"
         parts.append(
             f'<line x1="{left}" x2="{width - right}" y1="{py(tick):.1f}" y2="{py(tick):.1f}" stroke="#eee"/>'
@@ -254,6 +254,17 @@ def _ticks(low: float, high: float, count: int = 6) -> list[float]:
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
     first = math.ceil(low / step) * step
     return [round(first + i * step, 10) for i in range(int((high - first) / step) + 1)]
+
+
+def _log_ticks(low: float, high: float) -> list[float]:
+    """log10 of the 1-2-5 values between 10**low and 10**high (a log axis reads in those)."""
+    ticks = []
+    for exponent in range(math.floor(low), math.ceil(high) + 1):
+        for mantissa in (1, 2, 5):
+            value = math.log10(mantissa) + exponent
+            if low <= value <= high:
+                ticks.append(value)
+    return ticks or _ticks(low, high)
 
 
 # ---------------------------------------------------------------- the page

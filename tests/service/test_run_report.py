@@ -97,7 +97,8 @@ def test_a_chart_leaves_out_non_finite_points_and_a_log_axis_leaves_out_non_posi
     svg = svg_chart(series, title="t", y_label="y", log_y=True)
     (polyline,) = re.findall(r'points="([^"]+)"', svg)
     assert len(polyline.split()) == 2
-    assert ">100<" in svg or ">1e+02<" in svg
+    labels = re.findall(r'text-anchor="end">([^<]+)<', svg)
+    assert {"1", "2", "5", "10", "20", "50", "100"} >= set(labels) >= {"1", "10", "100"}
     linear = svg_chart(series, title="t", y_label="y")
     (polyline,) = re.findall(r'points="([^"]+)"', linear)
     assert len(polyline.split()) == 3
