@@ -324,3 +324,27 @@ def test_z_loss_adds_its_penalty_to_the_reported_loss(tmp_path, learning_run):
     (with_z,) = losses(tmp_path)
     plain = losses(learning_run)[0]
     assert with_z - plain == pytest.approx(0.5 * math.log(512) ** 2, rel=0.05)
+
+
+def test_a_resumed_run_deletes_the_abandoned_timeline_instead_of_keeping_it(tmp_path):
+    """After a rollback to step 4, the first attempt's steps 6 and 8 are an abandoned timeline:
+    the resumed attempt replaces them as it goes and never keeps them over its own."""
+    from trainer.checkpoint import verify
+
+    config = tiny_config(tmp_path, steps=8, checkpoint={"interval_steps": 2, "keep_last": 10})
+    run_trainer(tmp_path, config)
+    ckpt = tmp_path / "ckpt"
+    assert sorted(p.name for p in ckpt.iterdir()) == [f"step-{s:08d}" for s in (2, 4, 6, 8)]
+    stale = ckpt / "step-00000010"  # as if attempt 0 had gone on to step 10 before the rollback
+    shutil.copytree(ckpt / "step-00000008", stale)
+
+    resumed = tiny_config(
+        tmp_path, steps=8,
+        checkpoint={"interval_steps": 2, "keep_last": 2, "resume_from": str(ckpt / "step-00000004")},
+    )
+    resumed["job"]["attempt"] = 1
+    run_trainer(tmp_path, resumed)
+
+    # keep_last 2 of this attempt's own (6, 8) plus the checkpoint it resumed from (4).
+    assert sorted(p.name for p in ckpt.iterdir()) == ["step-00000004", "step-00000006", "step-00000008"]
+    assert verify(ckpt / "step-00000008").attempt == 1 and verify(ckpt / "step-00000006").attempt == 1

@@ -208,7 +208,7 @@ class CheckpointManager:
             if not trainer.stop_requested:
                 # A stopping attempt deletes nothing: the service may be rolling back to an
                 # older checkpoint this very moment; the next attempt prunes, with it pinned.
-                self._prune()
+                self._prune(saved_step=step)
         dist.barrier()
         self.last_saved_step = step
         log.info("checkpoint %s published", final)
@@ -242,15 +242,31 @@ class CheckpointManager:
             },
         )
 
-    def _prune(self) -> None:
-        """Keep the newest `keep_last`, plus anything pinned or resumed from."""
+    def _prune(self, *, saved_step: int) -> None:
+        """Keep the newest `keep_last`, plus anything pinned or resumed from.
+
+        Folders past the step just saved belong to an abandoned timeline: an earlier attempt
+        went further before a rollback (the service marked them unusable) or died before it
+        reported them. They are deleted rather than counted, or they would outlive and push
+        out this attempt's own newer-trained checkpoints.
+        """
         keep = {Path(p).resolve() for p in self.config.checkpoint.pinned}
         if self.resumed_from is not None:
             keep.add(self.resumed_from.resolve())
         candidates = [p for p in published(self.directory) if p.resolve() not in keep]
+        for abandoned in [p for p in candidates if _step_of(p) > saved_step]:
+            shutil.rmtree(abandoned, ignore_errors=True)
+            log.info("checkpoint %s pruned: past step %d, from an abandoned timeline", abandoned, saved_step)
+        candidates = [p for p in candidates if _step_of(p) <= saved_step]
         for old in candidates[: max(0, len(candidates) - self.config.checkpoint.keep_last)]:
             shutil.rmtree(old, ignore_errors=True)
             log.info("checkpoint %s pruned", old)
+
+
+def _step_of(path: Path) -> int:
+    match = STEP_DIR.match(path.name)
+    assert match is not None, path
+    return int(match.group(1))
 
 
 def _results_queue_that_outlives_sigterm() -> None:
