@@ -34,6 +34,10 @@ class ApiClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
 
+    @property
+    def base_url(self) -> str:
+        return str(self._http.base_url)
+
     def close(self) -> None:
         self._http.close()
 

@@ -67,7 +67,7 @@ def run(
     spec_text = Path(spec_path).read_text()
     display = LiveDisplay(stream or sys.stdout)
     with embedded_service(state_dir, out_dir / "serve.log") as client:
-        echo(f"== service up at {client_url(client)} (embedded SQLite in {state_dir})")
+        echo(f"== service up at {client.base_url} (embedded SQLite in {state_dir})")
         plan = client.plan(spec_text, yaml=True)
         echo(f"== plan: {plan['params']['total']:,} parameters, "
              f"{sum(s['train_iters'] for s in plan['stages'])} steps, "
@@ -160,10 +160,6 @@ def embedded_service(state_dir: Path, log_path: Path, *, ready_timeout_s: float 
             yield client
     finally:
         _stop(server)
-
-
-def client_url(client: ApiClient) -> str:
-    return str(client._http.base_url)
 
 
 def free_port() -> int:

@@ -7,6 +7,7 @@ report of a month-long run is the same code as the demo's.
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 import statistics
@@ -37,11 +38,18 @@ class RunData:
 
     def series(self, name: str, attempt: int) -> list[tuple[int, float]]:
         """(step, value) of one metric of one attempt, finite values only, by step."""
-        return sorted(
-            (p["step"], p["value"])
-            for p in self.points
-            if p["name"] == name and p["attempt"] == attempt and p["value"] is not None
-        )
+        return self._series_index.get((name, attempt), [])
+
+    @functools.cached_property
+    def _series_index(self) -> dict[tuple[str, int], list[tuple[int, float]]]:
+        # Every chart reads several series: group the points once, not once per series.
+        index: dict[tuple[str, int], list[tuple[int, float]]] = {}
+        for p in self.points:
+            if p["value"] is not None:
+                index.setdefault((p["name"], p["attempt"]), []).append((p["step"], p["value"]))
+        for values in index.values():
+            values.sort()
+        return index
 
     def channels(self) -> list[str]:
         """Channels in the order the spec first names them."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -150,8 +151,6 @@ def get_settings() -> Settings:
 def environment_for_child(settings: dict[str, str], *, keep: frozenset[str] = frozenset({"log_level"})) -> dict[str, str]:
     """This process's environment for a child service that must run on exactly `settings`
     (field name → value): every other `PRETRAIN_` variable is dropped, except those in `keep`."""
-    import os
-
     kept = {f"PRETRAIN_{name.upper()}" for name in keep}
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRETRAIN_") or k in kept}
     env.update({f"PRETRAIN_{name.upper()}": value for name, value in settings.items()})

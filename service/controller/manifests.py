@@ -294,19 +294,9 @@ def _pytorchjob(workload: Workload, settings: Settings) -> KubeflowOrgV1PyTorchJ
     )
 
 
-def _pod_template(workload: Workload, settings: Settings) -> k8s.V1PodTemplateSpec:
-    volumes = [
-        k8s.V1Volume(
-            name="trainer-config",
-            config_map=k8s.V1ConfigMapVolumeSource(name=config_map_name(workload)),
-        ),
-        # NCCL and DataLoader workers share memory through /dev/shm; Docker's default is 64 MiB.
-        k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory")),
-    ]
-    mounts = [
-        k8s.V1VolumeMount(name="trainer-config", mount_path=CONFIG_DIR, read_only=True),
-        k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"),
-    ]
+def _storage_volumes(settings: Settings) -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount]]:
+    """The checkpoint volume (read-write) and the corpus volume (read-only), where configured."""
+    volumes, mounts = [], []
     if settings.checkpoint_pvc:
         volumes.append(
             k8s.V1Volume(
@@ -327,15 +317,37 @@ def _pod_template(workload: Workload, settings: Settings) -> k8s.V1PodTemplateSp
             )
         )
         mounts.append(k8s.V1VolumeMount(name="data", mount_path=settings.data_root, read_only=True))
-    env = [k8s.V1EnvVar(name=name, value=value) for name, value in _env(workload).items()]
-    env.append(
-        k8s.V1EnvVar(
-            name=TOKEN_ENV,
-            value_from=k8s.V1EnvVarSource(
-                secret_key_ref=k8s.V1SecretKeySelector(name=secret_name(workload), key=TOKEN_KEY)
-            ),
-        )
+    return volumes, mounts
+
+
+def _token_env(workload: AnyWorkload) -> k8s.V1EnvVar:
+    """The attempt's ingest token, from the Secret the workload owns."""
+    return k8s.V1EnvVar(
+        name=TOKEN_ENV,
+        value_from=k8s.V1EnvVarSource(
+            secret_key_ref=k8s.V1SecretKeySelector(name=secret_name(workload), key=TOKEN_KEY)
+        ),
     )
+
+
+def _pod_template(workload: Workload, settings: Settings) -> k8s.V1PodTemplateSpec:
+    volumes = [
+        k8s.V1Volume(
+            name="trainer-config",
+            config_map=k8s.V1ConfigMapVolumeSource(name=config_map_name(workload)),
+        ),
+        # NCCL and DataLoader workers share memory through /dev/shm; Docker's default is 64 MiB.
+        k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory")),
+    ]
+    mounts = [
+        k8s.V1VolumeMount(name="trainer-config", mount_path=CONFIG_DIR, read_only=True),
+        k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"),
+    ]
+    storage_volumes, storage_mounts = _storage_volumes(settings)
+    volumes += storage_volumes
+    mounts += storage_mounts
+    env = [k8s.V1EnvVar(name=name, value=value) for name, value in _env(workload).items()]
+    env.append(_token_env(workload))
     container = k8s.V1Container(
         name=CONTAINER_NAME,
         image=settings.trainer_image,
@@ -527,26 +539,9 @@ def _batch_job(workload: TokenizerWorkload, settings: Settings) -> k8s.V1Job:
         )
     ]
     mounts = [k8s.V1VolumeMount(name="tokenizer-config", mount_path=CONFIG_DIR, read_only=True)]
-    if settings.checkpoint_pvc:
-        volumes.append(
-            k8s.V1Volume(
-                name="checkpoints",
-                persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-                    claim_name=settings.checkpoint_pvc
-                ),
-            )
-        )
-        mounts.append(k8s.V1VolumeMount(name="checkpoints", mount_path=settings.checkpoint_root))
-    if settings.data_pvc:
-        volumes.append(
-            k8s.V1Volume(
-                name="data",
-                persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-                    claim_name=settings.data_pvc, read_only=True
-                ),
-            )
-        )
-        mounts.append(k8s.V1VolumeMount(name="data", mount_path=settings.data_root, read_only=True))
+    storage_volumes, storage_mounts = _storage_volumes(settings)
+    volumes += storage_volumes
+    mounts += storage_mounts
     amounts = {"cpu": str(workload.cpu), "memory": f"{math.ceil(workload.memory_gib * 1024)}Mi"}
     container = k8s.V1Container(
         name=TOKENIZER_CONTAINER_NAME,
@@ -555,14 +550,7 @@ def _batch_job(workload: TokenizerWorkload, settings: Settings) -> k8s.V1Job:
         env=[
             # The tokenizers library sizes its thread pool by the node's cores, not the limit.
             k8s.V1EnvVar(name="RAYON_NUM_THREADS", value=str(workload.cpu)),
-            k8s.V1EnvVar(
-                name=TOKEN_ENV,
-                value_from=k8s.V1EnvVarSource(
-                    secret_key_ref=k8s.V1SecretKeySelector(
-                        name=secret_name(workload), key=TOKEN_KEY
-                    )
-                ),
-            ),
+            _token_env(workload),
         ],
         # Requests equal to limits: a memory-hungry batch job is not the first one evicted.
         resources=k8s.V1ResourceRequirements(requests=amounts, limits=dict(amounts)),

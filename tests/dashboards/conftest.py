@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import ADMIN_TOKEN, ROOT
 from tests.prometheus_server import Prometheus, throwaway_prometheus
-from tests.servers import ServerStartError, free_port
+from tests.servers import ServerStartError, _stop_process, free_port
 
 _START_TIMEOUT_S = 60
 
@@ -68,12 +68,7 @@ def serve_api(database_url: str, state_dir: Path) -> Iterator[ApiServer]:
     try:
         yield ApiServer(url=url, address=f"127.0.0.1:{port}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        _stop_process(proc)
 
 
 @pytest.fixture

@@ -141,16 +141,7 @@ class KubernetesBackend:
                     raise
                 created = False
                 stored = self._read_pytorchjob(name)
-        if not created:
-            self._check_same_workload(stored, workload)
-            if stored["metadata"].get("deletionTimestamp"):
-                raise TemporaryBackendError(
-                    f"PyTorchJob {self._namespace}/{name} is being deleted; create it once it is gone"
-                )
-        uid = stored["metadata"]["uid"]
-        owned = render_manifests(workload, self._settings, owner_uid=uid)
-        self._create_owned("ConfigMap", owned["configmap"], uid)
-        self._create_owned("Secret", owned["secret"], uid)
+        self._adopt_and_own(stored, workload, created=created, what="PyTorchJob", render=render_manifests)
         return created
 
     def observe(self, job_id: int, *, kind: str = "pretrain") -> dict[int, WorkloadStatus]:
@@ -471,17 +462,31 @@ class KubernetesBackend:
                         ) from gone
                     raise
         stored = self._api.sanitize_for_serialization(stored)
+        self._adopt_and_own(stored, workload, created=created, what="Job", render=render_tokenizer_manifests)
+        return created
+
+    def _adopt_and_own(
+        self,
+        stored: Mapping[str, Any],
+        workload: Workload | TokenizerWorkload,
+        *,
+        created: bool,
+        what: str,
+        render: Callable[..., dict[str, Any]],
+    ) -> None:
+        """Make sure a workload found after a 409 is ours and alive, then create the ConfigMap
+        and Secret it owns (rendered again with its uid as their owner)."""
+        name = stored["metadata"]["name"]
         if not created:
-            self._check_same_workload(stored, workload, what="Job")
+            self._check_same_workload(stored, workload, what=what)
             if stored["metadata"].get("deletionTimestamp"):
                 raise TemporaryBackendError(
-                    f"Job {self._namespace}/{name} is being deleted; create it once it is gone"
+                    f"{what} {self._namespace}/{name} is being deleted; create it once it is gone"
                 )
         uid = stored["metadata"]["uid"]
-        owned = render_tokenizer_manifests(workload, self._settings, owner_uid=uid)
+        owned = render(workload, self._settings, owner_uid=uid)
         self._create_owned("ConfigMap", owned["configmap"], uid)
         self._create_owned("Secret", owned["secret"], uid)
-        return created
 
     def _batch_status(self, obj: Mapping[str, Any]) -> WorkloadStatus:
         name = obj["metadata"]["name"]

@@ -10,18 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from kubernetes import client
-from sqlalchemy import select
 
 from service import jobs
-from service.controller.backends.kubernetes import KubernetesBackend
 from service.controller.loop import Controller
 from service.controller.manifests import workload_name
-from service.db.models import Event, Job, Role
+from service.db.models import Job, Role
 from service.db.session import get_sessionmaker
 from service.settings import Settings
 from service.tokens import Principal
 from tests.service.controller.k8s_emulator import EmulatorHandle, running_emulator
+from tests.service.controller.test_controller_kubernetes import event_kinds, make_controller, stored
 
 NAMESPACE = "training"
 ALICE = Principal(name="alice", role=Role.SUBMITTER)
@@ -50,10 +48,7 @@ def settings(pg_url, tmp_path) -> Settings:
 
 @pytest.fixture
 def controller(settings, cluster) -> Controller:
-    backend = KubernetesBackend(
-        settings, client.Configuration(host=cluster[0]), request_timeout_s=2.0
-    )
-    return Controller(settings, backend, get_sessionmaker(settings.resolved_database_url))
+    return make_controller(settings, cluster)
 
 
 @pytest.fixture
@@ -68,19 +63,6 @@ def job(settings) -> Job:
     }
     with get_sessionmaker(settings.resolved_database_url)() as session:
         return jobs.submit_job(session, raw=spec, principal=ALICE)
-
-
-def stored(settings, job_id: int) -> Job:
-    with get_sessionmaker(settings.resolved_database_url)() as session:
-        found = session.get(Job, job_id)
-        found.attempts  # load while the session is open  # noqa: B018
-        return found
-
-
-def event_kinds(settings, job_id: int) -> list[str]:
-    with get_sessionmaker(settings.resolved_database_url)() as session:
-        query = select(Event.kind).where(Event.job_id == job_id).order_by(Event.id)
-        return list(session.scalars(query))
 
 
 def report_result(settings, job: Job, attempt: int = 0) -> None:
