@@ -47,18 +47,23 @@ def api(ctx: click.Context) -> Iterator[ApiClient]:
     try:
         yield client
     except ApiError as exc:
-        lines = exc.lines()
-        click.echo(f"error ({exc.status_code}): {lines[0] if len(lines) == 1 else 'the spec was refused:'}", err=True)
-        if len(lines) > 1:
-            for line in lines:
-                click.echo(f"  - {line}", err=True)
-        sys.exit(2 if exc.status_code == 422 else 1)
+        _exit_on_api_error(exc)
     except Exception as exc:
         if type(exc).__module__.startswith("httpx"):
             raise click.ClickException(f"cannot reach the API at {url}: {exc}") from exc
         raise
     finally:
         client.close()
+
+
+def _exit_on_api_error(exc: ApiError) -> None:
+    """Print what the API refused, one problem a line, and exit 2 for a 422, else 1."""
+    lines = exc.lines()
+    click.echo(f"error ({exc.status_code}): {lines[0] if len(lines) == 1 else 'the spec was refused:'}", err=True)
+    if len(lines) > 1:
+        for line in lines:
+            click.echo(f"  - {line}", err=True)
+    sys.exit(2 if exc.status_code == 422 else 1)
 
 
 def _refused(exc) -> None:
@@ -488,13 +493,16 @@ def demo(out_dir: str, spec_path: str | None, baseline: bool, timeout_s: float) 
     """The whole loop on this machine: a spike caught, a run rolled back and finished, a report."""
     from service import demo as demo_run
 
-    result = demo_run.run(
-        out_dir=Path(out_dir),
-        spec_path=Path(spec_path) if spec_path else demo_run.DEMO_SPEC,
-        baseline=baseline,
-        timeout_s=timeout_s,
-        echo=click.echo,
-    )
+    try:
+        result = demo_run.run(
+            out_dir=Path(out_dir),
+            spec_path=Path(spec_path) if spec_path else demo_run.DEMO_SPEC,
+            baseline=baseline,
+            timeout_s=timeout_s,
+            echo=click.echo,
+        )
+    except ApiError as exc:  # the demo's own service refused the spec: say why, cleanly
+        _exit_on_api_error(exc)
     sys.exit(0 if result.ok else 1)
 
 

@@ -260,3 +260,17 @@ def test_watchdog_replay_prints_one_json_line_per_verdict(tmp_path):
     assert result.returncode == 0, result.stderr
     verdicts = [json.loads(line) for line in result.stdout.splitlines()]
     assert verdicts == [{"job": "7", "step": 30, "kind": "nonfinite", "action": "rollback", "channel": "all"}]
+
+
+def test_demo_with_a_refused_spec_says_why_and_exits_2(tmp_path):
+    from click.testing import CliRunner
+
+    from service.cli import cli
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel: {preset: tiny}\n")
+    result = CliRunner().invoke(cli, ["demo", "--spec", str(bad), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "error (422): the spec was refused:" in result.output
+    assert "stages: stages is required" in result.output
+    assert not (tmp_path / "out" / "report.html").exists()
