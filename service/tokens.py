@@ -22,6 +22,7 @@ class Principal:
     role: Role
     token_id: int | None = None
     job_id: int | None = None
+    attempt: int | None = None  # a trainer's token speaks for this attempt of `job_id` only
 
     def may(self, required: Role) -> bool:
         return self.role.allows(required)
@@ -43,6 +44,7 @@ def mint_token(
     role: Role,
     created_by: str,
     job_id: int | None = None,
+    attempt: int | None = None,
     commit: bool = True,
 ) -> tuple[ApiToken, str]:
     """Store a new token with its audit event and return it with its one-time plaintext.
@@ -58,12 +60,14 @@ def mint_token(
         prefix=value[: len(TOKEN_PREFIX) + 6],
         created_by=created_by,
         job_id=job_id,
+        attempt=attempt,
     )
     repo.add_event(
         session,
         kind="token.created",
         actor=created_by,
         job_id=job_id,
+        attempt=attempt,
         data={"token_id": token.id, "name": name, "role": role.value},
     )
     if commit:
@@ -88,4 +92,10 @@ def authenticate(session: Session, *, token: str, admin_token_hash: str | None) 
     stored = repo.find_active_token(session, token_hash=digest)
     if stored is None:
         return None
-    return Principal(name=stored.name, role=Role(stored.role), token_id=stored.id, job_id=stored.job_id)
+    return Principal(
+        name=stored.name,
+        role=Role(stored.role),
+        token_id=stored.id,
+        job_id=stored.job_id,
+        attempt=stored.attempt,
+    )

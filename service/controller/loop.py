@@ -187,6 +187,7 @@ class Controller:
             role=Role.VIEWER,
             created_by=ACTOR,
             job_id=job.id,
+            attempt=number,
             commit=False,
         )
         resources = job.spec["resources"]

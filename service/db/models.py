@@ -179,6 +179,9 @@ class Attempt(Base):
     skip_ranges: Mapped[list[Any]] = mapped_column(default=list)
     lr_scale: Mapped[float] = mapped_column(Float, default=1.0)
     state_reason: Mapped[str | None] = mapped_column(Text)
+    # How the trainer itself said the attempt ended (trainer outcome: completed, diverged,
+    # preempted, corrupt_checkpoint, bad_config, crashed); None until it ends or if it said nothing.
+    outcome: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -199,6 +202,8 @@ class Checkpoint(Base):
     path: Mapped[str] = mapped_column(Text)
     verified: Mapped[bool] = mapped_column(Boolean, default=False)
     usable: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Why a checkpoint may not be restored (pruned, rolled back past, superseded, missing, corrupt).
+    unusable_reason: Mapped[str | None] = mapped_column(Text)
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -258,6 +263,8 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    # A trainer's ingest token is scoped to one attempt of its job (None: the whole job).
+    attempt: Mapped[int | None] = mapped_column(Integer)
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

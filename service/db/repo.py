@@ -172,6 +172,7 @@ def add_token(
     prefix: str,
     created_by: str,
     job_id: int | None = None,
+    attempt: int | None = None,
 ) -> ApiToken:
     token = ApiToken(
         name=name,
@@ -180,6 +181,7 @@ def add_token(
         prefix=prefix,
         created_by=created_by,
         job_id=job_id,
+        attempt=attempt,
     )
     session.add(token)
     session.flush()

@@ -106,3 +106,33 @@ def test_0003_gives_existing_jobs_an_empty_result_and_downgrading_keeps_the_jobs
     _execute(empty_database, live)
     with pytest.raises(IntegrityError):
         _execute(empty_database, live)
+
+
+def _columns(url: str, table: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        return {column["name"] for column in inspect(engine).get_columns(table)}
+    finally:
+        engine.dispose()
+
+
+def test_0004_scopes_tokens_to_attempts_and_downgrading_keeps_the_rows(empty_database):
+    settings = Settings(database_url=empty_database)
+    migrate.upgrade(settings, "0003")
+    _execute(
+        empty_database,
+        "INSERT INTO api_tokens (name, role, token_hash, prefix, created_by, created_at) "
+        "VALUES ('alice', 'viewer', 'h', 'pto_x', 'admin', CURRENT_TIMESTAMP)",
+    )
+
+    migrate.upgrade(settings, "0004")
+    assert "attempt" in _columns(empty_database, "api_tokens")
+    assert "unusable_reason" in _columns(empty_database, "checkpoints")
+    assert "outcome" in _columns(empty_database, "attempts")
+    # An existing token stays job-wide (no attempt).
+    assert _execute(empty_database, "SELECT count(*) FROM api_tokens WHERE attempt IS NULL") == 1
+
+    migrate.downgrade(settings, "0003")
+    assert "attempt" not in _columns(empty_database, "api_tokens")
+    assert "outcome" not in _columns(empty_database, "attempts")
+    assert _execute(empty_database, "SELECT name FROM api_tokens") == "alice"
