@@ -1,28 +1,46 @@
 """Loss-anomaly detection over the trainer's metric records: pure, online, restartable.
 
 Every loss series (`loss` as channel "all", each `loss/<channel>`) of a job attempt is judged
-against its own trend: a robust straight line through the log-loss of its last 40 accepted
-points (medians of the two halves give the slope, never positive; the median residual the
-level), extrapolated to the new step. Where a fast fall bends, that line undershoots while the
-median of the last five points lags, so a spike is judged against the higher of the two and a
-drop against the lower. Points judged anomalous never enter the trend, so a spike cannot drag
-it up; during an episode the line is frozen at its onset.
+on its own, in log space, against references built from its last `TREND_WINDOW` accepted
+points and their slope (medians of the window's halves joined, never rising):
 
-- spike: loss ≥ `spike_threshold` above the trend and above each of the last few points
-  → alert, at the first such step; the trend is frozen for the episode.
-- divergence: a spike whose loss is not back within `recover_tolerance` of the trend (median
-  of the last three ratios) by `recover_window_steps` after its onset → rollback, once.
-- nonfinite: NaN or ±Inf → rollback, at once (once per run of non-finite values).
-- drop: loss ≥ `drop_threshold` below the trend and clearly below each of the last few points,
-  so the steady fall of warmup or decay is no drop → alert. A drop still there when the window
-  runs out is taken as the new level, silently.
+- the **trend**: the window's median, carried along the slope to the new step — where the
+  noise is centred;
+- the **expected** value: the trend plus the part of the last point's deviation that carries
+  over (the deviations' lag-one autocorrelation, bounded by their spread), so autocorrelated
+  noise that wanders is expected to wander on, and a jump out of it is seen at its size;
+- the **local level**: the median of the last `LOCAL_POINTS` points carried along the newer
+  half's slope. Where the curve bends (the end of warmup, the start of a decay) a line through
+  the window misleads, so there the expected value is never below the local level.
+
+Definitions (the `Policy` knobs in brackets):
+- spike: loss ≥ `spike_threshold` above the expected value, above each of the last few points
+  and clearly above where they lie → alert, at the first such step. A creeping rise the local
+  level follows is a spike once ≥ `spike_threshold` above a trusted trend. The reference is
+  frozen for the episode (the higher of trend and local level); its points never enter the
+  window. While a channel is in a spike, the total's rises are its echo: judged, not learned.
+- divergence: a spike whose loss is not back within `recover_tolerance` of the frozen
+  reference (median of the last points; the tolerance widened to the series' own noise, never
+  beyond two thirds of a spike) by `recover_window_steps` after its onset → rollback, once.
+  Its evidence backdates the onset to where the excursion began. A spike back up within a
+  window of coming down is the same episode.
+- nonfinite: NaN or ±Inf → rollback, at once, once per run of non-finite values.
+- drop: loss ≥ `drop_threshold` below the local level and clearly below each of the last few
+  points (the steady fall of warmup or decay is no drop) → alert. A drop is never a rollback
+  and never the reference: while it lasts the reference stays frozen, so the return to the
+  normal level is its end, not a spike. A fall too small for a drop but beyond the noise (a
+  dip) is held out of the window the same way, silently. A fall that stays
+  (`LONG_DROP_WINDOWS` windows for a drop, one for a dip) becomes the new level, and a climb
+  back to the old one soon after is still its end.
 - ppl_rise: a channel's `eval/ppl/<channel>` rises for `ppl_rise_evals` evals in a row while
   the other channels' mean log-PPL falls → alert.
 
-Nothing is judged until `min_history` points exist; a new `stage` starts the baseline again; a
+Nothing is judged until `min_history` points exist; a new `stage` starts the window again; a
 new attempt (after a rollback, re-using step numbers) starts every series of the job afresh.
-Records at or before the newest step of their series (duplicates, late arrivals) and records
-of an older attempt change nothing but the counters in `Detector.counts`.
+A duplicate record changes nothing but `Detector.counts`; a late one (older than the newest
+step of its series, by at most `SEEN_STEPS`) is still judged for non-finite values, spikes and
+drops against the references of the moment, but never enters the window; an older one is only
+counted.
 """
 
 from __future__ import annotations
@@ -40,18 +58,37 @@ LOSS_PREFIX = "loss/"
 PPL_PREFIX = "eval/ppl/"
 EVAL_PHASE = "eval"
 
-# Points of a series the trend is fitted to.
+# Points of a series the references are built from.
 TREND_WINDOW = 40
-# A spike must top, and a drop undercut, each of this many latest accepted points: noise on a
-# falling curve (warmup, decay) sits below the recent points, a real jump does not.
-RECENT_POINTS = 5
-# Recovery is judged on the median of this many latest ratios, so one lucky point is not enough.
-RECOVERY_POINTS = 3
-# During an episode the frozen line runs on at this fraction of its slope, for one window at
-# most: a slope fitted to autocorrelated noise must not carry the reference away, and the
-# real fall of warmup or decay is still followed well enough.
-RECOVERY_SLOPE = 0.5
-STATE_VERSION = 1
+# Points the local level is the median of: enough to shrug off one outlier, few enough to
+# follow autocorrelated noise.
+LOCAL_POINTS = 5
+# Steps of a series remembered to tell a duplicate from a late record.
+SEEN_STEPS = 64
+# The recover decision takes the median of this many latest ratios: one lucky point is not
+# enough to call a divergence back, nor one unlucky one to call a recovery off.
+RECOVERY_POINTS = 5
+# During an episode the frozen reference runs on at this fraction of its slope: a slope fitted
+# to noise must not carry the reference away, and a real fall is still followed well enough.
+EPISODE_SLOPE = 0.5
+# How far above its noise a loss must come back to count as recovered, in robust standard
+# deviations of the window around its trend.
+NOISE_ALLOWANCE_SIGMAS = 3.0
+# The trend is trusted where the window's halves fall at rates within this (log per step,
+# scaled by the window) of each other.
+BEND_TOLERANCE = 0.03
+# ...and where the whole window falls by less than this (log): a line through a steep fall
+# says little about the next step.
+STEEP_WINDOW = 0.15
+# A drop is held (its level the reference) for this many recover windows before the level it
+# fell to is taken as the new one.
+LONG_DROP_WINDOWS = 5
+# A fall below the local level by this many robust standard deviations (and at least half a
+# spike) is held out of the window as a silent dip.
+DIP_SIGMAS = 4.0
+# The carried part of the last deviation is bounded by this many robust standard deviations.
+CARRY_SIGMAS = 2.0
+STATE_VERSION = 2
 
 _NONFINITE_STRINGS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _COUNTERS = ("records", "duplicate", "late", "stale_attempt")
@@ -62,9 +99,9 @@ class Policy:
     """The watchdog's knobs (a JobSpec's `watchdog` section, minus what the detector ignores)."""
 
     spike_threshold: float = 0.15
-    """Relative rise over the trend that counts as a spike."""
+    """Relative rise over the recent trend that counts as a spike."""
     drop_threshold: float = 0.25
-    """Relative fall under the trend that counts as a drop."""
+    """Relative fall under the recent trend that counts as a drop."""
     recover_window_steps: int = 20
     """Steps a spike may take to come back before it is a divergence."""
     recover_tolerance: float = 0.05
@@ -111,23 +148,46 @@ class Verdict:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class _Reference:
+    """Where a series' loss is expected at a step (log space), and how noisy it is."""
+
+    local: float
+    trend: float
+    trusted: bool  # whether the trend may be used (the window does not bend)
+    slope: float  # the rate the curve falls at now (log per step, never positive)
+    plain: float  # the median of the latest points, not carried
+    predicted: float  # the trend plus the part of the last deviation that carries over
+    sigma: float  # robust standard deviation of the window around its trend
+
+
 class _LossSeries:
     """The state of one loss series of one job attempt."""
 
-    __slots__ = ("stage", "last_step", "steps", "logs", "episode", "nonfinite")
+    __slots__ = ("stage", "last_step", "seen", "steps", "logs", "episode", "closed", "nonfinite")
 
     def __init__(self, stage: str | None = None) -> None:
         self.stage = stage
         self.last_step: int | None = None
+        self.seen: list[int] = []  # the latest steps received, to tell duplicates from late ones
         self.steps: list[int] = []  # accepted points, oldest first, at most TREND_WINDOW
         self.logs: list[float] = []
-        # An open spike/divergence/drop: onset, the frozen trend, latest ratios.
+        # An open spike/drop/divergence: kind, onset, frozen reference, latest ratios.
         self.episode: dict[str, Any] | None = None
-        self.nonfinite = False  # inside a run of non-finite values
+        # The last episode that ended, with the step it ended at: a spike back within a
+        # window is the same episode, and late records inside it are already judged.
+        self.closed: dict[str, Any] | None = None
+        self.nonfinite: int | None = None  # the step a run of non-finite values began
 
     def rebaseline(self) -> None:
         self.steps.clear()
         self.logs.clear()
+        self.episode = None
+        self.closed = None
+
+    def close_episode(self, step: int) -> None:
+        assert self.episode is not None
+        self.closed = {**self.episode, "end": step}
         self.episode = None
 
     def accept(self, step: int, log_value: float) -> None:
@@ -135,6 +195,15 @@ class _LossSeries:
         self.logs.append(log_value)
         if len(self.steps) > TREND_WINDOW:
             del self.steps[0], self.logs[0]
+
+    def remember(self, step: int) -> bool:
+        """Note a received step; False when it was received before (a duplicate)."""
+        if step in self.seen:
+            return False
+        self.seen.append(step)
+        if len(self.seen) > SEEN_STEPS:
+            del self.seen[0]
+        return True
 
     def to_dict(self) -> dict[str, Any]:
         return {slot: getattr(self, slot) for slot in self.__slots__}
@@ -155,20 +224,52 @@ def _median(values: list[float]) -> float:
     return (ordered[middle - 1] + ordered[middle]) / 2
 
 
-def fit_trend(steps: list[int], logs: list[float]) -> tuple[float, float]:
-    """(log level at the last step, slope per step) of a robust line through the points.
-
-    The slope joins the medians of the older and the newer half; the level is the median
-    residual. The slope is never positive: a healthy loss does not trend up, and a rise that
-    noise fits as a slope would otherwise hide the next spike.
-    """
+def _slope(steps: list[int], logs: list[float]) -> float:
+    """Slope per step joining the medians of the older and the newer half, never positive: a
+    healthy loss does not trend up, and a rise that noise fits as a slope would hide the next
+    spike."""
     half = len(steps) // 2
+    if half == 0:
+        return 0.0
     run = _median(steps[-half:]) - _median(steps[:half])
-    slope = (_median(logs[-half:]) - _median(logs[:half])) / run if run > 0 else 0.0
-    slope = min(slope, 0.0)
-    last = steps[-1]
-    level = _median([y - slope * (x - last) for x, y in zip(steps, logs, strict=True)])
-    return level, slope
+    if run <= 0:
+        return 0.0
+    return min((_median(logs[-half:]) - _median(logs[:half])) / run, 0.0)
+
+
+def reference(series: _LossSeries, step: int) -> _Reference:
+    """The local level and the trend of `series` carried to `step` (it needs points)."""
+    steps, logs = series.steps, series.logs
+    half = len(steps) // 2
+    slope = _slope(steps, logs)
+    newer = _slope(steps[half:], logs[half:])
+    # The local level is carried a few steps at most, at the rate the curve falls now: where
+    # the fall slows (the end of warmup) the whole window's slope would undershoot.
+    latest = list(zip(steps[-LOCAL_POINTS:], logs[-LOCAL_POINTS:], strict=True))
+    local = _median([y + newer * (step - x) for x, y in latest])
+    carried = [y + slope * (step - x) for x, y in zip(steps, logs, strict=True)]
+    trend = _median(carried)
+    deviations = [value - trend for value in carried]
+    sigma = 1.4826 * _median([abs(d) for d in deviations])
+    # Autocorrelated noise: the next point is expected at the trend plus the share of the last
+    # point's deviation that carries over (the lag-one autocorrelation of the deviations).
+    product = power = 0.0
+    for index in range(1, len(steps)):
+        if steps[index] - steps[index - 1] == 1:
+            product += deviations[index - 1] * deviations[index]
+            power += deviations[index - 1] * deviations[index - 1]
+    phi = min(max(product / power, 0.0), 0.95) if power > 0 else 0.0
+    # That carried part is the noise's wander, bounded by the noise: a point that jumped (the
+    # first step of a spike) must not lift the expectation of the next one with it.
+    carry = phi ** max(step - steps[-1], 1) * deviations[-1]
+    predicted = trend + max(-CARRY_SIGMAS * sigma, min(CARRY_SIGMAS * sigma, carry))
+    # A bend (the end of warmup, the start of a decay) shows as the whole window's slope and
+    # the newer half's disagreeing about where the curve is now; a line through it misleads.
+    disagreement = abs(slope - newer) * (step - _median(steps))
+    span = steps[-1] - steps[0] + 1
+    trusted = disagreement <= BEND_TOLERANCE and -slope * span <= STEEP_WINDOW
+    plain = _median(logs[-LOCAL_POINTS:])
+    return _Reference(local, trend, trusted, newer, plain, predicted, sigma)
 
 
 def _encode_nonfinite(value: float) -> str:
@@ -223,115 +324,204 @@ class Detector:
         verdicts: list[Verdict] = []
         if record.get("phase") == EVAL_PHASE:
             self._observe_ppl(state["ppl"], job, attempt, step, stage, metrics, policy, verdicts)
-        for name, raw in metrics.items():
-            if name == LOSS:
-                channel = ALL_CHANNELS
-            elif name.startswith(LOSS_PREFIX):
-                channel = name[len(LOSS_PREFIX) :]
-            else:
-                continue
-            value = _loss_value(raw)
+            return verdicts
+        # Channels first: while one of them is in a spike or diverged, the total moves with it:
+        # its points are judged but not learned from, so the total still sees a rise against
+        # where it was.
+        names = sorted((n for n in metrics if n.startswith(LOSS_PREFIX)), key=str)
+        if LOSS in metrics:
+            names.append(LOSS)
+        echo = False
+        for name in names:
+            channel = ALL_CHANNELS if name == LOSS else name[len(LOSS_PREFIX) :]
+            value = _loss_value(metrics[name])
             if value is None:
                 continue
             series = state["series"].get(name)
             if series is None:
                 series = state["series"][name] = _LossSeries(stage)
-            verdict = self._observe_loss(series, step, stage, value, policy)
-            if verdict is not None:
-                kind, action, evidence = verdict
+            outcome = self._observe_loss(series, step, stage, value, policy, hold=echo and name == LOSS)
+            echo = echo or (series.episode is not None and series.episode["kind"] in ("spike", "diverged"))
+            if outcome is not None:
+                kind, action, evidence = outcome
                 verdicts.append(Verdict(job, attempt, step, kind, action, channel, evidence))
         return verdicts
 
     def _observe_loss(
-        self, series: _LossSeries, step: int, stage: Any, value: float, policy: Policy
+        self,
+        series: _LossSeries,
+        step: int,
+        stage: Any,
+        value: float,
+        policy: Policy,
+        *,
+        hold: bool = False,
     ) -> tuple[str, str, dict[str, Any]] | None:
-        if series.last_step is not None and step <= series.last_step:
-            self.counts["duplicate" if step == series.last_step else "late"] += 1
+        if not series.remember(step):
+            self.counts["duplicate"] += 1
             return None
+        if series.last_step is not None and step < series.last_step:
+            self.counts["late"] += 1
+            if step < series.last_step - SEEN_STEPS:
+                return None  # too old to say anything about now
+            return self._judge_late(series, step, stage, value, policy)
         series.last_step = step
         if stage != series.stage:
             series.stage = stage
             series.rebaseline()
         if not math.isfinite(value):
-            if series.nonfinite:
+            if series.nonfinite is not None:
                 return None
-            series.nonfinite = True
+            series.nonfinite = step
             return "nonfinite", "rollback", {"onset": step, "value": _encode_nonfinite(value)}
-        series.nonfinite = False
+        series.nonfinite = None
         log_value = math.log(max(value, 1e-30))
-        episode = series.episode
-        if episode is not None:
-            return self._continue_episode(series, episode, step, log_value, value, policy)
+        if series.episode is not None:
+            return self._continue_episode(series, step, log_value, value, policy)
         if len(series.steps) < policy.min_history:
             series.accept(step, log_value)
             return None
-        level, slope = fit_trend(series.steps, series.logs)
-        extrapolated = level + slope * (step - series.steps[-1])
-        recent = series.logs[-RECENT_POINTS:]
-        latest = _median(recent)
-        # Where a fast fall bends (warmup), the line undershoots and the latest points lag:
-        # a spike must clear the higher of the two, a drop undercut the lower.
-        upper, lower = max(extrapolated, latest), min(extrapolated, latest)
-        rises = log_value - upper >= math.log1p(policy.spike_threshold)
-        falls = log_value - lower <= math.log1p(-policy.drop_threshold)
-        if rises and log_value > max(recent):
-            kind, trend_log = "spike", upper
-        elif falls and log_value < min(recent) + math.log1p(-policy.drop_threshold / 2):
-            kind, trend_log = "drop", lower
-        else:
-            series.accept(step, log_value)
+        ref = reference(series, step)
+        judged = _classify(series, ref, log_value, policy)
+        if judged is None:
+            # An echo is judged, not learned from; the window waits (a while) for it to pass.
+            if not hold or step - series.steps[-1] > LONG_DROP_WINDOWS * policy.recover_window_steps:
+                series.accept(step, log_value)
             return None
-        ratio = math.exp(log_value - trend_log) - 1
-        series.episode = {
-            "kind": kind,
-            "onset": step,
-            "level": trend_log,
-            "slope": slope,
-            "ratios": [ratio],
-        }
-        evidence = {"onset": step, "value": value, "trend": math.exp(trend_log), "ratio": ratio}
-        return kind, "alert", evidence
+        kind, level = judged
+        closed = series.closed
+        if kind == "spike" and closed is not None:
+            if closed["kind"] in ("spike", "diverged") and step - closed["end"] <= policy.recover_window_steps:
+                # Back up within a window of coming down: the same episode, not a new one.
+                series.episode, series.closed = {**closed, "ratios": []}, None
+                del series.episode["end"]
+                return self._continue_episode(series, step, log_value, value, policy)
+            if closed.get("stayed") and _returns_to(closed, step, log_value, policy):
+                # The loss climbs back to where it was before a fall that became the new level:
+                # the fall is over. Start the window again from here.
+                series.closed = None
+                series.steps.clear()
+                series.logs.clear()
+                series.accept(step, log_value)
+                return None
+        return self._open_episode(series, ref, kind, level, step, log_value, value, policy)
 
-    def _continue_episode(
+    def _open_episode(
         self,
         series: _LossSeries,
-        episode: dict[str, Any],
+        ref: _Reference,
+        kind: str,
+        level: float,
         step: int,
         log_value: float,
         value: float,
         policy: Policy,
     ) -> tuple[str, str, dict[str, Any]] | None:
+        ratio = math.exp(log_value - level) - 1
+        series.episode = {
+            "kind": kind,
+            "onset": step,
+            "start": _excursion_start(series, ref, step, policy) if kind == "spike" else step,
+            "level": level,
+            # A fall ends where the loss is back at the lower reference; a rise out of it is a
+            # spike only over the higher one.
+            "high": max(ref.local, ref.trend, level),
+            # The frozen reference falls on at most this rate: the curve may stop falling.
+            "slope": max(ref.slope, -policy.recover_tolerance / policy.recover_window_steps),
+            "sigma": ref.sigma,
+            "ratios": [ratio],
+        }
+        if kind == "dip":
+            return None
+        evidence = {"onset": step, "value": value, "trend": math.exp(level), "ratio": ratio}
+        return kind, "alert", evidence
+
+    def _continue_episode(
+        self, series: _LossSeries, step: int, log_value: float, value: float, policy: Policy
+    ) -> tuple[str, str, dict[str, Any]] | None:
+        episode = series.episode
+        assert episode is not None
         window = policy.recover_window_steps
         ahead = min(step - episode["onset"], window)
-        trend_log = episode["level"] + RECOVERY_SLOPE * episode["slope"] * ahead
-        ratio = math.exp(log_value - trend_log) - 1
+        level = episode["level"] + EPISODE_SLOPE * episode["slope"] * ahead
+        ratio = math.exp(log_value - level) - 1
         ratios = episode["ratios"] = [*episode["ratios"], ratio][-RECOVERY_POINTS:]
-        typical = _median(ratios)
-        tolerance = policy.recover_tolerance
-        recovered = typical >= -tolerance if episode["kind"] == "drop" else typical <= tolerance
-        if recovered:
-            series.episode = None
-            if episode["kind"] == "diverged":  # the points before it are too old to extend
-                series.rebaseline()
+        allowance = _allowance(episode["sigma"], policy)
+        if episode["kind"] in ("drop", "dip"):
+            high = episode["high"] + EPISODE_SLOPE * episode["slope"] * ahead
+            if log_value - high >= math.log1p(policy.spike_threshold):
+                # Not back but beyond: the loss jumped over the level the fall left.
+                ref = _Reference(high, high, True, episode["slope"], high, high, episode["sigma"])
+                series.episode = None
+                return self._open_episode(series, ref, "spike", high, step, log_value, value, policy)
+            # Back once clearly out of it: the normal level, with the noise it had.
+            back = allowance if episode["kind"] == "dip" else max(allowance, policy.drop_threshold / 3)
+            if _median(ratios[-3:]) >= -back:
+                long = step - episode["onset"] > 2 * LOCAL_POINTS
+                series.close_episode(step)
+                if long:  # the points before it are too old to carry across the gap
+                    series.steps.clear()
+                    series.logs.clear()
+                series.accept(step, log_value)
+            elif step - episode["onset"] >= window * (1 if episode["kind"] == "dip" else LONG_DROP_WINDOWS):
+                # It stays: the new level. The level it left is remembered, so a return to it
+                # later is the fall's end, not a spike.
+                series.close_episode(step)
+                series.closed["stayed"] = True
+                series.steps.clear()
+                series.logs.clear()
+                series.accept(step, log_value)
+            return None
+        if _median(ratios[-3:]) <= allowance:
+            diverged = episode["kind"] == "diverged"
+            series.close_episode(step)
+            if diverged:  # the points before it are too old to extend
+                series.steps.clear()
+                series.logs.clear()
             series.accept(step, log_value)
             return None
-        if step < episode["onset"] + window:
+        if episode["kind"] != "spike" or step < episode["onset"] + window:
             return None
-        if episode["kind"] == "drop":  # a lasting fall is the new level, not an anomaly
-            series.rebaseline()
+        if _median(ratios) <= allowance:
+            series.close_episode(step)
             series.accept(step, log_value)
             return None
-        if episode["kind"] == "spike":
-            episode["kind"] = "diverged"  # latched: said once, silent until it recovers
-            evidence = {
-                "onset": episode["onset"],
-                "value": value,
-                "trend": math.exp(trend_log),
-                "ratio": ratio,
-                "window": window,
-            }
-            return "divergence", "rollback", evidence
-        return None
+        episode["kind"] = "diverged"  # latched: said once, silent until it recovers
+        evidence = {
+            "onset": episode["start"],
+            "spike_step": episode["onset"],
+            "value": value,
+            "trend": math.exp(level),
+            "ratio": ratio,
+            "window": window,
+        }
+        return "divergence", "rollback", evidence
+
+    def _judge_late(
+        self, series: _LossSeries, step: int, stage: Any, value: float, policy: Policy
+    ) -> tuple[str, str, dict[str, Any]] | None:
+        """A record overtaken by newer ones: judged, never added to the window."""
+        if stage != series.stage:
+            return None
+        if not math.isfinite(value):
+            if series.nonfinite is not None and abs(series.nonfinite - step) <= 3:
+                return None
+            evidence = {"onset": step, "value": _encode_nonfinite(value), "late": True}
+            return "nonfinite", "rollback", evidence
+        closed = series.closed
+        if series.episode is not None or len(series.steps) < policy.min_history:
+            return None  # an open episode already speaks for this stretch
+        if closed is not None and closed["onset"] <= step <= closed["end"]:
+            return None  # inside an episode already judged
+        ref = reference(series, step)
+        log_value = math.log(max(value, 1e-30))
+        judged = _classify(series, ref, log_value, policy)
+        if judged is None or judged[0] == "dip":
+            return None
+        kind, level = judged
+        ratio = math.exp(log_value - level) - 1
+        evidence = {"onset": step, "value": value, "trend": math.exp(level), "ratio": ratio, "late": True}
+        return kind, "alert", evidence
 
     def _observe_ppl(
         self,
@@ -411,9 +601,14 @@ class Detector:
     def from_state(
         cls, state: Mapping[str, Any], policy: Policy | Callable[[str], Policy] = Policy()
     ) -> Detector:
-        """A detector that carries on where the one that wrote `state` stopped."""
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"watchdog state version {state.get('version')!r} is not supported")
+        """A detector that carries on where the one that wrote `state` stopped.
+
+        State of version 1 (the detector before this one) keeps its jobs' attempts, PPL
+        history and counts; its loss series start their windows again.
+        """
+        version = state.get("version")
+        if version not in (1, STATE_VERSION):
+            raise ValueError(f"watchdog state version {version!r} is not supported")
         detector = cls(policy)
         detector.counts.update(state["counts"])
         state = copy.deepcopy(state)
@@ -421,13 +616,77 @@ class Detector:
             job: {
                 "attempt": saved["attempt"],
                 "series": {
-                    name: _LossSeries.from_dict(series) for name, series in saved["series"].items()
+                    name: _LossSeries.from_dict(series)
+                    for name, series in saved["series"].items()
+                    if version == STATE_VERSION
                 },
                 "ppl": saved["ppl"],
             }
             for job, saved in state["jobs"].items()
         }
         return detector
+
+
+def _classify(
+    series: _LossSeries, ref: _Reference, log_value: float, policy: Policy
+) -> tuple[str, float] | None:
+    """("spike" | "drop" | "dip", the reference level it was judged against) or None."""
+    over_local = log_value - ref.local
+    spike = math.log1p(policy.spike_threshold)
+    tolerance = math.log1p(policy.recover_tolerance)
+    recent = series.logs[-LOCAL_POINTS:]
+    if log_value > max(recent):
+        # Where the fall stops short (the end of warmup), carrying the latest points along
+        # the slope undershoots: a spike must clear them where they are by half its height.
+        if log_value - _expected(ref) >= spike and log_value - ref.plain >= spike / 2:
+            # Recovery is judged against the higher reference: autocorrelated noise that sat
+            # low before a jump is no reason to call a return to the normal level a divergence.
+            return "spike", max(ref.local, ref.trend)
+        if ref.trusted and log_value - ref.trend >= spike and over_local >= tolerance:
+            return "spike", ref.trend  # a creeping rise: the local level came along, the trend did not
+    drop = math.log1p(-policy.drop_threshold)
+    if over_local <= drop and log_value < min(recent) + math.log1p(-policy.drop_threshold / 2):
+        return "drop", min(ref.local, ref.trend) if ref.trusted else ref.local
+    # A sudden fall too small for a drop but too big for the noise: held out of the window
+    # like a drop, silently, so the return to the normal level is not read as a rise.
+    dip = min(math.log1p(-policy.spike_threshold / 2), -DIP_SIGMAS * ref.sigma)
+    if over_local <= dip and log_value < min(recent):
+        return "dip", ref.local
+    return None
+
+
+def _allowance(sigma: float, policy: Policy) -> float:
+    """How far above its reference (relative) a loss may be and count as back: the tolerance,
+    widened to the series' own noise, but never to two thirds of a spike."""
+    noise = math.expm1(NOISE_ALLOWANCE_SIGMAS * sigma)
+    return max(policy.recover_tolerance, min(noise, policy.spike_threshold * 2 / 3))
+
+
+def _returns_to(closed: Mapping[str, Any], step: int, log_value: float, policy: Policy) -> bool:
+    """Whether a rise, soon after a drop became the new level, lands at (or under) the level
+    the drop left, carried to `step`."""
+    if step - closed["end"] > LONG_DROP_WINDOWS * policy.recover_window_steps:
+        return False
+    ahead = min(step - closed["onset"], policy.recover_window_steps)
+    level = closed["level"] + EPISODE_SLOPE * closed["slope"] * ahead
+    return math.exp(log_value - level) - 1 <= policy.spike_threshold / 2
+
+
+def _expected(ref: _Reference) -> float:
+    """Where the next point is expected: the prediction from the trend and the noise's
+    autocorrelation, and never below the local level where the trend is not trusted."""
+    return ref.predicted if ref.trusted else max(ref.local, ref.predicted)
+
+
+def _excursion_start(series: _LossSeries, ref: _Reference, step: int, policy: Policy) -> int:
+    """The first step of the run of latest points above the trend by the tolerance."""
+    tolerance = math.log1p(policy.recover_tolerance)
+    start = step
+    for x, y in zip(reversed(series.steps), reversed(series.logs), strict=True):
+        if y + ref.slope * (step - x) - ref.trend < tolerance:
+            break
+        start = x
+    return start
 
 
 def _new_ppl() -> dict[str, Any]:
