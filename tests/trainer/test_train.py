@@ -299,6 +299,56 @@ def test_sigterm_saves_a_checkpoint_and_ends_as_preempted_with_exit_code_5(tmp_p
     assert ending["checkpoint"] == str(saved[0])
 
 
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step_as_preempted(tmp_path):
+    """Signals reach ranks at different moments; a rank that stopped alone would hang the rest."""
+
+    from trainer.checkpoint import verify
+
+    config = tiny_config(tmp_path, steps=100_000, checkpoint={"interval_steps": 0})
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        "-m", "trainer.train", "--config", str(tmp_path / "config.json"),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            metrics = tmp_path / "metrics.jsonl"
+            deadline = time.monotonic() + RUN_TIMEOUT_S
+            while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+                assert process.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            worker_of_rank(process.pid, 1).send_signal(signal.SIGTERM)
+            process.wait(timeout=RUN_TIMEOUT_S)
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+    assert process.returncode != 0  # torchrun reports any worker's non-zero exit as its failure
+    saved = list((tmp_path / "ckpt").glob("step-*"))
+    assert len(saved) == 1 and verify(saved[0])
+    last_step = records(tmp_path, "train")[-1]["step"]
+    endings = outcomes(tmp_path)
+    assert [e["rank"] for e in endings] == [0, 1]
+    for ending in endings:
+        assert ending["outcome"] == "preempted" and ending["step"] == last_step + 1
+        assert ending["checkpoint"] == str(saved[0])
+
+
+def worker_of_rank(agent_pid: int, rank: int):
+    import psutil
+
+    for child in psutil.Process(agent_pid).children(recursive=True):
+        try:
+            if child.environ().get("RANK") == str(rank) and "trainer.train" in child.cmdline():
+                return child
+        except psutil.Error:
+            continue  # a helper process that came and went
+    raise AssertionError(f"no trainer process of rank {rank} under {agent_pid}")
+
+
 # --- precision and stability -------------------------------------------------------------------------
 
 
