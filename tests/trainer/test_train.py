@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from trainer.config import config_to_dict, example_config
@@ -270,26 +271,36 @@ def test_published_checkpoints_carry_a_verifying_manifest_and_old_ones_are_prune
     assert any(name.endswith(".distcp") for name in manifest.files)
 
 
-def test_sigterm_saves_a_checkpoint_and_ends_as_preempted_with_exit_code_5(tmp_path):
-    config = tiny_config(tmp_path, steps=100_000, checkpoint={"interval_steps": 0})
-    (tmp_path / "config.json").write_text(json.dumps(config))
+def run_until_sigterm(tmp: Path, config: dict, *, after_steps: int = 3) -> tuple[int, str]:
+    """Start a single-process trainer, SIGTERM it once it has reported a few steps."""
+    (tmp / "config.json").write_text(json.dumps(config))
     process = subprocess.Popen(
-        [sys.executable, "-m", "trainer.train", "--config", str(tmp_path / "config.json")],
-        cwd=tmp_path,
+        [sys.executable, "-m", "trainer.train", "--config", str(tmp / "config.json")],
+        cwd=tmp,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    metrics = tmp_path / "metrics.jsonl"
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
-        assert process.poll() is None, process.stderr.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=RUN_TIMEOUT_S)
+    try:
+        metrics = tmp / "metrics.jsonl"
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not (metrics.exists() and metrics.read_text().count("\n") >= after_steps):
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, stderr
+
+
+def test_sigterm_saves_a_checkpoint_and_ends_as_preempted_with_exit_code_5(tmp_path):
+    config = tiny_config(tmp_path, steps=100_000, checkpoint={"interval_steps": 0})
+    returncode, stderr = run_until_sigterm(tmp_path, config)
     # Exit 0 would make Kubernetes mark an evicted PyTorchJob Succeeded.
-    assert process.returncode == 5, stderr[-3000:]
+    assert returncode == 5, stderr[-3000:]
     saved = list((tmp_path / "ckpt").glob("step-*"))
     assert len(saved) == 1
     last_step = records(tmp_path, "train")[-1]["step"]
@@ -323,7 +334,9 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step_as_preempted(tmp_
             worker_of_rank(process.pid, 1).send_signal(signal.SIGTERM)
             process.wait(timeout=RUN_TIMEOUT_S)
         finally:
-            if process.poll() is None:
+            if process.poll() is None:  # a hang: take the workers down with their agent
+                for child in psutil.Process(process.pid).children(recursive=True):
+                    child.kill()
                 process.kill()
 
     assert process.returncode != 0  # torchrun reports any worker's non-zero exit as its failure
@@ -337,9 +350,7 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step_as_preempted(tmp_
         assert ending["checkpoint"] == str(saved[0])
 
 
-def worker_of_rank(agent_pid: int, rank: int):
-    import psutil
-
+def worker_of_rank(agent_pid: int, rank: int) -> psutil.Process:
     for child in psutil.Process(agent_pid).children(recursive=True):
         try:
             if child.environ().get("RANK") == str(rank) and "trainer.train" in child.cmdline():
@@ -518,60 +529,95 @@ def test_metrics_and_checkpoints_reach_the_ingest_api_with_the_job_token(tmp_pat
     assert checkpoint["path"].endswith("step-00000004") and len(checkpoint["manifest_sha256"]) == 64
 
 
+class FakeService:
+    """The service's ingest routes on loopback: takes metrics, registers checkpoints and answers
+    each registration with `prune`, the list of checkpoints it wants deleted."""
+
+    def __init__(self, prune: list[dict]) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.registered: list[dict] = []
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                answer = b""
+                if self.path.endswith("/checkpoints"):
+                    service.registered.append(body)
+                    answer = json.dumps({"id": len(service.registered), "step": body["step"], "prune": prune}).encode()
+                self.send_response(201 if answer else 202)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *_):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self) -> FakeService:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def fake_checkpoint(ckpt: Path, name: str, *, attempt: int = 0) -> dict:
+    """A sealed checkpoint directory (not loadable, but its manifest is real); its prune entry."""
+    from trainer.checkpoint import read_manifest, write_manifest
+
+    (ckpt / name).mkdir(parents=True)
+    (ckpt / name / "shard.distcp").write_bytes(name.encode())
+    write_manifest(ckpt / name, step=int(name[-8:]), tokens=0, attempt=attempt)
+    sha = read_manifest(ckpt / name).sha256()
+    return {"path": str(ckpt / name), "step": int(name[-8:]), "attempt": attempt, "manifest_sha256": sha}
+
+
 def test_with_a_service_only_what_its_prune_list_names_is_deleted_and_only_if_the_sha_matches(tmp_path):
     """The service owns retention: no keep_last, no abandoned timeline, an interrupted replace
     recovered; a listed checkpoint goes only while its manifest still has the listed sha256."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from trainer.checkpoint import read_manifest, verify, write_manifest
+    from trainer.checkpoint import verify
 
     ckpt = tmp_path / "ckpt"
-    for name, attempt in [("step-00000006", 0), ("step-00000008", 0), (".old-step-00000010", 0)]:
-        (ckpt / name).mkdir(parents=True)
-        (ckpt / name / "shard.distcp").write_bytes(name.encode())
-        write_manifest(ckpt / name, step=int(name[-8:]), tokens=0, attempt=attempt)
-    listed = [
-        {"path": str(ckpt / "step-00000006"), "step": 6, "attempt": 0,
-         "manifest_sha256": read_manifest(ckpt / "step-00000006").sha256()},
-        {"path": str(ckpt / "step-00000008"), "step": 8, "attempt": 0, "manifest_sha256": "0" * 64},
-    ]  # fmt: skip
-    registered: list[dict] = []
-
-    class Service(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server's naming)
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            answer = b""
-            if self.path.endswith("/checkpoints"):
-                registered.append(body)
-                answer = json.dumps({"id": len(registered), "step": body["step"], "prune": listed}).encode()
-            self.send_response(201 if answer else 202)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-
-        def log_message(self, *_):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Service)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    doomed = fake_checkpoint(ckpt, "step-00000006")
+    replaced = {**fake_checkpoint(ckpt, "step-00000008"), "manifest_sha256": "0" * 64}  # a newer one is there
+    fake_checkpoint(ckpt, ".old-step-00000010")  # a replace cut short between its two renames
+    with FakeService(prune=[doomed, replaced]) as service:
         config = tiny_config(
             tmp_path, steps=4, job={"id": "7", "attempt": 1, "name": "prune"},
-            metrics={"url": f"http://127.0.0.1:{server.server_address[1]}", "flush_interval_s": 0.1},
+            metrics={"url": service.url, "flush_interval_s": 0.1},
             checkpoint={"interval_steps": 2, "keep_last": 1},
         )  # fmt: skip
         run_trainer(tmp_path, config)
-    finally:
-        server.shutdown()
 
-    assert [body["step"] for body in registered] == [2, 4]
+    assert [body["step"] for body in service.registered] == [2, 4]
     assert sorted(p.name for p in ckpt.iterdir()) == [
         "step-00000002", "step-00000004", "step-00000008", "step-00000010",
     ]  # fmt: skip
     assert verify(ckpt / "step-00000010").step == 10  # set aside by a replace, put back
     assert verify(ckpt / "step-00000004").attempt == 1
+
+
+def test_a_trainer_stopping_on_sigterm_registers_its_checkpoint_but_deletes_nothing(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    listed = fake_checkpoint(ckpt, "step-00090000")
+    with FakeService(prune=[listed]) as service:
+        config = tiny_config(
+            tmp_path, steps=100_000, metrics={"url": service.url, "flush_interval_s": 0.1},
+            checkpoint={"interval_steps": 0},
+        )  # fmt: skip
+        returncode, stderr = run_until_sigterm(tmp_path, config)
+
+    assert returncode == 5, stderr[-3000:]
+    (ending,) = outcomes(tmp_path)
+    assert [body["path"] for body in service.registered] == [ending["checkpoint"]]
+    assert (ckpt / "step-00090000").is_dir()  # the service may be rolling back to it right now
 
 
 def test_z_loss_adds_its_penalty_to_the_reported_loss(tmp_path, learning_run):
