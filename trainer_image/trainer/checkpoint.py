@@ -223,11 +223,7 @@ def prune_listed(entries: Iterable[Mapping[str, Any]], *, attempt: int) -> list[
         if current != expected:
             log.info("checkpoint %s kept: it is not the one the service marked unusable", path)
             continue
-        # Out of sight in one rename, then deleted: never a half-deleted checkpoint directory.
-        doomed = path.parent / f"{_tmp_prefix(attempt)}pruned-{path.name}"
-        os.rename(path, doomed)
-        _fsync_dir(path.parent)
-        shutil.rmtree(doomed)
+        _delete(path, attempt=attempt)
         deleted.append(path)
         log.info("checkpoint %s deleted: the service marked it unusable", path)
     return deleted
@@ -388,21 +384,22 @@ class CheckpointManager:
     def _prune_standalone(self, *, saved_step: int) -> None:
         """Keep the newest `keep_last`, plus anything pinned or resumed from.
 
-        Folders past the step just saved belong to an abandoned timeline: an earlier attempt
-        went further before a rollback (the service marked them unusable) or died before it
-        reported them. They are deleted rather than counted, or they would outlive and push
-        out this attempt's own newer-trained checkpoints.
+        Folders past the step just saved belong to an abandoned timeline: an earlier run in
+        this directory went further before this one resumed from an earlier checkpoint. They
+        are deleted rather than counted, or they would outlive and push out this run's own
+        newer-trained checkpoints.
         """
         keep = {Path(p).resolve() for p in self.config.checkpoint.pinned}
         if self.resumed_from is not None:
             keep.add(self.resumed_from.resolve())
         candidates = [p for p in published(self.directory) if p.resolve() not in keep]
+        attempt = self.config.job.attempt
         for abandoned in [p for p in candidates if _step_of(p) > saved_step]:
-            shutil.rmtree(abandoned, ignore_errors=True)
+            _delete(abandoned, attempt=attempt)
             log.info("checkpoint %s pruned: past step %d, from an abandoned timeline", abandoned, saved_step)
         candidates = [p for p in candidates if _step_of(p) <= saved_step]
         for old in candidates[: max(0, len(candidates) - self.config.checkpoint.keep_last)]:
-            shutil.rmtree(old, ignore_errors=True)
+            _delete(old, attempt=attempt)
             log.info("checkpoint %s pruned", old)
 
 
@@ -425,6 +422,14 @@ def _results_queue_that_outlives_sigterm() -> None:
     manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
     manager.start(initializer=functools.partial(signal.signal, signal.SIGTERM, signal.SIG_IGN))
     filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager alive
+
+
+def _delete(checkpoint: Path, *, attempt: int) -> None:
+    """Out of sight in one rename, then deleted: never a half-deleted checkpoint directory."""
+    doomed = checkpoint.parent / f"{_tmp_prefix(attempt)}deleted-{checkpoint.name}"
+    os.rename(checkpoint, doomed)
+    _fsync_dir(checkpoint.parent)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _tmp_prefix(attempt: int) -> str:

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
 
+from trainer import parallel
 from trainer.config import TrainConfig
 
 # A perfectly flat history has no spread; a spike is then measured against 1% of its mean.
@@ -181,7 +182,7 @@ def optimizer_step(optimizer, guard: StepGuard, *, loss_finite: bool) -> tuple[V
 
 def _agreed(verdict: Verdict) -> Verdict:
     """The strictest verdict of any rank: a rank that skips alone would leave the others behind."""
-    reason = torch.tensor([int(verdict.reason)], dtype=torch.int32)
+    reason = torch.tensor([int(verdict.reason)], dtype=torch.int32, device=parallel.device())
     dist.all_reduce(reason, op=dist.ReduceOp.MAX)
     agreed = SkipReason(int(reason.item()))
     return verdict if agreed is verdict.reason else Verdict(agreed, verdict.zscore)

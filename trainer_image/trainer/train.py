@@ -157,7 +157,7 @@ class Trainer:
     def update(self, *, loss_finite: bool) -> dict[str, float]:
         """The optimizer step, unless the guard skips it (a NaN or a gradient-norm spike)."""
         fp16 = self.config.precision.dtype == "fp16"
-        scale = float(self.optimizer.get_loss_scale().item())
+        scale = float(self.optimizer.get_loss_scale().item()) if fp16 else 1.0
         verdict, grad_norm = optimizer_step(self.optimizer, self.guard, loss_finite=loss_finite)
         # An fp16 overflow is the loss scaler's to absorb, until its scale can drop no lower.
         overflow_only = fp16 and loss_finite and scale > self.config.precision.loss_scale.min_scale
@@ -241,7 +241,7 @@ class Trainer:
 
     def _stop_agreed(self) -> bool:
         """Whether any rank got SIGTERM: signals reach ranks at different steps, but all stop at one."""
-        flag = torch.tensor([int(self.stop_requested)], dtype=torch.int32)
+        flag = torch.tensor([int(self.stop_requested)], dtype=torch.int32, device=parallel.device())
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
@@ -296,7 +296,7 @@ def _loss_func(
 
 def _gather_stats(outputs, num_channels: int, layout: parallel.Layout) -> dict[str, torch.Tensor]:
     """Sum per-channel loss and tokens over micro-batches and data-parallel ranks, to every rank."""
-    sums = torch.zeros(2, num_channels + 1, dtype=torch.float64)
+    sums = torch.zeros(2, num_channels + 1, dtype=torch.float64, device=parallel.device())
     # Only one tensor-parallel rank of the last stage counts: its peers hold the same values.
     if layout.is_last_stage and layout.tensor_rank == 0:
         for output in outputs:
