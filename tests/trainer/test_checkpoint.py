@@ -150,3 +150,12 @@ def test_a_prune_entry_that_is_not_a_checkpoint_directory_is_ignored(tmp_path):
     sha = read_manifest(precious).sha256()
     assert prune_listed([entry(precious, sha), {"path": str(precious)}, "junk"], attempt=0) == []
     assert precious.is_dir()
+
+
+def test_a_delete_cut_short_earlier_does_not_block_the_next_one(tmp_path):
+    doomed, sha = published(tmp_path, 6, attempt=0)
+    leftover = tmp_path / ".tmp-a1-deleted-step-00000006"  # a crash mid-rmtree last time
+    leftover.mkdir()
+    (leftover / "__0_0.distcp").write_bytes(b"half")
+    assert prune_listed([entry(doomed, sha, step=6)], attempt=1) == [doomed]
+    assert contents(tmp_path) == []

@@ -2,7 +2,7 @@
 
 Model and optimizer go through `megatron.core.dist_checkpointing` (every rank writes its
 shards); the trainer's own counters go beside them. A checkpoint is written to a temporary
-directory `.tmp-step-N-aA`, sealed with a manifest (step, tokens, every file with its size and
+directory `.tmp-aA-step-N`, sealed with a manifest (step, tokens, every file with its size and
 sha256), every file and directory fsynced, and published by one atomic rename. A step saved
 again (a later attempt reaching it) replaces the old directory in two renames: the old one
 aside to `.old-step-N`, the new one in; `recover` on start-up finishes a replace that was
@@ -223,9 +223,9 @@ def prune_listed(entries: Iterable[Mapping[str, Any]], *, attempt: int) -> list[
         if current != expected:
             log.info("checkpoint %s kept: it is not the one the service marked unusable", path)
             continue
-        _delete(path, attempt=attempt)
-        deleted.append(path)
-        log.info("checkpoint %s deleted: the service marked it unusable", path)
+        if _delete(path, attempt=attempt):
+            deleted.append(path)
+            log.info("checkpoint %s deleted: the service marked it unusable", path)
     return deleted
 
 
@@ -395,12 +395,12 @@ class CheckpointManager:
         candidates = [p for p in published(self.directory) if p.resolve() not in keep]
         attempt = self.config.job.attempt
         for abandoned in [p for p in candidates if _step_of(p) > saved_step]:
-            _delete(abandoned, attempt=attempt)
-            log.info("checkpoint %s pruned: past step %d, from an abandoned timeline", abandoned, saved_step)
+            if _delete(abandoned, attempt=attempt):
+                log.info("checkpoint %s pruned: past step %d, an abandoned timeline", abandoned, saved_step)
         candidates = [p for p in candidates if _step_of(p) <= saved_step]
         for old in candidates[: max(0, len(candidates) - self.config.checkpoint.keep_last)]:
-            _delete(old, attempt=attempt)
-            log.info("checkpoint %s pruned", old)
+            if _delete(old, attempt=attempt):
+                log.info("checkpoint %s pruned", old)
 
 
 def _step_of(path: Path) -> int:
@@ -424,12 +424,21 @@ def _results_queue_that_outlives_sigterm() -> None:
     filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager alive
 
 
-def _delete(checkpoint: Path, *, attempt: int) -> None:
-    """Out of sight in one rename, then deleted: never a half-deleted checkpoint directory."""
+def _delete(checkpoint: Path, *, attempt: int) -> bool:
+    """Out of sight in one rename, then deleted: never a half-deleted checkpoint directory.
+
+    Best effort: a checkpoint that cannot be deleted is logged, and training goes on.
+    """
     doomed = checkpoint.parent / f"{_tmp_prefix(attempt)}deleted-{checkpoint.name}"
-    os.rename(checkpoint, doomed)
-    _fsync_dir(checkpoint.parent)
+    try:
+        shutil.rmtree(doomed, ignore_errors=True)  # left by a crash in an earlier delete
+        os.rename(checkpoint, doomed)
+        _fsync_dir(checkpoint.parent)
+    except OSError as exc:
+        log.warning("could not delete checkpoint %s: %s", checkpoint, exc)
+        return False
     shutil.rmtree(doomed, ignore_errors=True)
+    return True
 
 
 def _tmp_prefix(attempt: int) -> str:
