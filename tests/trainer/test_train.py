@@ -457,7 +457,7 @@ def test_a_persistent_nan_ends_the_run_as_diverged_naming_its_first_step(tmp_pat
     assert "steps 3-5" in ending["message"]
 
 
-def test_an_lr_blowup_makes_the_run_diverge_and_no_nan_reaches_the_weights(tmp_path):
+def test_an_lr_blowup_makes_the_run_diverge_with_its_nonfinite_steps_skipped(tmp_path):
     config = tiny_config(
         tmp_path, steps=20, optimizer={"clip_grad": 0.0}, checkpoint={"interval_steps": 0},
         faults={"lr_blowup_from_step": 2, "lr_blowup_factor": 1e7},
