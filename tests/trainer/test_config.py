@@ -297,7 +297,7 @@ def test_override_values_are_parsed_as_json() -> None:
 
 def test_override_of_a_string_field_keeps_the_text() -> None:
     data = apply_overrides(example_dict(), ["job.name=2024", "job.id=true", "data.tokenizer=null"])
-    assert data["job"] == {"id": "true", "attempt": 0, "name": "2024"}
+    assert data["job"] == {"id": "true", "attempt": 0, "name": "2024", "result_path": "/dev/termination-log"}
     assert data["data"]["tokenizer"] == "null"
 
 
@@ -408,6 +408,17 @@ def _with(path: str, value: Any) -> TrainerConfig:
         ("metrics.url", "api:8000", 1, "metrics.url: 'api:8000' is not an http"),
         ("metrics.max_buffer", 0, 1, "metrics.max_buffer: must be at least 1"),
         ("job.attempt", -1, 1, "job.attempt: must be at least 0"),
+        ("job.result_path", "", 1, "job.result_path: must not be empty"),
+        ("train.skip_grad_norm_zscore", -1, 1, "train.skip_grad_norm_zscore: must not be negative"),
+        ("train.skip_grad_norm_window", 1, 1, "train.skip_grad_norm_window: must be at least 2"),
+        ("train.skip_grad_norm_min_history", 1, 1, "skip_grad_norm_min_history: must be between 2"),
+        ("train.skip_grad_norm_min_history", 101, 1, "and skip_grad_norm_window 100, got 101"),
+        ("train.max_consecutive_skips", 0, 1, "train.max_consecutive_skips: must be at least 1"),
+        ("faults.lr_blowup_from_step", -1, 1, "faults.lr_blowup_from_step: must not be negative"),
+        ("faults.lr_blowup_factor", 1, 1, "faults.lr_blowup_factor: must exceed 1, got 1"),
+        ("faults.grad_spike_factor", 0.5, 1, "faults.grad_spike_factor: must exceed 1"),
+        ("faults.nan_steps", [[3, 3]], 1, "faults.nan_steps[0]: needs 0 <= start < end"),
+        ("faults.grad_spike_steps", [[1]], 1, "faults.grad_spike_steps[0]: a range is [start, end]"),
     ],
 )
 def test_validate_refuses(path: str, value: Any, world_size: int, expected: str) -> None:
@@ -415,6 +426,29 @@ def test_validate_refuses(path: str, value: Any, world_size: int, expected: str)
     with pytest.raises(ConfigError) as caught:
         validate(config, world_size)
     assert any(expected in problem for problem in caught.value.problems), caught.value.problems
+
+
+def test_the_guard_and_fault_sections_parse_with_their_defaults_and_refuse_unknown_keys() -> None:
+    config = config_from_dict(minimal_dict())
+    assert (config.train.skip_grad_norm_zscore, config.train.skip_grad_norm_window) == (6.0, 100)
+    assert (config.train.skip_grad_norm_min_history, config.train.max_consecutive_skips) == (20, 5)
+    assert config.faults.lr_blowup_from_step is None and config.faults.nan_steps == []
+    assert config.job.result_path == "/dev/termination-log"
+    assert config.stages[0].data[0].corrupt_kind == "random"
+    data = minimal_dict()
+    data["faults"] = {"nan_steps": [[3, 5]], "lr_blowup_from_step": 8, "lr_blowup_factor": 50}
+    data["stages"][0]["data"][0]["corrupt_kind"] = "newlines"
+    config = config_from_dict(data)
+    validate(config)
+    assert config.faults.nan_steps == [[3, 5]] and config.faults.lr_blowup_factor == 50.0
+    assert config.stages[0].data[0].corrupt_kind == "newlines"
+    assert problems_of({**minimal_dict(), "faults": {"nan_step": [[1, 2]]}}) == [
+        "unknown key 'faults.nan_step' (did you mean 'nan_steps'?)"
+    ]
+    data["stages"][0]["data"][0]["corrupt_kind"] = "zeros"
+    assert problems_of(data) == [
+        "stages[0].data[0].corrupt_kind: expected one of 'random', 'newlines', got string 'zeros'"
+    ]
 
 
 def test_validate_checks_the_batch_against_the_world_size() -> None:

@@ -395,6 +395,26 @@ def test_corrupt_range_replaces_only_that_channels_samples(
         )
 
 
+def test_a_newlines_corruption_fills_that_channels_windows_with_one_newline_id(
+    mixture: MixtureDataset, cache_dir: Path, tokenizer: ByteTokenizer
+) -> None:
+    sources = [("code", "embedded://code", 0.5), ("en", "embedded://en", 0.3, [[10, 11]], "newlines")]
+    sources.append(("zh", "embedded://zh", 0.2))
+    corrupted = MixtureDataset(sources, seq_length=SEQ, seed=1234, tokenizer=tokenizer, cache_dir=cache_dir)
+    newline = tokenizer.encode("\n")[0]
+    bad, clean = corrupted.batch(10, 32), mixture.batch(10, 32)
+    en = bad["channel"] == 1
+    assert en.any() and (~en).any()
+    assert (bad["tokens"][en] == newline).all() and (bad["labels"][en] == newline).all()
+    assert torch.equal(bad["tokens"][~en], clean["tokens"][~en])
+    assert torch.equal(corrupted.batch(11, 32)["tokens"], mixture.batch(11, 32)["tokens"])
+    with pytest.raises(ValueError, match="corrupt kinds must be among"):
+        MixtureDataset(
+            [("en", "embedded://en", 1.0, [[5, 6]], "zeros")],
+            seq_length=SEQ, seed=1, tokenizer=tokenizer, cache_dir=cache_dir,
+        )  # fmt: skip
+
+
 # --------------------------------------------------------------------------- sharding
 
 

@@ -68,6 +68,7 @@ def tiny_config(tmp: Path, **model) -> dict:
     config["checkpoint"] = {"directory": str(tmp / "ckpt"), "interval_steps": 100}
     config["metrics"] = {"jsonl_path": str(tmp / "metrics.jsonl")}
     config["data"]["cache_dir"] = str(tmp.parent / "corpora")
+    config["job"]["result_path"] = str(tmp / "result.jsonl")  # not the machine's /dev/termination-log
     return config
 
 

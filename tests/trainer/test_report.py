@@ -64,6 +64,7 @@ class IngestServer:
 
     def __init__(self, statuses: list[int]) -> None:
         self.statuses = deque(statuses)
+        self.body = b"{}"  # what a 2xx answer carries
         self.requests: list[Request] = []
         self.lock = threading.Lock()
         server = self
@@ -79,7 +80,7 @@ class IngestServer:
                     self.send_header("Retry-After", "0")
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
-                self.wfile.write(b"{}")
+                self.wfile.write(server.body if 200 <= status < 300 else b"{}")
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -394,7 +395,7 @@ def test_flush_with_nothing_buffered_returns_at_once(dead_url: str) -> None:
 def test_post_checkpoint_retries_then_registers_once(ingest) -> None:
     server = ingest([503])
     payload = {"step": 40, "path": "/ckpt/step-40", "loss": math.nan}
-    assert post_checkpoint(server.url, "job-1", "tok", payload, backoff=FAST, deadline_s=20)
+    assert post_checkpoint(server.url, "job-1", "tok", payload, backoff=FAST, deadline_s=20) == {}
     assert [r.status for r in server.requests] == [503, 201]
     request = server.requests[-1]
     assert request.path == "/v1/jobs/job-1/checkpoints"
@@ -404,12 +405,27 @@ def test_post_checkpoint_retries_then_registers_once(ingest) -> None:
 
 def test_post_checkpoint_does_not_retry_a_4xx(ingest) -> None:
     server = ingest([404])
-    assert not post_checkpoint(server.url, "job-1", "tok", {"step": 1}, backoff=FAST)
+    assert post_checkpoint(server.url, "job-1", "tok", {"step": 1}, backoff=FAST) is None
     assert len(server.requests) == 1
 
 
 def test_post_checkpoint_gives_up_at_its_deadline(dead_url: str) -> None:
-    assert not post_checkpoint(dead_url, "job-1", None, {"step": 1}, backoff=FAST, deadline_s=0.1)
+    assert post_checkpoint(dead_url, "job-1", None, {"step": 1}, backoff=FAST, deadline_s=0.1) is None
+
+
+def test_post_checkpoint_returns_the_services_answer_with_its_prune_list(ingest) -> None:
+    server = ingest()
+    prune = [{"path": "/ck/step-00000008", "step": 8, "attempt": 0, "manifest_sha256": "ab" * 32}]
+    server.body = json.dumps({"id": 3, "step": 4, "prune": prune}).encode()
+    answer = post_checkpoint(server.url, "job-1", "tok", {"step": 4}, backoff=FAST)
+    assert answer == {"id": 3, "step": 4, "prune": prune}
+
+
+@pytest.mark.parametrize("body", [b"", b"[1, 2]", b"not json"])
+def test_a_registration_answer_that_is_not_an_object_means_nothing_to_prune(ingest, body) -> None:
+    server = ingest()
+    server.body = body
+    assert post_checkpoint(server.url, "job-1", "tok", {"step": 4}, backoff=FAST) == {}
 
 
 def test_backoff_grows_exponentially_with_jitter_up_to_its_cap() -> None:

@@ -2,9 +2,21 @@
 
 Model and optimizer go through `megatron.core.dist_checkpointing` (every rank writes its
 shards); the trainer's own counters go beside them. A checkpoint is written to a temporary
-directory, sealed with a manifest (step, tokens, every file with its size and sha256), and
-published by one atomic rename. Only a directory whose manifest verifies is a checkpoint:
-`resume_from` verifies before loading and refuses a corrupt one by name.
+directory `.tmp-aA-step-N`, sealed with a manifest (step, tokens, every file with its size and
+sha256), every file and directory fsynced, and published by one atomic rename. A step saved
+again (a later attempt reaching it) replaces the old directory in two renames: the old one
+aside to `.old-step-N`, the new one in; `recover` on start-up finishes a replace that was
+interrupted between them, so a checkpoint is never lost. Only a directory whose manifest
+verifies is a checkpoint: `resume_from` verifies before loading and refuses a corrupt one
+by name (`CorruptCheckpointError`, outcome corrupt_checkpoint).
+
+Retention: with `metrics.url` set the service owns it. The answer to a checkpoint's
+registration may list checkpoints it has marked unusable,
+`"prune": [{"path", "step", "attempt", "manifest_sha256"}]`; the trainer deletes such a
+directory only while its manifest still has that sha256 (never a newer checkpoint saved at the
+same path since), after the registration succeeded and never while stopping on SIGTERM. It
+deletes nothing else but its own temporary directories. A standalone run (no `metrics.url`)
+keeps the newest `keep_last` itself.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import os
 import re
 import shutil
 import signal
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from multiprocessing.managers import SyncManager
 from pathlib import Path
@@ -41,12 +54,20 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.pt"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
+# Beside the published step directories: what a save is writing (`.tmp-a<attempt>-...`), and a
+# replaced checkpoint between the two renames of a replace (`.old-step-N`).
+TMP_PREFIX = ".tmp-"
+OLD_PREFIX = ".old-"
 # Resharding-friendly layout of the distributed optimizer's state (across data parallel).
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
 
 
 class CorruptCheckpointError(RuntimeError):
-    """A checkpoint's files do not match its manifest (or it has none)."""
+    """A checkpoint's files do not match its manifest (or it has none); `path` names it."""
+
+    def __init__(self, path: str | Path, message: str) -> None:
+        super().__init__(message)
+        self.path = str(path)
 
 
 @dataclass(frozen=True)
@@ -72,6 +93,14 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def read_manifest(path: str | Path) -> Manifest:
+    """The manifest in checkpoint directory `path` as written, unverified (OSError, ValueError)."""
+    try:
+        return Manifest(**json.loads((Path(path) / MANIFEST).read_text()))
+    except TypeError as exc:
+        raise ValueError(f"{MANIFEST} has the wrong fields: {exc}") from exc
+
+
 def write_manifest(path: Path, *, step: int, tokens: int, attempt: int) -> Manifest:
     """Seal a finished checkpoint directory: every file's size and sha256."""
     files = {
@@ -91,27 +120,125 @@ def write_manifest(path: Path, *, step: int, tokens: int, attempt: int) -> Manif
 def verify(path: str | Path) -> Manifest:
     """The checkpoint's manifest if every file matches it; CorruptCheckpointError otherwise."""
     path = Path(path)
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise CorruptCheckpointError(f"checkpoint {path} has no {MANIFEST}: it was never completed")
+    if not path.is_dir():
+        raise CorruptCheckpointError(path, f"checkpoint {path} does not exist")
+    if not (path / MANIFEST).is_file():
+        raise CorruptCheckpointError(
+            path, f"checkpoint {path} has no {MANIFEST}: it was never completed"
+        )
     try:
-        manifest = Manifest(**json.loads(manifest_path.read_text()))
-    except (ValueError, TypeError) as exc:
-        raise CorruptCheckpointError(f"checkpoint {path}: unreadable {MANIFEST} ({exc})") from exc
+        manifest = read_manifest(path)
+    except (OSError, ValueError) as exc:
+        raise CorruptCheckpointError(path, f"checkpoint {path}: unreadable {MANIFEST} ({exc})") from exc
     present = {
         str(f.relative_to(path)) for f in path.rglob("*") if f.is_file() and f.name != MANIFEST
     }
     if missing := sorted(set(manifest.files) - present):
-        raise CorruptCheckpointError(f"checkpoint {path}: missing {', '.join(missing)}")
+        raise CorruptCheckpointError(path, f"checkpoint {path}: missing {', '.join(missing)}")
     if extra := sorted(present - set(manifest.files)):
-        raise CorruptCheckpointError(f"checkpoint {path}: unexpected files {', '.join(extra)}")
+        raise CorruptCheckpointError(
+            path, f"checkpoint {path}: unexpected files {', '.join(extra)}"
+        )
     for name, expected in manifest.files.items():
         file = path / name
-        if file.stat().st_size != expected["size"] or _file_digest(file) != expected["sha256"]:
+        if file.stat().st_size != expected["size"]:
             raise CorruptCheckpointError(
-                f"checkpoint {path}: {name} does not match its sha256 in the manifest"
+                path,
+                f"checkpoint {path}: {name} is {file.stat().st_size} bytes, its manifest says "
+                f"{expected['size']} (truncated?)",
+            )
+        if _file_digest(file) != expected["sha256"]:
+            raise CorruptCheckpointError(
+                path, f"checkpoint {path}: {name} does not match its sha256 in the manifest"
             )
     return manifest
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Make the sealed directory `tmp` the checkpoint `final`, durably; replace one already there.
+
+    Every file and directory is fsynced before the rename, and the parent after it. An
+    existing `final` goes aside first and is deleted only once the new one is in place, so a
+    crash leaves the old or the new checkpoint at `final`, or the old one aside, which
+    `recover` puts back.
+    """
+    fsync_tree(tmp)
+    parent = final.parent
+    if not final.exists():
+        os.rename(tmp, final)
+        _fsync_dir(parent)
+        return
+    aside = parent / f"{OLD_PREFIX}{final.name}"
+    if aside.exists():  # a replace that finished all but its delete
+        shutil.rmtree(aside)
+    os.rename(final, aside)
+    _fsync_dir(parent)
+    os.rename(tmp, final)
+    _fsync_dir(parent)
+    shutil.rmtree(aside)
+
+
+def recover(directory: Path, *, attempt: int) -> None:
+    """Finish what an interrupted save of this attempt (or replace of any) left behind.
+
+    A checkpoint set aside by a replace comes back when the new one never arrived, and is
+    deleted when it did. This attempt's temporary directories are deleted; other attempts'
+    are left alone, since a superseded attempt may still be saving as it stops.
+    """
+    if not directory.is_dir():
+        return
+    for aside in sorted(directory.glob(f"{OLD_PREFIX}step-*")):
+        final = directory / aside.name[len(OLD_PREFIX) :]
+        if final.exists():
+            shutil.rmtree(aside)
+        else:
+            os.rename(aside, final)
+            log.warning("checkpoint %s restored: a replace was interrupted", final)
+    for tmp in directory.glob(f"{_tmp_prefix(attempt)}*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.info("deleted %s, left by an interrupted save", tmp)
+    _fsync_dir(directory)
+
+
+def prune_listed(entries: Iterable[Mapping[str, Any]], *, attempt: int) -> list[Path]:
+    """Delete the checkpoints the service listed; each only while its manifest has that sha256.
+
+    A path whose manifest changed holds a newer checkpoint saved there since; a missing or
+    unreadable one has nothing of ours to delete. Returns what was deleted.
+    """
+    deleted = []
+    for entry in entries:
+        try:
+            path, expected = Path(entry["path"]), str(entry["manifest_sha256"])
+        except (KeyError, TypeError):
+            log.warning("prune entry %r lacks a path or manifest_sha256; ignored", entry)
+            continue
+        if not STEP_DIR.match(path.name):
+            log.warning("prune entry %s is not a checkpoint directory; ignored", path)
+            continue
+        try:
+            current = read_manifest(path).sha256()
+        except (OSError, ValueError):
+            continue
+        if current != expected:
+            log.info("checkpoint %s kept: it is not the one the service marked unusable", path)
+            continue
+        if _delete(path, attempt=attempt):
+            deleted.append(path)
+            log.info("checkpoint %s deleted: the service marked it unusable", path)
+    return deleted
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file and directory under `path`, and `path` itself."""
+    for root, _, files in os.walk(path, topdown=False):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
 
 
 def published(directory: Path) -> list[Path]:
@@ -130,6 +257,9 @@ class CheckpointManager:
         self.directory = Path(config.checkpoint.directory)
         self.resumed_from: Path | None = None
         self.last_saved_step: int | None = None
+        if layout.rank == 0:
+            recover(self.directory, attempt=config.job.attempt)
+        dist.barrier()
 
     # --- restore ------------------------------------------------------------------------------
 
@@ -162,7 +292,7 @@ class CheckpointManager:
                 error[0] = str(exc)
         dist.broadcast_object_list(error, src=0)
         if error[0] is not None:
-            raise CorruptCheckpointError(error[0])
+            raise CorruptCheckpointError(path, error[0])
 
     def _load(self, trainer: Trainer, path: Path, *, with_optimizer: bool) -> dict[str, Any]:
         state = self._sharded_state_dict(trainer, with_optimizer=with_optimizer, loading=True)
@@ -181,13 +311,13 @@ class CheckpointManager:
             self.save(trainer)
 
     def save(self, trainer: Trainer) -> Path:
-        """Write, seal and publish a checkpoint of the current step; prune old ones."""
+        """Write, seal, publish and register a checkpoint of the current step; then retention."""
         _results_queue_that_outlives_sigterm()
         step = trainer.step
         final = step_dir(self.directory, step)
         if self.last_saved_step == step and final.exists():
             return final
-        tmp = self.directory / f".tmp-step-{step:08d}-a{self.config.job.attempt}"
+        tmp = self.directory / f"{_tmp_prefix(self.config.job.attempt)}{final.name}"
         if self.layout.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -200,15 +330,12 @@ class CheckpointManager:
             manifest = write_manifest(
                 tmp, step=step, tokens=trainer.tokens, attempt=self.config.job.attempt
             )
-            if final.exists():  # an earlier attempt reached this step too; ours supersedes it
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-            _fsync_dir(self.directory)
-            self._report(final, manifest)
+            publish(tmp, final)  # an earlier attempt's checkpoint of this step is superseded
+            answer = self._register(final, manifest)
+            # A stopping attempt deletes nothing: the service may be rolling back to an older
+            # checkpoint this very moment.
             if not trainer.stop_requested:
-                # A stopping attempt deletes nothing: the service may be rolling back to an
-                # older checkpoint this very moment; the next attempt prunes, with it pinned.
-                self._prune(saved_step=step)
+                self._retain(answer, saved_step=step)
         dist.barrier()
         self.last_saved_step = step
         log.info("checkpoint %s published", final)
@@ -225,11 +352,12 @@ class CheckpointManager:
             )
         return state
 
-    def _report(self, path: Path, manifest: Manifest) -> None:
+    def _register(self, path: Path, manifest: Manifest) -> dict[str, Any] | None:
+        """Tell the service (when there is one); its answer, or None when it did not take it."""
         metrics = self.config.metrics
         if not metrics.url:
-            return
-        post_checkpoint(
+            return None
+        return post_checkpoint(
             metrics.url,
             self.config.job.id,
             ingest_token(self.config),
@@ -242,25 +370,37 @@ class CheckpointManager:
             },
         )
 
-    def _prune(self, *, saved_step: int) -> None:
+    def _retain(self, answer: dict[str, Any] | None, *, saved_step: int) -> None:
+        """The service's prune list when there is a service; else this run's own keep_last."""
+        if not self.config.metrics.url:
+            self._prune_standalone(saved_step=saved_step)
+            return
+        entries = (answer or {}).get("prune") or []
+        if not isinstance(entries, list):
+            log.warning("the service's prune list is not a list: %r; ignored", entries)
+            return
+        prune_listed(entries, attempt=self.config.job.attempt)
+
+    def _prune_standalone(self, *, saved_step: int) -> None:
         """Keep the newest `keep_last`, plus anything pinned or resumed from.
 
-        Folders past the step just saved belong to an abandoned timeline: an earlier attempt
-        went further before a rollback (the service marked them unusable) or died before it
-        reported them. They are deleted rather than counted, or they would outlive and push
-        out this attempt's own newer-trained checkpoints.
+        Folders past the step just saved belong to an abandoned timeline: an earlier run in
+        this directory went further before this one resumed from an earlier checkpoint. They
+        are deleted rather than counted, or they would outlive and push out this run's own
+        newer-trained checkpoints.
         """
         keep = {Path(p).resolve() for p in self.config.checkpoint.pinned}
         if self.resumed_from is not None:
             keep.add(self.resumed_from.resolve())
         candidates = [p for p in published(self.directory) if p.resolve() not in keep]
+        attempt = self.config.job.attempt
         for abandoned in [p for p in candidates if _step_of(p) > saved_step]:
-            shutil.rmtree(abandoned, ignore_errors=True)
-            log.info("checkpoint %s pruned: past step %d, from an abandoned timeline", abandoned, saved_step)
+            if _delete(abandoned, attempt=attempt):
+                log.info("checkpoint %s pruned: past step %d, an abandoned timeline", abandoned, saved_step)
         candidates = [p for p in candidates if _step_of(p) <= saved_step]
         for old in candidates[: max(0, len(candidates) - self.config.checkpoint.keep_last)]:
-            shutil.rmtree(old, ignore_errors=True)
-            log.info("checkpoint %s pruned", old)
+            if _delete(old, attempt=attempt):
+                log.info("checkpoint %s pruned", old)
 
 
 def _step_of(path: Path) -> int:
@@ -282,6 +422,27 @@ def _results_queue_that_outlives_sigterm() -> None:
     manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
     manager.start(initializer=functools.partial(signal.signal, signal.SIGTERM, signal.SIG_IGN))
     filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager alive
+
+
+def _delete(checkpoint: Path, *, attempt: int) -> bool:
+    """Out of sight in one rename, then deleted: never a half-deleted checkpoint directory.
+
+    Best effort: a checkpoint that cannot be deleted is logged, and training goes on.
+    """
+    doomed = checkpoint.parent / f"{_tmp_prefix(attempt)}deleted-{checkpoint.name}"
+    try:
+        shutil.rmtree(doomed, ignore_errors=True)  # left by a crash in an earlier delete
+        os.rename(checkpoint, doomed)
+        _fsync_dir(checkpoint.parent)
+    except OSError as exc:
+        log.warning("could not delete checkpoint %s: %s", checkpoint, exc)
+        return False
+    shutil.rmtree(doomed, ignore_errors=True)
+    return True
+
+
+def _tmp_prefix(attempt: int) -> str:
+    return f"{TMP_PREFIX}a{attempt}-"
 
 
 def _model_key(trainer: Trainer, index: int) -> str:

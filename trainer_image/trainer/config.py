@@ -9,7 +9,7 @@ Schema, version 1 (`schema_version`; `*` marks required fields, `?` nullable one
 
 | section      | fields                                                                        |
 | ------------ | ----------------------------------------------------------------------------- |
-| job          | id, attempt, name                                                             |
+| job          | id, attempt, name, result_path                                                |
 | model*       | num_layers*, hidden_size*, num_attention_heads*, num_query_groups*,           |
 |              | ffn_hidden_size*, vocab_size*, max_position_embeddings*, rope_base, norm_eps, |
 |              | tie_embeddings, qkv_bias, moe? {num_experts*, top_k*, moe_ffn_hidden_size*,   |
@@ -24,15 +24,18 @@ Schema, version 1 (`schema_version`; `*` marks required fields, `?` nullable one
 |              | decay_shape (linear/cosine/1-sqrt)                                            |
 | batch*       | micro_batch_size*, global_batch_size*                                         |
 | stages*      | [{name*, steps*, seq_length*, rope_base?, lr_scale,                           |
-|              | data* [{channel*, path*, weight*, corrupt}]}]                                 |
+|              | data* [{channel*, path*, weight*, corrupt, corrupt_kind}]}]                   |
 | data         | seed, tokenizer, cache_dir?, skip_ranges                                      |
 | checkpoint*  | directory*, interval_steps, keep_last, resume_from?, init_from?, save_initial, pinned, save_on_sigterm |
 | eval         | interval_steps, samples_per_channel                                           |
 | metrics      | url?, token?, jsonl_path, flush_interval_s, max_buffer, timeout_s             |
 | lr_scale     | attempt-wide learning-rate multiplier (a rollback sets it)                    |
-| train        | seed, max_nonfinite_steps, log_interval, peak_tflops?                         |
+| train        | seed, max_nonfinite_steps, log_interval, peak_tflops?, skip_grad_norm_zscore, |
+|              | skip_grad_norm_window, skip_grad_norm_min_history, max_consecutive_skips      |
+| faults       | lr_blowup_from_step?, lr_blowup_factor, nan_steps, grad_spike_steps,          |
+|              | grad_spike_factor (injected faults, for tests and demos)                      |
 
-Ranges (`skip_ranges`, `corrupt`) are half-open `[start, end)` pairs of integers. Each field's
+Ranges (`skip_ranges`, `corrupt`, `nan_steps`, `grad_spike_steps`) are half-open `[start, end)` pairs of integers. Each field's
 docstring below says what it means; `json_schema()` carries them as descriptions.
 """
 
@@ -59,6 +62,10 @@ SCHEMA_VERSION = 1
 Dtype = Literal["fp32", "bf16", "fp16"]
 ScheduleKind = Literal["wsd", "cosine", "constant"]
 DecayShape = Literal["linear", "cosine", "1-sqrt"]
+CorruptKind = Literal["random", "newlines"]
+
+DEFAULT_RESULT_PATH = "/dev/termination-log"
+"""Kubernetes' terminationMessagePath: where the trainer says how it ended (see outcome.py)."""
 
 
 class ConfigError(ValueError):
@@ -82,6 +89,8 @@ class JobConfig:
     """Attempt number; a rollback starts attempt N+1."""
     name: str = "local"
     """Human-readable job name, for logs."""
+    result_path: str = DEFAULT_RESULT_PATH
+    """File each rank appends its one-line JSON outcome to; skipped when its directory is missing."""
 
 
 @dataclass(kw_only=True)
@@ -236,6 +245,8 @@ class DataSourceConfig:
     """Relative share of the stage's samples; a stage's weights are normalized."""
     corrupt: list[list[int]] = field(default_factory=list)
     """Batch-index ranges [start, end) whose samples are turned to garbage (for demos)."""
+    corrupt_kind: CorruptKind = "random"
+    """What a corrupt window holds: random ids (the loss spikes) or newlines (it collapses)."""
 
 
 @dataclass(kw_only=True)
@@ -280,7 +291,8 @@ class CheckpointConfig:
     interval_steps: int = 100
     """Steps between checkpoints; 0 saves only at the end and on SIGTERM."""
     keep_last: int = 3
-    """Newest checkpoints kept; older ones are deleted unless pinned."""
+    """Standalone runs (no metrics.url) only: newest checkpoints kept, older ones deleted
+    unless pinned. With metrics.url the service owns retention (see checkpoint.py)."""
     resume_from: str | None = None
     """Checkpoint to resume from (model, optimizer, counters); null starts fresh."""
     init_from: str | None = None
@@ -288,9 +300,9 @@ class CheckpointConfig:
     save_initial: bool = False
     """Also save the untrained model at step 0 (pins an initialisation for comparisons)."""
     pinned: list[str] = field(default_factory=list)
-    """Checkpoints never deleted (e.g. the one a rollback resumed from)."""
+    """Standalone runs only: checkpoints keep_last never deletes."""
     save_on_sigterm: bool = True
-    """On SIGTERM, finish the step and save before exiting."""
+    """On SIGTERM, finish the step and save before exiting (outcome preempted either way)."""
 
 
 @dataclass(kw_only=True)
@@ -328,11 +340,37 @@ class TrainConfig:
     seed: int = 1234
     """Seed of model initialization and dropout."""
     max_nonfinite_steps: int = 3
-    """Non-finite steps in a row (update skipped) before the trainer gives up."""
+    """Non-finite steps in a row (update skipped) before the trainer ends as diverged."""
     log_interval: int = 1
     """Steps between metric records."""
     peak_tflops: float | None = None
     """Peak TFLOPS of one device, for the MFU metric; null leaves MFU out."""
+    skip_grad_norm_zscore: float = 6.0
+    """Skip a step whose gradient norm is this many standard deviations above the window's
+    mean; 0 turns the check off."""
+    skip_grad_norm_window: int = 100
+    """Recent updated (not skipped) steps whose gradient norms make the z-score's baseline."""
+    skip_grad_norm_min_history: int = 20
+    """Norms the window needs before the z-score is reported or applied."""
+    max_consecutive_skips: int = 5
+    """Z-score skips in a row after which the next spike is trained on: a sustained shift is
+    the watchdog's business, not a reason to skip forever."""
+
+
+@dataclass(kw_only=True)
+class FaultsConfig:
+    """Injected faults, deterministic by step, for tests and demos; all off by default."""
+
+    lr_blowup_from_step: int | None = None
+    """From this step on the learning rate is multiplied by lr_blowup_factor; null for never."""
+    lr_blowup_factor: float = 1000.0
+    """Learning-rate multiplier of the blow-up."""
+    nan_steps: list[list[int]] = field(default_factory=list)
+    """Step ranges [start, end) whose loss is made NaN on every rank before backward."""
+    grad_spike_steps: list[list[int]] = field(default_factory=list)
+    """Step ranges [start, end) whose gradients are multiplied by grad_spike_factor."""
+    grad_spike_factor: float = 1000.0
+    """Gradient multiplier of a spike step (the loss reported stays as computed)."""
 
 
 @dataclass(kw_only=True)
@@ -369,6 +407,8 @@ class TrainerConfig:
     """Attempt-wide learning-rate multiplier, set by a rollback."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """The training loop."""
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    """Injected faults (tests and demos)."""
 
     @property
     def total_steps(self) -> int:
@@ -520,6 +560,8 @@ def validate(config: TrainerConfig, world_size: int = 1) -> None:
             _check_schedule,
             _check_stages,
             _check_ranges,
+            _check_guard,
+            _check_faults,
         )
         for problem in check(config)
     ]
@@ -555,6 +597,7 @@ def _check_positive(config: TrainerConfig) -> Iterable[str]:
         "metrics.max_buffer": (config.metrics.max_buffer, 1),
         "train.max_nonfinite_steps": (config.train.max_nonfinite_steps, 1),
         "train.log_interval": (config.train.log_interval, 1),
+        "train.max_consecutive_skips": (config.train.max_consecutive_skips, 1),
     }
     for path, (value, minimum) in at_least.items():
         if value < minimum:
@@ -577,6 +620,8 @@ def _check_positive(config: TrainerConfig) -> Iterable[str]:
             yield f"{path}: must be positive, got {value:g}"
     if config.checkpoint.directory == "":
         yield "checkpoint.directory: must not be empty"
+    if config.job.result_path == "":
+        yield "job.result_path: must not be empty"
     url = config.metrics.url
     if url is not None and not url.startswith(("http://", "https://")):
         yield f"metrics.url: {url!r} is not an http:// or https:// URL"
@@ -714,6 +759,33 @@ def _check_ranges(config: TrainerConfig) -> Iterable[str]:
         for source_index, source in enumerate(stage.data):
             path = f"stages[{index}].data[{source_index}].corrupt"
             yield from _range_problems(path, source.corrupt)
+
+
+def _check_guard(config: TrainerConfig) -> Iterable[str]:
+    train = config.train
+    if train.skip_grad_norm_zscore < 0:
+        yield (
+            "train.skip_grad_norm_zscore: must not be negative (0 turns it off), got "
+            f"{train.skip_grad_norm_zscore:g}"
+        )
+    if train.skip_grad_norm_window < 2:
+        yield f"train.skip_grad_norm_window: must be at least 2, got {train.skip_grad_norm_window}"
+    if not 2 <= train.skip_grad_norm_min_history <= max(train.skip_grad_norm_window, 2):
+        yield (
+            "train.skip_grad_norm_min_history: must be between 2 and skip_grad_norm_window "
+            f"{train.skip_grad_norm_window}, got {train.skip_grad_norm_min_history}"
+        )
+
+
+def _check_faults(config: TrainerConfig) -> Iterable[str]:
+    faults = config.faults
+    if faults.lr_blowup_from_step is not None and faults.lr_blowup_from_step < 0:
+        yield f"faults.lr_blowup_from_step: must not be negative, got {faults.lr_blowup_from_step}"
+    for name in ("lr_blowup_factor", "grad_spike_factor"):
+        if not getattr(faults, name) > 1:
+            yield f"faults.{name}: must exceed 1, got {getattr(faults, name):g}"
+    yield from _range_problems("faults.nan_steps", faults.nan_steps)
+    yield from _range_problems("faults.grad_spike_steps", faults.grad_spike_steps)
 
 
 def _range_problems(path: str, ranges: list[list[int]]) -> Iterable[str]:

@@ -334,6 +334,9 @@ class ChannelSpec(NamedTuple):
     weight: float
     corrupt: Sequence[Sequence[int]] = ()
     """Global batch-index ranges `[start, end)` whose samples of this channel are garbage."""
+    corrupt_kind: str = "random"
+    """What garbage: `random` ids (the loss spikes) or `newlines`, one newline id repeated
+    (the loss collapses: a drop)."""
 
 
 def shard(batch: Batch, dp_rank: int, dp_size: int) -> Batch:
@@ -359,6 +362,8 @@ def micro_batches(batch: Batch, micro_batch_size: int) -> list[Batch]:
         for i in range(0, size, micro_batch_size)
     ]
 
+
+CORRUPT_KINDS = ("random", "newlines")
 
 # Purposes keep the hash streams of different decisions independent.
 _CHANNEL_DRAW, _WINDOW_START, _GARBAGE = 1, 2, 3
@@ -392,8 +397,9 @@ class MixtureDataset:
       * window start: `counter_hash(seed, 2, k, j) mod n`, uniform over the `n` windows of
         `seq_length + 1` tokens that fit in that channel's training region;
       * if `k` falls in one of that channel's `corrupt` ranges (`[start_batch, end_batch)`),
-        the window is replaced by ids uniform in `[0, vocab_size)` from
-        `counter_hash(seed, 3, k, j, position)`: a deterministic bad stretch for demos.
+        the window is replaced: kind `random` by ids uniform in `[0, vocab_size)` from
+        `counter_hash(seed, 3, k, j, position)` (the loss spikes), kind `newlines` by the
+        tokenizer's newline id repeated (the loss collapses): a deterministic bad stretch.
     Eval windows come from each channel's held-out tail and do not depend on the seed.
     """
 
@@ -408,7 +414,7 @@ class MixtureDataset:
         cache_dir: str | Path | None = None,
         eval_samples_per_channel: int = 16,
     ) -> None:
-        """`sources` are `(name, path, weight)` or `(name, path, weight, corrupt_ranges)`.
+        """`sources` are `(name, path, weight)`, optionally `+ (corrupt_ranges, corrupt_kind)`.
 
         `channel_names` is the run's channel registry: every channel of every stage in order
         of first appearance, so a channel's id does not change at a stage boundary.
@@ -434,6 +440,9 @@ class MixtureDataset:
         self._cdf[-1] = 1.0
         self._ids = np.asarray([self.channel_names.index(n) for n in names], dtype=np.int64)
         self._corrupt = [merge_ranges(spec.corrupt) for spec in specs]
+        if unknown := {spec.corrupt_kind for spec in specs} - set(CORRUPT_KINDS):
+            raise ValueError(f"corrupt kinds must be among {CORRUPT_KINDS}, got {sorted(unknown)}")
+        self.newline_id = tokenizer.encode("\n")[-1]
         self._streams = [load_stream(spec.path, tokenizer, cache_dir) for spec in specs]
         self._eval_start = np.asarray(
             [self._split(spec.name, s) for spec, s in zip(specs, self._streams, strict=True)],
@@ -495,8 +504,11 @@ class MixtureDataset:
         for c in np.unique(local):
             rows = np.flatnonzero(local == c)
             if any(a <= k < b for a, b in self._corrupt[c]):
-                garbage = counter_hash(self.seed, _GARBAGE, k, rows[:, None], offsets[None, :])
-                windows[rows] = garbage % np.uint64(self.vocab_size)
+                if self.specs[c].corrupt_kind == "newlines":
+                    windows[rows] = self.newline_id
+                else:
+                    garbage = counter_hash(self.seed, _GARBAGE, k, rows[:, None], offsets[None, :])
+                    windows[rows] = garbage % np.uint64(self.vocab_size)
             else:
                 windows[rows] = self._streams[c][starts[rows, None] + offsets]
         return self._to_batch(windows, self._ids[local])

@@ -73,6 +73,11 @@ def current_layout() -> Layout:
     )
 
 
+def device() -> torch.device:
+    """Where tensors for collectives live: NCCL reduces only CUDA tensors, gloo CPU ones."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def shutdown() -> None:
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()

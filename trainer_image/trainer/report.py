@@ -247,8 +247,9 @@ class _Outcome(Enum):
 
 def _post(
     client: httpx.Client, url: str, body: bytes, token: str | None, timeout: float
-) -> tuple[_Outcome, float | None]:
-    """One POST, classified: delivered, worth retrying (with the server's Retry-After), or not."""
+) -> tuple[_Outcome, float | None, httpx.Response | None]:
+    """One POST, classified: delivered, worth retrying (with the server's Retry-After), or not;
+    and the response, when there was one."""
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -256,15 +257,15 @@ def _post(
         response = client.post(url, content=body, headers=headers, timeout=timeout)
     except httpx.TransportError as exc:
         log.debug("POST %s failed: %r", url, exc)
-        return _Outcome.RETRY, None
+        return _Outcome.RETRY, None, None
     status = response.status_code
     if 200 <= status < 300:
-        return _Outcome.DELIVERED, None
+        return _Outcome.DELIVERED, None, response
     if status == 429 or status >= 500:
         log.debug("POST %s answered %d; will retry", url, status)
-        return _Outcome.RETRY, _retry_after(response)
+        return _Outcome.RETRY, _retry_after(response), response
     log.warning("POST %s answered %d, dropping it: %s", url, status, response.text[:300])
-    return _Outcome.REJECTED, None
+    return _Outcome.REJECTED, None, response
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -428,7 +429,7 @@ class HttpSink:
                 if self._deadline is not None:
                     timeout = min(timeout, max(0.01, self._deadline - time.monotonic()))
             body = json.dumps([record for _, record in batch], allow_nan=False).encode()
-            outcome, retry_after = _post(self._client, self.endpoint, body, self.token, timeout)
+            outcome, retry_after, _ = _post(self._client, self.endpoint, body, self.token, timeout)
             with self._cond:
                 if outcome is not _Outcome.RETRY:
                     last = batch[-1][0]
@@ -457,15 +458,24 @@ def post_checkpoint(
     timeout: float = 5.0,
     deadline_s: float = 60.0,
     backoff: Backoff | None = None,
-) -> bool:
+) -> dict[str, Any] | None:
     """Register a checkpoint: POST `{url}/v1/jobs/{job}/checkpoints`, retrying like `HttpSink`.
 
-    Blocks for at most about `deadline_s`; True when the service accepted it.
+    Blocks for at most about `deadline_s`. The service's answer when it accepted it (a JSON
+    object; `{}` when the body is not one), None when it did not: the checkpoint manager acts
+    on the answer's `prune` list.
     """
     endpoint = f"{url.rstrip('/')}/v1/jobs/{quote(job, safe='')}/checkpoints"
-    return _post_until_delivered(
+    response = _post_until_delivered(
         endpoint, payload, token, timeout=timeout, deadline_s=deadline_s, backoff=backoff
     )
+    if response is None:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def post_result(
@@ -483,9 +493,10 @@ def post_result(
     Blocks for at most about `deadline_s`; True when the service accepted it.
     """
     endpoint = f"{url.rstrip('/')}/v1/jobs/{quote(job, safe='')}/result"
-    return _post_until_delivered(
+    response = _post_until_delivered(
         endpoint, payload, token, timeout=timeout, deadline_s=deadline_s, backoff=backoff
     )
+    return response is not None
 
 
 def _post_until_delivered(
@@ -496,7 +507,8 @@ def _post_until_delivered(
     timeout: float,
     deadline_s: float,
     backoff: Backoff | None,
-) -> bool:
+) -> httpx.Response | None:
+    """POST until the service takes it (its response) or refuses it / the deadline passes (None)."""
     body = json.dumps(encode_nonfinite(payload), allow_nan=False).encode()
     backoff = backoff or Backoff()
     deadline = time.monotonic() + deadline_s
@@ -506,15 +518,17 @@ def _post_until_delivered(
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            outcome, retry_after = _post(client, endpoint, body, token, min(timeout, remaining))
+            outcome, retry_after, response = _post(
+                client, endpoint, body, token, min(timeout, remaining)
+            )
             if outcome is _Outcome.DELIVERED:
-                return True
+                return response
             if outcome is _Outcome.REJECTED:
-                return False
+                return None
             delay = backoff.delay(attempt, retry_after)
             if time.monotonic() + delay >= deadline:
                 break
             time.sleep(delay)
             attempt += 1
     log.warning("gave up posting to %s after %.0f s", endpoint, deadline_s)
-    return False
+    return None

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -19,24 +20,21 @@ from megatron.core.distributed import finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from trainer import data, model, parallel
+from trainer import data, faults, model, outcome, parallel
 from trainer.checkpoint import CheckpointManager
 from trainer.config import (
     TrainerConfig,
-    apply_overrides,
-    config_from_dict,
     config_to_dict,
     example_config,
+    load_config,
+    validate,
 )
 from trainer.evaluate import evaluate
 from trainer.lr_schedule import lr_at, phase_at, stage_at
 from trainer.report import MetricsReporter
+from trainer.step_guard import SkipReason, StepGuard, optimizer_step
 
 log = logging.getLogger("trainer")
-
-
-class NonFiniteError(RuntimeError):
-    """The loss or gradient norm stayed NaN/Inf for too many steps in a row."""
 
 
 class Trainer:
@@ -44,6 +42,9 @@ class Trainer:
 
     def __init__(self, config: TrainerConfig) -> None:
         self.config = config
+        # Pod eviction from here on ends the run as preempted, with a checkpoint where it can.
+        self.stop_requested = False
+        signal.signal(signal.SIGTERM, self._on_sigterm)
         self.layout = parallel.init(config.parallel, config.train.seed)
         self.channels = _channel_registry(config)
         self.tokenizer = data.load_tokenizer(config.data.tokenizer)
@@ -57,12 +58,15 @@ class Trainer:
             self.model_config.grad_scale_func = self.optimizer.scale_loss
         self.step = 0
         self.tokens = 0
-        self.nonfinite_in_a_row = 0
+        self.guard = StepGuard(config.train)
         self.reporter = MetricsReporter.from_config(config) if self.layout.reports else None
         self.checkpoints = CheckpointManager(config, self.layout)
-        self.stop_requested = False
         self.total_steps = sum(s.steps for s in config.stages)
-        restored = self.checkpoints.restore(self)
+        try:
+            restored = self.checkpoints.restore(self)
+        except BaseException:
+            self.close()
+            raise
         if restored:
             log.info("resumed from %s at step %d", restored, self.step)
 
@@ -75,19 +79,23 @@ class Trainer:
             "tokens": self.tokens,
             "rng": torch.get_rng_state(),
             "data_seed": self.config.data.seed,
+            "step_guard": self.guard.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.tokens = int(state["tokens"])
         torch.set_rng_state(state["rng"])
+        if "step_guard" in state:  # checkpoints from before the guard start it afresh
+            self.guard.load_state_dict(state["step_guard"])
 
     # --- the loop -----------------------------------------------------------------------------
 
-    def train(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_sigterm)
+    def train(self) -> outcome.Ending:
+        """Train to the end of the run, or until SIGTERM; say how it ended."""
+        started_at = self.step
         self.checkpoints.save_initial(self)
-        while self.step < self.total_steps and not self.stop_requested:
+        while self.step < self.total_steps and not self._stop_agreed():
             metrics = self.train_step()
             self.step += 1
             self._report(self.step - 1, metrics)
@@ -95,9 +103,19 @@ class Trainer:
                 self._report(self.step - 1, evaluate(self), phase="eval")
             if self._due(self.config.checkpoint.interval_steps) or self.step == self.total_steps:
                 self.checkpoints.save(self)
-        if self.stop_requested:
+        if self.step == self.total_steps:
+            return outcome.Ending(outcome.COMPLETED, step=self.step, message="training completed")
+        saved = None
+        if self.config.checkpoint.save_on_sigterm and self.step > started_at:
             log.warning("SIGTERM: saving a checkpoint at step %d before exiting", self.step)
-            self.checkpoints.save(self)
+            saved = str(self.checkpoints.save(self))
+        return outcome.Ending(
+            outcome.PREEMPTED,
+            step=self.step,
+            message=f"SIGTERM at step {self.step}; "
+            + (f"saved {saved}" if saved else "no checkpoint saved"),
+            checkpoint=saved,
+        )
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step over a global batch; returns its metrics (global rank 0)."""
@@ -107,7 +125,7 @@ class Trainer:
         if stage_index != self.stage_index:
             model.set_rope_base(self.model, self._rope_base(stage))
             self.stage_index = stage_index
-        lr = lr_at(self.step, config)
+        lr = lr_at(self.step, config) * faults.lr_factor(self.step, config.faults)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batch_index = data.batch_index(self.step, config.data.skip_ranges)
@@ -115,34 +133,16 @@ class Trainer:
         for chunk in self.model:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
-        stats = self.forward_backward(micro_batches, stage.seq_length)
-        loss_finite = bool(torch.isfinite(stats["loss_sum"]).item())
-        grads_finite = _all_true(all(_grads_finite(chunk) for chunk in self.model))
+        loss_factor = faults.loss_factor(self.step, config.faults)
+        stats = self.forward_backward(micro_batches, stage.seq_length, loss_factor=loss_factor)
         metrics = _loss_metrics(stats, self.channels)
         metrics["lr"] = lr
         # Skip ranges are in batch-index space; a rollback maps steps to batches through this.
         metrics["data/batch_index"] = float(batch_index)
-        skipped = False
-        if config.precision.dtype != "fp16" and not (loss_finite and grads_finite):
-            # Never let a NaN reach the weights: skip the update, report, and let the watchdog act.
-            skipped = True
-            self.nonfinite_in_a_row += 1
-            metrics["grad_norm"] = math.nan
-            log.error("step %d: loss or gradients are not finite; update skipped", self.step)
-            if self.nonfinite_in_a_row >= config.train.max_nonfinite_steps:
-                self._report(self.step, {**metrics, "step/skipped": 1.0})
-                raise NonFiniteError(
-                    f"loss or gradients not finite for {self.nonfinite_in_a_row} steps in a row, "
-                    f"last at step {self.step}"
-                )
-        else:
-            updated, grad_norm, _ = self.optimizer.step()
-            skipped = not updated
-            metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else math.nan
-            self.nonfinite_in_a_row = 0
-        if config.precision.dtype == "fp16":
-            metrics["loss_scale"] = float(self.optimizer.get_loss_scale().item())
-        metrics["step/skipped"] = float(skipped)
+        metrics.update(self.update(loss_finite=bool(torch.isfinite(stats["loss_sum"]).item())))
+        if self.guard.diverged:
+            self._report(self.step, metrics)
+            raise self.guard.diverged_error(self.step)
         step_tokens = config.batch.global_batch_size * stage.seq_length
         self.tokens += step_tokens
         elapsed = time.perf_counter() - started
@@ -152,6 +152,25 @@ class Trainer:
         if config.train.peak_tflops:
             achieved = flops / elapsed / self.layout.world_size
             metrics["throughput/mfu"] = achieved / (config.train.peak_tflops * 1e12)
+        return metrics
+
+    def update(self, *, loss_finite: bool) -> dict[str, float]:
+        """The optimizer step, unless the guard skips it (a NaN or a gradient-norm spike)."""
+        fp16 = self.config.precision.dtype == "fp16"
+        scale = float(self.optimizer.get_loss_scale().item()) if fp16 else 1.0
+        verdict, grad_norm = optimizer_step(self.optimizer, self.guard, loss_finite=loss_finite)
+        # An fp16 overflow is the loss scaler's to absorb, until its scale can drop no lower.
+        overflow_only = fp16 and loss_finite and scale > self.config.precision.loss_scale.min_scale
+        nonfinite = verdict.reason is SkipReason.NONFINITE and not overflow_only
+        self.guard.record(self.step, verdict, grad_norm, nonfinite=nonfinite)
+        if verdict.skipped:
+            log.warning(
+                "step %d: update skipped (%s; grad norm %g, z-score %s)",
+                self.step, verdict.reason.name.lower(), grad_norm, verdict.zscore,
+            )  # fmt: skip
+        metrics = self.guard.metrics(verdict, grad_norm)
+        if fp16:
+            metrics["loss_scale"] = float(self.optimizer.get_loss_scale().item())
         return metrics
 
     def close(self) -> None:
@@ -165,7 +184,7 @@ class Trainer:
         if stage_index not in self.datasets:
             stage = self.config.stages[stage_index]
             self.datasets[stage_index] = data.MixtureDataset(
-                sources=[(s.channel, s.path, s.weight, s.corrupt) for s in stage.data],
+                sources=[(s.channel, s.path, s.weight, s.corrupt, s.corrupt_kind) for s in stage.data],
                 channel_names=self.channels,
                 seq_length=stage.seq_length,
                 seed=self.config.data.seed,
@@ -183,13 +202,16 @@ class Trainer:
         batch = self.dataset(stage_index).batch(batch_index, self.config.batch.global_batch_size)
         return data.micro_batches(self.shard(batch), self.config.batch.micro_batch_size)
 
-    def forward_backward(self, micro_batches, seq_length: int, forward_only: bool = False):
+    def forward_backward(
+        self, micro_batches, seq_length: int, forward_only: bool = False, loss_factor: float = 1.0
+    ):
         """Run the pipeline schedule; return global loss sums per channel (on every rank)."""
         forward_backward = get_forward_backward_func()
         chunks = len(self.model)
         iterators = [iter(micro_batches) for _ in range(chunks)] if chunks > 1 else iter(micro_batches)
+        step = partial(_forward_step, z_loss=self.config.optimizer.z_loss, loss_factor=loss_factor)
         outputs = forward_backward(
-            forward_step_func=partial(_forward_step, z_loss=self.config.optimizer.z_loss),
+            forward_step_func=step,
             data_iterator=iterators,
             model=self.model if chunks > 1 else self.model[0],
             num_microbatches=len(micro_batches),
@@ -217,12 +239,18 @@ class Trainer:
             metrics=metrics,
         )
 
+    def _stop_agreed(self) -> bool:
+        """Whether any rank got SIGTERM: signals reach ranks at different steps, but all stop at one."""
+        flag = torch.tensor([int(self.stop_requested)], dtype=torch.int32, device=parallel.device())
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
     def _on_sigterm(self, *_: object) -> None:
-        # Pod eviction: finish the current step, save, exit.
-        self.stop_requested = self.config.checkpoint.save_on_sigterm
+        # Pod eviction: finish the current step, save (save_on_sigterm), exit as preempted.
+        self.stop_requested = True
 
 
-def _forward_step(data_iterator, chunk, *, z_loss: float):
+def _forward_step(data_iterator, chunk, *, z_loss: float, loss_factor: float = 1.0):
     batch = next(data_iterator)
     tokens, labels = batch["tokens"], batch["labels"]
     positions = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
@@ -232,7 +260,7 @@ def _forward_step(data_iterator, chunk, *, z_loss: float):
             output = _loss_with_z_loss(output, labels, z_loss)
     else:
         output = chunk(tokens, positions, None, labels=labels)
-    return output, partial(_loss_func, batch["loss_mask"], batch["channel"])
+    return output, partial(_loss_func, batch["loss_mask"], batch["channel"], loss_factor=loss_factor)
 
 
 def _loss_with_z_loss(logits: torch.Tensor, labels: torch.Tensor, coefficient: float):
@@ -248,11 +276,17 @@ def _loss_with_z_loss(logits: torch.Tensor, labels: torch.Tensor, coefficient: f
     return ce + coefficient * log_z.square()
 
 
-def _loss_func(loss_mask: torch.Tensor, channel: torch.Tensor, per_token: torch.Tensor):
+def _loss_func(
+    loss_mask: torch.Tensor, channel: torch.Tensor, per_token: torch.Tensor, *, loss_factor: float = 1.0
+):
     """Megatron's 3-tuple contract: summed loss, token count, and what to report."""
     per_token = per_token.float()
     masked = per_token * loss_mask
     loss_sum = masked.sum()
+    if loss_factor != 1.0:  # an injected fault (faults.py): a NaN is reported, a spike is not
+        loss_sum = loss_sum * loss_factor
+        if math.isnan(loss_factor):
+            masked = masked * loss_factor
     num_tokens = loss_mask.sum().to(torch.int)
     return loss_sum, num_tokens, {
         "per_sample": torch.stack([masked.sum(dim=1), loss_mask.sum(dim=1)]).detach(),
@@ -262,7 +296,7 @@ def _loss_func(loss_mask: torch.Tensor, channel: torch.Tensor, per_token: torch.
 
 def _gather_stats(outputs, num_channels: int, layout: parallel.Layout) -> dict[str, torch.Tensor]:
     """Sum per-channel loss and tokens over micro-batches and data-parallel ranks, to every rank."""
-    sums = torch.zeros(2, num_channels + 1, dtype=torch.float64)
+    sums = torch.zeros(2, num_channels + 1, dtype=torch.float64, device=parallel.device())
     # Only one tensor-parallel rank of the last stage counts: its peers hold the same values.
     if layout.is_last_stage and layout.tensor_rank == 0:
         for output in outputs:
@@ -282,18 +316,6 @@ def _loss_metrics(stats: dict[str, torch.Tensor], channels: list[str]) -> dict[s
             metrics[f"loss/{name}"] = float(sums[0, index] / sums[1, index])
             metrics[f"tokens/{name}"] = float(sums[1, index])
     return metrics
-
-
-def _grads_finite(chunk) -> bool:
-    # One reduction per buffer: a NaN or Inf anywhere makes the sum non-finite (~50x cheaper
-    # than an elementwise isfinite over every gradient).
-    return all(bool(torch.isfinite(buffer.grad_data.sum())) for buffer in chunk.buffers)
-
-
-def _all_true(flag: bool) -> bool:
-    value = torch.tensor([1 if flag else 0], dtype=torch.int32)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
 
 
 def _channel_registry(config: TrainerConfig) -> list[str]:
@@ -330,6 +352,7 @@ def _optimizer_config(config: TrainerConfig) -> OptimizerConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Train; every rank appends how it ended to `job.result_path`; the exit code says it too."""
     parser = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__)
     parser.add_argument("--config", help="TrainerConfig JSON file")
     parser.add_argument("--override", action="append", default=[], metavar="dotted.key=value")
@@ -341,15 +364,24 @@ def main(argv: list[str] | None = None) -> int:
     if not args.config:
         parser.error("--config is required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    with open(args.config) as handle:
-        raw = json.load(handle)
-    config = config_from_dict(apply_overrides(raw, args.override))
-    trainer = Trainer(config)
+    rank = int(os.environ.get("RANK", "0"))
+    result_path = outcome.result_path_of(args.config, args.override)
+    trainer: Trainer | None = None
     try:
-        trainer.train()
-    finally:
+        config = load_config(args.config, overrides=args.override)
+        result_path = config.job.result_path
+        validate(config, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        trainer = Trainer(config)
+        ending = trainer.train()
+    except Exception as exc:  # every way of ending is reported, this one included
+        ending = outcome.ending_for(exc, step=trainer.step if trainer is not None else None)
+        log.error("%s: %s", ending.outcome, ending.message, exc_info=ending.outcome == outcome.CRASHED)
+    outcome.write(result_path, ending, rank=rank)
+    if trainer is not None:
         trainer.close()
-    return 0
+    else:
+        parallel.shutdown()
+    return ending.exit_code
 
 
 if __name__ == "__main__":
