@@ -325,7 +325,7 @@ class Detector:
         if record.get("phase") == EVAL_PHASE:
             self._observe_ppl(state["ppl"], job, attempt, step, stage, metrics, policy, verdicts)
             return verdicts
-        # Channels first: while one of them is in a spike or diverged, the total moves with it:
+        # Channels first: while one of them is in a spike, the total moves with it:
         # its points are judged but not learned from, so the total still sees a rise against
         # where it was.
         names = sorted((n for n in metrics if n.startswith(LOSS_PREFIX)), key=str)
@@ -341,7 +341,7 @@ class Detector:
             if series is None:
                 series = state["series"][name] = _LossSeries(stage)
             outcome = self._observe_loss(series, step, stage, value, policy, hold=echo and name == LOSS)
-            echo = echo or (series.episode is not None and series.episode["kind"] in ("spike", "diverged"))
+            echo = echo or (series.episode is not None and series.episode["kind"] == "spike")
             if outcome is not None:
                 kind, action, evidence = outcome
                 verdicts.append(Verdict(job, attempt, step, kind, action, channel, evidence))

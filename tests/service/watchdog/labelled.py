@@ -36,13 +36,33 @@ from typing import Any
 
 import numpy as np
 
-SPIKE = 0.15
-DROP = 0.25
-TOLERANCE = 0.05
-WINDOW = 20
-DIVERGENCE_DUE = 25  # a divergence verdict is due by onset + this
+
+@dataclass(frozen=True)
+class Definitions:
+    """The thresholds the labels apply: the watchdog policy a detector is scored against."""
+
+    spike: float = 0.15  # spike_threshold
+    drop: float = 0.25  # drop_threshold
+    tolerance: float = 0.05  # recover_tolerance
+    window: int = 20  # recover_window_steps
+
+    @property
+    def divergence_due(self) -> int:
+        """A divergence verdict is due by its spike's step plus this."""
+        return self.window + 5
+
+    def policy(self) -> dict[str, float]:
+        """The detector `Policy` fields these definitions stand for."""
+        return {
+            "spike_threshold": self.spike,
+            "drop_threshold": self.drop,
+            "recover_tolerance": self.tolerance,
+            "recover_window_steps": self.window,
+        }
+
+
+DEFINITIONS = Definitions()
 ALERT_DUE = 2  # a spike or drop verdict is due by its first step + this
-PPL_EVALS = 3
 # Relative band around a threshold where a size is "don't care": an injected +14% on a noisy
 # series is not a spike by the definition, +16% is, and no detector can split them reliably.
 AMBIGUITY = 0.25
@@ -249,23 +269,23 @@ def _drop_factor(rng, steps: int, onset: int, size: float, ranges: Ranges) -> np
     return factor
 
 
-def _plan_events(rng, ranges: Ranges, steps: int, warmup: int, stage_starts: list[int], channels: list[str]) -> list[_Event]:
+def _plan_events(rng, ranges: Ranges, d: Definitions, steps: int, warmup: int, stage_starts: list[int], channels: list[str]) -> list[_Event]:
     count = int(rng.integers(ranges.events[0], ranges.events[1] + 1))
     events: list[_Event] = []
     earliest = warmup + 30
-    gap = WINDOW + 60  # room for a recovery (or a long drop) before the next event
+    gap = d.window + 60  # room for a recovery (or a long drop) before the next event
     for _ in range(count):
         if events and events[-1].kind == "divergence":
             break  # a divergence ends the story of its attempt
         start = max([earliest] + [e.onset + gap + _reach(e) for e in events])
-        if start >= steps - WINDOW - 30:
+        if start >= steps - d.window - 30:
             break
-        onset = int(rng.integers(start, min(start + 300, steps - WINDOW - 30)))
+        onset = int(rng.integers(start, min(start + 300, steps - d.window - 30)))
         # Not while a new stage re-baselines, nor so close before one that its window spans it.
-        near = [s for s in stage_starts[1:] if -(WINDOW + 30) < onset - s < 40]
+        near = [s for s in stage_starts[1:] if -(d.window + 30) < onset - s < 40]
         if near:
             onset = near[-1] + 40
-            if onset >= steps - WINDOW - 30:
+            if onset >= steps - d.window - 30:
                 break
         kind = str(rng.choice(list(ranges.kinds)))
         if kind == "divergence" and any(0 <= s - onset < 200 for s in stage_starts[1:]):
@@ -278,11 +298,11 @@ def _plan_events(rng, ranges: Ranges, steps: int, warmup: int, stage_starts: lis
         if kind == "nonfinite":
             events.append(_Event(kind, None, onset, nonfinite_steps=int(rng.integers(1, 4))))
         elif kind == "drop":
-            size = min(_size(rng, ranges.drop_size, DROP, ranges.near_threshold), 0.97)
+            size = min(_size(rng, ranges.drop_size, d.drop, ranges.near_threshold), 0.97)
             events.append(_Event(kind, channel, onset, _drop_factor(rng, steps, onset, size, ranges), size=size))
         else:
             lasting = kind == "divergence"
-            size = _size(rng, ranges.spike_size, SPIKE, ranges.near_threshold)
+            size = _size(rng, ranges.spike_size, d.spike, ranges.near_threshold)
             factor, growth, ramp = _spike_factor(rng, steps, onset, size, ranges, lasting)
             events.append(_Event(kind, channel, onset, factor, size=size, growth=growth, ramp=ramp))
     return events
@@ -298,7 +318,7 @@ def _reach(event: _Event) -> int:
 # --- labels -----------------------------------------------------------------------------------
 
 
-def _labels_for(series: str, effect: np.ndarray, excess: np.ndarray, event: _Event, attempt: int) -> list[Label]:
+def _labels_for(series: str, effect: np.ndarray, excess: np.ndarray, event: _Event, attempt: int, d: Definitions) -> list[Label]:
     """The labels one series carries for one event.
 
     `effect` is the event's noiseless relative effect on the series (1 = none); `excess` is
@@ -312,39 +332,39 @@ def _labels_for(series: str, effect: np.ndarray, excess: np.ndarray, event: _Eve
     rel = effect - 1.0
     if event.kind == "drop":
         low = -float(rel[onset:].min())
-        if low < DROP * (1 - AMBIGUITY):
+        if low < d.drop * (1 - AMBIGUITY):
             # Too small for a drop, unless the noise made it one where it landed.
             seen = float(excess[onset : onset + ALERT_DUE + 1].min())
-            return [Label("drop", series, onset, onset + ALERT_DUE, attempt, True)] if seen <= -DROP else []
-        first = onset + int(np.argmax(rel[onset:] <= -DROP * (1 - AMBIGUITY)))
+            return [Label("drop", series, onset, onset + ALERT_DUE, attempt, True)] if seen <= -d.drop else []
+        first = onset + int(np.argmax(rel[onset:] <= -d.drop * (1 - AMBIGUITY)))
         seen = float(excess[first : first + ALERT_DUE + 1].min())
-        dont = low < DROP * (1 + AMBIGUITY) or seen > -DROP * (1 - AMBIGUITY)
+        dont = low < d.drop * (1 + AMBIGUITY) or seen > -d.drop * (1 - AMBIGUITY)
         return [Label("drop", series, first, first + ALERT_DUE, attempt, dont)]
     high = float(rel[onset:].max())
-    if high < SPIKE * (1 - AMBIGUITY):
+    if high < d.spike * (1 - AMBIGUITY):
         seen = float(excess[onset : onset + ALERT_DUE + 1].max())
-        return [Label("spike", series, onset, onset + ALERT_DUE, attempt, True)] if seen >= SPIKE else []
-    first = onset + int(np.argmax(rel[onset:] >= SPIKE * (1 - AMBIGUITY)))
-    clear = high >= SPIKE * (1 + AMBIGUITY)
-    crossing = onset + int(np.argmax(rel[onset:] >= SPIKE * (1 + AMBIGUITY))) if clear else first
+        return [Label("spike", series, onset, onset + ALERT_DUE, attempt, True)] if seen >= d.spike else []
+    first = onset + int(np.argmax(rel[onset:] >= d.spike * (1 - AMBIGUITY)))
+    clear = high >= d.spike * (1 + AMBIGUITY)
+    crossing = onset + int(np.argmax(rel[onset:] >= d.spike * (1 + AMBIGUITY))) if clear else first
     seen = float(excess[first : crossing + ALERT_DUE + 1].max())
-    dont = not clear or seen < SPIKE * (1 - AMBIGUITY)
+    dont = not clear or seen < d.spike * (1 - AMBIGUITY)
     labels = [Label("spike", series, first, crossing + ALERT_DUE, attempt, dont)]
     # The definition's spike step (the noiseless crossing of the threshold itself) starts the
     # recover window; a slow rise reaches it later than the lower band.
-    spike_step = onset + int(np.argmax(rel[onset:] >= SPIKE)) if high >= SPIKE else first
+    spike_step = onset + int(np.argmax(rel[onset:] >= d.spike)) if high >= d.spike else first
     # Back within tolerance by the window's end? Judged on the median of the last steps.
-    end = first + WINDOW
+    end = first + d.window
     tail = rel[end - 2 : end + 1] if end + 1 <= len(rel) else rel[-3:]
     stays = float(np.median(tail))
-    if event.kind == "divergence" or stays > TOLERANCE:
-        ambiguous = dont or stays < TOLERANCE * 3 or float(rel[first : end + 1].min()) < TOLERANCE * 2
-        labels.append(Label("divergence", series, first, spike_step + DIVERGENCE_DUE, attempt, ambiguous))
+    if event.kind == "divergence" or stays > d.tolerance:
+        ambiguous = dont or stays < d.tolerance * 3 or float(rel[first : end + 1].min()) < d.tolerance * 2
+        labels.append(Label("divergence", series, first, spike_step + d.divergence_due, attempt, ambiguous))
     else:
         # A transient must be clearly back: between half the window and the window is a grey zone.
-        back = first + int(np.argmax(rel[first:] <= TOLERANCE))
-        if back > first + WINDOW // 2:
-            labels.append(Label("divergence", series, first, spike_step + DIVERGENCE_DUE, attempt, True))
+        back = first + int(np.argmax(rel[first:] <= d.tolerance))
+        if back > first + d.window // 2:
+            labels.append(Label("divergence", series, first, spike_step + d.divergence_due, attempt, True))
     return labels
 
 
@@ -358,8 +378,9 @@ def _local_excess(observed: np.ndarray, trend: np.ndarray, clean: np.ndarray, ph
 # --- a whole stream ---------------------------------------------------------------------------
 
 
-def stream(seed: int, ranges: Ranges = TUNING) -> Stream:
-    """The labelled stream of job `job-<seed>`, drawn from `ranges`."""
+def stream(seed: int, ranges: Ranges = TUNING, definitions: Definitions = DEFINITIONS) -> Stream:
+    """The labelled stream of job `job-<seed>`, drawn from `ranges`, labelled by `definitions`."""
+    d = definitions
     rng = np.random.default_rng(seed)
     job = f"job-{seed}"
     steps = int(rng.integers(*ranges.steps))
@@ -382,7 +403,7 @@ def stream(seed: int, ranges: Ranges = TUNING) -> Stream:
     for c in parts:
         scale = min(0.08, amplitude * rng.uniform(1.0, 1.6)) if channels else amplitude
         noises[c], phis[c] = _noise(rng, ranges, steps, scale)
-    events = _plan_events(rng, ranges, steps, warmup, stage_starts, channels)
+    events = _plan_events(rng, ranges, d, steps, warmup, stage_starts, channels)
 
     factors = {c: np.ones(steps) for c in parts}
     nonfinite = np.zeros(steps, dtype=bool)
@@ -420,7 +441,7 @@ def stream(seed: int, ranges: Ranges = TUNING) -> Stream:
             excess = _local_excess(observed, trend, clean_values, phi)
             amplitude_of = float(np.max(np.abs(clean_values / trend - 1.0)))
             info = {"event": event.kind, "size": round(event.size, 3), "on": event.channel or "all", "noise": round(amplitude_of, 3), "phi": round(phi, 2), "growth": round(event.growth, 3), "ramp": event.ramp}
-            labels += [replace(label, info=info) for label in _labels_for(name, effect, excess, event, 0)]
+            labels += [replace(label, info=info) for label in _labels_for(name, effect, excess, event, 0, d)]
 
     records = _records(job, series, stage_of, warmup, steps, nonfinite, attempt=0, first=0)
     attempts_end = steps
@@ -440,7 +461,7 @@ def stream(seed: int, ranges: Ranges = TUNING) -> Stream:
         attempts_end = stop + (steps - restart)
     records, late_onsets = _deliver(rng, records, labels, ranges)
     labels = _drop_unreachable(labels, records)
-    reach = sum(_reach(e) + WINDOW + 10 for e in events)
+    reach = sum(_reach(e) + d.window + 10 for e in events)
     clean_steps = max(0, attempts_end - warmup - reach) * len(series)
     described = [f"{e.kind}@{e.onset}/{e.channel or 'all'}/{e.size:.2f}" for e in events]
     noise = {
@@ -522,8 +543,8 @@ def _drop_unreachable(labels: list[Label], records: list[dict]) -> list[Label]:
     ]
 
 
-def streams(seeds: Iterable[int], ranges: Ranges = TUNING) -> list[Stream]:
-    return [stream(seed, ranges) for seed in seeds]
+def streams(seeds: Iterable[int], ranges: Ranges = TUNING, definitions: Definitions = DEFINITIONS) -> list[Stream]:
+    return [stream(seed, ranges, definitions) for seed in seeds]
 
 
 # --- scoring ----------------------------------------------------------------------------------
@@ -570,7 +591,7 @@ def _channel_class(channel: str) -> str:
     return "total" if channel == "all" else "channel"
 
 
-def score(all_streams: Sequence[Stream], detector_factory, *, examples: int = 20) -> Score:
+def score(all_streams: Sequence[Stream], detector_factory, *, examples: int = 20, definitions: Definitions = DEFINITIONS) -> Score:
     """Run a fresh detector over each stream; match verdicts to labels per series and kind."""
     result = Score()
     for s in all_streams:
@@ -604,7 +625,7 @@ def score(all_streams: Sequence[Stream], detector_factory, *, examples: int = 20
             # A second verdict of an event that was "don't care" is no false alarm either.
             if any(
                 label.dont_care and label.kind == verdict.kind and label.channel == verdict.channel
-                and label.onset <= verdict.step <= label.due + WINDOW
+                and label.onset <= verdict.step <= label.due + definitions.window
                 for label in s.labels
             ):
                 continue
