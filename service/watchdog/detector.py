@@ -86,6 +86,8 @@ LONG_DROP_WINDOWS = 5
 # A fall below the local level by this many robust standard deviations (and at least half a
 # spike) is held out of the window as a silent dip.
 DIP_SIGMAS = 4.0
+# A window's fit is carried at most this many steps before it is fitted again.
+REFIT_STEPS = 5
 # The carried part of the last deviation is bounded by this many robust standard deviations.
 CARRY_SIGMAS = 2.0
 STATE_VERSION = 2
@@ -164,7 +166,9 @@ class _Reference:
 class _LossSeries:
     """The state of one loss series of one job attempt."""
 
-    __slots__ = ("stage", "last_step", "seen", "steps", "logs", "episode", "closed", "nonfinite")
+    __slots__ = (
+        "stage", "last_step", "seen", "steps", "logs", "fit", "episode", "closed", "nonfinite"
+    )
 
     def __init__(self, stage: str | None = None) -> None:
         self.stage = stage
@@ -172,6 +176,8 @@ class _LossSeries:
         self.seen: list[int] = []  # the latest steps received, to tell duplicates from late ones
         self.steps: list[int] = []  # accepted points, oldest first, at most TREND_WINDOW
         self.logs: list[float] = []
+        # The window's last full fit (`fit_window`), carried for a few steps between refits.
+        self.fit: dict[str, Any] | None = None
         # An open spike/drop/divergence: kind, onset, frozen reference, latest ratios.
         self.episode: dict[str, Any] | None = None
         # The last episode that ended, with the step it ended at: a spike back within a
@@ -180,10 +186,14 @@ class _LossSeries:
         self.nonfinite: int | None = None  # the step a run of non-finite values began
 
     def rebaseline(self) -> None:
-        self.steps.clear()
-        self.logs.clear()
+        self.clear_window()
         self.episode = None
         self.closed = None
+
+    def clear_window(self) -> None:
+        self.steps.clear()
+        self.logs.clear()
+        self.fit = None
 
     def close_episode(self, step: int) -> None:
         assert self.episode is not None
@@ -237,39 +247,52 @@ def _slope(steps: list[int], logs: list[float]) -> float:
     return min((_median(logs[-half:]) - _median(logs[:half])) / run, 0.0)
 
 
-def reference(series: _LossSeries, step: int) -> _Reference:
-    """The local level and the trend of `series` carried to `step` (it needs points)."""
+def fit_window(series: _LossSeries, step: int) -> dict[str, Any]:
+    """The window's robust fit at `step`: trend level, slopes, noise spread and autocorrelation."""
     steps, logs = series.steps, series.logs
     half = len(steps) // 2
     slope = _slope(steps, logs)
     newer = _slope(steps[half:], logs[half:])
-    # The local level is carried a few steps at most, at the rate the curve falls now: where
-    # the fall slows (the end of warmup) the whole window's slope would undershoot.
-    latest = list(zip(steps[-LOCAL_POINTS:], logs[-LOCAL_POINTS:], strict=True))
-    local = _median([y + newer * (step - x) for x, y in latest])
     carried = [y + slope * (step - x) for x, y in zip(steps, logs, strict=True)]
     trend = _median(carried)
     deviations = [value - trend for value in carried]
     sigma = 1.4826 * _median([abs(d) for d in deviations])
-    # Autocorrelated noise: the next point is expected at the trend plus the share of the last
-    # point's deviation that carries over (the lag-one autocorrelation of the deviations).
+    # Autocorrelated noise: the lag-one autocorrelation of the deviations from the trend.
     product = power = 0.0
     for index in range(1, len(steps)):
         if steps[index] - steps[index - 1] == 1:
             product += deviations[index - 1] * deviations[index]
             power += deviations[index - 1] * deviations[index - 1]
     phi = min(max(product / power, 0.0), 0.95) if power > 0 else 0.0
-    # That carried part is the noise's wander, bounded by the noise: a point that jumped (the
-    # first step of a spike) must not lift the expectation of the next one with it.
-    carry = phi ** max(step - steps[-1], 1) * deviations[-1]
-    predicted = trend + max(-CARRY_SIGMAS * sigma, min(CARRY_SIGMAS * sigma, carry))
     # A bend (the end of warmup, the start of a decay) shows as the whole window's slope and
     # the newer half's disagreeing about where the curve is now; a line through it misleads.
     disagreement = abs(slope - newer) * (step - _median(steps))
     span = steps[-1] - steps[0] + 1
     trusted = disagreement <= BEND_TOLERANCE and -slope * span <= STEEP_WINDOW
+    return {
+        "step": step, "trend": trend, "slope": slope, "newer": newer,
+        "sigma": sigma, "phi": phi, "trusted": trusted,
+    }  # fmt: skip
+
+
+def reference(series: _LossSeries, step: int, fit: Mapping[str, Any] | None = None) -> _Reference:
+    """The references of `series` at `step`, from `fit` (a recent `fit_window`) or a new fit."""
+    fit = fit or fit_window(series, step)
+    steps, logs = series.steps, series.logs
+    trend = fit["trend"] + fit["slope"] * (step - fit["step"])
+    # The local level is carried a few steps at most, at the rate the curve falls now: where
+    # the fall slows (the end of warmup) the whole window's slope would undershoot.
+    latest = list(zip(steps[-LOCAL_POINTS:], logs[-LOCAL_POINTS:], strict=True))
+    local = _median([y + fit["newer"] * (step - x) for x, y in latest])
+    # The next point is expected at the trend plus the share of the last point's deviation
+    # that carries over — the noise's wander, bounded by its spread: a point that jumped (the
+    # first step of a spike) must not lift the expectation of the next one with it.
+    last = logs[-1] - (fit["trend"] + fit["slope"] * (steps[-1] - fit["step"]))
+    bound = CARRY_SIGMAS * fit["sigma"]
+    carry = fit["phi"] ** max(step - steps[-1], 1) * last
+    predicted = trend + max(-bound, min(bound, carry))
     plain = _median(logs[-LOCAL_POINTS:])
-    return _Reference(local, trend, trusted, newer, plain, predicted, sigma)
+    return _Reference(local, trend, fit["trusted"], fit["newer"], plain, predicted, fit["sigma"])
 
 
 def _encode_nonfinite(value: float) -> str:
@@ -381,8 +404,19 @@ class Detector:
         if len(series.steps) < policy.min_history:
             series.accept(step, log_value)
             return None
-        ref = reference(series, step)
-        judged = _classify(series, ref, log_value, policy)
+        # Between refits the last fit is carried: a point well inside the noise changes the
+        # fit too little to matter. Anything closer to a verdict is judged on a fresh fit.
+        fit = series.fit
+        judged: tuple[str, float] | None = None
+        fresh = fit is None or step - fit["step"] >= REFIT_STEPS
+        if not fresh:
+            ref = reference(series, step, fit)
+            judged = _classify(series, ref, log_value, policy)
+            fresh = judged is not None or not _well_inside(ref, log_value, policy)
+        if fresh:
+            series.fit = fit_window(series, step)
+            ref = reference(series, step, series.fit)
+            judged = _classify(series, ref, log_value, policy)
         if judged is None:
             # An echo is judged, not learned from; the window waits (a while) for it to pass.
             if not hold or step - series.steps[-1] > LONG_DROP_WINDOWS * policy.recover_window_steps:
@@ -400,8 +434,7 @@ class Detector:
                 # The loss climbs back to where it was before a fall that became the new level:
                 # the fall is over. Start the window again from here.
                 series.closed = None
-                series.steps.clear()
-                series.logs.clear()
+                series.clear_window()
                 series.accept(step, log_value)
                 return None
         return self._open_episode(series, ref, kind, level, step, log_value, value, policy)
@@ -460,24 +493,21 @@ class Detector:
                 long = step - episode["onset"] > 2 * LOCAL_POINTS
                 series.close_episode(step)
                 if long:  # the points before it are too old to carry across the gap
-                    series.steps.clear()
-                    series.logs.clear()
+                    series.clear_window()
                 series.accept(step, log_value)
             elif step - episode["onset"] >= window * (1 if episode["kind"] == "dip" else LONG_DROP_WINDOWS):
                 # It stays: the new level. The level it left is remembered, so a return to it
                 # later is the fall's end, not a spike.
                 series.close_episode(step)
                 series.closed["stayed"] = True
-                series.steps.clear()
-                series.logs.clear()
+                series.clear_window()
                 series.accept(step, log_value)
             return None
         if _median(ratios[-3:]) <= allowance:
             diverged = episode["kind"] == "diverged"
             series.close_episode(step)
             if diverged:  # the points before it are too old to extend
-                series.steps.clear()
-                series.logs.clear()
+                series.clear_window()
             series.accept(step, log_value)
             return None
         if episode["kind"] != "spike" or step < episode["onset"] + window:
@@ -653,6 +683,14 @@ def _classify(
     if over_local <= dip and log_value < min(recent):
         return "dip", ref.local
     return None
+
+
+def _well_inside(ref: _Reference, log_value: float, policy: Policy) -> bool:
+    """Whether a point lies well inside the noise band (half a threshold from any verdict)."""
+    return (
+        log_value - _expected(ref) < math.log1p(policy.spike_threshold) / 2
+        and log_value - ref.local > math.log1p(-policy.spike_threshold / 2) / 2
+    )
 
 
 def _allowance(sigma: float, policy: Policy) -> float:
