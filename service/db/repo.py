@@ -258,16 +258,6 @@ def list_checkpoints(session: Session, *, job_id: int) -> Sequence[Checkpoint]:
     return session.scalars(query.order_by(Checkpoint.step, Checkpoint.attempt)).all()
 
 
-def newest_good_checkpoint(session: Session, *, job_id: int, before_step: int | None = None) -> Checkpoint | None:
-    """The latest verified, usable checkpoint (optionally strictly before a step)."""
-    query = select(Checkpoint).where(
-        Checkpoint.job_id == job_id, Checkpoint.verified.is_(True), Checkpoint.usable.is_(True)
-    )
-    if before_step is not None:
-        query = query.where(Checkpoint.step < before_step)
-    return session.scalars(query.order_by(Checkpoint.step.desc(), Checkpoint.attempt.desc()).limit(1)).first()
-
-
 def metric_points(
     session: Session,
     *,

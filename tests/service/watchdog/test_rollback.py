@@ -91,7 +91,7 @@ def test_a_checkpoint_the_superseded_attempt_reports_after_the_rollback_is_not_u
             session, job_id=job_id, attempt=1, step=170, tokens=170, path="/c/a1-170", manifest_sha256="c" * 64, actor="trainer"
         )
         assert fresh.usable is True
-        assert jobs.repo.newest_good_checkpoint(session, job_id=job_id).step == 170
+        assert checkpoints.choose(session, job_id=job_id).step == 170
 
 
 def test_a_second_rollback_maps_its_steps_through_the_first_skip(running_job):
