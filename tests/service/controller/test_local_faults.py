@@ -257,6 +257,17 @@ def test_a_diverged_trainer_is_rolled_back_not_failed_and_a_later_watchdog_verdi
     drive(controller, settings, job.id, lambda j: j.state == "succeeded", "succeeded")
 
 
+@pytest.mark.parametrize("why", ["alert_only", "no_checkpoint_early_enough"])
+def test_a_diverged_trainer_that_cannot_be_rolled_back_pauses_for_a_person_and_never_fails(settings, workloads, fake, why):
+    job = submit(settings, rollback="alert_only" if why == "alert_only" else "auto")
+    fake.plan(a0={"lines": [outcome_line("diverged", step=3)], "exit": 3})
+
+    done = drive(new_controller(settings, workloads), settings, job.id, lambda j: j.state == "paused", "paused")
+
+    assert [(a.state, a.outcome) for a in done.attempts] == [("failed", "diverged")]
+    assert "job.needs_attention" in kinds(settings, job.id) and "job.failed" not in kinds(settings, job.id)
+
+
 def test_a_preempted_trainer_resumes_from_its_checkpoint_without_spending_the_retry_budget(
     settings, workloads, fake
 ):
