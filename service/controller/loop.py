@@ -446,7 +446,13 @@ class Controller:
                 if self._due.get(job_id) != when:
                     continue  # superseded by an earlier or later notify
                 del self._due[job_id]
-            requeue = self.reconcile(job_id)
+            try:
+                requeue = self.reconcile(job_id)
+            except Exception:  # the database busy, a bug: look again later, never forget the job
+                failures = self._failures.get(job_id, 0) + 1
+                self._failures[job_id] = failures
+                requeue = min(MAX_BACKOFF_S, 2.0**failures)
+                log.exception("job %d: reconcile failed; trying again in %.0fs", job_id, requeue)
             done += 1
             if requeue is not None:
                 self.notify(job_id, requeue)

@@ -399,3 +399,27 @@ def test_an_attempt_never_resumes_from_a_checkpoint_damaged_on_disk(settings, wo
         by_step = {c.step: c for c in repo.list_checkpoints(session, job_id=job.id)}
     assert by_step[30].usable is False
     assert by_step[30].unusable_reason.startswith("missing" if damage == "deleted" else "corrupt")
+
+
+class FailsOnce(LocalBackend):
+    """A backend whose first look fails as no backend error does (a bug, a database too busy)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.looks = 0
+
+    def observe(self, job_id: int, *, kind: str = "pretrain"):
+        self.looks += 1
+        if self.looks == 1:
+            raise RuntimeError("database is locked")
+        return super().observe(job_id, kind=kind)
+
+
+def test_a_reconcile_that_raises_is_tried_again_later_not_forgotten(settings, workloads, fake):
+    job = submit(settings)
+    controller = new_controller(settings, workloads, FailsOnce(workloads))
+    controller.notify(job.id)
+
+    assert controller.run_once() == 1  # nothing escapes the loop's pass
+
+    assert job.id in controller._due  # looked at again, after a backoff
