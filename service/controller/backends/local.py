@@ -193,6 +193,13 @@ class LocalBackend:
             started = tokenizer or (folder / "metrics.jsonl").exists()
             return WorkloadStatus(name, attempt, Phase.RUNNING if started else Phase.PENDING)
         if (folder / launcher.PID_FILE).exists():
+            # Ended without its launcher there to record the exit code: its own word, if any.
+            told = outcomes.read_outcome(_read_text(folder / RESULT_FILE))
+            if told is not None and told.outcome == outcomes.Outcome.COMPLETED:
+                return WorkloadStatus(name, attempt, Phase.SUCCEEDED, outcome=told)
+            if told is not None:
+                reason = f"the {what} {told.describe()}"
+                return WorkloadStatus(name, attempt, Phase.FAILED, reason=reason, outcome=told)
             return WorkloadStatus(
                 name, attempt, Phase.FAILED, reason=f"the {what} process vanished", retryable=True
             )

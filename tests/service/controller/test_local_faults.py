@@ -423,3 +423,20 @@ def test_a_reconcile_that_raises_is_tried_again_later_not_forgotten(settings, wo
     assert controller.run_once() == 1  # nothing escapes the loop's pass
 
     assert job.id in controller._due  # looked at again, after a backoff
+
+
+def test_a_trainer_outliving_its_killed_launcher_still_runs_and_is_judged_by_its_own_word(settings, workloads, fake):
+    job = submit(settings)  # no pod-failure retries: a trainer taken for vanished fails the job
+    fake.plan(a0={"wait_for": fake.gate("go")})
+    controller = new_controller(settings, workloads)
+    drive(controller, settings, job.id, lambda j: j.state == "running", "ran")
+    (folder,) = workloads.glob(f"*-{job.id}-a0")
+    os.kill(int((folder / "pid").read_text()), signal.SIGKILL)  # the launcher alone, not its group
+
+    controller.reconcile(job.id)
+    assert stored(settings, job.id).state == "running"  # the trainer holds the lock: it runs
+    fake.open("go")
+
+    done = drive(controller, settings, job.id, lambda j: j.state == "succeeded", "succeeded")
+    assert [(a.state, a.outcome) for a in done.attempts] == [("succeeded", "completed")]
+    assert len(fake.runs()) == 1
