@@ -69,10 +69,13 @@ MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGER}"
 # `manifests.config_map_name` / `secret_name`: the PyTorchJob's name and these suffixes.
 CONFIG_MAP_SUFFIX = "-config"
 SECRET_SUFFIX = "-token"
-# Background: the PyTorchJob goes at once, the collector removes its pods, ConfigMap and
-# Secret after it. Foreground would keep it (terminating) until its pods are gone, which the
-# controller gains nothing from: it opens the next attempt either way.
-PROPAGATION_POLICY = "Background"
+# Foreground: a deleted PyTorchJob stays (terminating) until its pods are gone, so the attempt
+# ends, and its token is revoked, only once its trainer has saved on SIGTERM and registered that
+# checkpoint (a paused job resumes from it). The next attempt is created meanwhile all the same.
+PYTORCHJOB_PROPAGATION_POLICY = "Foreground"
+# Background for a tokenizer's batch Job: it goes at once, the collector removes its pod after
+# it (the API's default for Jobs would orphan the pod).
+BATCH_JOB_PROPAGATION_POLICY = "Background"
 
 WATCH_BACKOFF_S = (0.5, 30.0)  # first and longest wait before the informer tries again
 
@@ -233,11 +236,10 @@ class KubernetesBackend:
             with _api_errors(f"delete {what} {self._namespace}/{name}"):
                 try:
                     if batch:
-                        # Background: the API's default for Jobs orphans their pods.
                         self._batch.delete_namespaced_job(
                             name,
                             self._namespace,
-                            propagation_policy=PROPAGATION_POLICY,
+                            propagation_policy=BATCH_JOB_PROPAGATION_POLICY,
                             _request_timeout=self._timeout,
                         )
                     else:
@@ -247,7 +249,7 @@ class KubernetesBackend:
                             self._namespace,
                             PLURAL,
                             name,
-                            propagation_policy=PROPAGATION_POLICY,
+                            propagation_policy=PYTORCHJOB_PROPAGATION_POLICY,
                             _request_timeout=self._timeout,
                         )
                     deleted = True

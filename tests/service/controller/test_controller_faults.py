@@ -7,7 +7,9 @@ real Postgres, with the kill, the pod failure or the bad checkpoint injected whe
   even when torchrun's clean-up made the other pods exit 143 (SIGTERM);
 - a pod failure that opened a restart attempt does not swallow the watchdog's rollback of the
   attempt it replaced: the rollback supersedes the restart, with its skip range and LR scale;
-- with the checkpoint volume mounted in the service, a damaged resume checkpoint is passed over.
+- with the checkpoint volume mounted in the service, a damaged resume checkpoint is passed over;
+- a paused attempt ends (and its token goes) only once its pods are gone: a foreground deletion
+  keeps the PyTorchJob while its trainer saves on SIGTERM and registers that checkpoint.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from service import jobs
+from service import attempts, jobs
 from service.controller.backends.kubernetes import KubernetesBackend
 from service.controller.loop import Controller
 from service.controller.manifests import workload_name
 from service.db import repo
-from service.db.models import Job, Role
+from service.db.models import Checkpoint, Job, Role
 from service.db.session import get_sessionmaker
 from service.settings import Settings
 from service.tokens import Principal, authenticate
@@ -277,3 +279,40 @@ def test_a_job_that_cannot_be_rendered_at_launch_fails_with_its_attempt_instead_
         kinds = [e.kind for e in repo.list_events(session, job_id=job.id, limit=100).items]
         assert repo.active_job_tokens(session, job_id=job.id) == []
     assert kinds[-2:] == ["attempt.failed", "job.failed"]
+
+
+# --- fault 10: an attempt ends when its pods are gone ------------------------------------------
+
+
+def test_a_paused_attempt_ends_only_once_its_pods_are_gone_so_its_sigterm_checkpoint_counts(
+    settings, cluster, job
+):
+    _, k8s = cluster
+    controller = make_controller(settings, cluster)
+    controller.reconcile(job.id)
+    k8s.transition(name_of(job, 0), "Running")
+    k8s.hold_dependents("pytorchjobs", name_of(job, 0))  # its pod runs
+    controller.reconcile(job.id)
+    token = secret_token(k8s, job, 0)
+    register(settings, job, 0, (10,))
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        attempts.pause_job(session, job_id=job.id, principal=Principal(name="oncall", role=Role.ONCALL), reason="look")
+
+    for _ in range(2):
+        controller.reconcile(job.id)
+
+    # Deleted (in the foreground): its pod got SIGTERM and is saving; the attempt still runs.
+    assert k8s.get("pytorchjobs", name_of(job, 0))["metadata"].get("deletionTimestamp")
+    assert stored(settings, job.id).attempts[0].state == "running"
+    assert accepted(settings, token) is not None
+    register(settings, job, 0, (13,))  # the save on SIGTERM, with that token
+
+    k8s.release_dependents("pytorchjobs", name_of(job, 0))  # the pod is gone
+    controller.reconcile(job.id)
+
+    paused = stored(settings, job.id)
+    assert (paused.state, paused.attempts[0].state) == ("paused", "cancelled")
+    assert accepted(settings, token) is None
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        resumed = attempts.resume_job(session, job_id=job.id, principal=Principal(name="oncall", role=Role.ONCALL), reason="go on")
+        assert session.get(Checkpoint, resumed.attempts[-1].resume_from_checkpoint_id).step == 13
