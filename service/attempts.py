@@ -1,9 +1,16 @@
-"""Attempts: a job runs as a sequence of them; opening one is a transaction with its event."""
+"""Attempts: a job runs as a sequence of them; opening or ending one is a transaction with its event.
+
+An attempt's ingest token lives exactly as long as the attempt: ending it (succeeded, failed,
+cancelled, superseded) revokes the token in the same transaction.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.orm import Session
 
+from service import checkpoints, tokens
 from service.db import repo
 from service.db.models import (
     Attempt,
@@ -43,8 +50,15 @@ def open_attempt(
     """
     previous = job.attempts[-1] if job.attempts else None
     if previous is not None and previous.state not in TERMINAL_ATTEMPT_STATES:
-        previous.state = AttemptState.SUPERSEDED
-        previous.finished_at = utcnow()
+        end_attempt(
+            session,
+            job=job,
+            attempt=previous,
+            state=AttemptState.SUPERSEDED,
+            actor=actor,
+            reason=f"superseded by attempt {previous.number + 1}: {why}",
+            event=False,  # attempt.opened below says it
+        )
     attempt = repo.add_attempt(
         session,
         job=job,
@@ -79,6 +93,46 @@ def open_attempt(
     return attempt
 
 
+def end_attempt(
+    session: Session,
+    *,
+    job: Job,
+    attempt: Attempt,
+    state: AttemptState,
+    actor: str,
+    reason: str | None = None,
+    outcome: str | None = None,
+    data: dict[str, Any] | None = None,
+    event: bool = True,
+) -> None:
+    """Finish an attempt: its state, why, the trainer's outcome if known, and its token revoked.
+
+    The caller commits. `event` False: the caller's own event tells the story.
+    """
+    attempt.state = state
+    attempt.state_reason = reason
+    attempt.finished_at = utcnow()
+    if outcome is not None:
+        attempt.outcome = outcome
+    if event:
+        repo.add_event(
+            session,
+            kind=f"attempt.{state}",
+            actor=actor,
+            job_id=job.id,
+            attempt=attempt.number,
+            reason=reason,
+            data=data,
+        )
+    tokens.revoke_attempt_tokens(
+        session,
+        job_id=job.id,
+        attempt=attempt.number,
+        actor=actor,
+        reason=f"attempt {attempt.number} {state}",
+    )
+
+
 def pause_job(session: Session, *, job_id: int, principal: Principal, reason: str | None) -> Job:
     """Stop the job's workload but keep the job: `resume` continues from its newest checkpoint."""
     job = repo.get_job(session, job_id=job_id, for_update=True)
@@ -99,7 +153,7 @@ def resume_job(session: Session, *, job_id: int, principal: Principal, reason: s
     job = repo.get_job(session, job_id=job_id, for_update=True)
     if job.state != JobState.PAUSED:
         raise Conflict(f"job {job_id} is {job.state}, not paused")
-    checkpoint = repo.newest_good_checkpoint(session, job_id=job_id)
+    checkpoint = checkpoints.choose(session, job_id=job_id)
     open_attempt(
         session,
         job=job,

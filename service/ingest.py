@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -11,11 +11,20 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service import checkpoints
 from service.db import repo
-from service.db.models import AttemptState, Checkpoint, MetricPoint
+from service.db.models import AttemptState, Checkpoint, JobState, MetricPoint
 from service.errors import Conflict
 
 NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+class Registration(NamedTuple):
+    """A registered checkpoint, whether this call stored it, and what the trainer should delete."""
+
+    checkpoint: Checkpoint
+    created: bool
+    prune: list[Checkpoint]
 
 
 def record_checkpoint(
@@ -28,11 +37,13 @@ def record_checkpoint(
     path: str,
     manifest_sha256: str,
     actor: str,
-) -> tuple[Checkpoint, bool]:
-    """Register a published checkpoint once; a retried report returns the stored row unchanged.
+) -> Registration:
+    """Register a published checkpoint once and apply the retention rule in the same transaction.
 
-    A checkpoint of an attempt a rollback superseded is stored unusable: it was trained on
-    the data the rollback skips (a save on SIGTERM, or one that raced the rollback).
+    A retried report returns the stored row and the same prune list. A checkpoint of an attempt
+    a rollback superseded is stored unusable with an empty prune list: it was trained on the
+    data the rollback skips (a save on SIGTERM, or one that raced the rollback). A finished job,
+    or an attempt that ended otherwise, registers nothing (Conflict).
     """
     # The job's row lock serialises this with a rollback (which takes it too), so a checkpoint
     # is either there for the rollback to mark unusable or sees its attempt superseded.
@@ -46,7 +57,13 @@ def record_checkpoint(
             raise Conflict(
                 f"job {job_id} attempt {attempt} already registered a different checkpoint at step {step}"
             )
-        return existing, False
+        return Registration(existing, False, checkpoints.pruned_with(session, job=job, registered=existing))
+    if JobState(job.state).is_terminal:
+        raise Conflict(f"job {job_id} is already {job.state}")
+    current = job.attempts[-1]
+    superseded = reporter.state == AttemptState.SUPERSEDED
+    if reporter is not current and not superseded:
+        raise Conflict(f"job {job_id} is at attempt {current.number}; attempt {attempt} is {reporter.state}")
     try:
         checkpoint = repo.add_checkpoint(
             session,
@@ -57,8 +74,14 @@ def record_checkpoint(
             path=path,
             meta={"manifest_sha256": manifest_sha256},
         )
-        if reporter.state == AttemptState.SUPERSEDED:
-            checkpoint.usable = False
+        checkpoints.mark_overwritten(repo.list_checkpoints(session, job_id=job_id), checkpoint)
+        if superseded:
+            checkpoints.mark_unusable(
+                checkpoint, f"superseded: attempt {attempt} was replaced by attempt {current.number}"
+            )
+            prune: list[Checkpoint] = []
+        else:
+            prune = checkpoints.retain(session, job=job, registered=checkpoint)
         repo.add_event(
             session,
             kind="checkpoint.published",
@@ -71,9 +94,10 @@ def record_checkpoint(
                 "tokens": tokens,
                 "path": path,
                 "usable": checkpoint.usable,
+                "unusable_reason": checkpoint.unusable_reason,
+                "prune": [{"checkpoint_id": c.id, "step": c.step, "path": c.path} for c in prune],
             },
         )
-        _mark_pruned(session, job=job)
         session.commit()
     except IntegrityError:
         # A retry of the same report raced us to the insert; the stored row answers both.
@@ -81,8 +105,9 @@ def record_checkpoint(
         existing = repo.find_checkpoint(session, job_id=job_id, attempt=attempt, step=step)
         if existing is None or existing.meta.get("manifest_sha256") != manifest_sha256:
             raise
-        return existing, False
-    return checkpoint, True
+        job = repo.get_job(session, job_id=job_id)
+        return Registration(existing, False, checkpoints.pruned_with(session, job=job, registered=existing))
+    return Registration(checkpoint, True, prune)
 
 
 def metric_rows(job_id: int, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -133,18 +158,3 @@ def store_metrics(session: Session, *, job_id: int, records: list[dict[str, Any]
     stored = len(session.execute(statement.returning(MetricPoint.id), rows).all())
     session.commit()
     return stored
-
-
-def _mark_pruned(session: Session, *, job) -> None:
-    """Mirror the trainer's pruning: beyond the newest `keep_last`, a checkpoint is gone from disk.
-
-    The trainer keeps the newest `checkpoint.keep_last` plus any it was told to pin (the one
-    each attempt resumed from); everything else it deletes, so it must not be offered for a
-    rollback.
-    """
-    keep_last = job.spec.get("checkpoint", {}).get("keep_last", 3)
-    pinned = {a.resume_from_checkpoint_id for a in job.attempts if a.resume_from_checkpoint_id}
-    checkpoints = repo.list_checkpoints(session, job_id=job.id)
-    live = [c for c in checkpoints if c.usable and c.id not in pinned]
-    for old in live[: max(0, len(live) - keep_last)]:
-        old.usable = False

@@ -9,6 +9,8 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service import attempts, tokens
+from service.controller.workload import render_problems
 from service.db import repo
 from service.db.models import (
     ACTIVE_JOB_STATES,
@@ -22,6 +24,7 @@ from service.db.models import (
 )
 from service.errors import Conflict, Forbidden
 from service.planner import memory_problems, plan_job
+from service.settings import Settings
 from service.spec import TOKENIZER_KIND, SpecInvalid, ValidatedTokenizerSpec, validate_spec
 from service.tokens import Principal
 
@@ -32,8 +35,15 @@ def spec_hash(spec: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def submit_job(session: Session, *, raw: dict[str, Any], principal: Principal) -> Job:
-    """Validate a spec and store the job with a pending attempt 0; nothing is written if invalid."""
+def submit_job(
+    session: Session, *, raw: dict[str, Any], principal: Principal, settings: Settings | None = None
+) -> Job:
+    """Validate a spec and store the job with a pending attempt 0; nothing is written if invalid.
+
+    With `settings` (the API always passes its own), attempt 0 is rendered once for the installed
+    backend, by the builder the controller launches with: a spec that validates but could not
+    be launched here is refused now, naming the field, instead of failing at launch.
+    """
     validated = validate_spec(raw)
     if isinstance(validated, ValidatedTokenizerSpec):
         # A tokenizer job runs on one CPU machine: nothing to derive or plan.
@@ -54,6 +64,17 @@ def submit_job(session: Session, *, raw: dict[str, Any], principal: Principal) -
         plan_document = plan.model_dump(mode="json")
     spec = validated.spec.model_dump(mode="json")
     name = validated.spec.name
+    if settings is not None:
+        problems = render_problems(
+            job_name=name,
+            kind=validated.spec.kind,
+            spec=spec,
+            derived=derived,
+            plan=plan_document,
+            settings=settings,
+        )
+        if problems:
+            raise SpecInvalid(problems)
     try:
         job = repo.add_job(
             session,
@@ -98,11 +119,18 @@ def cancel_job(session: Session, *, job_id: int, principal: Principal, reason: s
     job.desired_state = DesiredState.CANCELLED
     nothing_running = all(a.state == AttemptState.PENDING or a.finished_at for a in job.attempts)
     if nothing_running:
-        _finish(job, JobState.CANCELLED, reason or "cancelled before it started")
         for attempt in job.attempts:
             if attempt.state == AttemptState.PENDING:
-                attempt.state = AttemptState.CANCELLED
-                attempt.finished_at = utcnow()
+                attempts.end_attempt(
+                    session,
+                    job=job,
+                    attempt=attempt,
+                    state=AttemptState.CANCELLED,
+                    actor=principal.name,
+                    reason="job cancelled",
+                    event=False,  # job.cancelled below says it
+                )
+        finish_job(session, job=job, state=JobState.CANCELLED, reason=reason or "cancelled before it started", actor=principal.name)
         kind = "job.cancelled"
     else:
         job.state = JobState.CANCELLING
@@ -153,7 +181,13 @@ def record_result(
     return job
 
 
-def _finish(job: Job, state: JobState, reason: str) -> None:
+def finish_job(session: Session, *, job: Job, state: JobState, reason: str, actor: str) -> None:
+    """Put a job in `state` with why; a finished job's tokens are revoked with it. No event:
+    the caller writes the one that tells the story. The caller commits."""
     job.state = state
     job.state_reason = reason
-    job.finished_at = utcnow()
+    if state.is_terminal:
+        job.finished_at = utcnow()
+        tokens.revoke_attempt_tokens(
+            session, job_id=job.id, attempt=None, actor=actor, reason=f"job {job.id} {state}"
+        )

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
         description="Where trainers write checkpoints: the checkpoint volume's mount path "
         "(default /checkpoints), or `<state_dir>/checkpoints` with the local backend.",
     )
+    checkpoint_mount: str | None = Field(
+        None,
+        description="Where this service's processes see the checkpoint volume (the files trainers "
+        "see at `checkpoint_root`), to verify a checkpoint before resuming from it; unset: not "
+        "mounted (the local backend shares `checkpoint_root` itself).",
+    )
     data_root: str = Field("/data", description="Where trainer pods read corpora (the data volume).")
     checkpoint_pvc: str | None = Field(
         None, description="PersistentVolumeClaim mounted at `checkpoint_root` in trainer pods."

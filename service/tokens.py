@@ -84,6 +84,35 @@ def revoke_token(session: Session, *, token_id: int, actor: str) -> ApiToken:
     return token
 
 
+def revoke_attempt_tokens(
+    session: Session,
+    *,
+    job_id: int,
+    attempt: int | None,
+    actor: str,
+    reason: str,
+    keep: int | None = None,
+) -> list[int]:
+    """Revoke the active tokens of one attempt of a job (every attempt's: `attempt` None), but
+    `keep`; each with its audit event, in the caller's transaction. The ids revoked."""
+    revoked = []
+    for token in repo.active_job_tokens(session, job_id=job_id, attempt=attempt):
+        if token.id == keep:
+            continue
+        repo.revoke_token(session, token_id=token.id)
+        repo.add_event(
+            session,
+            kind="token.revoked",
+            actor=actor,
+            job_id=job_id,
+            attempt=token.attempt,
+            reason=reason,
+            data={"token_id": token.id},
+        )
+        revoked.append(token.id)
+    return revoked
+
+
 def authenticate(session: Session, *, token: str, admin_token_hash: str | None) -> Principal | None:
     """The principal behind a bearer token, or None when it is unknown or revoked."""
     digest = hash_token(token)

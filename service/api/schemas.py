@@ -18,11 +18,14 @@ class AttemptPublic(BaseModel):
 
     number: int
     state: str
-    reason: str = Field(description="Why the attempt was opened: launch, pod_failure, rollback, oncall, resume.")
+    reason: str = Field(description="Why the attempt was opened: launch, pod_failure, rollback, oncall, resume, preempted, bad_checkpoint.")
     resume_from_checkpoint_id: int | None
     skip_ranges: list[Any]
     lr_scale: float
     state_reason: str | None
+    outcome: str | None = Field(
+        None, description="How the trainer said the attempt ended: completed, diverged, preempted, corrupt_checkpoint, bad_config, crashed."
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -156,7 +159,29 @@ class CheckpointPublic(BaseModel):
     path: str
     verified: bool
     usable: bool
+    unusable_reason: str | None = Field(
+        None, description="Why it may not be restored: pruned, rolled back past, superseded, overwritten, missing, corrupt."
+    )
+    pruned_at: datetime | None = Field(None, description="When the service handed it to a trainer to delete.")
     created_at: datetime
+
+
+class CheckpointToPrune(BaseModel):
+    """A checkpoint the trainer should delete, if the manifest there still has this sha256."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    path: str
+    step: int
+    attempt: int
+    manifest_sha256: str
+
+
+class CheckpointRegistered(CheckpointPublic):
+    prune: list[CheckpointToPrune] = Field(
+        description="Checkpoints the service marked unusable for retention (or found unusable) "
+        "and no attempt resumes from: delete each whose manifest still has its sha256."
+    )
 
 
 MetricValue = Annotated[float, Field(allow_inf_nan=False)] | Literal["NaN", "Infinity", "-Infinity"]

@@ -62,6 +62,8 @@ CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
 TOKEN_KEY = "token"
 TOKEN_ENV = "PRETRAIN_INGEST_TOKEN"
 GPU_RESOURCE = "nvidia.com/gpu"
+# Where the trainer writes its outcome lines in a pod (its default `job.result_path`).
+TERMINATION_LOG = "/dev/termination-log"
 # The trainer saves a checkpoint on SIGTERM before it exits; the default 30 s cuts that short.
 TERMINATION_GRACE_S = 300
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -358,6 +360,10 @@ def _pod_template(workload: Workload, settings: Settings) -> k8s.V1PodTemplateSp
         ],
         resources=_resources(workload),
         volume_mounts=mounts,
+        # Each trainer rank appends its outcome line (outcome.py) to the termination log; the
+        # log's tail stands in when it wrote none (killed, or failed before it could).
+        termination_message_path=TERMINATION_LOG,
+        termination_message_policy="FallbackToLogsOnError",
     )
     return k8s.V1PodTemplateSpec(
         metadata=k8s.V1ObjectMeta(labels=workload_labels(workload)),

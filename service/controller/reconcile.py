@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from service.controller.outcome import Outcome, TrainerOutcome
+
 # How soon to look again while something is in motion, and while a job just runs.
 REQUEUE_SOON_S = 2.0
 REQUEUE_RUNNING_S = 5.0
@@ -31,7 +33,8 @@ class WorkloadStatus:
     attempt: int
     phase: Phase
     reason: str | None = None
-    retryable: bool = False
+    retryable: bool = False  # without an outcome: whether a new attempt may help
+    outcome: TrainerOutcome | None = None  # how the trainer said it ended, once it has
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class RecordAttempt:
     attempt: int
     state: str
     reason: str | None = None
+    outcome: TrainerOutcome | None = None
 
 
 @dataclass(frozen=True)
@@ -88,12 +92,32 @@ class OpenAttempt:
 
 
 @dataclass(frozen=True)
+class RollBack:
+    """The trainer diverged: roll attempt `attempt` back, as a watchdog divergence would be."""
+
+    attempt: int
+    onset_step: int | None
+    why: str
+
+
+@dataclass(frozen=True)
+class RefuseCheckpoint:
+    """The trainer refused `path` as corrupt: mark it unusable and resume from an older one."""
+
+    attempt: int
+    path: str | None
+    why: str
+
+
+@dataclass(frozen=True)
 class FinishJob:
     state: str  # succeeded | failed | cancelled | paused
     reason: str
 
 
-Action = CreateWorkload | DeleteWorkload | RecordAttempt | OpenAttempt | FinishJob
+Action = (
+    CreateWorkload | DeleteWorkload | RecordAttempt | OpenAttempt | RollBack | RefuseCheckpoint | FinishJob
+)
 
 TERMINAL_JOB_STATES = {"succeeded", "failed", "cancelled"}
 TERMINAL_ATTEMPT_STATES = {"succeeded", "failed", "cancelled", "superseded"}
@@ -152,19 +176,51 @@ def plan(desired: Desired, observed: Observed) -> tuple[list[Action], float | No
             actions.append(FinishJob("failed", reason=f"attempt {desired.attempt}: {reason}"))
             return actions, None
         if desired.attempt_state != "succeeded":
-            actions.append(RecordAttempt(desired.attempt, "succeeded"))
+            actions.append(RecordAttempt(desired.attempt, "succeeded", outcome=current.outcome))
         actions.append(
             FinishJob("succeeded", reason=f"attempt {desired.attempt} finished training")
         )
         return actions, None
 
     # failed
-    actions += _after_failure(desired, current.reason or "the workload failed", current.retryable)
+    if current.outcome is not None and current.outcome.outcome != Outcome.COMPLETED:
+        actions += _after_trainer_outcome(desired, current.outcome)
+    else:
+        actions += _after_failure(
+            desired, current.reason or "the workload failed", current.retryable, current.outcome
+        )
     return actions, REQUEUE_SOON_S
 
 
-def _after_failure(desired: Desired, reason: str, retryable: bool) -> list[Action]:
-    actions: list[Action] = [RecordAttempt(desired.attempt, "failed", reason=reason)]
+def _after_trainer_outcome(desired: Desired, outcome: TrainerOutcome) -> list[Action]:
+    """The trainer said how it ended: that, not the exit code, decides what comes next.
+
+    | outcome            | next                                                              |
+    | ------------------ | ----------------------------------------------------------------- |
+    | diverged           | a rollback from its first non-finite step (the watchdog's policy) |
+    | corrupt_checkpoint | that checkpoint unusable; a new attempt from an older good one    |
+    | preempted          | a new attempt from the newest checkpoint, not a pod failure       |
+    | bad_config         | the job fails: the same config fails again                        |
+    | crashed            | the job fails, as any trainer error does                          |
+    """
+    number = desired.attempt
+    why = f"attempt {number}: the trainer {outcome.describe()}"
+    record = RecordAttempt(number, "failed", reason=f"the trainer {outcome.describe()}", outcome=outcome)
+    match outcome.outcome:
+        case Outcome.DIVERGED:
+            return [record, RollBack(number, onset_step=outcome.step, why=why)]
+        case Outcome.CORRUPT_CHECKPOINT:
+            return [record, RefuseCheckpoint(number, path=outcome.checkpoint, why=why)]
+        case Outcome.PREEMPTED:
+            return [record, OpenAttempt("preempted", why=why)]
+        case _:
+            return [record, FinishJob("failed", reason=why)]
+
+
+def _after_failure(
+    desired: Desired, reason: str, retryable: bool, outcome: TrainerOutcome | None = None
+) -> list[Action]:
+    actions: list[Action] = [RecordAttempt(desired.attempt, "failed", reason=reason, outcome=outcome)]
     if retryable and desired.pod_failure_retries < desired.max_pod_failure_retries:
         actions.append(OpenAttempt("pod_failure", why=f"attempt {desired.attempt}: {reason}"))
     elif retryable:

@@ -31,6 +31,16 @@ _METRICS_DEFAULTS = {
 }
 _TRAIN_DEFAULTS = {"max_nonfinite_steps": 3, "log_interval": 1}
 
+
+
+class RenderError(ValueError):
+    """A stored spec the trainer config cannot express; `loc` is the spec field to change."""
+
+    def __init__(self, message: str, loc: Sequence[str | int] = ()) -> None:
+        super().__init__(message)
+        self.loc = list(loc)
+
+
 _SCHEDULE_KINDS = frozenset({"wsd", "cosine", "constant"})
 _DECAY_SHAPES = frozenset({"linear", "cosine", "1-sqrt"})
 
@@ -137,9 +147,10 @@ def _model(model: Mapping[str, Any], plan: Mapping[str, Any] | None) -> dict[str
 
 def _parallel(parallel: Mapping[str, Any], resources: Mapping[str, Any]) -> dict[str, Any]:
     if parallel["sequence_parallel"] and resources["gpu_type"] == "cpu":
-        raise ValueError(
+        raise RenderError(
             "sequence_parallel needs Transformer Engine or Apex kernels, which run on GPUs only; "
-            "turn it off for gpu_type cpu"
+            "turn it off for gpu_type cpu",
+            loc=["parallelism", "sequence_parallel"],
         )
     # optimizer_offload has no v1 field: it moves optimizer state, not the numerics.
     return {
@@ -156,7 +167,9 @@ def _parallel(parallel: Mapping[str, Any], resources: Mapping[str, Any]) -> dict
 def _precision(precision: Mapping[str, Any], resources: Mapping[str, Any]) -> dict[str, Any]:
     dtype = precision["dtype"]
     if dtype not in ("bf16", "fp16", "fp8"):
-        raise ValueError(f"precision.dtype {dtype!r} is not one of bf16, fp16, fp8")
+        raise RenderError(
+            f"precision.dtype {dtype!r} is not one of bf16, fp16, fp8", loc=["precision", "dtype"]
+        )
     if resources["gpu_type"] == "cpu":
         dtype = "fp32"  # CPU processes compute in fp32 whatever the spec asks for
     elif dtype == "fp8":
@@ -195,12 +208,14 @@ def _optimizer(optimizer: Mapping[str, Any]) -> dict[str, Any]:
 def _schedule(schedule: Mapping[str, Any], derived: Mapping[str, Any]) -> dict[str, Any]:
     kind, shape = schedule["kind"], schedule["decay_shape"]
     if kind not in _SCHEDULE_KINDS:
-        raise ValueError(
-            f"schedule.kind {kind!r} is not one of {', '.join(sorted(_SCHEDULE_KINDS))}"
+        raise RenderError(
+            f"schedule.kind {kind!r} is not one of {', '.join(sorted(_SCHEDULE_KINDS))}",
+            loc=["schedule", "kind"],
         )
     if shape not in _DECAY_SHAPES:
-        raise ValueError(
-            f"schedule.decay_shape {shape!r} is not one of {', '.join(sorted(_DECAY_SHAPES))}"
+        raise RenderError(
+            f"schedule.decay_shape {shape!r} is not one of {', '.join(sorted(_DECAY_SHAPES))}",
+            loc=["schedule", "decay_shape"],
         )
     total = derived["total_train_iters"]
     decay = round(schedule["decay_fraction"] * total) if kind == "wsd" else 0
@@ -234,22 +249,30 @@ def _stages(
             "data": [
                 {
                     "channel": source["channel"],
-                    "path": _data_path(source["path"], settings),
+                    "path": _data_path(source["path"], settings, loc=["stages", i, "data", j, "path"]),
                     "weight": float(source["weight"]),
                     "corrupt": [list(bounds) for bounds in source.get("corrupt_steps", [])],
                 }
-                for source in stage["data"]
+                for j, source in enumerate(stage["data"])
             ],
         }
-        for stage, plan in zip(stages, planned, strict=True)
+        for i, (stage, plan) in enumerate(zip(stages, planned, strict=True))
     ]
 
 
-def _data_path(path: str, settings: Settings) -> str:
+def _data_path(path: str, settings: Settings, *, loc: Sequence[str | int] = ()) -> str:
     """Where a trainer pod finds a data source: relative paths live under `settings.data_root`."""
     if path.startswith(EMBEDDED_SCHEME) or "://" in path or path.startswith("/"):
         return path
-    return posixpath.normpath(posixpath.join(settings.data_root, path))
+    root = posixpath.normpath(settings.data_root)
+    resolved = posixpath.normpath(posixpath.join(root, path))
+    if posixpath.commonpath([root, resolved]) != root:
+        raise RenderError(
+            f"data path {path!r} leaves the data volume ({settings.data_root}); name a path under "
+            "it, or an absolute one",
+            loc=loc,
+        )
+    return resolved
 
 
 def _ranges(ranges: Sequence[Sequence[int]]) -> list[list[int]]:

@@ -100,6 +100,13 @@ class AttemptReason(enum.StrEnum):
     ROLLBACK = "rollback"
     ONCALL = "oncall"
     RESUME = "resume"
+    PREEMPTED = "preempted"  # the trainer saved on SIGTERM and said so: not a pod failure
+    BAD_CHECKPOINT = "bad_checkpoint"  # the trainer refused its resume checkpoint as corrupt
+
+    @property
+    def is_rollback(self) -> bool:
+        """A rollback (watchdog, trainer or on-call) replaces the data and LR; restarts do not."""
+        return self in (AttemptReason.ROLLBACK, AttemptReason.ONCALL)
 
 
 class Role(enum.StrEnum):
@@ -204,6 +211,10 @@ class Checkpoint(Base):
     usable: Mapped[bool] = mapped_column(Boolean, default=True)
     # Why a checkpoint may not be restored (pruned, rolled back past, superseded, missing, corrupt).
     unusable_reason: Mapped[str | None] = mapped_column(Text)
+    # When the service handed it to a trainer to delete, and the registration that answered so
+    # (a retried registration gets the same list back).
+    pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    pruned_by: Mapped[int | None] = mapped_column(BigId)
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

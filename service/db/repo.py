@@ -20,6 +20,7 @@ from service.db.models import (
     Role,
     utcnow,
 )
+from service.db.session import lock_for_write
 from service.errors import NotFound
 
 T = TypeVar("T")
@@ -84,10 +85,15 @@ def add_attempt(
 
 
 def get_job(session: Session, *, job_id: int, for_update: bool = False) -> Job:
-    """The job with its attempts, or NotFound; `for_update` locks the row until commit."""
+    """The job with its attempts, or NotFound; `for_update` locks the row until commit.
+
+    A locked read is re-read fresh, attempts included, even if the session holds the job from
+    an earlier read: what it decides on must be what the lock protects, not what was seen before.
+    """
     query = select(Job).where(Job.id == job_id).options(selectinload(Job.attempts))
     if for_update:
-        query = query.with_for_update()
+        lock_for_write(session)
+        query = query.with_for_update(key_share=True).execution_options(populate_existing=True)
     job = session.scalars(query).one_or_none()
     if job is None:
         raise NotFound(f"job {job_id} not found")
@@ -95,8 +101,15 @@ def get_job(session: Session, *, job_id: int, for_update: bool = False) -> Job:
 
 
 def lock_job_if_free(session: Session, *, job_id: int) -> Job | None:
-    """The job, its row locked until commit; None if it is gone or another session holds it."""
-    query = select(Job).where(Job.id == job_id).with_for_update(skip_locked=True)
+    """The job, its row locked until commit (read fresh); None if it is gone or another session holds it."""
+    lock_for_write(session)
+    query = (
+        select(Job)
+        .where(Job.id == job_id)
+        .options(selectinload(Job.attempts))
+        .with_for_update(skip_locked=True, key_share=True)
+        .execution_options(populate_existing=True)
+    )
     return session.scalars(query).one_or_none()
 
 
@@ -193,6 +206,14 @@ def find_active_token(session: Session, *, token_hash: str) -> ApiToken | None:
     return session.scalars(query).one_or_none()
 
 
+def active_job_tokens(session: Session, *, job_id: int, attempt: int | None = None) -> Sequence[ApiToken]:
+    """Unrevoked tokens scoped to the job (to one attempt of it, when `attempt` is given)."""
+    query = select(ApiToken).where(ApiToken.job_id == job_id, ApiToken.revoked_at.is_(None))
+    if attempt is not None:
+        query = query.where(ApiToken.attempt == attempt)
+    return session.scalars(query.order_by(ApiToken.id)).all()
+
+
 def list_tokens(session: Session) -> Sequence[ApiToken]:
     return session.scalars(select(ApiToken).order_by(ApiToken.id)).all()
 
@@ -235,16 +256,6 @@ def find_checkpoint(session: Session, *, job_id: int, attempt: int, step: int) -
 def list_checkpoints(session: Session, *, job_id: int) -> Sequence[Checkpoint]:
     query = select(Checkpoint).where(Checkpoint.job_id == job_id)
     return session.scalars(query.order_by(Checkpoint.step, Checkpoint.attempt)).all()
-
-
-def newest_good_checkpoint(session: Session, *, job_id: int, before_step: int | None = None) -> Checkpoint | None:
-    """The latest verified, usable checkpoint (optionally strictly before a step)."""
-    query = select(Checkpoint).where(
-        Checkpoint.job_id == job_id, Checkpoint.verified.is_(True), Checkpoint.usable.is_(True)
-    )
-    if before_step is not None:
-        query = query.where(Checkpoint.step < before_step)
-    return session.scalars(query.order_by(Checkpoint.step.desc(), Checkpoint.attempt.desc()).limit(1)).first()
 
 
 def metric_points(

@@ -1,4 +1,12 @@
-"""Engines and sessions; one engine per database URL per process."""
+"""Engines and sessions; one engine per database URL per process.
+
+SQLite has no row locks: a transaction that decides on what it read must hold the write lock
+before it reads, or two of them read the same state and the second fails to write ("database
+is locked", a unique violation) or acts on what the first already changed. `lock_for_write`
+begins the session's database transaction with `BEGIN IMMEDIATE` at that point; on Postgres the
+row locks (`FOR UPDATE`) do this job. pysqlite keeps its own habit otherwise (reads outside a
+transaction, a BEGIN before the first write), so reading sessions never hold a stale snapshot.
+"""
 
 from __future__ import annotations
 
@@ -42,3 +50,20 @@ def session_scope(url: str) -> Iterator[Session]:
     """Yield a session that is always closed; callers commit what they mean to keep."""
     with get_sessionmaker(url)() as session:
         yield session
+
+
+def lock_for_write(session: Session) -> None:
+    """Make the session's database transaction hold the write lock from here on (SQLite).
+
+    Call it before reading what a write will be decided on. On SQLite a transaction that has
+    written holds the lock already; otherwise (pysqlite ran the reads so far outside one) it
+    begins one now with `BEGIN IMMEDIATE`, waiting its turn (busy_timeout), and the reads that
+    follow see every write committed before. Postgres: nothing to do, the caller's row lock
+    serialises.
+    """
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        return
+    raw = connection.connection.dbapi_connection
+    if not raw.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

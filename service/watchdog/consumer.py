@@ -73,18 +73,33 @@ class Watchdog:
 
     def _act(self, session: Session, verdict: Verdict) -> int | None:
         """Record the verdict; roll back when it asks and policy allows. The job id if rolled back."""
+        from service.db.session import lock_for_write
+
         job_id = int(verdict.job)
+        lock_for_write(session)  # SQLite: what the rollback decides on is read under the write lock
         try:
             job = repo.get_job(session, job_id=job_id)
         except NotFound:
             return None
         evidence = {"channel": verdict.channel, "step": verdict.step, **verdict.evidence}
         # One bad stretch diverges on several series (the mixture's loss and the channel's) in the
-        # same batch: the first rolled the attempt back, the others are the same episode.
-        replaced_by = job.attempts[-1].number if job.attempts and job.attempts[-1].number > verdict.attempt else None
+        # same batch: the first rolled the attempt back, the others are the same episode. So did
+        # the trainer, if it exited diverged first. An attempt opened since for a pod failure or a
+        # preemption is no rollback: the rollback goes ahead and supersedes it.
+        rolled_back_by = next(
+            (
+                a
+                for a in job.attempts
+                if a.number > verdict.attempt and AttemptReason(a.reason).is_rollback
+            ),
+            None,
+        )
         action = verdict.action
-        if verdict.action == "rollback" and replaced_by is not None:
-            action = f"rollback already done (attempt {verdict.attempt} replaced by attempt {replaced_by})"
+        if verdict.action == "rollback" and rolled_back_by is not None:
+            action = (
+                f"rollback already done (attempt {verdict.attempt} replaced by attempt "
+                f"{rolled_back_by.number})"
+            )
         repo.add_event(
             session,
             kind=f"verdict.{verdict.kind}",
@@ -95,7 +110,7 @@ class Watchdog:
             data=evidence,
         )
         session.flush()
-        if verdict.action != "rollback" or replaced_by is not None:
+        if verdict.action != "rollback" or rolled_back_by is not None:
             return None
         if job.spec.get("watchdog", {}).get("rollback", "auto") != "auto":
             return None  # alert_only: the event is the whole answer
@@ -110,6 +125,7 @@ class Watchdog:
         )
         try:
             # A savepoint: a refused rollback leaves the verdict's event (and our state) intact.
+            # No checkpoint storage here: the controller verifies the resume checkpoint at launch.
             with session.begin_nested():
                 outcome = roll_back(session, job_id=job_id, request=request, commit=False)
             if outcome.checkpoint is not None:

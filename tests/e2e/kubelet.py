@@ -11,6 +11,8 @@ failed pod with the exit code behind), and when the PyTorchJob is deleted it sto
 the kubelet does: SIGTERM to the container's main process (torchrun passes it on to the
 trainer, which saves a checkpoint and exits), then, after a grace period, SIGKILL to every
 process of the pod (they carry its uid in their environment: the stand-in for its cgroup).
+While the pod's processes live they hold the PyTorchJob as dependents (the emulator's
+`hold_dependents`), so a foreground deletion keeps it, terminating, until they are gone.
 
 What differs from a real node, and nothing else:
   * `python` in the command is this interpreter (the image's Python is the virtualenv's);
@@ -63,6 +65,7 @@ class Pod:
     terminating_since: float | None = None
     exit_code: int | None = None
     reported: bool = False
+    released: bool = False  # its PyTorchJob no longer waits for it (emulator ADDITION 8)
 
     @property
     def log_path(self) -> Path:
@@ -154,10 +157,16 @@ class TrainerKubelet:
     def sync(self) -> None:
         jobs = {job["metadata"]["uid"]: job for job in self.cluster.objects("pytorchjobs")}
         for uid, pod in list(self.pods.items()):
-            if uid not in jobs:
+            job = jobs.get(uid)
+            if job is None or job["metadata"].get("deletionTimestamp"):
                 self._terminate(pod)
             elif not pod.reported and pod.process.poll() is not None:
-                self._report_exit(pod, jobs[uid])
+                self._report_exit(pod, job)
+            if job is not None and not pod.released and not pod.alive:
+                # Its pods are gone: a foreground deletion waiting for them completes.
+                pod.released = True
+                with contextlib.suppress(KeyError):
+                    self.cluster.release_dependents("pytorchjobs", pod.job_name)
         for uid, job in jobs.items():
             if uid in self.pods or _final(job):
                 continue
@@ -209,6 +218,8 @@ class TrainerKubelet:
             )
         log.info("kubelet: started %s as pid %d", name, process.pid)
         pod = Pod(job_name=name, uid=job["metadata"]["uid"], folder=folder, process=process)
+        with contextlib.suppress(KeyError):  # deleted meanwhile: sync stops the pod
+            self.cluster.hold_dependents("pytorchjobs", name)
         self._transition(name, "Created")
         self._transition(name, "Running")
         return pod

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, HTTPException, Response, status
 
 from service import ingest
 from service.api.auth import JobReporterDep, ViewerDep
 from service.api.deps import SessionDep
 from service.api.routes.jobs import JobId
-from service.api.schemas import CheckpointPublic, CheckpointReport
+from service.api.schemas import (
+    CheckpointPublic,
+    CheckpointRegistered,
+    CheckpointReport,
+    CheckpointToPrune,
+)
 from service.db import repo
 
 router = APIRouter(prefix="/jobs/{job_id}/checkpoints", tags=["checkpoints"])
@@ -17,19 +22,34 @@ router = APIRouter(prefix="/jobs/{job_id}/checkpoints", tags=["checkpoints"])
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    response_model=CheckpointPublic,
-    responses={200: {"description": "Already registered."}, 409: {"description": "Conflicts with a registered one."}},
+    response_model=CheckpointRegistered,
+    responses={
+        200: {"description": "Already registered."},
+        403: {"description": "Another job's or another attempt's token."},
+        409: {"description": "Conflicts with a registered one, the job is finished, or the attempt ended."},
+    },
 )
 def register_checkpoint(
     job_id: JobId, body: CheckpointReport, session: SessionDep, principal: JobReporterDep, response: Response
-) -> CheckpointPublic:
-    """Register a published checkpoint (the job's own token); retries are harmless."""
-    checkpoint, created = ingest.record_checkpoint(
-        session, job_id=job_id, actor=principal.name, **body.model_dump()
-    )
-    if not created:
+) -> CheckpointRegistered:
+    """Register a published checkpoint (the attempt's own token); answers what to delete. Retries are harmless."""
+    if principal.attempt is not None and body.attempt != principal.attempt:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"this token belongs to attempt {principal.attempt} of job {job_id}, not attempt {body.attempt}",
+        )
+    registration = ingest.record_checkpoint(session, job_id=job_id, actor=principal.name, **body.model_dump())
+    if not registration.created:
         response.status_code = status.HTTP_200_OK
-    return CheckpointPublic.model_validate(checkpoint)
+    return CheckpointRegistered(
+        **CheckpointPublic.model_validate(registration.checkpoint).model_dump(),
+        prune=[
+            CheckpointToPrune(
+                path=c.path, step=c.step, attempt=c.attempt, manifest_sha256=c.meta["manifest_sha256"]
+            )
+            for c in registration.prune
+        ],
+    )
 
 
 @router.get("", response_model=list[CheckpointPublic])

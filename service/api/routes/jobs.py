@@ -51,13 +51,13 @@ async def submit_job(
     """Validate a job spec (JSON or YAML), store it with attempt 0, and return it."""
     raw = parse_spec_text(await request.body())
     # The handler is async only to read the raw body; the database work must not block the loop.
-    job = await run_in_threadpool(_submit, session, raw, principal)
+    job = await run_in_threadpool(_submit, session, raw, principal, settings)
     tasks.job_changed(settings, job.id, "submitted")
     return job
 
 
-def _submit(session, raw, principal) -> JobPublic:
-    return JobPublic.model_validate(jobs.submit_job(session, raw=raw, principal=principal))
+def _submit(session, raw, principal, settings) -> JobPublic:
+    return JobPublic.model_validate(jobs.submit_job(session, raw=raw, principal=principal, settings=settings))
 
 
 @router.get("", response_model=JobsPublic)

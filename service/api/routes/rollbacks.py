@@ -9,6 +9,7 @@ from service.api.auth import OncallDep
 from service.api.deps import SessionDep, SettingsDep
 from service.api.routes.jobs import JobId
 from service.api.schemas import CheckpointPublic, JobPublic, RollbackCreate, RollbackPublic
+from service.checkpoints import CheckpointStorage
 from service.db import repo
 from service.db.models import AttemptReason
 from service.watchdog.rollback import RollbackRequest, roll_back
@@ -24,20 +25,23 @@ router = APIRouter(prefix="/jobs/{job_id}/rollback", tags=["rollback"])
 )
 def rollback(job_id: JobId, body: RollbackCreate, session: SessionDep, settings: SettingsDep, principal: OncallDep) -> RollbackPublic:
     """Open a new attempt from a good checkpoint with a data skip range (on-call)."""
-    latest = _latest_step(session, job_id)
+    # Without `attempt`, the caller rolls back the attempt current as the request arrives: a
+    # rollback that lands first (another person's, the watchdog's) makes this one a 409.
+    expected = body.attempt if body.attempt is not None else repo.get_job(session, job_id=job_id).attempts[-1].number
     outcome = roll_back(
         session,
         job_id=job_id,
         request=RollbackRequest(
-            onset_step=body.to_step if body.to_step is not None else latest,
+            onset_step=body.to_step,
             reason=AttemptReason.ONCALL,
             why=body.reason,
             actor=principal.name,
-            expected_attempt=body.attempt,
-            to_step=body.to_step if body.to_step is not None else latest,
+            expected_attempt=expected,
+            to_step=body.to_step,
             skip_steps=body.skip_steps,
             lr_scale=body.lr_scale,
         ),
+        storage=CheckpointStorage.from_settings(settings),
     )
     tasks.job_changed(settings, job_id, f"rollback-{outcome.attempt}")
     return RollbackPublic(
@@ -47,9 +51,3 @@ def rollback(job_id: JobId, body: RollbackCreate, session: SessionDep, settings:
         skip_range=outcome.skip_range,
         paused=outcome.paused,
     )
-
-
-def _latest_step(session, job_id: int) -> int:
-    checkpoints = repo.list_checkpoints(session, job_id=job_id)
-    repo.get_job(session, job_id=job_id)
-    return max((c.step for c in checkpoints), default=0)

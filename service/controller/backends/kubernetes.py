@@ -35,10 +35,21 @@ from kubernetes.client.exceptions import ApiException
 
 from service.controller.backends import PermanentBackendError, TemporaryBackendError
 from service.controller.manifests import (
+    BATCH_JOB_API_VERSION,
+    BATCH_JOB_KIND,
+    CONTAINER_NAME,
+    PYTORCHJOB_API_VERSION,
+    PYTORCHJOB_KIND,
     TokenizerWorkload,
     Workload,
     render_manifests,
     render_tokenizer_manifests,
+)
+from service.controller.outcome import (
+    Outcome,
+    TrainerOutcome,
+    read_outcome,
+    without_secondary_failures,
 )
 from service.controller.reconcile import Phase, WorkloadStatus
 from service.settings import Settings
@@ -58,10 +69,13 @@ MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGER}"
 # `manifests.config_map_name` / `secret_name`: the PyTorchJob's name and these suffixes.
 CONFIG_MAP_SUFFIX = "-config"
 SECRET_SUFFIX = "-token"
-# Background: the PyTorchJob goes at once, the collector removes its pods, ConfigMap and
-# Secret after it. Foreground would keep it (terminating) until its pods are gone, which the
-# controller gains nothing from: it opens the next attempt either way.
-PROPAGATION_POLICY = "Background"
+# Foreground: a deleted PyTorchJob stays (terminating) until its pods are gone, so the attempt
+# ends, and its token is revoked, only once its trainer has saved on SIGTERM and registered that
+# checkpoint (a paused job resumes from it). The next attempt is created meanwhile all the same.
+PYTORCHJOB_PROPAGATION_POLICY = "Foreground"
+# Background for a tokenizer's batch Job: it goes at once, the collector removes its pod after
+# it (the API's default for Jobs would orphan the pod).
+BATCH_JOB_PROPAGATION_POLICY = "Background"
 
 WATCH_BACKOFF_S = (0.5, 30.0)  # first and longest wait before the informer tries again
 
@@ -96,7 +110,8 @@ class KubernetesBackend:
         self._thread: threading.Thread | None = None
         self._watch: watch.Watch | None = None
         self._watch_response: Any = None
-        self._verdicts: dict[str, FailureVerdict] = {}  # by uid: a failure never changes
+        self._endings: dict[str, Ending] = {}  # by uid: how a workload ended never changes
+        self._owned: set[str] = set()  # uids of workloads whose ConfigMap and Secret they own
 
     @classmethod
     def from_environment(cls, settings: Settings, **options: Any) -> KubernetesBackend:
@@ -116,43 +131,92 @@ class KubernetesBackend:
     # --- Backend -------------------------------------------------------------------------------
 
     def create(self, workload: Workload | TokenizerWorkload) -> bool:
-        """Create the PyTorchJob, then its ConfigMap and Secret, each unless it exists.
+        """Create the attempt's ConfigMap and Secret, then its PyTorchJob, which then owns them.
 
-        True if this call created the PyTorchJob. A PyTorchJob of the same name that belongs
-        to another job is a permanent error; one of this job is this workload, already there.
+        True if this call created the PyTorchJob. The order makes "a PyTorchJob exists" imply
+        "its Secret exists, holding the token the controller committed before calling": a
+        controller killed in between leaves a ConfigMap and Secret without a PyTorchJob, which
+        the next call replaces with its own (its token may be a new one). A PyTorchJob that
+        exists is left as it is and its ConfigMap and Secret are completed and adopted. A
+        PyTorchJob of the same name that belongs to another job is a permanent error.
         A tokenizer workload is a batch Job instead, created the same way.
         """
         if isinstance(workload, TokenizerWorkload):
-            return self._create_batch_job(workload)
-        try:
-            manifests = render_manifests(workload, self._settings)
-        except ValueError as exc:
-            raise PermanentBackendError(f"cannot render the workload: {exc}") from exc
-        body = manifests["pytorchjob"]
-        name = body["metadata"]["name"]
-        created = True
-        with _api_errors(f"create PyTorchJob {self._namespace}/{name}"):
-            try:
-                stored = self._custom.create_namespaced_custom_object(
-                    GROUP, VERSION, self._namespace, PLURAL, body, _request_timeout=self._timeout
-                )
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
-                created = False
-                stored = self._read_pytorchjob(name)
-        self._adopt_and_own(stored, workload, created=created, what="PyTorchJob", render=render_manifests)
-        return created
+            return self._create(
+                workload,
+                what="Job",
+                key="job",
+                render=render_tokenizer_manifests,
+                create=lambda body: self._api.sanitize_for_serialization(
+                    self._batch.create_namespaced_job(self._namespace, body, _request_timeout=self._timeout)
+                ),
+                read=self._read_batch_job,
+            )
+        return self._create(
+            workload,
+            what="PyTorchJob",
+            key="pytorchjob",
+            render=render_manifests,
+            create=lambda body: self._custom.create_namespaced_custom_object(
+                GROUP, VERSION, self._namespace, PLURAL, body, _request_timeout=self._timeout
+            ),
+            read=self._read_pytorchjob,
+        )
 
     def observe(self, job_id: int, *, kind: str = "pretrain") -> dict[int, WorkloadStatus]:
-        """The job's workloads by attempt: from the informer's cache while it is live."""
+        """The job's workloads by attempt: from the informer's cache while it is live.
+
+        A workload this process did not create has its ConfigMap and Secret taken into its
+        ownership here, once: a controller killed between creating it and doing so left them
+        unowned, and the restarted one has nothing left to create.
+        """
         if kind == TOKENIZER_KIND:
             jobs = self._list_batch_jobs(job_id)
+            for obj in jobs.values():
+                self._ensure_owned(obj, api_version=BATCH_JOB_API_VERSION, kind=BATCH_JOB_KIND)
             return {attempt: self._batch_status(obj) for attempt, obj in sorted(jobs.items())}
         with self._lock:
             cached = dict(self._cache.get(job_id, {})) if self._live else None
         workloads = cached if cached is not None else self._list_workloads(job_id)
+        for obj in workloads.values():
+            self._ensure_owned(obj, api_version=PYTORCHJOB_API_VERSION, kind=PYTORCHJOB_KIND)
         return {attempt: self._status(obj) for attempt, obj in sorted(workloads.items())}
+
+    def _ensure_owned(self, obj: Mapping[str, Any], *, api_version: str, kind: str) -> None:
+        metadata = obj.get("metadata") or {}
+        uid, name = metadata.get("uid"), metadata.get("name")
+        with self._lock:
+            done = uid in self._owned
+        if not uid or done or metadata.get("deletionTimestamp"):
+            return
+        owner = {
+            "apiVersion": api_version,
+            "kind": kind,
+            "name": name,
+            "uid": uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        for owned_kind, read, patch, owned_name in (
+            ("ConfigMap", self._core.read_namespaced_config_map, self._core.patch_namespaced_config_map, name + CONFIG_MAP_SUFFIX),
+            ("Secret", self._core.read_namespaced_secret, self._core.patch_namespaced_secret, name + SECRET_SUFFIX),
+        ):
+            with _api_errors(f"adopt {owned_kind} {self._namespace}/{owned_name}"):
+                try:
+                    existing = read(owned_name, self._namespace, _request_timeout=self._timeout)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+                    continue
+                if not any(o.uid == uid for o in existing.metadata.owner_references or []):
+                    patch(
+                        owned_name,
+                        self._namespace,
+                        [{"op": "add", "path": "/metadata/ownerReferences", "value": [owner]}],
+                        _request_timeout=self._timeout,
+                    )
+        with self._lock:
+            self._owned.add(uid)
 
     def delete(self, job_id: int, attempt: int, *, kind: str = "pretrain") -> bool:
         """Delete the attempt's PyTorchJob (or batch Job), and its ConfigMap and Secret with it.
@@ -172,11 +236,10 @@ class KubernetesBackend:
             with _api_errors(f"delete {what} {self._namespace}/{name}"):
                 try:
                     if batch:
-                        # Background: the API's default for Jobs orphans their pods.
                         self._batch.delete_namespaced_job(
                             name,
                             self._namespace,
-                            propagation_policy=PROPAGATION_POLICY,
+                            propagation_policy=BATCH_JOB_PROPAGATION_POLICY,
                             _request_timeout=self._timeout,
                         )
                     else:
@@ -186,7 +249,7 @@ class KubernetesBackend:
                             self._namespace,
                             PLURAL,
                             name,
-                            propagation_policy=PROPAGATION_POLICY,
+                            propagation_policy=PYTORCHJOB_PROPAGATION_POLICY,
                             _request_timeout=self._timeout,
                         )
                     deleted = True
@@ -408,17 +471,28 @@ class KubernetesBackend:
                 workloads[identity[1]] = obj
         return workloads
 
-    def _read_pytorchjob(self, name: str) -> dict[str, Any]:
-        try:
-            return self._custom.get_namespaced_custom_object(
-                GROUP, VERSION, self._namespace, PLURAL, name, _request_timeout=self._timeout
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                raise TemporaryBackendError(
-                    f"PyTorchJob {self._namespace}/{name} existed a moment ago and is gone"
-                ) from exc
-            raise
+    def _read_pytorchjob(self, name: str) -> dict[str, Any] | None:
+        """The PyTorchJob of that name, or None."""
+        with _api_errors(f"read PyTorchJob {self._namespace}/{name}"):
+            try:
+                return self._custom.get_namespaced_custom_object(
+                    GROUP, VERSION, self._namespace, PLURAL, name, _request_timeout=self._timeout
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+    def _read_batch_job(self, name: str) -> dict[str, Any] | None:
+        """The batch Job of that name, or None."""
+        with _api_errors(f"read Job {self._namespace}/{name}"):
+            try:
+                job = self._batch.read_namespaced_job(name, self._namespace, _request_timeout=self._timeout)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+        return self._api.sanitize_for_serialization(job)
 
     def _list_batch_jobs(self, job_id: int) -> dict[int, dict[str, Any]]:
         with _api_errors(f"list Jobs of job {job_id}"):
@@ -434,36 +508,79 @@ class KubernetesBackend:
                 jobs[identity[1]] = obj
         return jobs
 
-    def _create_batch_job(self, workload: TokenizerWorkload) -> bool:
-        """Create the batch Job, then its ConfigMap and Secret, as `create` does a PyTorchJob's."""
+    def _create(
+        self,
+        workload: Workload | TokenizerWorkload,
+        *,
+        what: str,
+        key: str,
+        render: Callable[..., dict[str, Any]],
+        create: Callable[[dict[str, Any]], dict[str, Any]],
+        read: Callable[[str], dict[str, Any] | None],
+    ) -> bool:
         try:
-            manifests = render_tokenizer_manifests(workload, self._settings)
+            manifests = render(workload, self._settings)
         except ValueError as exc:
             raise PermanentBackendError(f"cannot render the workload: {exc}") from exc
-        name = manifests["job"]["metadata"]["name"]
+        body = manifests[key]
+        name = body["metadata"]["name"]
+        stored = read(name)
+        if stored is not None:
+            self._adopt_and_own(stored, workload, created=False, what=what, render=render)
+            return False
+        # Nothing runs under this name yet: what it will mount goes first.
+        self._put_unowned("ConfigMap", manifests["configmap"])
+        self._put_unowned("Secret", manifests["secret"])
         created = True
-        with _api_errors(f"create Job {self._namespace}/{name}"):
+        with _api_errors(f"create {what} {self._namespace}/{name}"):
             try:
-                stored = self._batch.create_namespaced_job(
-                    self._namespace, manifests["job"], _request_timeout=self._timeout
-                )
+                stored = create(body)
             except ApiException as exc:
                 if exc.status != 409:
                     raise
                 created = False
-                try:
-                    stored = self._batch.read_namespaced_job(
-                        name, self._namespace, _request_timeout=self._timeout
-                    )
-                except ApiException as gone:
-                    if gone.status == 404:
-                        raise TemporaryBackendError(
-                            f"Job {self._namespace}/{name} existed a moment ago and is gone"
-                        ) from gone
-                    raise
-        stored = self._api.sanitize_for_serialization(stored)
-        self._adopt_and_own(stored, workload, created=created, what="Job", render=render_tokenizer_manifests)
+                stored = read(name)
+                if stored is None:
+                    raise TemporaryBackendError(
+                        f"{what} {self._namespace}/{name} existed a moment ago and is gone"
+                    ) from exc
+        self._adopt_and_own(stored, workload, created=created, what=what, render=render)
         return created
+
+    def _put_unowned(self, kind: str, body: dict[str, Any]) -> None:
+        """Create a ConfigMap or Secret that no workload uses yet, replacing a leftover unless it
+        is this very one (same data, owned by nothing)."""
+        name = body["metadata"]["name"]
+        create, read, delete = {
+            "ConfigMap": (
+                self._core.create_namespaced_config_map,
+                self._core.read_namespaced_config_map,
+                self._core.delete_namespaced_config_map,
+            ),
+            "Secret": (
+                self._core.create_namespaced_secret,
+                self._core.read_namespaced_secret,
+                self._core.delete_namespaced_secret,
+            ),
+        }[kind]
+        with _api_errors(f"create {kind} {self._namespace}/{name}"):
+            try:
+                create(self._namespace, body, _request_timeout=self._timeout)
+                return
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+            existing = read(name, self._namespace, _request_timeout=self._timeout)
+            if not existing.metadata.owner_references and (existing.data or {}) == (body.get("data") or {}):
+                return
+            # Left by a controller that died before its workload existed, or by an earlier
+            # workload of this name: immutable, so replaced rather than edited.
+            try:
+                delete(name, self._namespace, _request_timeout=self._timeout)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+            create(self._namespace, body, _request_timeout=self._timeout)
 
     def _adopt_and_own(
         self,
@@ -474,8 +591,8 @@ class KubernetesBackend:
         what: str,
         render: Callable[..., dict[str, Any]],
     ) -> None:
-        """Make sure a workload found after a 409 is ours and alive, then create the ConfigMap
-        and Secret it owns (rendered again with its uid as their owner)."""
+        """Make sure a workload found existing is ours and alive, then make it own its ConfigMap
+        and Secret (rendered again with its uid as their owner), creating any that is missing."""
         name = stored["metadata"]["name"]
         if not created:
             self._check_same_workload(stored, workload, what=what)
@@ -487,14 +604,16 @@ class KubernetesBackend:
         owned = render(workload, self._settings, owner_uid=uid)
         self._create_owned("ConfigMap", owned["configmap"], uid)
         self._create_owned("Secret", owned["secret"], uid)
+        with self._lock:
+            self._owned.add(uid)
 
     def _batch_status(self, obj: Mapping[str, Any]) -> WorkloadStatus:
         name = obj["metadata"]["name"]
         _, attempt = _identity(obj) or (0, 0)
         phase, condition = batch_job_phase(obj.get("status") or {})
         if phase == Phase.FAILED:
-            verdict = self._failure_verdict(obj, condition or {})
-            return WorkloadStatus(name, attempt, phase, verdict.reason, verdict.retryable)
+            ending = self._ending(obj, condition or {}, phase)
+            return WorkloadStatus(name, attempt, phase, ending.reason, ending.retryable)
         return WorkloadStatus(name, attempt, phase)
 
     def _check_same_workload(
@@ -557,30 +676,38 @@ class KubernetesBackend:
         name = obj["metadata"]["name"]
         _, attempt = _identity(obj) or (0, 0)
         phase, condition = workload_phase(obj.get("status") or {})
-        if phase == Phase.FAILED:
-            verdict = self._failure_verdict(obj, condition or {})
-            return WorkloadStatus(name, attempt, phase, verdict.reason, verdict.retryable)
+        if phase in (Phase.FAILED, Phase.SUCCEEDED):
+            ending = self._ending(obj, condition or {}, phase)
+            if phase == Phase.SUCCEEDED:
+                return WorkloadStatus(name, attempt, phase, outcome=ending.outcome)
+            reason = ending.reason
+            if ending.outcome is not None and ending.outcome.outcome != Outcome.COMPLETED:
+                reason = f"the trainer {ending.outcome.describe()}"
+            return WorkloadStatus(name, attempt, phase, reason, ending.retryable, ending.outcome)
         reason = None
         if condition is not None and condition.get("type") in ("Restarting", "Suspended"):
             reason = _condition_text(condition)
         return WorkloadStatus(name, attempt, phase, reason)
 
-    def _failure_verdict(
-        self, obj: Mapping[str, Any], condition: Mapping[str, Any]
-    ) -> FailureVerdict:
+    def _ending(self, obj: Mapping[str, Any], condition: Mapping[str, Any], phase: Phase) -> Ending:
+        """How a finished workload ended: the trainer's outcome lines from its pods' termination
+        messages, and, for a failure, what the condition and pods say without them. Read once."""
         uid = obj["metadata"].get("uid")
         with self._lock:
-            known = self._verdicts.get(uid) if uid else None
+            known = self._endings.get(uid) if uid else None
         if known is not None:
             return known
-        verdict = classify_failure(condition)
-        if not verdict.conclusive:
-            # The operator's condition says only that replicas failed; the pods say why.
-            verdict = classify_failure(condition, self._pods_of(obj))
+        pods = self._pods_of(obj)
+        told = read_outcome(*_termination_messages(pods, CONTAINER_NAME))
+        if phase == Phase.FAILED:
+            verdict = classify_failure(condition, pods)
+            ending = Ending(told, verdict.reason, verdict.retryable)
+        else:
+            ending = Ending(told, None, False)
         if uid:
             with self._lock:
-                self._verdicts[uid] = verdict
-        return verdict
+                self._endings[uid] = ending
+        return ending
 
     def _pods_of(self, obj: Mapping[str, Any]) -> list[dict[str, Any]]:
         job_id, attempt = _identity(obj) or (None, None)
@@ -675,6 +802,15 @@ def _timestamp(value: Any) -> datetime:
 
 
 @dataclass(frozen=True)
+class Ending:
+    """How a finished workload ended: the trainer's word if it left one, else the evidence."""
+
+    outcome: TrainerOutcome | None
+    reason: str | None  # a failure's cause without the trainer's word
+    retryable: bool
+
+
+@dataclass(frozen=True)
 class FailureVerdict:
     retryable: bool
     reason: str
@@ -754,7 +890,8 @@ def classify_failure(
         if found:
             texts += found
             notes.append(f"pod {pod_name}: {', '.join(found)}")
-    text = "\n".join(t for t in texts if t)
+    # A log tail (FallbackToLogsOnError) may hold torchrun's summary: only its root cause counts.
+    text = without_secondary_failures("\n".join(t for t in texts if t))
     exit_codes += [int(code) for code in _EXIT_CODE.findall(text)]
     exit_codes = [128 - code if code < 0 else code for code in exit_codes]  # torchrun: -9 = SIGKILL
 
@@ -807,6 +944,19 @@ def _slim(obj: Mapping[str, Any]) -> dict[str, Any]:
         "metadata": {key: metadata[key] for key in keep if key in metadata},
         "status": obj.get("status") or {},
     }
+
+
+def _termination_messages(pods: Sequence[Mapping[str, Any]], container: str) -> list[str]:
+    """The termination messages the named container of each pod left (its outcome lines)."""
+    messages = []
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            if status.get("name") != container:
+                continue
+            terminated = (status.get("state") or {}).get("terminated") or {}
+            if terminated.get("message"):
+                messages.append(str(terminated["message"]))
+    return messages
 
 
 def _notify(on_change: Callable[[int], None], job_id: int) -> None:

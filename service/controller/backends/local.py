@@ -1,9 +1,12 @@
 """The embedded default's backend: each attempt is a `torchrun --standalone` process tree here.
 
 A workload is a folder under `<state_dir>/workloads/<name>/` holding its trainer config, log,
-pid and, once it ends, its exit code. The process runs in its own session so it outlives a
-controller restart and can be stopped as a group; a small shell wrapper writes the exit code,
-so the controller learns how it ended even if it was not watching.
+and, once it ends, its exit code and the trainer's outcome lines (`result.jsonl`). The command
+runs under `launcher.py`, in its own session so it outlives a controller restart and can be
+stopped as a group. The launcher holds a lock for as long as any process of the workload lives
+and runs the command at most once per folder, so a controller killed between starting it and
+recording that it did never starts a second trainer; it writes the exit code, so the controller
+learns how it ended even if it was not watching.
 
 A tokenizer job's attempt is the same kind of folder running the command its batch Job runs on
 Kubernetes (`manifests.tokenizer_command`): the tokenizer library's job, whose result the
@@ -13,6 +16,7 @@ workload reports to the API before it exits; its log is `tokenizer.log`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -21,8 +25,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from service.controller import outcome as outcomes
+from service.controller.backends import launcher
 from service.controller.manifests import (
     TOKENIZER_CONFIG_FILE,
     TokenizerWorkload,
@@ -35,15 +42,15 @@ from service.settings import environment_for_child
 
 # Exit by SIGKILL/SIGTERM (OOM killer, a person, a shutdown) is a machine's fault, not the job's.
 RETRYABLE_SIGNALS = {signal.SIGKILL, signal.SIGTERM}
-# torchrun reports a worker killed by a signal as a negative exit code in its error summary.
-TORCHRUN_SIGNAL = re.compile(r"exitcode\s*:\s*-(\d+)")
 NCCL_TIMEOUT = re.compile(r"Watchdog caught collective operation timeout|NCCL.*[Tt]imeout")
 STOP_GRACE_S = 20.0
 STOP_FILE = "stop-requested"
 TRAINER_LOG = "trainer.log"
 TOKENIZER_LOG = "tokenizer.log"
-# The wrapper records the exit code atomically, whoever is (or is not) watching.
-EXIT_CODE_WRAPPER = '"$@"; code=$?; echo $code > exitcode.tmp && mv exitcode.tmp exitcode; exit $code'
+# Where the trainer appends its outcome lines (`job.result_path` in the config it is given).
+RESULT_FILE = "result.jsonl"
+LAUNCHER_PID_FILE = "launcher.pid"
+LAUNCHER = Path(launcher.__file__)
 
 
 class LocalBackend:
@@ -54,31 +61,51 @@ class LocalBackend:
     # --- Backend -----------------------------------------------------------------------------------
 
     def observe(self, job_id: int, *, kind: str = "pretrain") -> dict[int, WorkloadStatus]:
-        """`kind` is not needed here: every workload's folder says what it runs."""
+        """`kind` is not needed here: every workload's folder says what it runs.
+
+        A folder whose launch never started (the controller died before it) is not a workload
+        yet: `create` starts it.
+        """
         statuses = {}
         for folder in self.root.glob(f"*-{job_id}-a*"):
             meta = _read_meta(folder)
             if meta is None or meta["job_id"] != job_id:
                 continue
-            if (folder / STOP_FILE).exists() and self._finish_stopping(folder, meta):
+            if (folder / STOP_FILE).exists() and self._finish_stopping(folder):
                 continue
-            statuses[meta["attempt"]] = self._status(folder, meta)
+            status = self._status(folder, meta)
+            if status is not None:
+                statuses[meta["attempt"]] = status
         return statuses
 
     def create(self, workload: Workload | TokenizerWorkload) -> bool:
+        """Start the workload unless a launch of it already started; True if this call started it.
+
+        Safe against a controller killed anywhere in here. Under the workload's lock, nothing
+        that could run the command is past its start: the config (with this call's token) is
+        (re)written and a launcher started; a launcher left by a controller killed before it
+        could note it races the new one for the lock once it is released, and whichever wins
+        runs the command once, with the config written last.
+        """
         name = workload_name(workload.job_name, workload.job_id, workload.attempt)
         folder = self.root / name
-        if (folder / "meta.json").exists():
-            return False
         folder.mkdir(parents=True, exist_ok=True)
-        if isinstance(workload, TokenizerWorkload):
-            return self._create_tokenizer(folder, name, workload)
+        with _launch_lock(folder) as free:
+            if not free or _ran(folder):
+                return False
+            if isinstance(workload, TokenizerWorkload):
+                self._start_tokenizer(folder, name, workload)
+            else:
+                self._start_trainer(folder, name, workload)
+        return True
+
+    def _start_trainer(self, folder: Path, name: str, workload: Workload) -> None:
         config = json.loads(json.dumps(workload.trainer_config))
         config["metrics"]["token"] = workload.ingest_token
         config["metrics"]["jsonl_path"] = str(folder / "metrics.jsonl")
+        config["job"]["result_path"] = str(folder / RESULT_FILE)
         config_path = folder / "trainer.json"
-        config_path.touch(mode=0o600)
-        config_path.write_text(json.dumps(config, indent=1))
+        _write_private(config_path, json.dumps(config, indent=1))
         nproc = workload.nodes * workload.gpus_per_node
         trainer = [sys.executable, "-m", "trainer.train", "--config", str(config_path)]
         if nproc > 1:
@@ -89,9 +116,8 @@ class LocalBackend:
         if nproc > 1:  # processes share this machine's cores: one thread each
             trainer = ["env", "OMP_NUM_THREADS=1", *trainer]
         _launch(folder, {"job_id": workload.job_id, "attempt": workload.attempt, "name": name}, trainer)
-        return True
 
-    def _create_tokenizer(self, folder: Path, name: str, workload: TokenizerWorkload) -> bool:
+    def _start_tokenizer(self, folder: Path, name: str, workload: TokenizerWorkload) -> None:
         config_path = folder / TOKENIZER_CONFIG_FILE
         config_path.write_text(json.dumps(workload.tokenizer_config, indent=1))
         command = tokenizer_command(
@@ -108,7 +134,6 @@ class LocalBackend:
             "log": TOKENIZER_LOG,
         }
         _launch(folder, meta, command, env=env)
-        return True
 
     def delete(self, job_id: int, attempt: int, *, kind: str = "pretrain") -> bool:
         """Ask the process group to stop (SIGTERM: the trainer saves and exits); never waits.
@@ -122,18 +147,17 @@ class LocalBackend:
                 continue
             if not (folder / STOP_FILE).exists():
                 (folder / STOP_FILE).write_text(str(time.time()))
-                _signal_group(meta["pid"], signal.SIGTERM)
-            self._finish_stopping(folder, meta)
+                _signal_workload(folder, signal.SIGTERM)
+            self._finish_stopping(folder)
             return True
         return False
 
-    def _finish_stopping(self, folder: Path, meta: dict) -> bool:
+    def _finish_stopping(self, folder: Path) -> bool:
         """True once a stopping workload is gone (and filed away); SIGKILL past the grace period."""
-        _reap(meta["pid"])
-        if _alive(meta["pid"]):
+        if _running(folder):
             requested = float((folder / STOP_FILE).read_text() or 0)
             if time.time() - requested > STOP_GRACE_S:
-                _signal_group(meta["pid"], signal.SIGKILL)
+                _signal_workload(folder, signal.SIGKILL)
             return False
         graveyard = self.root / ".deleted"
         graveyard.mkdir(exist_ok=True)
@@ -142,54 +166,146 @@ class LocalBackend:
 
     # --- helpers -----------------------------------------------------------------------------------
 
-    def _status(self, folder: Path, meta: dict) -> WorkloadStatus:
+    def _status(self, folder: Path, meta: dict) -> WorkloadStatus | None:
         name, attempt = meta["name"], meta["attempt"]
         tokenizer = meta.get("kind") == "tokenizer"
-        exit_file = folder / "exitcode"
+        what = "tokenizer job" if tokenizer else "trainer"
+        exit_file = folder / launcher.EXIT_CODE_FILE
         if exit_file.exists():
             code = int(exit_file.read_text().strip() or "1")
+            told = outcomes.read_outcome(_read_text(folder / RESULT_FILE))
+            if told is not None:
+                # The trainer's own word decides: torchrun makes every failure exit 1.
+                if told.outcome == outcomes.Outcome.COMPLETED and code == 0:
+                    return WorkloadStatus(name, attempt, Phase.SUCCEEDED, outcome=told)
+                if told.outcome != outcomes.Outcome.COMPLETED:
+                    reason = f"the {what} {told.describe()}"
+                    return WorkloadStatus(name, attempt, Phase.FAILED, reason=reason, outcome=told)
             if code == 0:
-                return WorkloadStatus(name, attempt, Phase.SUCCEEDED)
+                return WorkloadStatus(name, attempt, Phase.SUCCEEDED, outcome=told)
             log = _log_tail(folder / meta.get("log", TRAINER_LOG))
-            reason, retryable = _classify_exit(code, log, "tokenizer job" if tokenizer else "trainer")
+            reason, retryable = _classify_exit(code, log, what)
             return WorkloadStatus(name, attempt, Phase.FAILED, reason=reason, retryable=retryable)
         if (folder / STOP_FILE).exists():
             return WorkloadStatus(name, attempt, Phase.FAILED, reason="stopping on request")
-        if _alive(meta["pid"]):
+        if _lock_held(folder):
             # A trainer runs once it reports; a tokenizer job reports only at the end.
             started = tokenizer or (folder / "metrics.jsonl").exists()
             return WorkloadStatus(name, attempt, Phase.RUNNING if started else Phase.PENDING)
+        if (folder / launcher.PID_FILE).exists():
+            # Ended without its launcher there to record the exit code: its own word, if any.
+            told = outcomes.read_outcome(_read_text(folder / RESULT_FILE))
+            if told is not None and told.outcome == outcomes.Outcome.COMPLETED:
+                return WorkloadStatus(name, attempt, Phase.SUCCEEDED, outcome=told)
+            if told is not None:
+                reason = f"the {what} {told.describe()}"
+                return WorkloadStatus(name, attempt, Phase.FAILED, reason=reason, outcome=told)
+            return WorkloadStatus(
+                name, attempt, Phase.FAILED, reason=f"the {what} process vanished", retryable=True
+            )
+        launcher_pid = _read_pid(folder / LAUNCHER_PID_FILE)
+        if launcher_pid is None:
+            return None  # never launched: the controller died before it could
+        _reap(launcher_pid)
+        if _alive(launcher_pid):
+            return WorkloadStatus(name, attempt, Phase.PENDING)  # starting
         return WorkloadStatus(
-            name, attempt, Phase.FAILED, reason="the trainer process vanished", retryable=True
+            name, attempt, Phase.FAILED, reason=f"the {what} never started", retryable=True
         )
 
 
 def _launch(folder: Path, meta: dict, command: list[str], env: dict[str, str] | None = None) -> None:
-    """Start `command` in its own session under the exit-code wrapper; record its pid in meta.json."""
+    """Start `command` under the launcher, in its own session; note the launcher's pid.
+
+    meta.json (what the folder is) is written first: a folder with it and no launcher noted is
+    one whose launch may not have started, which `create` starts again (the launcher makes a
+    second start harmless).
+    """
+    _write_atomically(folder / "meta.json", json.dumps(meta))
     with (folder / meta.get("log", TRAINER_LOG)).open("ab") as log:
         process = subprocess.Popen(
-            ["sh", "-c", EXIT_CODE_WRAPPER, "sh", *command],
+            [sys.executable, "-I", str(LAUNCHER), *command],
             cwd=folder,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env=env,
         )
-    (folder / "meta.tmp").write_text(json.dumps({**meta, "pid": process.pid}))
-    (folder / "meta.tmp").rename(folder / "meta.json")
+    _write_atomically(folder / LAUNCHER_PID_FILE, str(process.pid))
+
+
+def _ran(folder: Path) -> bool:
+    """Whether a launcher ran the command here (it may have ended since)."""
+    return (folder / launcher.PID_FILE).exists() or (folder / launcher.EXIT_CODE_FILE).exists()
+
+
+@contextlib.contextmanager
+def _launch_lock(folder: Path) -> Iterator[bool]:
+    """The workload's lock, held exclusively while a launch is prepared; False if it is held."""
+    fd = os.open(folder / launcher.LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _running(folder: Path) -> bool:
+    """Whether any process of the workload (or its launcher, still starting) lives."""
+    if _lock_held(folder):
+        return True
+    launcher_pid = _read_pid(folder / LAUNCHER_PID_FILE)
+    if launcher_pid is None:
+        return False
+    _reap(launcher_pid)
+    return _alive(launcher_pid) and not (folder / launcher.EXIT_CODE_FILE).exists()
+
+
+def _lock_held(folder: Path) -> bool:
+    """True while the launcher or anything it started holds the workload's lock.
+
+    The probe holds a shared lock for an instant; a launcher starting right then retries.
+    """
+    try:
+        fd = os.open(folder / launcher.LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing the descriptor releases a lock it took
+    return False
+
+
+def _signal_workload(folder: Path, sig: signal.Signals) -> None:
+    """Signal the workload's process group (the launcher's session), and a launcher still starting."""
+    for pid_file in (launcher.PID_FILE, LAUNCHER_PID_FILE):
+        pid = _read_pid(folder / pid_file)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, sig)
 
 
 def _classify_exit(code: int, log_tail: str, what: str = "trainer") -> tuple[str, bool]:
-    """Why a trainer (or tokenizer job) exited, and whether a new attempt may help."""
+    """Why a trainer (or tokenizer job) that said nothing of its end exited, and whether a new
+    attempt may help."""
     signal_number = code - 128 if code > 128 else None
-    if signal_number is None and (match := TORCHRUN_SIGNAL.search(log_tail)):
-        signal_number = int(match.group(1))
+    root_cause = outcomes.torchrun_root_cause(log_tail)
+    if signal_number is None and root_cause is not None and root_cause < 0:
+        signal_number = -root_cause  # the first worker to fail died of a signal
     if signal_number is not None:
         try:
             name = signal.Signals(signal_number).name
         except ValueError:
             name = f"signal {signal_number}"
         return f"a {what} process was killed by {name}", signal_number in RETRYABLE_SIGNALS
+    log_tail = outcomes.without_secondary_failures(log_tail)
     if NCCL_TIMEOUT.search(log_tail):
         return "NCCL collective timed out", True
     last_error = next(
@@ -213,6 +329,36 @@ def _log_tail(path: Path, size: int = 20_000) -> str:
         return handle.read().decode(errors="replace")
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.rename(path)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read (it holds the ingest token)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    tmp.rename(path)
+
+
 def _read_meta(folder: Path) -> dict | None:
     try:
         return json.loads((folder / "meta.json").read_text())
@@ -233,11 +379,6 @@ def _alive(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)
 
 
 def _reap(pid: int) -> None:

@@ -79,6 +79,34 @@ def test_rejected_submission_writes_nothing(app_client, tokens, tiny_spec, sessi
         assert count_rows(session, model) == 0
 
 
+def _sequence_parallel_on_cpu(spec: dict) -> None:
+    spec["parallelism"].update(tensor=2, sequence_parallel=True)  # valid; no CPU kernels for it
+
+
+def _data_outside_the_data_volume(spec: dict) -> None:
+    spec["stages"][1]["data"][0]["path"] = "../../etc/passwd"
+
+
+@pytest.mark.parametrize(
+    ("change", "loc"),
+    [
+        (_sequence_parallel_on_cpu, ["body", "parallelism", "sequence_parallel"]),
+        (_data_outside_the_data_volume, ["body", "stages", 1, "data", 0, "path"]),
+    ],
+)
+def test_a_spec_that_validates_but_cannot_be_launched_here_is_refused_naming_the_field(
+    app_client, tokens, tiny_spec, session, change, loc
+):
+    change(tiny_spec)
+
+    response = submit(app_client, tiny_spec, tokens["alice"])
+
+    assert response.status_code == 422, response.text
+    (problem,) = response.json()["detail"]
+    assert problem["loc"] == loc and "cannot be launched here" in problem["msg"]
+    assert count_rows(session, Job) == 0
+
+
 def test_unknown_field_is_refused_with_its_path(app_client, tokens, tiny_spec):
     tiny_spec["batch"]["micro_batch"] = 4
     detail = submit(app_client, tiny_spec, tokens["alice"]).json()["detail"]

@@ -22,9 +22,15 @@ subclass below, `TrainingClusterEmulator`, and each addition is named where it i
               either before or after the change is stored.
   ADDITION 7  A create answers 201 Created, as the API server does; kmock answers 200, which
               the kubernetes>=37 client refuses.
+  ADDITION 8  Foreground deletion waits for dependents that hold the object (`hold_dependents`,
+              what the e2e kubelet does while a pod of the PyTorchJob runs): the object gets the
+              `foregroundDeletion` finalizer (kmock then keeps it, with a deletionTimestamp) and
+              goes once they are released. Without held dependents it goes at once, as a real
+              foreground deletion of an object with no pods does.
 
 Not emulated (the backend does not need it): PUT, field selectors, set-based label
-selectors, garbage collection through ownerReferences, admission and schema validation.
+selectors, garbage collection through ownerReferences (beyond ADDITION 8), admission and
+schema validation.
 
 `running_emulator()` starts it on a free loopback port in a background thread, for synchronous
 tests; the `EmulatorHandle` it yields reads stored objects, plays the Training Operator and the
@@ -133,6 +139,8 @@ class TrainingClusterEmulator(kmock.KubernetesEmulator):
     _commit_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
     _faults: list[_Fault] = attrs.field(factory=list, init=False)
     calls: list[Call] = attrs.field(factory=list, init=False)
+    # uids of objects with dependents that a foreground deletion waits for (ADDITION 8).
+    _held: set[str] = attrs.field(factory=set, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -214,7 +222,13 @@ class TrainingClusterEmulator(kmock.KubernetesEmulator):
             key = (request.resource, request.namespace, request.name)
             if key in self.objects and not self.objects[key].deleted:
                 # The DELETED event carries the object at a new resourceVersion, as etcd's does.
-                self.objects[key].patch({"metadata": {"resourceVersion": str(self._next_rv())}})
+                changes: dict[str, Any] = {"resourceVersion": str(self._next_rv())}
+                obj = self.objects[key]
+                foreground = request.params.get("propagationPolicy") == "Foreground"
+                if foreground and obj.get("metadata", {}).get("uid") in self._held:  # ADDITION 8
+                    finalizers = list(obj.get("metadata", {}).get("finalizers") or [])
+                    changes["finalizers"] = sorted({*finalizers, "foregroundDeletion"})
+                obj.patch({"metadata": changes})
 
     # ADDITIONS 2 and 3: lists carry a resourceVersion and honour label selectors.
     async def _serve_list(self, request: kmock.Request) -> Any:
@@ -364,6 +378,30 @@ class TrainingClusterEmulator(kmock.KubernetesEmulator):
         async with self._commit_lock, self._lock:
             obj = self._live_object(resource, namespace, name)
             obj.patch({"metadata": {"resourceVersion": str(self._next_rv())}})
+            last = copy.deepcopy(obj.raw)
+            obj.delete()
+            await self._buses[resource].put({"type": "DELETED", "object": last})
+
+    async def hold_dependents(self, resource: kmock.resource, namespace: str, name: str) -> None:
+        """ADDITION 8: the object has dependents (running pods) a foreground deletion waits for."""
+        async with self._lock:
+            self._held.add(self._live_object(resource, namespace, name).raw["metadata"]["uid"])
+
+    async def release_dependents(self, resource: kmock.resource, namespace: str, name: str) -> None:
+        """ADDITION 8: its dependents are gone; a foreground deletion waiting for them completes."""
+        async with self._commit_lock, self._lock:
+            key = (resource, namespace, name)
+            if key not in self.objects or self.objects[key].deleted:
+                return
+            obj = self.objects[key]
+            self._held.discard(obj.raw["metadata"].get("uid"))
+            finalizers = [f for f in obj.raw["metadata"].get("finalizers") or [] if f != "foregroundDeletion"]
+            if not obj.raw["metadata"].get("deletionTimestamp"):
+                return
+            obj.patch({"metadata": {"finalizers": finalizers, "resourceVersion": str(self._next_rv())}})
+            if finalizers:
+                await self._buses[resource].put({"type": "MODIFIED", "object": copy.deepcopy(obj.raw)})
+                return
             last = copy.deepcopy(obj.raw)
             obj.delete()
             await self._buses[resource].put({"type": "DELETED", "object": last})
@@ -665,6 +703,14 @@ class EmulatorHandle:
 
     def remove(self, plural: str, name: str) -> None:
         self._run(self.emulator.remove(_BY_PLURAL[plural], self.namespace, name))
+
+    def hold_dependents(self, plural: str, name: str) -> None:
+        """A pod of the object runs: a foreground deletion of it waits (ADDITION 8)."""
+        self._run(self.emulator.hold_dependents(_BY_PLURAL[plural], self.namespace, name))
+
+    def release_dependents(self, plural: str, name: str) -> None:
+        """Its pods are gone: a foreground deletion waiting for them completes (ADDITION 8)."""
+        self._run(self.emulator.release_dependents(_BY_PLURAL[plural], self.namespace, name))
 
     def expire_watches(self) -> None:
         """Compact the watch history and drop live watches: clients must re-list (410 Gone)."""

@@ -239,7 +239,8 @@ def test_observe_says_which_failures_are_worth_another_attempt(
     assert status.retryable is retryable
     assert cause in status.reason
     assert message in status.reason
-    assert k8s.count("list", "pods") == 0, "a conclusive condition needs no pods"
+    # The pods are read all the same, once: they hold the trainer's outcome lines, if any.
+    assert k8s.count("list", "pods") == 1
 
 
 @pytest.mark.parametrize(
@@ -411,9 +412,9 @@ def test_a_config_map_create_failing_is_temporary_and_the_retry_converges(
     k8s.fail_next("create", "configmaps", status=503)
     with pytest.raises(TemporaryBackendError):
         backend.create(workload())
-    assert k8s.names("pytorchjobs") == {"tiny-7-a0"}
+    assert k8s.names("pytorchjobs") == set()  # what it mounts comes first
 
-    assert backend.create(workload()) is False
+    assert backend.create(workload()) is True
     assert k8s.names("configmaps") == {"tiny-7-a0-config"}
     assert k8s.names("secrets") == {"tiny-7-a0-token"}
 
@@ -513,7 +514,7 @@ def test_a_controller_killed_between_the_pytorchjob_and_the_config_map_converges
         owned = k8s.get(plural, name)
         assert owned is not None
         assert owned["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
-    assert k8s.count("create", "pytorchjobs") == 2
+    assert k8s.count("create", "pytorchjobs") == 1  # found and adopted, not created again
 
 
 def test_a_config_map_left_by_an_earlier_pytorchjob_of_the_same_name_is_adopted(

@@ -91,10 +91,10 @@ def test_a_tiny_cpu_job_submitted_through_the_api_runs_to_completion(embedded):
 
 
 def _trainer_pid(root: Path, job_id: int, attempt: int) -> int:
-    """The trainer's own process: the child of the workload's shell wrapper."""
+    """The trainer's own process: the child of the workload's launcher (its pid file)."""
     (folder,) = list((root / ".pretrain" / "workloads").glob(f"*-{job_id}-a{attempt}"))
-    wrapper = json.loads((folder / "meta.json").read_text())["pid"]
-    children = Path(f"/proc/{wrapper}/task/{wrapper}/children").read_text().split()
+    launcher = int((folder / "pid").read_text())
+    children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
     return int(children[0])
 
 

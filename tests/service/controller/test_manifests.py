@@ -253,6 +253,14 @@ def test_failures_are_left_to_the_controller():
     assert "schedulingPolicy" not in spec["runPolicy"]
 
 
+def test_every_trainer_pod_leaves_its_outcome_lines_or_its_log_tail_as_termination_message():
+    _, manifests = rendered_case("qwen2-7b-64-nodes")
+    for template in templates(manifests["pytorchjob"]).values():
+        (container,) = template["spec"]["containers"]
+        assert container["terminationMessagePath"] == "/dev/termination-log"  # job.result_path's default
+        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
 def test_gpu_pods_run_torchrun_in_the_pytorch_container_with_gpu_limits():
     _, manifests = rendered_case("qwen2-7b-64-nodes")
     for template in templates(manifests["pytorchjob"]).values():

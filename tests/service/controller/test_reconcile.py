@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from service.controller.outcome import Outcome, TrainerOutcome
 from service.controller.reconcile import (
     CreateWorkload,
     DeleteWorkload,
@@ -13,6 +14,8 @@ from service.controller.reconcile import (
     OpenAttempt,
     Phase,
     RecordAttempt,
+    RefuseCheckpoint,
+    RollBack,
     WorkloadStatus,
     plan,
 )
@@ -179,3 +182,38 @@ def test_a_workload_that_succeeds_without_its_result_fails_the_job():
         FinishJob("failed", reason=f"attempt 0: {reason}"),
     ]
     assert requeue is None
+
+
+def ended(attempt: int, outcome: str, *, step: int | None = None, checkpoint: str | None = None, phase=Phase.FAILED) -> WorkloadStatus:
+    told = TrainerOutcome(Outcome(outcome), rank=0, step=step, message="m", checkpoint=checkpoint)
+    return WorkloadStatus(
+        name=f"job-7-a{attempt}", attempt=attempt, phase=phase, reason=f"the trainer {told.describe()}", outcome=told
+    )
+
+
+def test_the_trainers_outcome_decides_what_follows_a_failed_attempt():
+    running = desired(state="running", attempt_state="running", pod_failure_retries=3)  # budget spent
+    cases = {
+        "diverged": ended(0, "diverged", step=205),
+        "corrupt_checkpoint": ended(0, "corrupt_checkpoint", checkpoint="/c/step-00000200"),
+        "preempted": ended(0, "preempted", step=210, checkpoint="/c/step-00000210"),
+        "bad_config": ended(0, "bad_config"),
+        "crashed": ended(0, "crashed", step=7),
+    }
+    planned = {outcome: plan(running, observed(status))[0] for outcome, status in cases.items()}
+
+    for outcome, actions in planned.items():
+        assert actions[0] == RecordAttempt(0, "failed", reason=cases[outcome].reason, outcome=cases[outcome].outcome)
+    assert planned["diverged"][1] == RollBack(0, onset_step=205, why="attempt 0: the trainer diverged at step 205: m")
+    assert planned["corrupt_checkpoint"][1] == RefuseCheckpoint(
+        0, path="/c/step-00000200", why="attempt 0: the trainer corrupt checkpoint (/c/step-00000200): m"
+    )
+    # Preempted is not a pod failure: a new attempt although the pod-failure budget is spent.
+    assert planned["preempted"][1] == OpenAttempt("preempted", why="attempt 0: the trainer preempted at step 210 (/c/step-00000210): m")
+    for outcome in ("bad_config", "crashed"):
+        assert planned[outcome][1:] == [FinishJob("failed", reason=f"attempt 0: {cases[outcome].reason}")]
+
+
+def test_a_success_records_the_trainers_completed_outcome():
+    actions, _ = plan(desired(state="running", attempt_state="running"), observed(ended(0, "completed", phase=Phase.SUCCEEDED)))
+    assert actions[0].outcome.outcome == Outcome.COMPLETED and actions[0].state == "succeeded"

@@ -7,11 +7,13 @@ import threading
 
 import pytest
 
-from service import ingest, jobs
+from service import attempts, checkpoints, ingest, jobs
 from service.db.models import AttemptReason, Role
 from service.db.session import get_sessionmaker
 from service.errors import Conflict
 from service.tokens import Principal
+from service.watchdog.consumer import Watchdog
+from service.watchdog.detector import Verdict
 from service.watchdog.rollback import RollbackRequest, batch_index, roll_back
 from tests.conftest import auth
 from trainer.data import batch_index as trainer_batch_index
@@ -81,15 +83,15 @@ def test_a_checkpoint_the_superseded_attempt_reports_after_the_rollback_is_not_u
     sessions, job_id = running_job
     with sessions() as session:
         roll_back(session, job_id=job_id, request=watchdog_request(205, expected_attempt=0))
-        late, created = ingest.record_checkpoint(
+        late, created, _ = ingest.record_checkpoint(
             session, job_id=job_id, attempt=0, step=333, tokens=333, path="/c/333", manifest_sha256="d" * 64, actor="trainer"
         )
         assert created and late.usable is False
-        fresh, _ = ingest.record_checkpoint(
+        fresh, _, _ = ingest.record_checkpoint(
             session, job_id=job_id, attempt=1, step=170, tokens=170, path="/c/a1-170", manifest_sha256="c" * 64, actor="trainer"
         )
         assert fresh.usable is True
-        assert jobs.repo.newest_good_checkpoint(session, job_id=job_id).step == 170
+        assert checkpoints.choose(session, job_id=job_id).step == 170
 
 
 def test_a_second_rollback_maps_its_steps_through_the_first_skip(running_job):
@@ -168,3 +170,79 @@ def test_oncall_rolls_back_through_the_api(app_client, tokens, tiny_spec, settin
     events = app_client.get(f"/v1/jobs/{job['id']}/events", headers=auth(tokens["viewer"])).json()["data"]
     rolled = next(e for e in events if e["kind"] == "job.rolled_back")
     assert rolled["actor"] == "oncall" and rolled["reason"] == body["reason"]
+
+
+# --- a restart attempt does not stand in a rollback's way; only another rollback does ----------
+
+
+def test_a_restart_opened_after_a_pod_failure_does_not_swallow_the_rollback_of_the_attempt_it_replaced(running_job):
+    sessions, job_id = running_job
+    with sessions() as session:
+        # The trainer died on the bad data; the controller opened a restart before the verdict came.
+        job = jobs.repo.get_job(session, job_id=job_id, for_update=True)
+        attempts.open_attempt(
+            session, job=job, reason=AttemptReason.POD_FAILURE, actor="controller", why="evicted",
+            resume_from=checkpoints.choose(session, job_id=job_id),
+        )  # fmt: skip
+        session.commit()
+
+        outcome = roll_back(session, job_id=job_id, request=watchdog_request(205, expected_attempt=0))
+
+        job = jobs.repo.get_job(session, job_id=job_id)
+    assert outcome.attempt == 2 and outcome.skip_range == [160, 235]
+    assert [(a.reason, a.state) for a in job.attempts] == [
+        ("launch", "superseded"), ("pod_failure", "superseded"), ("rollback", "pending"),
+    ]  # fmt: skip
+    assert job.attempts[-1].lr_scale == 0.5
+
+
+# --- racing rollbacks: one wins, the others get 409, on Postgres and SQLite --------------------
+
+
+def test_rollbacks_racing_from_the_api_and_the_watchdog_have_one_winner_and_no_500(
+    app_client, tokens, tiny_spec, settings
+):
+    # SQLite: each must hold the write lock before it reads the attempt it decides on. Postgres:
+    # the watchdog's verdict event (a key-share lock on the job row, through its foreign key)
+    # must not deadlock with a rollback locking the row.
+    tiny_spec["checkpoint"]["keep_last"] = 10
+    job_id = app_client.post("/v1/jobs", json=tiny_spec, headers=auth(tokens["alice"])).json()["id"]
+    sessions = get_sessionmaker(settings.resolved_database_url)
+    with sessions() as session:
+        for step in (40, 80, 120):
+            ingest.record_checkpoint(session, job_id=job_id, attempt=0, step=step, tokens=step, path=f"/c/{step}", manifest_sha256=f"{step:064x}", actor="t")
+    contenders = 8
+    barrier = threading.Barrier(contenders)
+    statuses: list[int] = []
+    watchdog_wins: list[int | None] = []
+    errors: list[BaseException] = []
+
+    def oncall() -> None:
+        body = {"reason": "garbage in zh", "to_step": 100, "attempt": 0}  # what each one saw
+        barrier.wait()
+        statuses.append(app_client.post(f"/v1/jobs/{job_id}/rollback", json=body, headers=auth(tokens["oncall"])).status_code)
+
+    def watchdog() -> None:
+        verdict = Verdict(job=str(job_id), attempt=0, step=130, kind="divergence", action="rollback", channel="zh", evidence={"onset": 125})
+        dog = Watchdog(sessions)
+        barrier.wait()
+        try:
+            with sessions() as session:
+                watchdog_wins.append(dog._act(session, verdict))
+                session.commit()
+        except BaseException as exc:  # noqa: BLE001 - any failure is the finding
+            errors.append(exc)
+
+    threads = [threading.Thread(target=oncall) for _ in range(contenders // 2)]
+    threads += [threading.Thread(target=watchdog) for _ in range(contenders // 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert errors == []
+    assert set(statuses) <= {201, 409}, statuses
+    winners = statuses.count(201) + sum(1 for won in watchdog_wins if won == job_id)
+    assert winners == 1, (statuses, watchdog_wins)
+    with sessions() as session:
+        assert [a.number for a in jobs.repo.get_job(session, job_id=job_id).attempts] == [0, 1]
