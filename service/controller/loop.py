@@ -243,10 +243,23 @@ class Controller:
         if held is None:
             return _Next.COMMIT_AND_PASS_AGAIN
         token_id, token = held
-        if self.backend.create(dataclasses.replace(workload, ingest_token=token)):
+        created = self.backend.create(dataclasses.replace(workload, ingest_token=token))
+        # A call that created the workload and then failed (a timeout on what came after, a
+        # kill) never wrote its event; the call that finds it there writes it, once.
+        recorded = any(
+            event.attempt == attempt.number
+            for event in repo.job_events(session, job_id=job.id, kind="workload.created")
+        )
+        if created or not recorded:
             repo.add_event(
-                session, kind="workload.created", actor=ACTOR, job_id=job.id, attempt=attempt.number
+                session,
+                kind="workload.created",
+                actor=ACTOR,
+                job_id=job.id,
+                attempt=attempt.number,
+                data={} if created else {"adopted": True},
             )
+        if created:
             # The workload holds this token; any other minted for the attempt (by a controller
             # killed before it could create, or one racing us) is of no use to anyone.
             tokens.revoke_attempt_tokens(
