@@ -30,7 +30,25 @@ _METRICS_DEFAULTS = {
     "timeout_s": 5.0,
 }
 _TRAIN_DEFAULTS = {"max_nonfinite_steps": 3, "log_interval": 1}
-
+# The trainer's first line of defence (skip a step on a non-finite loss or a grad-norm spike)
+# at the trainer's own defaults, written out: the config a pod gets says what it will do.
+_SKIP_STEP_DEFAULTS = {
+    "skip_grad_norm_zscore": 6.0,
+    "skip_grad_norm_window": 100,
+    "skip_grad_norm_min_history": 20,
+    "max_consecutive_skips": 5,
+}
+# No injected faults beyond the spec's `corrupt_steps` (those are per data source).
+_NO_FAULTS = {
+    "lr_blowup_from_step": None,
+    "lr_blowup_factor": 1000.0,
+    "nan_steps": [],
+    "grad_spike_steps": [],
+    "grad_spike_factor": 1000.0,
+}
+# Where a trainer writes how it ended: the container's termination message on Kubernetes (the
+# local backend points it at its workload folder).
+TERMINATION_LOG = "/dev/termination-log"
 
 
 class RenderError(ValueError):
@@ -74,7 +92,12 @@ def render_trainer_config(
         resources = spec["resources"]
         return {
             "schema_version": TRAINER_CONFIG_SCHEMA_VERSION,
-            "job": {"id": str(job_id), "attempt": attempt, "name": job_name},
+            "job": {
+                "id": str(job_id),
+                "attempt": attempt,
+                "name": job_name,
+                "result_path": TERMINATION_LOG,
+            },
             "model": _model(derived["model"], plan),
             "parallel": _parallel(spec["parallelism"], resources),
             "precision": _precision(spec["precision"], resources),
@@ -105,7 +128,9 @@ def render_trainer_config(
                 "peak_tflops": None
                 if resources["gpu_type"] == "cpu"
                 else float(resources["peak_tflops"]),
+                **_SKIP_STEP_DEFAULTS,
             },
+            "faults": dict(_NO_FAULTS),
         }
     except KeyError as exc:
         raise ValueError(
@@ -252,6 +277,7 @@ def _stages(
                     "path": _data_path(source["path"], settings, loc=["stages", i, "data", j, "path"]),
                     "weight": float(source["weight"]),
                     "corrupt": [list(bounds) for bounds in source.get("corrupt_steps", [])],
+                    "corrupt_kind": "random",
                 }
                 for j, source in enumerate(stage["data"])
             ],

@@ -158,7 +158,7 @@ def test_rollback_attempt_carries_skip_ranges_lr_scale_resume_point_and_token():
         skip_ranges=[[80, 96], [120, 128]],
         lr_scale=0.5,
     )
-    assert rendered["job"] == {"id": "42", "attempt": 2, "name": "tiny-cpu"}
+    assert rendered["job"] == {"id": "42", "attempt": 2, "name": "tiny-cpu", "result_path": "/dev/termination-log"}
     assert rendered["data"]["skip_ranges"] == [[80, 96], [120, 128]]
     assert rendered["lr_scale"] == 0.5
     assert rendered["checkpoint"]["resume_from"] == resume
