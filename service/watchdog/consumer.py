@@ -359,8 +359,8 @@ class InProcess:
         try:
             watchdog = self.get()
             watchdog.catch_up()
-        except Exception:  # the first ingest request tries again; the API must start regardless
-            log.exception("the watchdog could not catch up at start-up")
+        except Exception as exc:  # the first ingest request tries again; the API must start regardless
+            log.warning("the watchdog could not catch up at start-up: %s", exc)
 
     def feed(self, records: list[dict[str, Any]]) -> list[Verdict]:
         try:
