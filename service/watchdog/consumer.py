@@ -6,10 +6,11 @@ API app), or through one Redis stream that all jobs share (`pretrain:metrics`, c
 `watchdog`, see `stream.py`) in a cluster. Each record is judged once: the watchdog remembers,
 per job, the newest (attempt, step) it judged and the phases judged at that step, and passes
 over anything at or before it (a redelivered entry, a retried batch, a late arrival). That
-mark, the detector's state and the verdicts' events commit in one transaction, before the
-stream entry is acknowledged; when the transaction fails, the detector goes back to what the
+mark, the job's detector state and the verdicts' events commit in one transaction, before the
+stream entry is acknowledged; when the transaction fails, the detectors go back to what the
 last commit saved and the records are taken again (the entry stays pending, or the ingest
-request answers 503 and the trainer sends it again).
+request answers 503 and the trainer sends it again). One detector per job: a batch saves the
+state of the jobs it touched, not of every job watched.
 
 Postgres holds every point the API accepted, so whenever the stream may have lost records (at
 start-up, an entry that was trimmed, a Redis restart, a process killed between storing and
@@ -19,17 +20,19 @@ mark of every live job from the stored points, in step order, and judges them fi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import redis
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import repo
@@ -73,6 +76,10 @@ class WatchdogUnavailable(Exception):
 
 
 class Watchdog:
+    """Judges records with one detector per job, so saving what a batch changed costs what the
+    batch touched, not every job watched: a job's detector state and mark are one row of
+    `watchdog_state` (`<name>/job/<id>`); the watchdog's own row keeps the stream cursor."""
+
     def __init__(
         self,
         sessions: sessionmaker[Session],
@@ -83,71 +90,111 @@ class Watchdog:
         self.name = name
         self.on_rollback = on_rollback or (lambda _job_id: None)
         self._lock = threading.RLock()  # records arrive from several request threads
+        self._prefix = f"{name}/job/"
         with self.sessions() as session:
             saved = session.get(WatchdogState, name)
+            rows = session.scalars(select(WatchdogState).where(WatchdogState.name.startswith(self._prefix, autoescape=True)))
+            # What each job's detector and mark were at their last commit: a failure goes back here.
+            self._committed: dict[str, dict[str, Any]] = {row.name.removeprefix(self._prefix): row.state for row in rows}
             self.cursor = saved.cursor if saved else None
-            self._committed = _unpack(saved.state if saved else None)
-        self._restore()
+            # A whole-fleet detector state saved before per-job rows: its jobs are adopted silently.
+            self._adopting = bool(saved and saved.state and not self._committed)
+        self.detectors: dict[str, Detector] = {}
+        self.seen: dict[str, list[Any]] = {}
+        self._restore(set(self._committed))
         # Until it has caught up with the database, records may exist that it never received.
         self.behind = True
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """The detectors' counters, summed over jobs."""
+        total: dict[str, int] = {}
+        for detector in self.detectors.values():
+            for key, value in detector.counts.items():
+                total[key] = total.get(key, 0) + value
+        return total
 
     def _policy(self, job: str) -> Policy:
         with self.sessions() as session:
             found = session.get(Job, int(job)) if job.isdigit() else None
             return Policy.from_spec(found.spec.get("watchdog") if found else None)
 
-    def _restore(self) -> None:
-        """Back to the last committed state: what was judged since is judged again."""
-        detector_state, seen = self._committed
-        self.detector = Detector.from_state(detector_state, self._policy) if detector_state else Detector(self._policy)
-        self.seen: dict[str, list[Any]] = copy.deepcopy(seen)
+    def _detector(self, job: str) -> Detector:
+        detector = self.detectors.get(job)
+        if detector is None:
+            detector = self.detectors[job] = Detector(self._policy)
+        return detector
+
+    def _restore(self, jobs: set[str]) -> None:
+        """`jobs` back to their last committed state: what was judged since is judged again."""
+        for job in jobs:
+            committed = self._committed.get(job)
+            if committed is None:
+                self.detectors.pop(job, None)
+                self.seen.pop(job, None)
+            else:
+                self.detectors[job] = Detector.from_state(committed["detector"], self._policy)
+                self.seen[job] = copy.deepcopy(committed["mark"])
 
     def process(self, records: Iterable[Mapping[str, Any]], cursor: str | None = None) -> list[Verdict]:
         """Judge the records not judged before, act on verdicts, and save the state (with the
-        stream cursor) in one transaction. On any failure nothing of it counts: the detector is
-        back at the last commit, so the same records can be sent again."""
+        stream cursor) in one transaction. On any failure nothing of it counts: the detectors
+        are back at the last commit, so the same records can be sent again."""
         with self._lock:
+            touched: set[str] = set()
             try:
-                verdicts, rolled_back = self._judge(records, cursor)
+                verdicts, rolled_back = self._judge(records, cursor, touched)
             except BaseException:
-                self._restore()
+                self._restore(touched)
                 raise
         for job_id in rolled_back:  # the controller replaces the workload now, not at its next poll
             self.on_rollback(job_id)
         return verdicts
 
-    def _judge(self, records: Iterable[Mapping[str, Any]], cursor: str | None) -> tuple[list[Verdict], set[int]]:
+    def _judge(
+        self, records: Iterable[Mapping[str, Any]], cursor: str | None, touched: set[str]
+    ) -> tuple[list[Verdict], set[int]]:
         with self.sessions() as session:
             verdicts: list[Verdict] = []
-            judged = 0
             for record in records:
-                if not self._first_sight(record):
+                if not self._first_sight(record, touched):
                     continue
-                judged += 1
                 try:
-                    verdicts += self.detector.observe(record)
+                    verdicts += self._detector(record["job"]).observe(record)
                 except ValueError as exc:  # not a record the detector can read; nothing to judge
                     log.warning("record skipped: %s", exc)
                     continue
                 self._note_skipped_step(session, record)
-            if not judged:
+            if not touched:
                 return [], set()
             rolled_back = {job_id for verdict in verdicts if (job_id := self._act(session, verdict))}
-            state = {"detector": self.detector.state_dict(), "seen": copy.deepcopy(self.seen)}
-            saved = session.get(WatchdogState, self.name) or WatchdogState(name=self.name)
-            saved.state = state
-            saved.cursor = cursor or saved.cursor
-            session.add(saved)
+            saved = self._save(session, touched, cursor)
             session.commit()
-            self._committed = (state["detector"], state["seen"])
-            self.cursor = saved.cursor
+            self._committed.update(saved)
+            self.cursor = cursor or self.cursor
         return verdicts, rolled_back
 
-    def _first_sight(self, record: Mapping[str, Any]) -> bool:
-        """True for a record past the job's mark, moving the mark; False if judged before."""
+    def _save(self, session: Session, jobs: set[str], cursor: str | None) -> dict[str, dict[str, Any]]:
+        """Write the state of `jobs` (and the cursor) blind, an UPDATE (an INSERT the first time):
+        reading it back first would parse it all again. Returns what was written, by job."""
+        saved = {job: self._state_of(job) for job in sorted(jobs)}
+        rows: dict[str, dict[str, Any]] = {self._prefix + job: {"state": state} for job, state in saved.items()}
+        if cursor is not None:
+            rows[self.name] = {"cursor": cursor}
+        for name, values in rows.items():
+            if not session.execute(update(WatchdogState).where(WatchdogState.name == name).values(**values)).rowcount:
+                session.add(WatchdogState(name=name, **values))
+        return saved
+
+    def _state_of(self, job: str) -> dict[str, Any]:
+        return {"detector": self.detectors[job].state_dict(), "mark": copy.deepcopy(self.seen[job])}
+
+    def _first_sight(self, record: Mapping[str, Any], touched: set[str]) -> bool:
+        """True for a record past its job's mark, moving the mark; False if judged before."""
         if not self._is_new(record):
             return False
         job, attempt, step, phase = record["job"], int(record["attempt"]), int(record["step"]), record.get("phase")
+        touched.add(job)
         mark = self.seen.get(job)
         if mark is not None and (mark[0], mark[1]) == (attempt, step):
             mark[2].append(phase)  # another phase of the same step (the eval after the training step)
@@ -156,11 +203,15 @@ class Watchdog:
         return True
 
     def _is_new(self, record: Mapping[str, Any]) -> bool:
+        """Past its job's mark: a later (attempt, step), or a phase of the mark's step not yet seen."""
         try:
             job, at, phase = record["job"], (int(record["attempt"]), int(record["step"])), record.get("phase")
-            mark = self.seen.get(job)
+            mark = self.seen.get(job) if isinstance(job, str) else None
         except (KeyError, TypeError, ValueError):
             log.warning("record without job, attempt and step skipped: %.200s", record)
+            return False
+        if not isinstance(job, str):
+            log.warning("record without a job id skipped: %.200s", record)
             return False
         if mark is None:
             return True
@@ -177,31 +228,71 @@ class Watchdog:
         with self._lock:
             with self.sessions() as session:
                 newest = history.newest_steps(session)
+            if self._adopting:
+                self._adopt(newest)
             judged, batch = 0, []
             for job_id, last in newest.items():
                 mark = self.seen.get(str(job_id))
                 since = (mark[0], mark[1]) if mark else None
                 if last is None or (since is not None and (last < since or (last == since and not thorough))):
                     continue
-                while True:  # page by page: `since` comes back None after the last
-                    with self.sessions() as session:
-                        records, since = history.stored_records(session, job_id=job_id, since=since)
+                for records in self._stored(job_id, since):
                     batch += [record for record in records if self._is_new(record)]
                     if len(batch) >= CATCH_UP_RECORDS:
                         self.process(batch)
                         judged, batch = judged + len(batch), []
-                    if since is None:
-                        break
             if batch:
                 self.process(batch)
                 judged += len(batch)
-            # A finished job reports no more: its mark has nothing left to guard.
-            for job in set(self.seen) - {str(job_id) for job_id in newest}:
-                del self.seen[job]
+            self._forget({job for job in self.detectors.keys() | self.seen.keys() if not job.isdigit() or int(job) not in newest})
             self.behind = False
         if judged:
             log.warning("caught up with %d record(s) the watchdog had not received", judged)
         return judged
+
+    def _stored(self, job_id: int, since: tuple[int, int] | None) -> Iterator[list[dict[str, Any]]]:
+        """The job's stored records from `since` on, page by page."""
+        while True:
+            with self.sessions() as session:
+                records, since = history.stored_records(session, job_id=job_id, since=since)
+            yield records
+            if since is None:
+                return
+
+    def _forget(self, jobs: set[str]) -> None:
+        """A finished job reports no more: its detector and mark go, and their rows."""
+        if not jobs:
+            return
+        with self.sessions() as session:
+            names = [self._prefix + job for job in jobs]
+            session.execute(delete(WatchdogState).where(WatchdogState.name.in_(names)))
+            session.commit()
+        for job in jobs:
+            self.detectors.pop(job, None)
+            self.seen.pop(job, None)
+            self._committed.pop(job, None)
+
+    def _adopt(self, newest: dict[int, tuple[int, int] | None]) -> None:
+        """After an upgrade from one whole-fleet detector state: each live job's detector is
+        rebuilt by replaying what is stored, acting on nothing (its verdicts were events already),
+        and marked at its newest record. The old state goes."""
+        for job_id, last in newest.items():
+            if last is None:
+                continue
+            touched: set[str] = set()
+            for records in self._stored(job_id, None):
+                for record in records:
+                    if self._first_sight(record, touched):
+                        with contextlib.suppress(ValueError):
+                            self._detector(record["job"]).observe(record)
+            with self.sessions() as session:
+                self._committed.update(self._save(session, touched, None))
+                session.commit()
+        with self.sessions() as session:
+            session.execute(update(WatchdogState).where(WatchdogState.name == self.name).values(state={}))
+            session.commit()
+        self._adopting = False
+        log.warning("adopted %d live job(s) from the previous watchdog state", len(newest))
 
     def _note_skipped_step(self, session: Session, record: Mapping[str, Any]) -> None:
         """An optimizer step the trainer skipped becomes one `trainer.step_skipped` event."""
@@ -297,16 +388,6 @@ def _finite(value: Any) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
-
-
-def _unpack(state: Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, dict[str, list[Any]]]:
-    """(detector state, marks) from a saved state; a state saved before marks existed is the
-    detector's alone (its own duplicate check then covers what was judged)."""
-    if not state:
-        return None, {}
-    if "detector" not in state:
-        return dict(state), {}
-    return state["detector"], dict(state.get("seen") or {})
 
 
 # --- how records reach it ---------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 from service import ingest, jobs
 from service.api.app import create_app
 from service.db import repo
-from service.db.models import Event, Role
+from service.db.models import Event, Role, WatchdogState
 from service.db.session import get_sessionmaker
 from service.settings import Settings
 from service.tokens import mint_token
@@ -57,7 +57,7 @@ def saved(sessions) -> Watchdog:
 
 
 def judged_records(sessions) -> int:
-    return saved(sessions).detector.counts["records"]
+    return saved(sessions).counts.get("records", 0)
 
 
 def marked_step(sessions, job_id: int) -> int | None:
@@ -283,7 +283,7 @@ def test_a_failing_commit_is_a_503_and_the_batch_sent_again_is_judged_once(embed
 
         refused = api.post(f"/v1/jobs/{job_id}/metrics", json=records[25:], headers=auth(token))
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
-        assert watchdog.detector.counts["records"] == 25  # back where the last commit left it
+        assert watchdog.counts["records"] == 25  # back where the last commit left it
         assert "verdict.nonfinite" not in kinds(sessions, job_id)
 
         again = api.post(f"/v1/jobs/{job_id}/metrics", json=records[25:], headers=auth(token))  # the trainer retries
@@ -300,12 +300,13 @@ def test_a_failing_commit_restores_the_detector_to_its_last_committed_state(embe
     failing = FailingCommits(sessions)
     watchdog = Watchdog(failing)
     watchdog.process(records[:30])
-    committed = watchdog.detector.state_dict()
+    committed = watchdog.detectors[str(job_id)].state_dict()
 
     failing.failures = 1
     with pytest.raises(OperationalError):
         watchdog.process(records[30:])
-    assert watchdog.detector.state_dict() == committed
+    assert watchdog.detectors[str(job_id)].state_dict() == committed
+    assert watchdog.seen[str(job_id)] == [0, 29, ["stable"]]
 
     assert {v.kind for v in watchdog.process(records[30:])} == {"nonfinite"}  # sent again: judged
     assert verdicts(sessions, job_id) == nonfinite_at(35)
@@ -396,3 +397,25 @@ def test_stored_records_come_back_whole_and_in_step_order_page_by_page(embedded)
                 break
     assert len(pages) > 3
     assert [r for page in pages for r in page] == records  # the eval after its step's training record
+
+
+def test_an_upgrade_from_one_fleet_wide_state_adopts_each_job_without_judging_it_again(embedded):
+    # An upgrade guard (the code before kept one detector state for the whole fleet): what it had
+    # judged is replayed silently into each job's own detector, and judging goes on from there.
+    settings, sessions, job_id, token = embedded
+    records = curve(job_id, steps=60, nan_at=30)
+    fleet_wide = Detector()
+    for record in records[:40]:
+        fleet_wide.observe(record)
+    with sessions() as session:
+        ingest.store_metrics(session, job_id=job_id, records=records[:40])
+        session.add(WatchdogState(name=consumer.STATE_NAME, state=fleet_wide.state_dict(), cursor="1-0"))
+        session.commit()
+
+    with TestClient(create_app(settings)) as api:
+        assert verdicts(sessions, job_id) == []  # step 30 was judged before the upgrade
+        post(api, job_id, token, [{**r, "metrics": {**r["metrics"], "loss/zh": "NaN"}} if r["step"] == 50 else r for r in records[40:]])
+
+    assert verdicts(sessions, job_id) == [("verdict.nonfinite", "zh", 50)]
+    assert judged_records(sessions) == 60
+    assert marked_step(sessions, job_id) == 59
