@@ -42,10 +42,8 @@ QUICK: dict[str, list[str]] = {
     "plan": ["--requests", "50"],
     "trainer_cpu": ["--warmup", "1", "--rounds", "2", "--steps", "2"],
     "controller_scale": ["--jobs", "200", "--runs", "1", "--baseline-runs", "1"],
-    "watchdog": [
-        "--per-scenario", "2", "--repeat", "1", "--requests", "2", "--rounds", "1",
-        "--trials", "2",
-    ],  # fmt: skip
+    "detector": ["--per-scenario", "2", "--repeat", "1"],
+    "watchdog": ["--requests", "2", "--rounds", "1", "--trials", "5"],
     "tokenizer": ["--repeat", "1", "--vocab", "32000", "--max-mb-per-channel", "1"],
 }
 
