@@ -43,10 +43,7 @@ QUICK: dict[str, list[str]] = {
     "trainer_cpu": ["--warmup", "1", "--rounds", "2", "--steps", "2"],
     "controller_scale": ["--jobs", "200", "--runs", "1", "--baseline-runs", "1"],
     "detector": ["--streams", "40", "--tuned", "20", "--per-scenario", "1", "--repeat", "1"],
-    "watchdog": [
-        "--per-scenario", "2", "--repeat", "1", "--requests", "2", "--rounds", "1",
-        "--trials", "2",
-    ],  # fmt: skip
+    "watchdog": ["--requests", "2", "--rounds", "1", "--trials", "5"],
     "tokenizer": ["--repeat", "1", "--vocab", "32000", "--max-mb-per-channel", "1"],
 }
 

@@ -24,6 +24,8 @@ EXPORTED_PREFIXES = ("loss", "eval/ppl", "throughput/", "grad_norm", "lr")
 # so the first one shows as an increase (Prometheus sees no increase in a series born at 1).
 VERDICT_KINDS = ("spike", "divergence", "nonfinite", "drop", "ppl_rise")
 ROLLBACK_TRIGGERS = {"rollback": "watchdog", "oncall": "oncall"}
+# Why the trainer skipped an optimizer step (the watchdog's `trainer.step_skipped` events).
+SKIP_REASONS = ("nonfinite", "grad_spike", "unknown")
 
 
 class ServiceCollector:
@@ -36,6 +38,7 @@ class ServiceCollector:
             yield from self._latest(session)
             yield from self._verdicts(session)
             yield from self._rollbacks(session)
+            yield from self._skipped_steps(session)
             yield from self._ingest_lag(session)
 
     def _jobs(self, session: Session):
@@ -121,6 +124,27 @@ class ServiceCollector:
             for trigger in ROLLBACK_TRIGGERS.values():
                 rollbacks.add_metric([*job, trigger], by_trigger.get(trigger, 0))
         yield rollbacks
+
+    def _skipped_steps(self, session: Session):
+        skipped = CounterMetricFamily(
+            "pretrain_steps_skipped", "Optimizer steps a live job's trainer skipped, by reason.", labels=["job_id", "name", "reason"]
+        )
+        counts: dict[tuple[str, str], dict[str, int]] = {job: {} for job in _live_jobs(session)}
+        reason = Event.data["reason"].as_string()
+        query = (
+            select(Job.id, Job.name, reason, func.count())
+            .join(Event, Event.job_id == Job.id)
+            .where(Job.state.in_(ACTIVE_JOB_STATES), Event.kind == "trainer.step_skipped")
+            .group_by(Job.id, Job.name, reason)
+        )
+        for job_id, job_name, why, count in session.execute(query):
+            by_reason = counts.setdefault((str(job_id), job_name), {})
+            key = why if why in SKIP_REASONS else "unknown"  # bounded labels, whatever an event says
+            by_reason[key] = by_reason.get(key, 0) + count
+        for job, by_reason in counts.items():
+            for why in SKIP_REASONS:
+                skipped.add_metric([*job, why], by_reason.get(why, 0))
+        yield skipped
 
     def _ingest_lag(self, session: Session):
         lag = GaugeMetricFamily(

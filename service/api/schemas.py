@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, with_config
+from typing_extensions import TypedDict  # pydantic reads TypedDicts from here below Python 3.12
 
 from service.db.models import Role
 
@@ -186,20 +187,26 @@ class CheckpointRegistered(CheckpointPublic):
 
 MetricValue = Annotated[float, Field(allow_inf_nan=False)] | Literal["NaN", "Infinity", "-Infinity"]
 MetricName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_./:-]+$")]
+MAX_RECORDS_PER_BATCH = 5_000
 
 
-class MetricRecord(BaseModel):
+# A TypedDict, not a model: a batch of thousands is validated in one pass from the raw JSON
+# straight into the dicts the store and the watchdog read. Strict, because the JSON the trainer
+# sent is what the watchdog stream carries: a step of "5" or 5.0 must not get past this point.
+@with_config(ConfigDict(extra="forbid", strict=True))
+class MetricRecord(TypedDict):
     """One trainer record: a step's metrics (non-finite values as strings)."""
 
-    model_config = ConfigDict(extra="forbid")
+    job: Annotated[str, Field(max_length=64, description="The job id, as the trainer knows it.")]
+    attempt: Annotated[int, Field(ge=0, le=1_000_000, description="The attempt reporting: the job's newest.")]
+    step: Annotated[int, Field(ge=0, le=2**53, description="The optimizer step, at most the job's total steps.")]
+    stage: NotRequired[Annotated[str | None, Field(max_length=64, pattern=NO_NUL)]]
+    phase: NotRequired[Annotated[str | None, Field(max_length=16, pattern=NO_NUL)]]
+    tokens: NotRequired[Annotated[int | None, Field(ge=0, le=2**62)]]
+    metrics: Annotated[dict[MetricName, MetricValue], Field(max_length=1000)]
 
-    job: str = Field(max_length=64, description="The job id, as the trainer knows it.")
-    attempt: int = Field(ge=0, le=1_000_000)
-    step: int = Field(ge=0, le=2**53)
-    stage: str | None = Field(None, max_length=64, pattern=NO_NUL)
-    phase: str | None = Field(None, max_length=16, pattern=NO_NUL)
-    tokens: int | None = Field(None, ge=0, le=2**62)
-    metrics: dict[MetricName, MetricValue] = Field(max_length=1000)
+
+MetricBatch = TypeAdapter(Annotated[list[MetricRecord], Field(max_length=MAX_RECORDS_PER_BATCH)])
 
 
 class MetricsAccepted(BaseModel):

@@ -2,45 +2,101 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.orm import Session
 
 from service import ingest, observability
 from service.api.auth import JobReporterDep, ViewerDep
 from service.api.deps import SessionDep, SettingsDep
 from service.api.routes.jobs import JobId
-from service.api.schemas import MetricPointPublic, MetricRecord, MetricsAccepted
+from service.api.schemas import (
+    MAX_RECORDS_PER_BATCH,
+    MetricBatch,
+    MetricPointPublic,
+    MetricRecord,
+    MetricsAccepted,
+)
 from service.db import repo
+from service.settings import Settings
+from service.tokens import Principal
 from service.watchdog import consumer as watchdog
 
-router = APIRouter(prefix="/jobs/{job_id}/metrics", tags=["metrics"])
+# The embedded default judges records in-process: its watchdog is built and caught up at start.
+router = APIRouter(prefix="/jobs/{job_id}/metrics", tags=["metrics"], lifespan=watchdog.lifespan)
 
-MAX_RECORDS_PER_BATCH = 5_000
+# The handler reads the body itself (one pass from raw JSON, see MetricRecord); this documents it.
+METRICS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "array",
+                    "maxItems": MAX_RECORDS_PER_BATCH,
+                    "items": {"title": "MetricRecord", **TypeAdapter(MetricRecord).json_schema()},
+                }
+            }
+        },
+    }
+}
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=MetricsAccepted)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=MetricsAccepted,
+    openapi_extra=METRICS_BODY,
+    responses={
+        409: {"description": "The job is finished, or the records' attempt is not its newest."},
+        503: {"description": "The watchdog could not take the records; they are stored, send them again."},
+    },
+)
 async def ingest_metrics(
     job_id: JobId,
-    records: Annotated[list[MetricRecord], Body(max_length=MAX_RECORDS_PER_BATCH)],
+    request: Request,
     session: SessionDep,
     settings: SettingsDep,
-    _: JobReporterDep,
+    principal: JobReporterDep,
 ) -> MetricsAccepted:
     """Store a batch of trainer records (the job's own token); a retried batch changes nothing."""
-    for index, record in enumerate(records):
-        if record.job != str(job_id):
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_ENTITY,
-                [{"loc": ["body", index, "job"], "msg": f"record is for job {record.job!r}, not {job_id}", "type": "value_error"}],
-            )
-    raw = [r.model_dump() for r in records]
-    stored = await run_in_threadpool(ingest.store_metrics, session, job_id=job_id, records=raw)
-    observability.INGESTED_POINTS.inc(sum(len(r.metrics) for r in records))
-    # Stored first, then watched: the history is never behind what the watchdog acted on.
-    await run_in_threadpool(watchdog.feed, settings, raw)
-    return MetricsAccepted(received=sum(len(r.metrics) for r in records), stored=stored)
+    body = await request.body()
+    local = None if settings.redis_url else watchdog.in_process(request.app)
+    return await run_in_threadpool(_ingest, session, settings, principal, job_id, body, local)
+
+
+def _ingest(
+    session: Session,
+    settings: Settings,
+    principal: Principal,
+    job_id: int,
+    body: bytes,
+    local: watchdog.InProcess | None,
+) -> MetricsAccepted:
+    try:
+        records: list[dict[str, Any]] = MetricBatch.validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False, include_input=False)]
+        ) from None
+    try:
+        stored = ingest.store_metrics(session, job_id=job_id, records=records, token_attempt=principal.attempt)
+    except ingest.RecordInvalid as exc:
+        loc = ("body", exc.index, exc.field)
+        raise RequestValidationError([{"type": "value_error", "loc": loc, "msg": str(exc)}]) from None
+    received = sum(len(record["metrics"]) for record in records)
+    observability.INGESTED_POINTS.inc(received)
+    # Stored first, then watched: the history is never behind what the watchdog acted on. The
+    # body goes to the stream as it came: it is exactly the records just validated.
+    try:
+        watchdog.feed(settings, records, raw=body, local=local)
+    except watchdog.WatchdogUnavailable as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), headers={"Retry-After": "1"}) from exc
+    return MetricsAccepted(received=received, stored=stored)
 
 
 @router.get("", response_model=list[MetricPointPublic])
