@@ -27,7 +27,6 @@ from service.db.models import (
 from service.errors import Conflict, Forbidden, NotFound, ServiceError
 
 
-
 class Registration(NamedTuple):
     """A registered checkpoint, whether this call stored it, and what the trainer should delete."""
 
