@@ -351,7 +351,7 @@ class Detector:
         # Channels first: while one of them is in a spike, the total moves with it:
         # its points are judged but not learned from, so the total still sees a rise against
         # where it was.
-        names = sorted((n for n in metrics if n.startswith(LOSS_PREFIX)), key=str)
+        names = [n for n in metrics if n.startswith(LOSS_PREFIX)]
         if LOSS in metrics:
             names.append(LOSS)
         echo = False
@@ -368,6 +368,9 @@ class Detector:
             if outcome is not None:
                 kind, action, evidence = outcome
                 verdicts.append(Verdict(job, attempt, step, kind, action, channel, evidence))
+        # Said in the record's own order of metrics, whatever order they were judged in.
+        order = {name: index for index, name in enumerate(metrics)}
+        verdicts.sort(key=lambda v: order.get(LOSS if v.channel == ALL_CHANNELS else LOSS_PREFIX + v.channel, 0))
         return verdicts
 
     def _observe_loss(
