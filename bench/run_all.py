@@ -47,6 +47,7 @@ QUICK: dict[str, list[str]] = {
         "--trials", "2",
     ],  # fmt: skip
     "tokenizer": ["--repeat", "1", "--vocab", "32000", "--max-mb-per-channel", "1"],
+    "detector_trainer": ["--rounds", "1"],
 }
 
 # Why a non-Python script in bench/ is not run here.
