@@ -179,7 +179,7 @@ def print_examples(result: labelled.Score, found: list[trainer_runs.Case], polic
 
 
 def _info(label: labelled.Label) -> str:
-    return ", ".join(f"{k} {_short(v)}" for k, v in label.info.items() if k != "scenario")
+    return ", ".join(f"{k} {_short(v)}" for k, v in label.info.items() if k != "fault")
 
 
 def _short(value) -> str:
