@@ -171,7 +171,10 @@ def test_discovers_the_real_benchmarks():
     names = [p.name for p in run_all.discover(BENCH)]
     assert names == sorted(names)
     assert "harness.py" not in names and "run_all.py" not in names
-    for expected in ("api_submit.py", "plan.py", "trainer_cpu.py", "controller_scale.py", "watchdog.py"):
+    for expected in (
+        "api_submit.py", "plan.py", "trainer_cpu.py", "controller_scale.py", "watchdog.py",
+        "detector_trainer.py",
+    ):  # fmt: skip
         assert expected in names
     skipped = dict(run_all.not_run(BENCH))
     assert "gpu_check.sh" in skipped and "GPU" in skipped["gpu_check.sh"]
