@@ -86,6 +86,9 @@ LONG_DROP_WINDOWS = 5
 # A fall below the local level by this many robust standard deviations (and at least half a
 # spike) is held out of the window as a silent dip.
 DIP_SIGMAS = 4.0
+# A spike rises this many robust standard deviations of its series above the expectation, at
+# least: for a series whose noise reaches the threshold, the threshold alone would be noise.
+SPIKE_SIGMAS = 3.0
 # A window's fit is carried at most this many steps before it is fitted again.
 REFIT_STEPS = 5
 # The carried part of the last deviation is bounded by this many robust standard deviations.
@@ -430,7 +433,7 @@ class Detector:
         if kind == "spike" and closed is not None:
             if closed["kind"] in ("spike", "diverged") and step - closed["end"] <= policy.recover_window_steps:
                 # Back up within a window of coming down: the same episode, not a new one.
-                series.episode, series.closed = {**closed, "ratios": []}, None
+                series.episode, series.closed = {**closed, "ratios": [], "reopened": step}, None
                 del series.episode["end"]
                 return self._continue_episode(series, step, log_value, value, policy)
             if closed.get("stayed") and _returns_to(closed, step, log_value, policy):
@@ -462,11 +465,17 @@ class Detector:
             # A fall ends where the loss is back at the lower reference; a rise out of it is a
             # spike only over the higher one.
             "high": max(ref.local, ref.trend, level),
-            # The frozen reference falls on at most this rate: the curve may stop falling.
-            "slope": max(ref.slope, -policy.recover_tolerance / policy.recover_window_steps),
+            # A rise's frozen reference falls on at most this rate (the curve may stop falling
+            # and the rise would look like it stays); a fall's follows the curve, which goes on
+            # falling under it.
+            "slope": max(ref.slope, -policy.recover_tolerance / policy.recover_window_steps)
+            if kind == "spike"
+            else ref.slope,
             "sigma": ref.sigma,
             "ratios": [ratio],
         }
+        if kind in ("drop", "dip"):
+            series.episode["points"] = [[step, log_value]]
         if kind == "dip":
             return None
         evidence = {"onset": step, "value": value, "trend": math.exp(level), "ratio": ratio}
@@ -479,17 +488,27 @@ class Detector:
         assert episode is not None
         window = policy.recover_window_steps
         ahead = min(step - episode["onset"], window)
-        level = episode["level"] + EPISODE_SLOPE * episode["slope"] * ahead
+        follow = EPISODE_SLOPE if episode["kind"] in ("spike", "diverged") else 1.0
+        level = episode["level"] + follow * episode["slope"] * ahead
         ratio = math.exp(log_value - level) - 1
         ratios = episode["ratios"] = [*episode["ratios"], ratio][-RECOVERY_POINTS:]
         allowance = _allowance(episode["sigma"], policy)
         if episode["kind"] in ("drop", "dip"):
-            high = episode["high"] + EPISODE_SLOPE * episode["slope"] * ahead
+            # The level a rise must clear falls slowly, as a spike's reference does: the curve
+            # may have stopped falling, and its return is not a spike.
+            gentle = max(episode["slope"], -policy.recover_tolerance / window)
+            high = episode["high"] + EPISODE_SLOPE * gentle * ahead
             if log_value - high >= math.log1p(policy.spike_threshold):
                 # Not back but beyond: the loss jumped over the level the fall left.
                 ref = _Reference(high, high, True, episode["slope"], high, high, episode["sigma"])
                 series.episode = None
                 return self._open_episode(series, ref, "spike", high, step, log_value, value, policy)
+            episode["points"] = [*episode["points"], [step, log_value]][-TREND_WINDOW:]
+            if episode["kind"] == "dip" and ratio <= -policy.drop_threshold:
+                # A fall that went on falling (a channel learning a degenerate pattern): a drop.
+                episode["kind"] = "drop"
+                evidence = {"onset": episode["onset"], "value": value, "trend": math.exp(level), "ratio": ratio}
+                return "drop", "alert", evidence
             # Back once clearly out of it: the normal level, with the noise it had.
             back = allowance if episode["kind"] == "dip" else max(allowance, policy.drop_threshold / 3)
             if _median(ratios[-3:]) >= -back:
@@ -499,12 +518,14 @@ class Detector:
                     series.clear_window()
                 series.accept(step, log_value)
             elif step - episode["onset"] >= window * (1 if episode["kind"] == "dip" else LONG_DROP_WINDOWS):
-                # It stays: the new level. The level it left is remembered, so a return to it
-                # later is the fall's end, not a spike.
+                # It stays: the new level, learned from the points it held. The level it left is
+                # remembered, so a return to it later is the fall's end, not a spike.
+                points = episode["points"]
                 series.close_episode(step)
                 series.closed["stayed"] = True
                 series.clear_window()
-                series.accept(step, log_value)
+                for x, y in points:
+                    series.accept(int(x), y)
             return None
         if _median(ratios[-3:]) <= allowance:
             diverged = episode["kind"] == "diverged"
@@ -513,7 +534,10 @@ class Detector:
                 series.clear_window()
             series.accept(step, log_value)
             return None
-        if episode["kind"] != "spike" or step < episode["onset"] + window:
+        # A reopened episode must stay up for a few points of its own before it may diverge:
+        # one noisy point a window after the first rise is no divergence.
+        due = max(episode["onset"] + window, episode.get("reopened", episode["onset"]) + RECOVERY_POINTS - 1)
+        if episode["kind"] != "spike" or step < due:
             return None
         if _median(ratios) <= allowance:
             series.close_episode(step)
@@ -671,7 +695,9 @@ def _classify(
     if log_value > max(recent):
         # Where the fall stops short (the end of warmup), carrying the latest points along
         # the slope undershoots: a spike must clear them where they are by half its height.
-        if log_value - _expected(ref) >= spike and log_value - ref.plain >= spike / 2:
+        # A series noisier than the threshold allows (a channel over a small share of the
+        # batch) must rise beyond its own noise as well.
+        if log_value - _expected(ref) >= max(spike, SPIKE_SIGMAS * ref.sigma) and log_value - ref.plain >= spike / 2:
             # Recovery is judged against the higher reference: autocorrelated noise that sat
             # low before a jump is no reason to call a return to the normal level a divergence.
             return "spike", max(ref.local, ref.trend)
@@ -680,11 +706,14 @@ def _classify(
     drop = math.log1p(-policy.drop_threshold)
     if over_local <= drop and log_value < min(recent) + math.log1p(-policy.drop_threshold / 2):
         return "drop", min(ref.local, ref.trend) if ref.trusted else ref.local
-    # A sudden fall too small for a drop but too big for the noise: held out of the window
-    # like a drop, silently, so the return to the normal level is not read as a rise.
+    # A fall too small for a drop but too big for the noise: held out of the window like a
+    # drop, silently, so the return to the normal level is not read as a rise. A fall that
+    # creeps (the local level comes along) is measured against a trusted trend.
     dip = min(math.log1p(-policy.spike_threshold / 2), -DIP_SIGMAS * ref.sigma)
     if over_local <= dip and log_value < min(recent):
         return "dip", ref.local
+    if ref.trusted and log_value - ref.trend <= dip and over_local <= -tolerance:
+        return "dip", ref.trend
     return None
 
 

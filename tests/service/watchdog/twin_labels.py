@@ -33,14 +33,7 @@ from typing import Any
 import numpy as np
 
 from service.watchdog.detector import Policy
-from tests.service.watchdog.labelled import (
-    ALERT_DUE,
-    AMBIGUITY,
-    DIVERGENCE_DUE,
-    WINDOW,
-    Label,
-    Stream,
-)
+from tests.service.watchdog.labelled import ALERT_DUE, AMBIGUITY, DEFINITIONS, Label, Stream
 
 # The twin's trend: a running median over ±TREND_HALF steps of its log loss, then a running
 # mean over ±SMOOTH_HALF steps of that (a median of a noisy curve moves in stairs).
@@ -50,7 +43,7 @@ SMOOTH_HALF = 3
 FIRST_JUDGED = 10
 DEFAULT_POLICY = Policy()
 # A divergence is due this many steps after its recover window ends (labelled.py's 25 of 20).
-DIVERGENCE_SLACK = DIVERGENCE_DUE - WINDOW
+DIVERGENCE_SLACK = DEFINITIONS.divergence_due - DEFINITIONS.window
 
 
 def series_of(records: Sequence[dict[str, Any]]) -> dict[str, dict[int, float]]:
