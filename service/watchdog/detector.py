@@ -457,6 +457,10 @@ class Detector:
         policy: Policy,
     ) -> tuple[str, str, dict[str, Any]] | None:
         ratio = math.exp(log_value - level) - 1
+        # A dip follows the steeper of the newer half's fall and the whole window's: a dip in
+        # a fall that paused for a few points (noise early in warmup) goes on falling with the
+        # curve, and that is no drop.
+        fall = min(ref.slope, series.fit["slope"]) if kind == "dip" and series.fit else ref.slope
         series.episode = {
             "kind": kind,
             "onset": step,
@@ -470,7 +474,7 @@ class Detector:
             # falling under it.
             "slope": max(ref.slope, -policy.recover_tolerance / policy.recover_window_steps)
             if kind == "spike"
-            else ref.slope,
+            else fall,
             "sigma": ref.sigma,
             "ratios": [ratio],
         }

@@ -479,7 +479,12 @@ def test_render_for_review_yields_the_three_documents():
     assert [d["kind"] for d in documents] == ["PyTorchJob", "ConfigMap", "Secret"]
     assert documents[0]["metadata"]["name"] == "tiny-cpu-0-a1"
     trainer_json = json.loads(documents[1]["data"]["trainer.json"])
-    assert trainer_json["job"] == {"id": "0", "attempt": 1, "name": "tiny-cpu"}
+    assert trainer_json["job"] == {
+        "id": "0",
+        "attempt": 1,
+        "name": "tiny-cpu",
+        "result_path": "/dev/termination-log",
+    }
     assert trainer_json["checkpoint"]["resume_from"] == "/checkpoints/tiny-cpu-0/step-00000040"
     assert base64.b64decode(documents[2]["data"]["token"]).decode() == "<minted at launch>"
     assert "|" in text  # trainer.json is a readable literal block

@@ -95,11 +95,6 @@ def test_the_detector_raises_exactly_the_labels_and_no_false_verdict(real):
     assert result.hits == {"spike/total": 1, "spike/channel": 1, "nonfinite/total": 1, "nonfinite/channel": 3}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="detector: a spike within recover_window_steps of a closed one re-opens it with its old "
-    "onset, and once that onset is a window old the next point alone decides a divergence",
-)
 def test_noise_on_a_clean_channel_never_becomes_a_rollback(runs):
     case = runs[f"clean-{NOISY_SEED}"]
     assert [label for label in case.stream.labels if not label.dont_care] == []
