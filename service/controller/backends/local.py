@@ -139,17 +139,20 @@ class LocalBackend:
         """Ask the process group to stop (SIGTERM: the trainer saves and exits); never waits.
 
         The workload counts as existing until its processes are gone; `observe` finishes the
-        job, escalating to SIGKILL after a grace period. Calling it again is harmless.
+        job, escalating to SIGKILL after a grace period. Calling it again is harmless and
+        returns False: only the call that asked it to stop deleted it (the controller writes
+        one event for it, not one a reconcile while the trainer saves).
         """
         for folder in self.root.glob(f"*-{job_id}-a{attempt}"):
             meta = _read_meta(folder)
             if meta is None or meta["job_id"] != job_id or meta["attempt"] != attempt:
                 continue
-            if not (folder / STOP_FILE).exists():
+            asked = not (folder / STOP_FILE).exists()
+            if asked:
                 (folder / STOP_FILE).write_text(str(time.time()))
                 _signal_workload(folder, signal.SIGTERM)
             self._finish_stopping(folder)
-            return True
+            return asked
         return False
 
     def _finish_stopping(self, folder: Path) -> bool:

@@ -401,6 +401,29 @@ def test_an_attempt_never_resumes_from_a_checkpoint_damaged_on_disk(settings, wo
     assert by_step[30].unusable_reason.startswith("missing" if damage == "deleted" else "corrupt")
 
 
+def test_a_superseded_trainer_slow_to_stop_is_deleted_once_and_its_successor_starts_after_it(settings, workloads, fake):
+    job = submit(settings)
+    fake.plan(a0={"wait_for": fake.gate("stopped"), "slow_to_stop": True}, a1={})
+    controller = new_controller(settings, workloads)
+    drive(controller, settings, job.id, lambda j: j.state == "running", "ran")
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        save_and_register(session, checkpoint_dir(settings, job), job_id=job.id, attempt=0, step=10)
+        roll_back(
+            session,
+            job_id=job.id,
+            request=RollbackRequest(onset_step=30, reason=AttemptReason.ROLLBACK, why="spike", actor="watchdog", expected_attempt=0),
+        )
+    for _ in range(5):  # the trainer is saving: every look finds it still there
+        controller.reconcile(job.id)
+    assert kinds(settings, job.id).count("workload.deleted") == 1
+    assert [run["attempt"] for run in fake.runs()] == [0]  # never two attempts' trainers at once
+
+    fake.open("stopped")
+    drive(controller, settings, job.id, lambda j: j.state == "succeeded", "succeeded")
+    assert [run["attempt"] for run in fake.runs()] == [0, 1]
+    assert kinds(settings, job.id).count("workload.deleted") == 1
+
+
 class FailsOnce(LocalBackend):
     """A backend whose first look fails as no backend error does (a bug, a database too busy)."""
 

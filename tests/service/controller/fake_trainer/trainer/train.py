@@ -2,7 +2,7 @@
 
 It does what the real trainer does at its edges, as `FAKE_TRAINER_PLAN` (a JSON file) says for
 the attempt in its config: notes that it started (with its pid and token) in `runs.log` beside
-the plan, reports that it runs (the metrics file), waits for a file if told to, appends outcome
+the plan, reports that it runs (the metrics file), waits for a file if told to (ignoring SIGTERM meanwhile if `slow_to_stop`), appends outcome
 lines to `job.result_path`, and exits with the given code. Without a plan entry: completed, 0.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,8 @@ def main() -> int:
                                "resume_from": config["checkpoint"]["resume_from"],
                                "skip_ranges": config["data"]["skip_ranges"], "lr_scale": config["lr_scale"]}) + "\n")
     Path(config["metrics"]["jsonl_path"]).touch()
+    if plan.get("slow_to_stop"):  # as the trainer saving a checkpoint after SIGTERM: still there
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if plan.get("wait_for"):
         deadline = time.monotonic() + 120
         while not Path(plan["wait_for"]).exists() and time.monotonic() < deadline:
