@@ -232,7 +232,11 @@ def print_noise(clean: list[trainer_runs.Case], policy: Policy) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="runs per fault kind, each on its own seed")
-    parser.add_argument("--first-seed", type=int, default=1)
+    parser.add_argument(
+        "--first-seed", type=int, default=trainer_runs.SCORING_FIRST_SEED,
+        help="seed of the first scenario (scoring seeds by default; tuning used seeds from "
+        f"{trainer_runs.TUNING_FIRST_SEED})",
+    )
     parser.add_argument("--kinds", nargs="+", default=list(trainer_runs.KINDS), choices=trainer_runs.KINDS)
     parser.add_argument("--workers", type=int, default=2, help="trainer processes at a time")
     parser.add_argument("--cache", type=Path, help="keep run records here (outside the repository)")

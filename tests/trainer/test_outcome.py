@@ -73,7 +73,8 @@ def _append_many(path: str, rank: int) -> None:
 
 def test_lines_of_ranks_sharing_the_file_stay_whole(tmp_path):
     path = tmp_path / "result.jsonl"
-    context = multiprocessing.get_context("spawn")
+    # fork: the ranks write plain files, and a spawned child would import torch again.
+    context = multiprocessing.get_context("fork")
     workers = [context.Process(target=_append_many, args=(str(path), rank)) for rank in range(4)]
     for worker in workers:
         worker.start()

@@ -121,7 +121,13 @@ def scenario(kind: str, seed: int) -> Scenario:
     return Scenario(kind, seed, None, start, STEPS)
 
 
-def scenario_set(kinds: Iterable[str], rounds: int, first_seed: int = 1) -> list[Scenario]:
+# The detector was developed on runs of seeds from TUNING_FIRST_SEED (the tests use 1 and 7);
+# bench/detector_trainer.py reports runs of seeds from SCORING_FIRST_SEED, never seen in tuning.
+TUNING_FIRST_SEED = 1
+SCORING_FIRST_SEED = 1001
+
+
+def scenario_set(kinds: Iterable[str], rounds: int, first_seed: int = TUNING_FIRST_SEED) -> list[Scenario]:
     """Each faulted kind `rounds` times, every one on its own seed (its own batches, its own
     twin), and, when `clean` is among `kinds`, each of those twins as a clean scenario."""
     kinds = list(kinds)
