@@ -434,6 +434,17 @@ class WatchdogSpec(_Section):
     lr_scale_on_rollback: PositiveFloat = Field(
         1.0, description="Multiplier on the learning rate after each rollback."
     )
+    skip_grad_norm_zscore: PositiveFloat = Field(
+        6.0,
+        description="The trainer skips an optimizer step whose gradient norm is this many robust "
+        "standard deviations above its recent ones (and any step with a non-finite loss or "
+        "gradient norm): one bad batch costs one step, not a rollback.",
+    )
+    max_nonfinite_steps: PositiveInt = Field(
+        3,
+        description="Non-finite losses in a row after which the trainer stops as diverged and the "
+        "service rolls the run back.",
+    )
 
 
 class JobSpec(_Section):

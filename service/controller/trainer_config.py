@@ -29,11 +29,11 @@ _METRICS_DEFAULTS = {
     "max_buffer": 10000,
     "timeout_s": 5.0,
 }
-_TRAIN_DEFAULTS = {"max_nonfinite_steps": 3, "log_interval": 1}
+_TRAIN_DEFAULTS = {"log_interval": 1}
 # The trainer's first line of defence (skip a step on a non-finite loss or a grad-norm spike)
 # at the trainer's own defaults, written out: the config a pod gets says what it will do.
+# The spec's watchdog section sets the z-score and the non-finite run that ends the trainer.
 _SKIP_STEP_DEFAULTS = {
-    "skip_grad_norm_zscore": 6.0,
     "skip_grad_norm_window": 100,
     "skip_grad_norm_min_history": 20,
     "max_consecutive_skips": 5,
@@ -121,13 +121,17 @@ def render_trainer_config(
             },
             "metrics": _metrics(job_id, job_name, attempt, ingest_token, settings),
             "lr_scale": float(lr_scale),
+            # In the trainer's order of fields. Specs stored before the skip-step fields
+            # existed get the trainer's defaults.
             "train": {
                 "seed": DEFAULT_SEED,
+                "max_nonfinite_steps": int(spec["watchdog"].get("max_nonfinite_steps", 3)),
                 **_TRAIN_DEFAULTS,
                 # MFU against a nominal CPU figure would be meaningless: leave it out on CPU.
                 "peak_tflops": None
                 if resources["gpu_type"] == "cpu"
                 else float(resources["peak_tflops"]),
+                "skip_grad_norm_zscore": float(spec["watchdog"].get("skip_grad_norm_zscore", 6.0)),
                 **_SKIP_STEP_DEFAULTS,
             },
             "faults": dict(_NO_FAULTS),

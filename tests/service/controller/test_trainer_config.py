@@ -310,3 +310,20 @@ def test_fault_injection_reaches_the_trainer_as_corrupt_batch_ranges():
     assert corrupt == {"code": [], "en": [[60, 76]], "zh": []}
     assert all(d["corrupt"] == [] for d in rendered["stages"][1]["data"])
     validate(config_from_dict(rendered), world_size=2)
+
+
+def test_the_specs_skip_step_guard_reaches_the_trainer_and_an_older_stored_spec_gets_its_defaults():
+    raw = load_example(TINY)
+    raw["watchdog"].update(skip_grad_norm_zscore=4.5, max_nonfinite_steps=2)
+    train = render(raw)["train"]
+    assert (train["skip_grad_norm_zscore"], train["max_nonfinite_steps"]) == (4.5, 2)
+
+    job = stored_job(load_example(TINY))
+    for field in ("skip_grad_norm_zscore", "max_nonfinite_steps"):
+        del job["spec"]["watchdog"][field]  # stored before the fields existed
+    older = render_trainer_config(
+        job_id=1, job_name="tiny-cpu", spec=job["spec"], derived=job["derived"], plan=job["plan"],
+        attempt=0, resume_from=None, skip_ranges=[], lr_scale=1.0, ingest_token=TOKEN,
+        settings=make_settings(),
+    )["train"]
+    assert (older["skip_grad_norm_zscore"], older["max_nonfinite_steps"]) == (6.0, 3)
