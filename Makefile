@@ -5,6 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
+# Test files spread over this many workers (pytest-xdist; 0 runs them in this process). A file
+# stays on one worker, so its module-scoped fixtures (trainer runs, servers) are built once.
+TEST_WORKERS ?= 2
 
 .PHONY: setup test lint demo bench dashboards docs clean
 
@@ -21,7 +24,7 @@ $(STAMP): pyproject.toml
 
 test: setup
 	@bash .ci/ensure-binaries
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check service trainer_image tests bench migrations scripts

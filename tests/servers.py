@@ -423,7 +423,7 @@ def throwaway_redis() -> Iterator[str]:
 @contextlib.contextmanager
 def provide_postgres() -> Iterator[str]:
     """``TEST_DATABASE_URL`` if set (unchanged), else a throwaway server's URL."""
-    url = os.environ.get("TEST_DATABASE_URL")
+    url = _given_url("TEST_DATABASE_URL")
     if url:
         yield url
         return
@@ -434,12 +434,24 @@ def provide_postgres() -> Iterator[str]:
 @contextlib.contextmanager
 def provide_redis() -> Iterator[str]:
     """``TEST_REDIS_URL`` if set (unchanged), else a throwaway server's URL."""
-    url = os.environ.get("TEST_REDIS_URL")
+    url = _given_url("TEST_REDIS_URL")
     if url:
         yield url
         return
     with throwaway_redis() as url:
         yield url
+
+
+def _given_url(variable: str) -> str | None:
+    """The server URL the environment names, refused under several pytest-xdist workers: they
+    would share (and empty) each other's tables and streams."""
+    url = os.environ.get(variable)
+    if url and os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") != "1":
+        raise ServerStartError(
+            f"{variable} is one server for every pytest-xdist worker; run with TEST_WORKERS=0 "
+            f"(make test TEST_WORKERS=0) or unset it to give each worker throwaway servers"
+        )
+    return url
 
 
 # ---------------------------------------------------------------- leftovers

@@ -70,6 +70,7 @@ def _refuse_to_start():
 def test_provide_postgres_uses_env_url(monkeypatch: pytest.MonkeyPatch) -> None:
     url = "postgresql+psycopg://someone:secret@db.example:6543/elsewhere?sslmode=require"
     monkeypatch.setenv("TEST_DATABASE_URL", url)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "1")
     monkeypatch.setattr(servers, "throwaway_postgres", _refuse_to_start)
     with servers.provide_postgres() as got:
         assert got == url
@@ -78,9 +79,21 @@ def test_provide_postgres_uses_env_url(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_provide_redis_uses_env_url(monkeypatch: pytest.MonkeyPatch) -> None:
     url = "redis://cache.example:7000/3"
     monkeypatch.setenv("TEST_REDIS_URL", url)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)  # not under xdist
     monkeypatch.setattr(servers, "throwaway_redis", _refuse_to_start)
     with servers.provide_redis() as got:
         assert got == url
+
+
+@pytest.mark.parametrize("variable", ["TEST_DATABASE_URL", "TEST_REDIS_URL"])
+def test_one_env_server_for_several_xdist_workers_is_refused_saying_how_to_run(monkeypatch, variable):
+    monkeypatch.setenv(variable, "redis://cache.example:7000/3")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    monkeypatch.setattr(servers, "throwaway_postgres", _refuse_to_start)
+    monkeypatch.setattr(servers, "throwaway_redis", _refuse_to_start)
+    provide = servers.provide_postgres if variable == "TEST_DATABASE_URL" else servers.provide_redis
+    with pytest.raises(servers.ServerStartError, match="TEST_WORKERS=0"), provide():
+        pass
 
 
 def _port_open(port: int) -> bool:
