@@ -1,0 +1,75 @@
+"""Chaos: seeded trials of the real loop with its parts killed; the trial table and the invariants.
+
+Starts one `tests/chaos` deployment (API, controller, Celery worker, watchdog, local-backend
+trainers, a private Postgres, Redis) and runs `--trials` seeded trials in it, one after another
+(`tests/chaos/trial.py`): tiny jobs, some rolled back by the watchdog, while service processes
+and trainers are SIGKILLed and Postgres is stopped mid-ingest. Prints the trial table and a
+summary (faults per kind, violations per invariant, median trial seconds) and records the
+headline figures for bench/RESULTS.md (`make chaos`, or `make bench` through run_all.py).
+Exit status 1 when any invariant was violated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness import ROOT, record
+
+sys.path.insert(0, str(ROOT))
+
+from tests.chaos.trial import ChaosDeployment, run_trial, summary, table  # noqa: E402
+from tests.e2e.stack import own_redis_database  # noqa: E402
+from tests.servers import provide_redis, throwaway_postgres_server  # noqa: E402
+
+BENCH = "chaos"
+REDIS_DB = 9
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=100, help="how many trials (default 100)")
+    parser.add_argument("--seed", type=int, default=1000, help="the first trial's seed; then +1 each")
+    parser.add_argument("--keep", type=Path, help="keep the deployment's logs and state here")
+    parser.add_argument("--json", type=Path, help="also write every trial row to this JSON file")
+    args = parser.parse_args(argv)
+
+    rows = []
+    started = time.monotonic()
+    with (
+        tempfile.TemporaryDirectory(prefix="chaos-") as tmp,
+        throwaway_postgres_server("chaos", survives_crash=True) as postgres,
+        provide_redis() as redis_url,
+    ):
+        root = args.keep or Path(tmp)
+        with ChaosDeployment(root, postgres, own_redis_database(redis_url, REDIS_DB)) as deployment:
+            for seed in range(args.seed, args.seed + args.trials):
+                row = run_trial(deployment, seed)
+                rows.append(row)
+                print(table([row]).splitlines()[-1 - row.violation_count], flush=True)
+    print()
+    print(table(rows))
+    figures = summary(rows)
+    print(json.dumps(figures, indent=1))
+    print(f"{len(rows)} trials in {time.monotonic() - started:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps([row.__dict__ for row in rows], indent=1, default=str))
+
+    faults = ", ".join(f"{kind} {count}" for kind, count in figures["faults"].items())
+    note = f"{figures['trials']} trials, {figures['jobs']} jobs; faults: {faults}"
+    record(BENCH, "trials", figures["trials"], None, None, unit="trials", note=note)
+    record(BENCH, "faults injected", sum(figures["faults"].values()), None, None, unit="faults")
+    record(BENCH, "rollbacks", figures["rollbacks"], None, None, unit="rollbacks")
+    for name, count in figures["violations"].items():
+        record(BENCH, f"violations: {name}", count, None, None, unit="violations")
+    record(BENCH, "unplanned process exits", figures["crashes"], None, None, unit="exits")
+    record(BENCH, "median trial s", figures["median_trial_s"], None, None, unit="s")
+    return 1 if any(figures["violations"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
