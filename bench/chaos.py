@@ -12,6 +12,7 @@ Exit status 1 when any invariant was violated.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -35,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=100, help="how many trials (default 100)")
     parser.add_argument("--seed", type=int, default=1000, help="the first trial's seed; then +1 each")
     parser.add_argument("--keep", type=Path, help="keep the deployment's logs and state here")
-    parser.add_argument("--json", type=Path, help="also write every trial row to this JSON file")
+    parser.add_argument("--rows", type=Path, help="also append every trial's row to this JSON-lines file")
+    parser.add_argument(
+        "--max-minutes", type=float, help="start no trial after this long (the table says how many ran)"
+    )
     args = parser.parse_args(argv)
 
     rows = []
@@ -48,16 +52,20 @@ def main(argv: list[str] | None = None) -> int:
         root = args.keep or Path(tmp)
         with ChaosDeployment(root, postgres, own_redis_database(redis_url, REDIS_DB)) as deployment:
             for seed in range(args.seed, args.seed + args.trials):
+                if args.max_minutes is not None and time.monotonic() - started > args.max_minutes * 60:
+                    print(f"time budget spent: {len(rows)} of {args.trials} trials ran", flush=True)
+                    break
                 row = run_trial(deployment, seed)
                 rows.append(row)
-                print(table([row]).splitlines()[-1 - row.violation_count], flush=True)
+                print(table([row]).splitlines()[2], flush=True)
+                if args.rows:
+                    with args.rows.open("a") as out:
+                        out.write(json.dumps(dataclasses.asdict(row)) + "\n")
     print()
     print(table(rows))
     figures = summary(rows)
     print(json.dumps(figures, indent=1))
     print(f"{len(rows)} trials in {time.monotonic() - started:.0f} s")
-    if args.json:
-        args.json.write_text(json.dumps([row.__dict__ for row in rows], indent=1, default=str))
 
     faults = ", ".join(f"{kind} {count}" for kind, count in figures["faults"].items())
     note = f"{figures['trials']} trials, {figures['jobs']} jobs; faults: {faults}"

@@ -50,8 +50,8 @@ from tests.servers import PostgresServer, free_port
 
 SERVICE_PARTS = ("api", "controller", "worker", "watchdog")
 TARGETS = (*SERVICE_PARTS, "trainer", "postgres")
-STEPS = 30
-GARBAGE = (14, 22)  # steps of `en` fed random tokens, in the jobs that get them
+STEPS = 40
+GARBAGE = (24, 32)  # steps of `en` fed random tokens, in the jobs that get them
 SEQ_LENGTH = 64
 FAULT_WINDOW_S = 12.0  # faults fall within this long after the first trainer starts
 DOWN_S = (0.2, 3.0)
