@@ -79,7 +79,7 @@ def verdicts(job: JobSeen) -> list[str]:
         for key, count in sorted(online.items())
         if count > 1
     ]
-    found += [f"job {job.id}: verdict {_verdict(key)} lost" for key in sorted(replayed - online) if key not in online]
+    found += [f"job {job.id}: verdict {_verdict(key)} lost" for key in sorted(set(replayed) - set(online))]
     found += [
         f"job {job.id}: verdict {_verdict(key)} recorded, but its records do not call for it"
         for key in sorted(set(online) - set(replayed))
