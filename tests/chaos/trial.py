@@ -336,8 +336,8 @@ def _job_shape(garbage: bool) -> dict[str, Any]:
 # --- the table ---------------------------------------------------------------------------------
 
 
-def table(rows: list[TrialRow]) -> str:
-    """The trial table, one line a trial, then the violations spelt out."""
+def table(rows: list[TrialRow], *, violations: bool = True) -> str:
+    """The trial table, one line a trial, then (unless told not to) the violations spelt out."""
     header = f"{'seed':>6} {'jobs':>4} {'bad':>3} {'s':>6} {'att':>3} {'rb':>2}  {'outcome':<20} {'viol':>4}  faults"
     lines = [header, "-" * len(header)]
     for row in rows:
@@ -346,7 +346,7 @@ def table(rows: list[TrialRow]) -> str:
             f"{row.seed:>6} {row.jobs:>4} {row.garbage_jobs:>3} {row.seconds:>6.1f} {row.attempts:>3} "
             f"{row.rollbacks:>2}  {row.outcome:<20} {row.violation_count:>4}  {faults}"
         )
-    for row in rows:
+    for row in rows if violations else []:
         for name, found in row.violations.items():
             lines += [f"seed {row.seed}: {name}: {v}" for v in found]
     return "\n".join(lines)
