@@ -55,7 +55,8 @@ class ResumeCheck:
 
 @dataclass
 class Census:
-    sightings: dict[int, Sighting] = field(default_factory=dict)
+    # By (pid, workload folder): a pid the system hands out again is another trainer.
+    sightings: dict[tuple[int, str], Sighting] = field(default_factory=dict)
     overlaps: list[Overlap] = field(default_factory=list)
     resume_checks: dict[tuple[int, int], ResumeCheck] = field(default_factory=dict)
 
@@ -99,9 +100,9 @@ class TrainerCensus:
             by_job: dict[int, set[int]] = {}
             for pid, folder, meta in seen:
                 job_id, attempt = int(meta["job_id"]), int(meta["attempt"])
-                sighting = self.census.sightings.get(pid)
+                sighting = self.census.sightings.get((pid, folder.name))
                 if sighting is None:
-                    sighting = self.census.sightings[pid] = Sighting(
+                    sighting = self.census.sightings[(pid, folder.name)] = Sighting(
                         pid, job_id, attempt, folder.name, now, now
                     )
                     self._check_resume(folder, job_id, attempt)

@@ -62,7 +62,7 @@ def clean_job() -> JobSeen:
 
 def test_a_clean_job_violates_nothing():
     census = Census(
-        sightings={10: Sighting(10, 1, 0, "a0", 0, 5), 11: Sighting(11, 1, 1, "a1", 5, 9)},
+        sightings={(10, "a0"): Sighting(10, 1, 0, "a0", 0, 5), (11, "a1"): Sighting(11, 1, 1, "a1", 5, 9)},
         overlaps=[Overlap(1, (0, 1), older_stopping=True, at_s=5)],
         resume_checks={(1, 1): ResumeCheck(1, 1, "/ckpt/step-2", present=True)},
     )
@@ -73,7 +73,7 @@ def test_duplicate_workloads_catches_a_second_launch_a_second_process_and_an_uns
     job = clean_job()
     job.launches[1] = 2
     census = Census(
-        sightings={10: Sighting(10, 1, 1, "a1", 0, 5), 11: Sighting(11, 1, 1, "a1", 1, 5)},
+        sightings={(10, "a1"): Sighting(10, 1, 1, "a1", 0, 5), (11, "a1"): Sighting(11, 1, 1, "a1", 1, 5)},
         overlaps=[Overlap(1, (0, 1), older_stopping=False, at_s=3)],
     )
     assert duplicate_workloads(job, census) == [
