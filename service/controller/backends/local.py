@@ -139,17 +139,20 @@ class LocalBackend:
         """Ask the process group to stop (SIGTERM: the trainer saves and exits); never waits.
 
         The workload counts as existing until its processes are gone; `observe` finishes the
-        job, escalating to SIGKILL after a grace period. Calling it again is harmless.
+        job, escalating to SIGKILL after a grace period. Calling it again is harmless, and
+        answers False: the deletion was this call's only if it asked first (the controller
+        records one `workload.deleted` per deletion, however long the trainer takes to save).
         """
         for folder in self.root.glob(f"*-{job_id}-a{attempt}"):
             meta = _read_meta(folder)
             if meta is None or meta["job_id"] != job_id or meta["attempt"] != attempt:
                 continue
-            if not (folder / STOP_FILE).exists():
+            asked_first = not (folder / STOP_FILE).exists()
+            if asked_first:
                 (folder / STOP_FILE).write_text(str(time.time()))
                 _signal_workload(folder, signal.SIGTERM)
             self._finish_stopping(folder)
-            return True
+            return asked_first
         return False
 
     def _finish_stopping(self, folder: Path) -> bool:
