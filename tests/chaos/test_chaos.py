@@ -40,6 +40,7 @@ def test_plans_are_a_function_of_the_seed():
     assert len({plan_trial(seed) for seed in range(20)}) == 20
 
 
+@pytest.mark.slow
 def test_a_seeded_trial_violates_no_invariant(chaos: ChaosDeployment):
     row = run_trial(chaos, SEED)
 
