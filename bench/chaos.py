@@ -92,6 +92,7 @@ def report(rows: list[TrialRow], args: argparse.Namespace, started: float) -> in
     record(BENCH, "trials", figures["trials"], None, None, unit="trials", note=note)
     record(BENCH, "faults injected", sum(figures["faults"].values()), None, None, unit="faults")
     record(BENCH, "rollbacks", figures["rollbacks"], None, None, unit="rollbacks")
+    record(BENCH, "rollbacks skipped", figures["rollbacks_skipped"], None, None, unit="rollbacks")
     for name, count in figures["violations"].items():
         record(BENCH, f"violations: {name}", count, None, None, unit="violations")
     record(BENCH, "unplanned process exits", figures["crashes"], None, None, unit="exits")
@@ -109,7 +110,8 @@ def section(rows: list, figures: dict, args: argparse.Namespace) -> str:
         f"- date: {when:%Y-%m-%d %H:%M} UTC; {len(rows)} of {args.trials} trials ran "
         f"(seeds {args.seed}–{args.seed + len(rows) - 1})"
         + (f", time budget {args.max_minutes:g} min" if args.max_minutes is not None else ""),
-        f"- jobs {figures['jobs']}, rollbacks {figures['rollbacks']}, outcomes "
+        f"- jobs {figures['jobs']}, rollbacks {figures['rollbacks']} (and {figures['rollbacks_skipped']} "
+        "a verdict asked for that the service refused, `rollback.skipped`), outcomes "
         + ", ".join(f"{state} {count}" for state, count in sorted(figures["outcomes"].items())),
         f"- median trial {figures['median_trial_s']:.1f} s; service processes that exited unasked: "
         f"{figures['crashes']}",

@@ -95,6 +95,9 @@ class TrialRow:
     seconds: float
     violations: dict[str, list[str]] = field(default_factory=dict)
     crashes: list[str] = field(default_factory=list)  # service parts that exited unasked
+    # Rollbacks a verdict asked for and the service refused (`rollback.skipped`, with its reason):
+    # no invariant is broken, but the job trained on through its garbage.
+    rollbacks_skipped: list[str] = field(default_factory=list)
 
     @property
     def violation_count(self) -> int:
@@ -319,6 +322,9 @@ def run_trial(deployment: ChaosDeployment, seed: int) -> TrialRow:
         seconds=round(time.monotonic() - started, 1),
         violations=violations,
         crashes=crashes,
+        rollbacks_skipped=[
+            f"job {job.id}: {e['reason']}" for job in jobs for e in job.events if e["kind"] == "rollback.skipped"
+        ],
     )
 
 
@@ -342,6 +348,7 @@ def table(rows: list[TrialRow], *, violations: bool = True) -> str:
     lines = [header, "-" * len(header)]
     for row in rows:
         faults = " ".join(row.faults) + (f"  [crashed: {'; '.join(row.crashes)}]" if row.crashes else "")
+        faults += f"  [rollback skipped: {'; '.join(row.rollbacks_skipped)}]" if row.rollbacks_skipped else ""
         lines.append(
             f"{row.seed:>6} {row.jobs:>4} {row.garbage_jobs:>3} {row.seconds:>6.1f} {row.attempts:>3} "
             f"{row.rollbacks:>2}  {row.outcome:<20} {row.violation_count:>4}  {faults}"
@@ -362,6 +369,7 @@ def summary(rows: list[TrialRow]) -> dict[str, Any]:
         "violations": {name: sum(len(row.violations.get(name, [])) for row in rows) for name in INVARIANTS},
         "crashes": sum(len(row.crashes) for row in rows),
         "rollbacks": sum(row.rollbacks for row in rows),
+        "rollbacks_skipped": sum(len(row.rollbacks_skipped) for row in rows),
         "outcomes": dict(Counter(state for row in rows for state in row.outcome.split(","))),
         "median_trial_s": statistics.median(row.seconds for row in rows) if rows else 0.0,
     }
