@@ -426,6 +426,30 @@ def test_a_reconcile_that_raises_is_tried_again_later_not_forgotten(settings, wo
     assert job.id in controller._due  # looked at again, after a backoff
 
 
+class DatabaseDown(Exception):
+    """What a session raises while Postgres restarts."""
+
+
+def test_a_poll_that_fails_is_asked_again_so_a_fresh_controller_still_finds_every_job(settings, workloads, fake):
+    """Found by the chaos suite (seed 1010): a controller started while Postgres restarted failed
+    its first poll, yet moved its mark past it; the jobs it had never seen stayed pending."""
+    job = submit(settings)
+    time.sleep(2.5)  # the job changed longer ago than the poll's allowance for clock skew
+    controller = new_controller(settings, workloads)
+    sessions = controller.sessions
+
+    def down():
+        raise DatabaseDown
+
+    controller.sessions = down
+    with pytest.raises(DatabaseDown):
+        controller.run_once()
+    controller.sessions = sessions
+
+    assert controller.run_once() == 1, "the job is found by the next poll"
+    assert job.id in controller._due, "and looked at again, as any job it reconciled"
+
+
 def test_a_trainer_outliving_its_killed_launcher_still_runs_and_is_judged_by_its_own_word(settings, workloads, fake):
     job = submit(settings)  # no pod-failure retries: a trainer taken for vanished fails the job
     fake.plan(a0={"wait_for": fake.gate("go")})
