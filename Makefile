@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # stays on one worker, so its module-scoped fixtures (trainer runs, servers) are built once.
 TEST_WORKERS ?= 2
 
-.PHONY: setup test lint demo bench dashboards docs clean
+.PHONY: setup test lint demo bench chaos dashboards docs clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,13 @@ demo: setup
 bench: setup
 	@bash .ci/ensure-binaries
 	$(PY) bench/run_all.py $(BENCH_ARGS)
+
+# The chaos suite (tests/chaos, bench/chaos.py): 100 seeded trials of the whole loop with its
+# processes SIGKILLed and Postgres restarted mid-ingest; prints the trial table and writes its
+# summary into bench/RESULTS.md. CHAOS_ARGS passes options, e.g. make chaos CHAOS_ARGS="--trials 10".
+chaos: setup
+	@bash .ci/ensure-binaries
+	$(PY) bench/chaos.py --trials 100 --results-md bench/RESULTS.md $(CHAOS_ARGS)
 
 # Grafana dashboards as code (scripts/dashboards.py) into the chart; tests/dashboards checks they match.
 dashboards: setup

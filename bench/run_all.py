@@ -46,6 +46,7 @@ QUICK: dict[str, list[str]] = {
     "watchdog": ["--requests", "2", "--rounds", "1", "--trials", "5"],
     "tokenizer": ["--repeat", "1", "--vocab", "32000", "--max-mb-per-channel", "1"],
     "detector_trainer": ["--rounds", "1"],
+    "chaos": ["--trials", "2"],
 }
 
 # Why a non-Python script in bench/ is not run here.

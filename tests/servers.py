@@ -32,6 +32,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 PG_DATABASE = "pretrain_test"
@@ -199,18 +200,21 @@ def _stop_postgres(pg_ctl: Path | None, data: Path, run_kwargs: dict) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _pg_start_options(port: int, socket_dir: Path) -> str:
-    return " ".join(
-        [
-            "-c listen_addresses=127.0.0.1",
-            f"-p {port}",
-            f"-k {shlex.quote(str(socket_dir))}",
-            "-c fsync=off",
-            "-c synchronous_commit=off",
-            "-c full_page_writes=off",
-            "-c max_connections=200",
-        ]
-    )
+def _pg_start_options(port: int, socket_dir: Path, *, survives_crash: bool = False) -> str:
+    """Fast and throwaway; `survives_crash` keeps what a commit acknowledged across an immediate
+    stop (the write-ahead log reaches the OS before a commit returns; fsync stays off, since
+    the machine itself does not crash)."""
+    options = [
+        "-c listen_addresses=127.0.0.1",
+        f"-p {port}",
+        f"-k {shlex.quote(str(socket_dir))}",
+        "-c fsync=off",
+        "-c full_page_writes=off",
+        "-c max_connections=200",
+    ]
+    if not survives_crash:
+        options.append("-c synchronous_commit=off")
+    return " ".join(options)
 
 
 def _create_database(port: int, name: str) -> None:
@@ -228,25 +232,88 @@ def _create_database(port: int, name: str) -> None:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
+def _pg_ctl_start(server: PostgresServer) -> tuple[int, str]:
+    """`pg_ctl start` on the server's data and port; its exit status and what it logged."""
+    log_offset = server.logfile.stat().st_size if server.logfile.exists() else 0
+    started = subprocess.run(
+        [
+            str(server.pg_ctl),
+            "-D", str(server.data),
+            "-w",
+            "-t", str(_START_TIMEOUT_S),
+            "-l", str(server.logfile),
+            "-o", _pg_start_options(
+                server.port, server.data.parent, survives_crash=server.survives_crash
+            ),
+            "start",
+        ],
+        timeout=_START_TIMEOUT_S + 30,
+        check=False,
+        **server.run_kwargs,
+    )  # fmt: skip
+    try:
+        with server.logfile.open(errors="replace") as fh:
+            fh.seek(log_offset)
+            new_log = fh.read()
+    except OSError:
+        new_log = ""
+    return started.returncode, f"{started.stdout}\n{new_log}"
+
+
+@dataclass
+class PostgresServer:
+    """A private Postgres server this process started, which it may stop and start again on the
+    same data and port (the chaos suite restarts it under a running service)."""
+
+    pg_ctl: Path
+    data: Path
+    logfile: Path
+    run_kwargs: dict
+    port: int = 0
+    database: str = PG_DATABASE
+    survives_crash: bool = False  # see `_pg_start_options`
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://{PG_SUPERUSER}@127.0.0.1:{self.port}/{self.database}"
+
+    def stop(self) -> None:
+        """Stop it at once (`-m immediate`: no shutdown checkpoint, as a crash would)."""
+        _stop_postgres(self.pg_ctl, self.data, self.run_kwargs)
+
+    def start(self) -> None:
+        """Start it again on the port it had; it recovers from its write-ahead log."""
+        code, said = _pg_ctl_start(self)
+        if code != 0:
+            _stop_postgres(self.pg_ctl, self.data, self.run_kwargs)  # in case it half-started
+            raise ServerStartError(f"pg_ctl start failed (exit {code}):\n{said}")
+
+
 @contextlib.contextmanager
-def throwaway_postgres(database: str = PG_DATABASE) -> Iterator[str]:
-    """Start a private Postgres server; yield its SQLAlchemy URL.
+def throwaway_postgres_server(
+    database: str = PG_DATABASE, *, survives_crash: bool = False
+) -> Iterator[PostgresServer]:
+    """Start a private Postgres server; yield its handle (`url`, `stop`, `start`).
 
     The URL is ``postgresql+psycopg://postgres@127.0.0.1:PORT/<database>``
     (trust authentication, no password).
     """
     reap_orphans()
     bindir = find_pg_bindir()
-    pg_ctl = bindir / "pg_ctl"
     user = _pg_os_user()
     tmpdir = _make_tmpdir(_PG_PREFIX)
-    data = tmpdir / "data"
-    logfile = tmpdir / "postgres.log"
-    run_kwargs = _run_kwargs(user, tmpdir)
+    server = PostgresServer(
+        pg_ctl=bindir / "pg_ctl",
+        data=tmpdir / "data",
+        logfile=tmpdir / "postgres.log",
+        run_kwargs=_run_kwargs(user, tmpdir),
+        database=database,
+        survives_crash=survives_crash,
+    )
 
     def cleanup() -> None:
         try:
-            _stop_postgres(pg_ctl, data, run_kwargs)
+            server.stop()
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
 
@@ -258,7 +325,7 @@ def throwaway_postgres(database: str = PG_DATABASE) -> Iterator[str]:
         initdb = subprocess.run(
             [
                 str(bindir / "initdb"),
-                "-D", str(data),
+                "-D", str(server.data),
                 "-A", "trust",
                 "-U", PG_SUPERUSER,
                 "--no-sync",
@@ -267,48 +334,35 @@ def throwaway_postgres(database: str = PG_DATABASE) -> Iterator[str]:
             ],
             timeout=120,
             check=False,
-            **run_kwargs,
+            **server.run_kwargs,
         )  # fmt: skip
         if initdb.returncode != 0:
             raise ServerStartError(f"initdb failed (exit {initdb.returncode}):\n{initdb.stdout}")
 
         for attempt in range(1, _PORT_ATTEMPTS + 1):
-            port = free_port()
-            log_offset = logfile.stat().st_size if logfile.exists() else 0
-            started = subprocess.run(
-                [
-                    str(pg_ctl),
-                    "-D", str(data),
-                    "-w",
-                    "-t", str(_START_TIMEOUT_S),
-                    "-l", str(logfile),
-                    "-o", _pg_start_options(port, tmpdir),
-                    "start",
-                ],
-                timeout=_START_TIMEOUT_S + 30,
-                check=False,
-                **run_kwargs,
-            )  # fmt: skip
-            if started.returncode == 0:
+            server.port = free_port()
+            code, said = _pg_ctl_start(server)
+            if code == 0:
                 break
-            try:
-                with logfile.open(errors="replace") as fh:
-                    fh.seek(log_offset)
-                    new_log = fh.read()
-            except OSError:
-                new_log = ""
-            _stop_postgres(pg_ctl, data, run_kwargs)  # in case it half-started
-            if attempt < _PORT_ATTEMPTS and _PORT_IN_USE.search(new_log):
+            server.stop()  # in case it half-started
+            if attempt < _PORT_ATTEMPTS and _PORT_IN_USE.search(said):
                 continue  # lost a race for the port: pick another
             raise ServerStartError(
-                f"pg_ctl start failed (exit {started.returncode}):\n{started.stdout}\n"
-                f"--- {logfile} (tail) ---\n{_tail(logfile)}"
+                f"pg_ctl start failed (exit {code}):\n{said}\n"
+                f"--- {server.logfile} (tail) ---\n{_tail(server.logfile)}"
             )
 
-        _create_database(port, database)
-        yield f"postgresql+psycopg://{PG_SUPERUSER}@127.0.0.1:{port}/{database}"
+        _create_database(server.port, database)
+        yield server
     finally:
         stop()
+
+
+@contextlib.contextmanager
+def throwaway_postgres(database: str = PG_DATABASE) -> Iterator[str]:
+    """Start a private Postgres server; yield its SQLAlchemy URL (see `throwaway_postgres_server`)."""
+    with throwaway_postgres_server(database) as server:
+        yield server.url
 
 
 # ----------------------------------------------------------------------- redis

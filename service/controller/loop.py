@@ -488,12 +488,17 @@ class Controller:
         return max(0.0, min(POLL_S, soonest))
 
     def _poll_changes(self) -> None:
+        """Notify the active jobs changed since the last poll that succeeded. The mark moves only
+        once a poll has read them: a poll that fails (Postgres restarting) is asked again, so a
+        freshly started controller never loses the jobs it has not seen yet."""
         since = self._last_poll - timedelta(seconds=2)  # clock skew between writers
-        self._last_poll = datetime.now(UTC)
+        polled_at = datetime.now(UTC)
         with self.sessions() as session:
             query = select(Job.id).where(Job.updated_at >= since, Job.state.in_(ACTIVE_JOB_STATES))
-            for job_id in session.scalars(query):
-                self.notify(job_id)
+            changed = list(session.scalars(query))
+        self._last_poll = polled_at
+        for job_id in changed:
+            self.notify(job_id)
 
 
 def _attempt(job: Job, number: int) -> Attempt:

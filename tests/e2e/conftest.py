@@ -8,17 +8,14 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 import pytest
-import redis
 import sqlalchemy
 
 from service.client import ApiClient
 from service.db.models import Base
 from tests.e2e.kubelet import TrainerKubelet
-from tests.e2e.stack import ServiceStack, clean_environment, wait_until, write_kubeconfig
+from tests.e2e.stack import ServiceStack, clean_environment, own_redis_database, write_kubeconfig
 from tests.servers import free_port
 from tests.service.controller.k8s_emulator import EmulatorHandle, running_emulator
 
@@ -39,13 +36,6 @@ class Deployment:
 
     def diagnostics(self) -> str:
         return f"{self.stack.tails()}\n{self.kubelet.tails()}"
-
-
-def _own_redis_database(url: str) -> str:
-    parts = urlsplit(url)
-    own = urlunsplit(parts._replace(path=f"/{REDIS_DB}"))
-    redis.Redis.from_url(own).flushdb()
-    return own
 
 
 def _empty_tables(url: str) -> None:
@@ -71,7 +61,7 @@ def deployment(
         env = clean_environment(
             {
                 "PRETRAIN_DATABASE_URL": postgres_url,
-                "PRETRAIN_REDIS_URL": _own_redis_database(redis_url),
+                "PRETRAIN_REDIS_URL": own_redis_database(redis_url, REDIS_DB),
                 "PRETRAIN_BACKEND": "kubernetes",
                 "PRETRAIN_NAMESPACE": NAMESPACE,
                 "PRETRAIN_ADMIN_TOKEN": admin_token,
@@ -92,15 +82,7 @@ def deployment(
         kubelet = TrainerKubelet(cluster, root / "pods", claims={CHECKPOINT_CLAIM: checkpoint_root})
         api = ApiClient(url, admin_token, timeout=30)
         try:
-            stack.start("api")
-            wait_until(
-                lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200,
-                timeout=60,
-                what="the API to be ready",
-                diagnostics=stack.tails,
-            )
-            for name in ("controller", "worker", "watchdog"):
-                stack.start(name)
+            stack.start_all(url)
             kubelet.start()
             yield Deployment(stack, kubelet, cluster, api, url, checkpoint_root)
         finally:

@@ -17,8 +17,10 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import redis
 import yaml
 
 T = TypeVar("T")
@@ -51,6 +53,14 @@ def write_kubeconfig(path: Path, server: str, namespace: str) -> Path:
     }
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def own_redis_database(url: str, db: int) -> str:
+    """`url` pointed at Redis database `db`, emptied: no other test's stream is read there."""
+    parts = urlsplit(url)
+    own = urlunsplit(parts._replace(path=f"/{db}"))
+    redis.Redis.from_url(own).flushdb()
+    return own
 
 
 def clean_environment(overrides: Mapping[str, str]) -> dict[str, str]:
@@ -140,6 +150,21 @@ class ServiceStack:
             )
         self.processes[name] = process
         return process
+
+    def start_all(self, url: str) -> None:
+        """The API first, once it answers at `url`; then the controller, worker and watchdog."""
+        self.start("api")
+        self.wait_ready(url)
+        for name in ("controller", "worker", "watchdog"):
+            self.start(name)
+
+    def wait_ready(self, url: str, timeout: float = 60) -> None:
+        wait_until(
+            lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200,
+            timeout=timeout,
+            what="the API to be ready",
+            diagnostics=self.tails,
+        )
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
         """Kill one part's whole process group (SIGKILL: no chance to clean up) and reap it."""

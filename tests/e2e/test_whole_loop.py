@@ -14,12 +14,9 @@ cores: one trainer process, 8 sequences a step, one stage.
 
 from __future__ import annotations
 
-import copy
 import math
 import signal
 import statistics
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,48 +25,19 @@ import yaml
 from service.client import ApiClient
 from service.controller.manifests import workload_name
 from tests.e2e.conftest import Deployment
+from tests.e2e.jobs import SEQUENCES_PER_STEP, demo_spec, submit
 from tests.e2e.stack import wait_until
 
 pytestmark = pytest.mark.slow
 
-DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
-TOKENS_PER_STEP = 8 * 128
+TOKENS_PER_STEP = SEQUENCES_PER_STEP * 128
 GARBAGE = (30, 40)  # steps (and batches) of `en` that are random tokens
 CHECKPOINT_EVERY = 10
 RUN_TIMEOUT_S = 300
 FINISHED = {"succeeded", "failed", "cancelled", "paused"}
 
 
-@cache
-def _demo() -> dict[str, Any]:
-    return yaml.safe_load(DEMO.read_text())
-
-
-def demo_spec(name: str, *, steps: int, garbage: tuple[int, int] | None = None) -> dict[str, Any]:
-    """examples/demo.yaml for one CPU process, `steps` long, its `en` stretch at `garbage`."""
-    spec = copy.deepcopy(_demo())
-    spec["name"] = name
-    spec["resources"]["gpus_per_node"] = 1
-    spec["batch"]["global_batch_size"] = 8
-    spec["schedule"]["warmup_tokens"] = 8 * TOKENS_PER_STEP
-    pretrain = spec["stages"][0]
-    pretrain["tokens"] = steps * TOKENS_PER_STEP
-    for source in pretrain["data"]:
-        source.pop("corrupt_steps", None)
-        if source["channel"] == "en" and garbage is not None:
-            source["corrupt_steps"] = [list(garbage)]
-    spec["stages"] = [pretrain]  # the anneal stage would only add minutes
-    spec["checkpoint"] = {"interval_steps": CHECKPOINT_EVERY, "keep_last": 4}
-    spec["eval"] = {"interval_steps": steps, "samples_per_channel": 8}
-    spec["watchdog"].update(recover_window_steps=6, rollback_margin_steps=10, skip_steps_after=12)
-    return spec
-
-
 # --- reading the service's answers --------------------------------------------------------------
-
-
-def submit(api: ApiClient, spec: dict[str, Any]) -> dict[str, Any]:
-    return api.submit(yaml.safe_dump(spec), yaml=True)
 
 
 def events(api: ApiClient, job_id: int) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -448,6 +449,30 @@ def test_a_reconcile_that_raises_is_tried_again_later_not_forgotten(settings, wo
     assert job.id in controller._due  # looked at again, after a backoff
 
 
+class DatabaseDown(Exception):
+    """What a session raises while Postgres restarts."""
+
+
+def test_a_poll_that_fails_is_asked_again_so_a_fresh_controller_still_finds_every_job(settings, workloads, fake):
+    """Found by the chaos suite (seed 1010): a controller started while Postgres restarted failed
+    its first poll, yet moved its mark past it; the jobs it had never seen stayed pending."""
+    job = submit(settings)
+    time.sleep(2.5)  # the job changed longer ago than the poll's allowance for clock skew
+    controller = new_controller(settings, workloads)
+    sessions = controller.sessions
+
+    def down():
+        raise DatabaseDown
+
+    controller.sessions = down
+    with pytest.raises(DatabaseDown):
+        controller.run_once()
+    controller.sessions = sessions
+
+    assert controller.run_once() == 1, "the job is found by the next poll"
+    assert job.id in controller._due, "and looked at again, as any job it reconciled"
+
+
 def test_a_trainer_outliving_its_killed_launcher_still_runs_and_is_judged_by_its_own_word(settings, workloads, fake):
     job = submit(settings)  # no pod-failure retries: a trainer taken for vanished fails the job
     fake.plan(a0={"wait_for": fake.gate("go")})
@@ -463,3 +488,27 @@ def test_a_trainer_outliving_its_killed_launcher_still_runs_and_is_judged_by_its
     done = drive(controller, settings, job.id, lambda j: j.state == "succeeded", "succeeded")
     assert [(a.state, a.outcome) for a in done.attempts] == [("succeeded", "completed")]
     assert len(fake.runs()) == 1
+
+
+# --- a workload slow to stop -------------------------------------------------------------------
+
+
+def test_deleting_a_workload_still_stopping_again_is_not_another_deletion(tmp_path: Path):
+    """Found by the chaos suite: every reconcile while a superseded trainer saved on SIGTERM
+    recorded another `workload.deleted` (80-140 events a rollback)."""
+    backend = LocalBackend(tmp_path / "workloads")
+    folder = backend.root / "slow-7-a0"
+    folder.mkdir()
+    ignores_sigterm = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    local._launch(folder, {"job_id": 7, "attempt": 0, "name": folder.name}, [sys.executable, "-c", ignores_sigterm])
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while not local._lock_held(folder) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        assert backend.delete(7, 0) is True
+        assert backend.delete(7, 0) is False
+        assert 0 in backend.observe(7), "still stopping: it exists until its processes are gone"
+        assert backend.delete(7, 1) is False
+    finally:
+        local._signal_workload(folder, signal.SIGKILL)
