@@ -20,6 +20,7 @@ import collections
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -304,6 +305,16 @@ def render_report(
 # --------------------------------------------------------------------------- main
 
 
+# A section another script writes into RESULTS.md (bench/chaos.py's, from `make chaos`):
+# `<!-- NAME: written by ... -->` to `<!-- /NAME -->`, kept when the table is written anew.
+KEPT_SECTION = re.compile(r"<!-- (\w+): written by .*?-->.*?<!-- /\1 -->", re.DOTALL)
+
+
+def kept_sections(old: str) -> str:
+    """The sections of `old` other scripts wrote, to carry into the new file."""
+    return "".join("\n" + match.group(0) + "\n" for match in KEPT_SECTION.finditer(old))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -340,8 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, why in skipped:
         print(f"== {name}: not run here: {why}", flush=True)
 
+    kept = kept_sections(output.read_text(encoding="utf-8") if output.exists() else "")
     output.write_text(
-        render_report(runs, skipped, quick=args.quick, only=args.only), encoding="utf-8"
+        render_report(runs, skipped, quick=args.quick, only=args.only) + kept, encoding="utf-8"
     )
     failed = [run.name for run in runs if not run.ok]
     print(f"wrote {output}" + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)

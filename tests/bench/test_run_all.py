@@ -275,3 +275,16 @@ def test_only_runs_the_named_scripts(tmp_path, capsys):
     assert "- only: good" in report
     with pytest.raises(SystemExit):
         run_all.main(["--bench-dir", str(bench), "--only", "missing"])
+
+
+def test_a_section_another_script_wrote_survives_a_new_table(tmp_path):
+    bench = _fake_bench(tmp_path)
+    output = tmp_path / "out.md"
+    section = "<!-- chaos: written by bench/chaos.py -->\n## Chaos\n37 trials, 0 violations\n<!-- /chaos -->"
+    output.write_text(f"# old table\n| stale | row |\n\n{section}\n")
+    assert run_all.main(["--bench-dir", str(bench), "--only", "good", "--output", str(output)]) == 0
+    report = output.read_text()
+    assert "| stale | row |" not in report and "| good | things/s |" in report
+    assert report.count(section) == 1
+    run_all.main(["--bench-dir", str(bench), "--only", "good", "--output", str(output)])
+    assert output.read_text().count(section) == 1  # carried, not piled up
