@@ -33,6 +33,7 @@ from typing import Any
 
 import redis
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import repo
@@ -513,7 +514,9 @@ def run(
     from service.db.session import get_sessionmaker
 
     connection = stream.client(settings.redis_url)
-    watchdog = Watchdog(get_sessionmaker(settings.resolved_database_url), on_rollback=_notifier(settings))
+    watchdog = _start(get_sessionmaker(settings.resolved_database_url), _notifier(settings), stop)
+    if watchdog is None:
+        return
     grouped, pending, failures, unacknowledged_trim = False, True, 0, 0
     next_sweep = time.monotonic() + sweep_s
     while not stop.is_set():
@@ -551,6 +554,20 @@ def run(
             log.exception("the watchdog failed; the records stay pending and are read again")
             pending = True
             stop.wait(_backoff(failures))
+
+
+def _start(sessions: sessionmaker[Session], on_rollback: Callable[[int], None], stop: threading.Event) -> Watchdog | None:
+    """The watchdog with its saved state, waiting out a database that is not up yet (a
+    restart of Postgres, or the pod starting first); None if stopped meanwhile."""
+    failures = 0
+    while not stop.is_set():
+        try:
+            return Watchdog(sessions, on_rollback=on_rollback)
+        except (OperationalError, InterfaceError) as exc:
+            failures += 1
+            log.warning("the database is not reachable (%s); the watchdog starts once it is", exc)
+            stop.wait(_backoff(failures))
+    return None
 
 
 def _backoff(failures: int) -> float:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 
 from service import ingest, jobs
 from service.api.app import create_app
-from service.db import repo
+from service.db import migrate, repo
 from service.db.models import Event, Role, WatchdogState
 from service.db.session import get_sessionmaker
 from service.settings import Settings
@@ -25,6 +25,7 @@ from service.watchdog import consumer, history, stream
 from service.watchdog.consumer import GROUP, STREAM, Watchdog
 from service.watchdog.detector import Detector, Policy
 from tests.conftest import ADMIN_TOKEN, auth
+from tests.servers import throwaway_postgres_server
 from tests.service.watchdog.test_consumer import ALICE, curve, kinds, post, verdicts
 
 
@@ -419,3 +420,23 @@ def test_an_upgrade_from_one_fleet_wide_state_adopts_each_job_without_judging_it
     assert verdicts(sessions, job_id) == [("verdict.nonfinite", "zh", 50)]
     assert judged_records(sessions) == 60
     assert marked_step(sessions, job_id) == 59
+
+
+def test_a_watchdog_started_while_postgres_is_down_waits_for_it_and_judges_what_comes(redis_url, tmp_path, tiny_spec):
+    with throwaway_postgres_server("watchdog_start", survives_crash=True) as postgres:
+        migrate.upgrade(Settings(database_url=postgres.url))
+        settings = Settings(database_url=postgres.url, redis_url=redis_url, admin_token=ADMIN_TOKEN, state_dir=tmp_path)
+        sessions = get_sessionmaker(settings.resolved_database_url)
+        redis.Redis.from_url(redis_url).flushdb()
+        job_id, token = submit(sessions, tiny_spec, "waits")
+        with_checkpoints(sessions, job_id)
+        postgres.stop()
+        with Consumer(settings, sweep_s=3600) as running:
+            time.sleep(1.5)  # it tried, and failed, to read its state meanwhile
+            assert running.thread.is_alive()
+            postgres.start()
+            with TestClient(create_app(settings)) as api:
+                post(api, job_id, token, curve(job_id, steps=40, nan_at=39))
+                wait_for(lambda: "verdict.nonfinite" in kinds(sessions, job_id), "the verdict", timeout=20)
+        assert verdicts(sessions, job_id) == nonfinite_at(39)
+        redis.Redis.from_url(redis_url).flushdb()
