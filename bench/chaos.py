@@ -100,6 +100,17 @@ def report(rows: list[TrialRow], args: argparse.Namespace, started: float) -> in
     return 1 if any(figures["violations"].values()) else 0
 
 
+def seed_ranges(seeds: list[int]) -> str:
+    """`1–15, 1000–1036`: the seeds that ran (a summary may join rows of several runs)."""
+    spans: list[list[int]] = []
+    for seed in sorted(set(seeds)):
+        if spans and seed == spans[-1][1] + 1:
+            spans[-1][1] = seed
+        else:
+            spans.append([seed, seed])
+    return ", ".join(f"{a}–{b}" if a != b else str(a) for a, b in spans)
+
+
 def section(rows: list, figures: dict, args: argparse.Namespace) -> str:
     """The chaos section of bench/RESULTS.md: what ran, the summary, every violation, the table."""
     when = datetime.now(UTC)
@@ -108,7 +119,7 @@ def section(rows: list, figures: dict, args: argparse.Namespace) -> str:
         "## Chaos (`make chaos`)",
         "",
         f"- date: {when:%Y-%m-%d %H:%M} UTC; {len(rows)} of {args.trials} trials ran "
-        f"(seeds {args.seed}–{args.seed + len(rows) - 1})"
+        f"(seeds {seed_ranges([row.seed for row in rows])})"
         + (f", time budget {args.max_minutes:g} min" if args.max_minutes is not None else ""),
         f"- jobs {figures['jobs']}, rollbacks {figures['rollbacks']} (and {figures['rollbacks_skipped']} "
         "a verdict asked for that the service refused, `rollback.skipped`), outcomes "
