@@ -44,12 +44,16 @@ def test_census_counts_each_trainer_once_notes_overlaps_and_checks_the_resume_ch
         start_stand_in(tmp_path, workloads, 2, str(tmp_path / "checkpoints" / "step-8")),
     ]
     try:
+        # They start one after the other: a census of its own waits until all three run, so the
+        # one under test never samples two of them alone.
+        probe = TrainerCensus(workloads)
         wait_until(
-            lambda: census.sample() or len(census.alive({1})) == 3,
+            lambda: probe.sample() or len(probe.alive({1})) == 3,
             timeout=30,
             what="three stand-in trainers",
             interval=0.2,
         )
+        census.sample()
         for attempt in (0, 1):
             (workloads / f"job-1-a{attempt}" / STOP_FILE).write_text("0")
         census.sample()
