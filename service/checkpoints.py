@@ -4,7 +4,8 @@ Three decisions live here and nowhere else:
 
 - `retain`: the retention rule. Keep the newest `checkpoint.keep_last` usable checkpoints; never
   prune one an attempt resumes from (that includes every rollback's target: it is the resume
-  point of the attempt the rollback opened); hand the trainer every unusable checkpoint not yet
+  point of the attempt the rollback opened), nor the one a rollback of steps the watchdog has
+  not judged yet would need (a watchdog behind the trainer); hand the trainer every unusable checkpoint not yet
   handed over (pruned, rolled back past, superseded, refuted) unless pinned. The trainer deletes
   what it is handed only if the manifest on disk still has the registered sha256.
 - `choose`: the checkpoint a new attempt resumes from: the newest usable one (before a step),
@@ -26,12 +27,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.db import repo
-from service.db.models import Checkpoint, Job, utcnow
+from service.db.models import Checkpoint, Job, WatchdogState, utcnow
 from service.settings import Settings
-from service.spec import CheckpointSpec
+from service.spec import CheckpointSpec, WatchdogSpec
 
 MANIFEST = "manifest.json"
 
@@ -164,6 +166,11 @@ def retain(session: Session, *, job: Job, registered: Checkpoint) -> list[Checkp
     keep_last = CheckpointSpec.model_validate(job.spec["checkpoint"]).keep_last
     pinned = pinned_ids(job)
     checkpoints = repo.list_checkpoints(session, job_id=job.id)
+    reach = unjudged_reach(session, job=job, attempt=registered.attempt)
+    if reach is not None:
+        needed = [c for c in checkpoints if c.usable and c.verified and c.step <= reach]
+        if needed:
+            pinned.add(needed[-1].id)
     candidates = [c for c in checkpoints if c.usable and c.id not in pinned]
     for old in candidates[: max(0, len(candidates) - keep_last)]:
         mark_unusable(old, f"pruned: keep_last {keep_last}")
@@ -177,6 +184,20 @@ def retain(session: Session, *, job: Job, registered: Checkpoint) -> list[Checkp
         if checkpoint.path not in kept_paths:
             prune.append(checkpoint)
     return prune
+
+
+def unjudged_reach(session: Session, *, job: Job, attempt: int) -> int | None:
+    """The newest step a rollback of what the watchdog has not judged yet may go back to: an
+    episode open at its mark began at most a recover window earlier, and the rollback goes a
+    margin before that. None where no watchdog has judged this attempt (its resume point is
+    pinned, and a watchdog that keeps up needs nothing `keep_last` does not keep)."""
+    rows = session.scalars(select(WatchdogState.state).where(WatchdogState.name.like(f"%/job/{job.id}")))
+    marks = [state["mark"] for state in rows if isinstance(state, dict) and state.get("mark")]
+    steps = [int(mark[1]) for mark in marks if int(mark[0]) == attempt]
+    if not steps:
+        return None
+    policy = WatchdogSpec.model_validate(job.spec.get("watchdog") or {})
+    return min(steps) - policy.recover_window_steps - policy.rollback_margin_steps
 
 
 def pruned_with(session: Session, *, job: Job, registered: Checkpoint) -> list[Checkpoint]:

@@ -18,7 +18,7 @@ import pytest
 from service import checkpoints, ingest, jobs
 from service.checkpoints import CheckpointStorage, manifest_problem
 from service.db import repo
-from service.db.models import AttemptReason, Role
+from service.db.models import AttemptReason, Role, WatchdogState
 from service.db.session import get_sessionmaker
 from service.errors import Conflict
 from service.settings import Settings
@@ -216,3 +216,24 @@ def test_choose_without_storage_takes_the_registrys_word(session, tiny_spec):
     job = jobs.submit_job(session, raw=tiny_spec, principal=ALICE)
     ingest.record_checkpoint(session, job_id=job.id, attempt=0, step=10, tokens=1, path="/nowhere/10", manifest_sha256="a" * 64, actor="t")
     assert checkpoints.choose(session, job_id=job.id).step == 10
+
+
+def test_a_watchdog_behind_the_trainer_keeps_the_checkpoint_its_next_rollback_would_need(app_client, job_and_token, settings):
+    job_id, token = job_and_token  # keep_last 3, rollback margin 0, recover window 10
+    sessions = get_sessionmaker(settings.resolved_database_url)
+    with sessions() as session:  # the watchdog has judged attempt 0 up to step 35 (and Postgres then went away)
+        session.add(WatchdogState(name=f"default/job/{job_id}", state={"detector": {}, "mark": [0, 35, ["stable"]]}))
+        session.commit()
+    answers = [register(app_client, job_id, token, 0, step) for step in (10, 20, 30, 40, 50, 60, 70)]
+
+    # An episode open at step 35 began at 25 at the earliest: checkpoint 20 stays until it is judged.
+    assert [pruned_steps(a) for a in answers] == [[], [], [], [], [(0, 10)], [(0, 30)], [(0, 40)]]
+    with sessions() as session:
+        assert {c.step for c in repo.list_checkpoints(session, job_id=job_id) if c.usable} == {20, 50, 60, 70}
+        assert checkpoints.choose(session, job_id=job_id, before_step=26).step == 20
+
+    with sessions() as session:  # it caught up: 20 is no longer needed and goes with the next one
+        row = session.get(WatchdogState, f"default/job/{job_id}")
+        row.state = {"detector": {}, "mark": [0, 69, ["stable"]]}
+        session.commit()
+    assert pruned_steps(register(app_client, job_id, token, 0, 80)) == [(0, 20)]
