@@ -36,9 +36,8 @@ from tests.service.controller.test_trainer_config import (
 )
 from trainer.config import config_from_dict, validate
 
-# CI checks the repository out with a copy of shared/ beside it: <repo>/../shared.
-SHARED = Path(__file__).resolve().parents[3].parent / "shared"
-PYTORCHJOB_CRD = SHARED / "kubeflow" / "kubeflow.org_pytorchjobs.yaml"
+# The real CRD, vendored with its source and licence (crds/README.md): the clone stands alone.
+PYTORCHJOB_CRD = Path(__file__).resolve().parent / "crds" / "kubeflow.org_pytorchjobs.yaml"
 KUBERNETES_VERSION = "1.30.0"
 OWNER_UID = "5b0f6d7e-1c2a-4f3b-9a8d-0123456789ab"
 
