@@ -74,7 +74,8 @@ def test_registration_answers_what_to_delete_beyond_keep_last_and_a_retry_gets_t
     ]
 
 
-def test_a_rollback_target_is_never_pruned_and_what_it_went_past_is_handed_over_once(app_client, job_and_token, settings):
+def rolled_back_at_step_20(app_client, job_and_token, settings) -> tuple[int, str]:
+    """Attempt 0 registered 10-40 and was rolled back for a spike at 20: the job and attempt 1's token."""
     job_id, token = job_and_token
     for step in (10, 20, 30, 40):
         register(app_client, job_id, token, 0, step)
@@ -85,6 +86,11 @@ def test_a_rollback_target_is_never_pruned_and_what_it_went_past_is_handed_over_
             request=RollbackRequest(onset_step=20, reason=AttemptReason.ROLLBACK, why="spike", actor="watchdog", expected_attempt=0),
         )
         _, token1 = mint_token(session, name="job-a1", role=Role.VIEWER, created_by="test", job_id=job_id, attempt=1)
+    return job_id, token1
+
+
+def test_a_rollback_target_is_never_pruned_and_what_it_went_past_is_handed_over_once(app_client, job_and_token, settings):
+    job_id, token1 = rolled_back_at_step_20(app_client, job_and_token, settings)
 
     answers = [register(app_client, job_id, token1, 1, step) for step in (30, 40, 50, 60)]
 
@@ -101,16 +107,7 @@ def test_a_rollback_target_is_never_pruned_and_what_it_went_past_is_handed_over_
 
 
 def test_checkpoints_rolled_back_past_are_handed_to_the_next_registration(app_client, job_and_token, settings):
-    job_id, token = job_and_token
-    for step in (10, 20, 30, 40):
-        register(app_client, job_id, token, 0, step)
-    with get_sessionmaker(settings.resolved_database_url)() as session:
-        roll_back(
-            session,
-            job_id=job_id,
-            request=RollbackRequest(onset_step=20, reason=AttemptReason.ROLLBACK, why="spike", actor="watchdog", expected_attempt=0),
-        )
-        _, token1 = mint_token(session, name="job-a1", role=Role.VIEWER, created_by="test", job_id=job_id, attempt=1)
+    job_id, token1 = rolled_back_at_step_20(app_client, job_and_token, settings)
 
     first = register(app_client, job_id, token1, 1, 25)
     second = register(app_client, job_id, token1, 1, 35)
