@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,3 +66,19 @@ def test_the_readme_settings_table_is_generated_from_settings():
     readme = (ROOT / "README.md").read_text()
     assert table.render() in readme, "README's settings table is stale: run python scripts/settings_table.py"
     assert all(f"`PRETRAIN_{name.upper()}`" in table.render() for name in Settings.model_fields)
+
+
+def test_nothing_in_the_repository_reads_outside_it():
+    """A clone stands alone: no tracked file points at a folder beside the checkout."""
+    # Spelled in two pieces so this file does not find itself.
+    beside = ".." + "/shared"
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True
+    ).stdout.decode().split("\0")
+    assert len(tracked) > 100, "git ls-files listed almost nothing: not a checkout?"
+    readers = [
+        name
+        for name in tracked
+        if name and (ROOT / name).is_file() and beside.encode() in (ROOT / name).read_bytes()
+    ]
+    assert readers == []
