@@ -55,7 +55,7 @@ def test_only_settings_reads_the_environment():
     assert readers == []
 
 
-def test_the_readme_settings_table_is_generated_from_settings():
+def test_the_configuration_table_is_generated_from_settings():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("settings_table", ROOT / "scripts" / "settings_table.py")
@@ -63,8 +63,8 @@ def test_the_readme_settings_table_is_generated_from_settings():
     spec.loader.exec_module(table)
     from service.settings import Settings
 
-    readme = (ROOT / "README.md").read_text()
-    assert table.render() in readme, "README's settings table is stale: run python scripts/settings_table.py"
+    configuration = (ROOT / "docs" / "configuration.md").read_text()
+    assert table.render() in configuration, "docs/configuration.md is stale: run python scripts/settings_table.py"
     assert all(f"`PRETRAIN_{name.upper()}`" in table.render() for name in Settings.model_fields)
 
 
