@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 from pathlib import Path
 
@@ -82,3 +83,16 @@ def test_nothing_in_the_repository_reads_outside_it():
         if name and (ROOT / name).is_file() and beside.encode() in (ROOT / name).read_bytes()
     ]
     assert readers == []
+
+
+def test_every_link_in_the_readme_and_docs_resolves():
+    """A moved or renamed file breaks the page that links to it here, not in a reader's browser."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert len(pages) > 5, "docs/ is missing"
+    broken = [
+        f"{page.relative_to(ROOT)}: {target}"
+        for page in pages
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text())
+        if "://" not in target and not (page.parent / target).exists()
+    ]
+    assert broken == []
