@@ -35,14 +35,24 @@ class NamespacedCalls:
 
     def create(self, kind: WorkloadKind, body: Mapping[str, Any]) -> dict[str, Any]:
         return self.custom.create_namespaced_custom_object(
-            kind.group, kind.version, self.namespace, kind.plural, body, _request_timeout=self.timeout
+            kind.group,
+            kind.version,
+            self.namespace,
+            kind.plural,
+            body,
+            _request_timeout=self.timeout,
         )
 
     def read(self, kind: WorkloadKind, name: str) -> dict[str, Any] | None:
         """The workload of that name, or None."""
         try:
             return self.custom.get_namespaced_custom_object(
-                kind.group, kind.version, self.namespace, kind.plural, name, _request_timeout=self.timeout
+                kind.group,
+                kind.version,
+                self.namespace,
+                kind.plural,
+                name,
+                _request_timeout=self.timeout,
             )
         except ApiException as exc:
             if exc.status == 404:

@@ -10,6 +10,7 @@ call. Every call has a timeout and none sleeps: API trouble surfaces at once as
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,7 +26,6 @@ from service.controller.backends.kubernetes.api import (
 from service.controller.backends.kubernetes.failures import classify_failure
 from service.controller.backends.kubernetes.informer import Informer
 from service.controller.backends.kubernetes.kinds import (
-    PYTORCHJOB,
     WORKLOAD_KINDS,
     OwnedKind,
     WorkloadKind,
@@ -68,10 +68,18 @@ class KubernetesBackend:
         self._api = client.ApiClient(configuration)
         timeout = (request_timeout_s, request_timeout_s)
         self._calls = NamespacedCalls(self._api, self._namespace, timeout)
-        # Only the pretrain kind is watched (`WorkloadKind.watched`): its jobs run for days.
-        self._informer = Informer(
-            configuration, PYTORCHJOB, self._namespace, timeout=timeout, watch_timeout_s=watch_timeout_s
-        )
+        # One informer a watched kind (`WorkloadKind.watched`); the others are listed each time.
+        self._informers = {
+            row.job_kind: Informer(
+                configuration,
+                row,
+                self._namespace,
+                timeout=timeout,
+                watch_timeout_s=watch_timeout_s,
+            )
+            for row in WORKLOAD_KINDS.values()
+            if row.watched
+        }
         # `_lock` guards the two memories below, which the informer's callbacks may reach.
         self._lock = threading.Lock()
         self._endings: dict[str, Ending] = {}  # by uid: how a workload ended never changes
@@ -142,7 +150,8 @@ class KubernetesBackend:
         unowned, and the restarted one has nothing left to create.
         """
         row = WORKLOAD_KINDS[kind]
-        cached = self._informer.cached(job_id) if self._informer.kind is row else None
+        informer = self._informers.get(kind)
+        cached = informer.cached(job_id) if informer is not None else None
         workloads = cached if cached is not None else self._list(row, job_id)
         for obj in workloads.values():
             self._ensure_owned(row, obj)
@@ -180,20 +189,28 @@ class KubernetesBackend:
     # --- the informer --------------------------------------------------------------------------
 
     def start_watch(self, on_change: Callable[[int], None], *, resync_s: float = 300.0) -> None:
-        """Keep a cache of this service's PyTorchJobs and call `on_change(job_id)` on changes."""
-        self._informer.start(on_change, resync_s=resync_s)
+        """Keep a cache of this service's watched workloads; `on_change(job_id)` on changes."""
+        for informer in self._informers.values():
+            informer.start(on_change, resync_s=resync_s)
 
     def wait_for_sync(self, timeout: float | None = None) -> bool:
-        """True once the informer's cache holds a full list (for startup and tests)."""
-        return self._informer.wait_for_sync(timeout)
+        """True once every informer's cache holds a full list (for startup and tests)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return all(
+            informer.wait_for_sync(
+                None if deadline is None else max(0.0, deadline - time.monotonic())
+            )
+            for informer in self._informers.values()
+        )
 
     @property
     def watching(self) -> bool:
-        """True while `observe` answers from the informer's cache."""
-        return self._informer.live
+        """True while `observe` answers from the informers' caches."""
+        return all(informer.live for informer in self._informers.values())
 
     def stop_watch(self, timeout: float = 5.0) -> None:
-        self._informer.stop(timeout)
+        for informer in self._informers.values():
+            informer.stop(timeout)
 
     # --- reading -------------------------------------------------------------------------------
 

@@ -111,7 +111,9 @@ class Informer:
         self, on_change: Callable[[int], None], resync_s: float, stop: threading.Event
     ) -> None:
         # The stream holds a connection of its own.
-        calls = NamespacedCalls(client.ApiClient(self._configuration), self._namespace, self._timeout)
+        calls = NamespacedCalls(
+            client.ApiClient(self._configuration), self._namespace, self._timeout
+        )
         backoff = WATCH_BACKOFF_S[0]
         try:
             while not stop.is_set():
