@@ -21,7 +21,6 @@ from service.spec.problems import Problem, problem
 EMBEDDED_CORPORA = ("code", "en", "zh")
 EMBEDDED_CORPUS_PREFIXES = ("embedded://", "embedded:")
 
-
 CorpusPath = Annotated[
     str,
     Field(

@@ -10,6 +10,7 @@ from service.spec.model import VOCAB_PADDING_MULTIPLE
 from service.spec.problems import Problem, problem
 from service.spec.resources import BF16_UNSUPPORTED_GPU_TYPES, FP8_GPU_TYPES
 
+# A stage's mixture weights sum to 1 within this.
 WEIGHT_SUM_TOLERANCE = 1e-6
 
 
@@ -374,8 +375,6 @@ def _corrupt_steps_inside_their_stage(context: Context) -> Iterator[Problem]:
 
 
 # Run in this order; every rule runs, so one response lists every problem.
-
-
 RULES: tuple[Rule, ...] = (
     _hidden_divisible_by_heads,
     _heads_and_groups_divisible_by_tensor,
