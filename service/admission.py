@@ -54,7 +54,7 @@ class Admission:
 
     @property
     def derived_document(self) -> dict[str, Any]:
-        """The resolved model and derived numbers as a job stores them; empty for a tokenizer job."""
+        """The resolved model and derived numbers as a job stores them; empty for a tokenizer."""
         if not isinstance(self.validated, ValidatedSpec):
             return {}
         return {

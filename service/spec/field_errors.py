@@ -1,4 +1,4 @@
-"""Pydantic's per-field errors rewritten as `Problem`s that name the user's field and quote the value."""
+"""Pydantic's per-field errors as `Problem`s that name the user's field and quote the value."""
 
 from __future__ import annotations
 

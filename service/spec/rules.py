@@ -1,4 +1,4 @@
-"""The cross-field rules: each yields a `Problem` naming the field to change and the numbers involved."""
+"""The cross-field rules: each yields `Problem`s naming the field to change and the numbers."""
 
 from __future__ import annotations
 

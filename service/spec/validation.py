@@ -1,4 +1,4 @@
-"""The entry point: a raw mapping to a `ValidatedSpec` with its derived numbers, or every problem."""
+"""The entry point: a raw mapping to a `ValidatedSpec` with its derived numbers, or all problems."""
 
 from __future__ import annotations
 

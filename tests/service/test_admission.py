@@ -1,4 +1,4 @@
-"""Admission: submit, the plan route and the review refuse and accept the same specs for the same reasons."""
+"""Admission: submit, the plan route and the review give the same verdict for the same reasons."""
 
 from __future__ import annotations
 
