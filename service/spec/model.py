@@ -1,4 +1,4 @@
-"""The architecture (a preset, explicit fields or both, resolved into a ModelArch); its tokenizer."""
+"""The architecture: a preset, explicit fields or both, resolved into a ModelArch; its tokenizer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What is wrong with a spec: `Problem`, the `SpecInvalid` error that carries them, their wording."""
+"""What is wrong with a spec: `Problem`, the `SpecInvalid` that carries them, and their wording."""
 
 from __future__ import annotations
 
