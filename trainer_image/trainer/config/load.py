@@ -72,8 +72,11 @@ def config_to_dict(config: TrainerConfig) -> dict[str, Any]:
 
 
 def validate(config: TrainerConfig, world_size: int = 1) -> None:
-    """Check `config` as it stands (it may have been changed since parsing) in a world of
-    `world_size` processes; raise one `ConfigError` with every problem."""
+    """Check `config` as it stands and in a world of `world_size`; one `ConfigError`, every problem.
+
+    Parsing already applied the rules, but a config built or changed in code has not been
+    through them: they run again here, with the world size, which the file cannot know.
+    """
     try:
         config_from_dict(config_to_dict(config))
         problems = []
