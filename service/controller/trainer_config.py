@@ -1,8 +1,9 @@
 """Render the trainer config (TrainerConfig schema v1) of one attempt from a stored job.
 
-The JSON is the whole contract with the trainer image, so this module never imports
-`trainer`: it writes every field of schema v1 out in full, which keeps the rendered file
-a complete record of what the attempt ran with and lets the trainer side round-trip it.
+The JSON is the whole contract with the trainer image: this module writes every field of
+schema v1 out in full, which keeps the rendered file a complete record of what the attempt
+ran with, and checks it with the trainer's own models (`trainer.config`, which imports
+without torch), so the two sides cannot disagree about a field or a rule.
 Spec fields with no v1 counterpart are memory or service knobs that leave the numerics
 alone (recompute, optimizer_offload, checkpoint.storage, watchdog, planner inputs);
 combinations the trainer cannot run raise `ValueError`.
@@ -16,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from service.settings import Settings
+from trainer.config import ConfigError, config_from_dict
 
 TRAINER_CONFIG_SCHEMA_VERSION = 1
 # The spec has no seed fields yet; both seeds stay at the trainer's documented default.
@@ -90,7 +92,7 @@ def render_trainer_config(
         raise ValueError(f"lr_scale must be a positive finite number, got {lr_scale!r}")
     try:
         resources = spec["resources"]
-        return {
+        rendered = {
             "schema_version": TRAINER_CONFIG_SCHEMA_VERSION,
             "job": {
                 "id": str(job_id),
@@ -140,6 +142,11 @@ def render_trainer_config(
         raise ValueError(
             f"the stored job lacks {exc.args[0]!r}; was it stored by this service?"
         ) from exc
+    try:
+        config_from_dict(rendered)
+    except ConfigError as exc:
+        raise ValueError(f"the trainer would refuse this config: {exc}") from exc
+    return rendered
 
 
 def _model(model: Mapping[str, Any], plan: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -15,7 +15,6 @@ batch index equals step; after one, steps are mapped through the ranges already 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
@@ -26,6 +25,7 @@ from service.db import repo
 from service.db.models import AttemptReason, Checkpoint, DesiredState, Job, JobState
 from service.errors import Conflict
 from service.spec import PRETRAIN_KIND, WatchdogSpec
+from trainer.ranges import batch_index, merge_ranges
 
 
 @dataclass(frozen=True)
@@ -52,29 +52,6 @@ class RollbackOutcome:
     checkpoint: Checkpoint | None
     skip_range: list[int] | None
     paused: bool
-
-
-def merge_ranges(ranges: Iterable[Sequence[int]]) -> list[tuple[int, int]]:
-    """Half-open ranges sorted, empty ones dropped, overlapping or adjacent ones merged."""
-    merged: list[tuple[int, int]] = []
-    for start, end in sorted((int(a), int(b)) for a, b in ranges):
-        if start == end:
-            continue
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
-
-
-def batch_index(step: int, skip_ranges: Iterable[Sequence[int]] = ()) -> int:
-    """The batch index training step `step` consumes: the trainer's rule (a test holds them equal)."""
-    index = step
-    for start, end in merge_ranges(skip_ranges):
-        if start > index:
-            break
-        index += end - start
-    return index
 
 
 def roll_back(

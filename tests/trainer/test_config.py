@@ -1,15 +1,15 @@
-"""TrainerConfig: strict parsing, overrides, cross-field checks and the generated JSON Schema."""
+"""TrainerConfig: strict parsing, overrides, rules across fields and the generated JSON Schema."""
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from trainer.config import (
@@ -283,6 +283,7 @@ def test_override_values_are_parsed_as_json() -> None:
         example_dict(),
         [
             "optimizer.lr=0.01",
+            "parallel.tensor=2",  # sequence parallelism needs tensor parallelism
             "parallel.sequence_parallel=true",
             "data.skip_ranges=[[10, 20]]",
             "metrics.url=http://api:8000",
@@ -368,6 +369,13 @@ def _with(path: str, value: Any) -> TrainerConfig:
     return config_from_dict(apply_overrides(example_dict(), [f"{path}={json.dumps(value)}"]))
 
 
+def _refusals(path: str, value: Any, world_size: int) -> list[str]:
+    """Why the example with `path` set to `value` is refused, parsed or run on `world_size`."""
+    with pytest.raises(ConfigError) as caught:
+        validate(_with(path, value), world_size)
+    return caught.value.problems
+
+
 @pytest.mark.parametrize(
     ("path", "value", "world_size", "expected"),
     [
@@ -407,7 +415,7 @@ def _with(path: str, value: Any) -> TrainerConfig:
         ("checkpoint.keep_last", 0, 1, "checkpoint.keep_last: must be at least 1"),
         ("metrics.url", "api:8000", 1, "metrics.url: 'api:8000' is not an http"),
         ("metrics.max_buffer", 0, 1, "metrics.max_buffer: must be at least 1"),
-        ("job.attempt", -1, 1, "job.attempt: must be at least 0"),
+        ("job.attempt", -1, 1, "job.attempt: must not be negative, got -1"),
         ("job.result_path", "", 1, "job.result_path: must not be empty"),
         ("train.skip_grad_norm_zscore", -1, 1, "train.skip_grad_norm_zscore: must not be negative"),
         ("train.skip_grad_norm_window", 1, 1, "train.skip_grad_norm_window: must be at least 2"),
@@ -421,11 +429,34 @@ def _with(path: str, value: Any) -> TrainerConfig:
         ("faults.grad_spike_steps", [[1]], 1, "faults.grad_spike_steps[0]: a range is [start, end]"),
     ],
 )
-def test_validate_refuses(path: str, value: Any, world_size: int, expected: str) -> None:
-    config = _with(path, value)
-    with pytest.raises(ConfigError) as caught:
-        validate(config, world_size)
-    assert any(expected in problem for problem in caught.value.problems), caught.value.problems
+def test_a_config_breaking_a_rule_is_refused(
+    path: str, value: Any, world_size: int, expected: str
+) -> None:
+    # Rules within the file refuse it as it is parsed; those about the world size in validate.
+    problems = _refusals(path, value, world_size)
+    assert any(expected in problem for problem in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("stages[0].steps", 0),
+        ("optimizer.adam_beta1", 1.5),
+        ("model.num_query_groups", 3),
+        ("stages[1].name", "pretrain"),
+        ("schedule.warmup_steps", 51),
+    ],
+)
+def test_rules_within_the_file_refuse_it_as_it_is_parsed(path: str, value: Any) -> None:
+    with pytest.raises(ConfigError):
+        _with(path, value)
+
+
+def test_validate_rechecks_a_config_changed_after_parsing() -> None:
+    config = example_config()
+    config.stages[0].seq_length = 128
+    with pytest.raises(ConfigError, match="stages\\[0\\].seq_length: 128 exceeds"):
+        validate(config)
 
 
 def test_the_guard_and_fault_sections_parse_with_their_defaults_and_refuse_unknown_keys() -> None:
@@ -512,19 +543,21 @@ def test_json_schema_forbids_unknown_keys_in_every_object() -> None:
     assert all(obj["additionalProperties"] is False for obj in objects)
 
 
-def test_json_schema_mirrors_the_dataclasses() -> None:
+def test_json_schema_mirrors_the_models() -> None:
     schema = json_schema()
     assert schema["$schema"].endswith("2020-12/schema")
-    assert list(schema["properties"]) == [f.name for f in dataclasses.fields(TrainerConfig)]
+    assert list(schema["properties"]) == list(TrainerConfig.model_fields)
     assert schema["required"] == ["model", "batch", "stages", "checkpoint"]
     assert schema["properties"]["schema_version"]["const"] == SCHEMA_VERSION
     model = schema["properties"]["model"]
     assert model["properties"]["moe"]["anyOf"][1] == {"type": "null"}
     assert model["properties"]["rope_base"] == {
         "type": "number",
+        "exclusiveMinimum": 0,
         "description": "RoPE base frequency; a stage may override it.",
         "default": 10000.0,
     }
+    assert model["properties"]["num_layers"]["minimum"] == 1
     dtype = schema["properties"]["precision"]["properties"]["dtype"]
     assert dtype["enum"] == ["fp32", "bf16", "fp16"]
     stage = schema["properties"]["stages"]["items"]
@@ -548,8 +581,7 @@ def test_json_schema_is_plain_json() -> None:
 
 
 def test_json_schema_accepts_the_example_and_refuses_what_the_parser_refuses() -> None:
-    jsonschema_rs = pytest.importorskip("jsonschema_rs")
-    validator = jsonschema_rs.validator_for(json_schema())
+    validator = jsonschema.Draft202012Validator(json_schema())
     assert validator.is_valid(example_dict())
     assert validator.is_valid(minimal_dict())
     unknown = example_dict()
@@ -574,5 +606,16 @@ def test_the_trainer_imports_nothing_from_the_service() -> None:
         "import sys, trainer.config, trainer.lr_schedule, trainer.report\n"
         "leaked = [m for m in sys.modules if m == 'service' or m.startswith('service.')]\n"
         "assert not leaked, leaked\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_config_imports_without_torch() -> None:
+    # The service image ships the trainer package without torch, to render through the models.
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # any `import torch` now fails\n"
+        "import trainer.config\n"
+        "trainer.config.validate(trainer.config.example_config())\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -20,8 +20,6 @@ import torch
 from trainer.config import MoEConfig, config_from_dict, config_to_dict, example_config
 from trainer.export import ExportError, merge_qkv, split_qkv, to_hf_state_dict
 
-pytest.importorskip("transformers")
-
 RUN_TIMEOUT_S = 240
 SEQ = 32
 LOGITS_ATOL = 1e-4

@@ -19,7 +19,7 @@ from trainer.sdpa_attention import SDPACoreAttention, use_sdpa_core_attention
 ATOL = 1e-5
 
 COMPARE = """
-import dataclasses, json
+import json
 import torch
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
@@ -34,8 +34,8 @@ results = {}
 
 
 def config_with(groups):
-    arch = dataclasses.replace(base.model, num_query_groups=groups)
-    return model.transformer_config(dataclasses.replace(base, model=arch))
+    arch = base.model.model_copy(update={"num_query_groups": groups})
+    return model.transformer_config(base.model_copy(update={"model": arch}))
 
 
 def max_diffs(make_inputs, config, mask=None):

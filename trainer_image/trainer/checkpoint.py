@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from multiprocessing.managers import SyncManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -47,7 +47,6 @@ from trainer.report import ingest_token, post_checkpoint
 if TYPE_CHECKING:
     from trainer.config import TrainerConfig
     from trainer.parallel import Layout
-    from trainer.train import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +59,21 @@ TMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
 # Resharding-friendly layout of the distributed optimizer's state (across data parallel).
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+
+
+class Checkpointed(Protocol):
+    """What a checkpoint saves and restores (`train.Trainer` is one): the model chunks and the
+    optimizer, sharded by dist_checkpointing, and the loop's own counters (`state_dict`)."""
+
+    model: list[torch.nn.Module]
+    optimizer: Any  # megatron.core's MegatronOptimizer
+    step: int
+    tokens: int
+    stop_requested: bool
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -263,7 +277,7 @@ class CheckpointManager:
 
     # --- restore ------------------------------------------------------------------------------
 
-    def restore(self, trainer: Trainer) -> Path | None:
+    def restore(self, trainer: Checkpointed) -> Path | None:
         """Load `resume_from` (model, optimizer, counters) or `init_from` (weights only)."""
         ckpt = self.config.checkpoint
         if ckpt.resume_from and ckpt.init_from:
@@ -294,7 +308,7 @@ class CheckpointManager:
         if error[0] is not None:
             raise CorruptCheckpointError(path, error[0])
 
-    def _load(self, trainer: Trainer, path: Path, *, with_optimizer: bool) -> dict[str, Any]:
+    def _load(self, trainer: Checkpointed, path: Path, *, with_optimizer: bool) -> dict[str, Any]:
         state = self._sharded_state_dict(trainer, with_optimizer=with_optimizer, loading=True)
         loaded = dist_checkpointing.load(state, str(path))
         with torch.no_grad():
@@ -306,11 +320,11 @@ class CheckpointManager:
 
     # --- save ---------------------------------------------------------------------------------
 
-    def save_initial(self, trainer: Trainer) -> None:
+    def save_initial(self, trainer: Checkpointed) -> None:
         if self.config.checkpoint.save_initial and trainer.step == 0:
             self.save(trainer)
 
-    def save(self, trainer: Trainer) -> Path:
+    def save(self, trainer: Checkpointed) -> Path:
         """Write, seal, publish and register a checkpoint of the current step; then retention."""
         _results_queue_that_outlives_sigterm()
         step = trainer.step
@@ -341,7 +355,7 @@ class CheckpointManager:
         log.info("checkpoint %s published", final)
         return final
 
-    def _sharded_state_dict(self, trainer: Trainer, *, with_optimizer: bool, loading: bool):
+    def _sharded_state_dict(self, trainer: Checkpointed, *, with_optimizer: bool, loading: bool):
         state: dict[str, Any] = {}
         # Unwrapped, as Megatron-LM does: keys then do not depend on the DDP/fp16 wrappers.
         for index, chunk in enumerate(trainer.model):
@@ -445,7 +459,7 @@ def _tmp_prefix(attempt: int) -> str:
     return f"{TMP_PREFIX}a{attempt}-"
 
 
-def _model_key(trainer: Trainer, index: int) -> str:
+def _model_key(trainer: Checkpointed, index: int) -> str:
     return "model" if len(trainer.model) == 1 else f"model{index}"
 
 

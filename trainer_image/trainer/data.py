@@ -27,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from trainer.ranges import batch_index, merge_ranges
 from trainer.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = [
@@ -278,46 +279,6 @@ def load_stream(path: str, tokenizer: Tokenizer, cache_dir: str | Path | None = 
     for extension in (".bin", ".idx"):
         prefix = prefix.removesuffix(extension)
     return indexed_stream(prefix)
-
-
-# --------------------------------------------------------------------------- skip ranges
-
-
-def merge_ranges(ranges: Iterable[Sequence[int]]) -> list[tuple[int, int]]:
-    """Half-open `[a, b)` ranges sorted, with empty ones dropped and overlapping/adjacent merged."""
-    merged: list[tuple[int, int]] = []
-    for start, end in sorted((int(a), int(b)) for a, b in ranges):
-        if start < 0 or end < start:
-            raise ValueError(f"bad range [{start}, {end})")
-        if start == end:
-            continue
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
-
-
-def batch_index(step: int, skip_ranges: Iterable[Sequence[int]] = ()) -> int:
-    """The global batch index that training step `step` consumes.
-
-    Skip ranges are half-open ranges `[a, b)` of *global batch indices*. Step `t` consumes
-    the `t`-th (0-based) index that lies in no skip range, so a skip range drops exactly the
-    batches whose indices are in it and nothing else: with `[5, 8)`, steps 0-4 consume
-    batches 0-4, step 5 consumes batch 8, step 6 batch 9. The rule depends on the step alone,
-    so ranges that lie wholly before a resume point still shift every later step. In a run
-    that has never skipped, batch index equals step, so a range of steps from the original
-    timeline can be passed as is; after earlier skips, express a new range in batch indices
-    (`batch_index` of its first and last step).
-    """
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    index = step
-    for start, end in merge_ranges(skip_ranges):
-        if start > index:
-            break
-        index += end - start
-    return index
 
 
 # --------------------------------------------------------------------------- sampling

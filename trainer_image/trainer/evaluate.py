@@ -3,18 +3,37 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from trainer import data
 
 if TYPE_CHECKING:
-    from trainer.train import Trainer
+    from trainer.config import TrainerConfig
+    from trainer.parallel import Layout
+
+
+class Evaluated(Protocol):
+    """What evaluation uses of the training loop (`train.Trainer` is one)."""
+
+    config: TrainerConfig
+    stage_index: int
+    layout: Layout
+    model: list[torch.nn.Module]
+    channels: list[str]
+
+    def dataset(self, stage_index: int) -> data.MixtureDataset: ...
+
+    def shard(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+    def forward_backward(
+        self, micro_batches: Any, seq_length: int, forward_only: bool = False, loss_factor: float = 1.0
+    ) -> Any: ...
 
 
 @torch.no_grad()
-def evaluate(trainer: Trainer) -> dict[str, float]:
+def evaluate(trainer: Evaluated) -> dict[str, float]:
     """PPL per channel on `samples_per_channel` fixed held-out windows of the current stage."""
     config = trainer.config
     stage = config.stages[trainer.stage_index]

@@ -19,7 +19,6 @@ permutation. Dense models only: a MoE checkpoint is refused.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -107,7 +106,7 @@ def load_weights(config: TrainerConfig, checkpoint: str | Path) -> dict[str, tor
     verify(path)
     if int(os.environ.get("WORLD_SIZE", "1")) != 1:
         raise ExportError("export runs in a single process; start it with python, not torchrun")
-    single = dataclasses.replace(config, parallel=ParallelConfig())
+    single = config.model_copy(update={"parallel": ParallelConfig()})
     parallel.init(single.parallel, single.train.seed)
     try:
         # Weights do not depend on the rotary base; any value builds the same parameters.

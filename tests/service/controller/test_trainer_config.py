@@ -11,11 +11,19 @@ from typing import Any
 import jsonschema
 import pytest
 
+from service.controller import trainer_config
 from service.controller.trainer_config import render_trainer_config
 from service.planner import plan_job
 from service.settings import Settings
-from service.spec import parse_spec_text, validate_spec
-from trainer.config import config_from_dict, config_to_dict, json_schema, validate
+from service.spec import PRETRAIN_KIND, parse_spec_text, validate_spec
+from trainer.config import (
+    ConfigError,
+    TrainerConfig,
+    config_from_dict,
+    config_to_dict,
+    json_schema,
+    validate,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 TINY = "tiny-cpu.yaml"
@@ -80,6 +88,38 @@ def render(
 
 def world_size(raw: dict[str, Any]) -> int:
     return raw["resources"]["nodes"] * raw["resources"]["gpus_per_node"]
+
+
+PRETRAIN_EXAMPLES = sorted(
+    path.name
+    for path in EXAMPLES.glob("*.yaml")
+    if load_example(path.name).get("kind", PRETRAIN_KIND) == PRETRAIN_KIND
+)
+
+
+def test_the_examples_include_pretrain_jobs():
+    assert {TINY, QWEN} <= set(PRETRAIN_EXAMPLES)
+
+
+@pytest.mark.parametrize("example", PRETRAIN_EXAMPLES)
+def test_every_pretrain_example_renders_a_config_the_trainer_models_accept(example):
+    raw = load_example(example)
+    config = TrainerConfig.model_validate(render(raw))
+    validate(config, world_size=world_size(raw))
+
+
+def test_a_rendered_key_the_trainer_does_not_know_is_refused():
+    rendered = render(load_example(TINY))
+    rendered["train"]["sede"] = 7
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.sede' \(did you mean 'seed'\?\)"):
+        config_from_dict(rendered)
+
+
+def test_the_service_does_not_hand_out_a_config_the_trainer_would_refuse(monkeypatch):
+    # As if the service grew a field the trainer has not: rendering fails here, not in a pod.
+    monkeypatch.setattr(trainer_config, "_NO_FAULTS", {**trainer_config._NO_FAULTS, "nan_step": []})
+    with pytest.raises(ValueError, match=r"the trainer would refuse this config: unknown key 'faults\.nan_step'"):
+        render(load_example(TINY))
 
 
 @pytest.mark.parametrize("example", [TINY, QWEN])
