@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import threading
 
 import pytest
@@ -16,20 +15,8 @@ from service.watchdog.consumer import Watchdog
 from service.watchdog.detector import Verdict
 from service.watchdog.rollback import RollbackRequest, batch_index, roll_back
 from tests.conftest import auth
-from trainer.data import batch_index as trainer_batch_index
 
 ALICE = Principal(name="alice", role=Role.SUBMITTER)
-
-
-def test_the_service_maps_steps_to_batches_exactly_as_the_trainer_does():
-    rng = random.Random(7)
-    for _ in range(500):
-        ranges = []
-        for _ in range(rng.randint(0, 4)):
-            start = rng.randint(0, 300)
-            ranges.append([start, start + rng.randint(0, 60)])
-        step = rng.randint(0, 500)
-        assert batch_index(step, ranges) == trainer_batch_index(step, ranges)
 
 
 @pytest.fixture
