@@ -38,8 +38,7 @@ from kubeflow.training import (
 )
 from kubernetes import client as k8s
 
-from service.controller.tokenizer_config import render_tokenizer_config
-from service.controller.trainer_config import render_trainer_config
+from service.jobspec import derivation_document
 from service.planner import memory_problems, plan_job
 from service.settings import Settings
 from service.spec import SpecInvalid, ValidatedTokenizerSpec, parse_spec_text, validate_spec
@@ -604,69 +603,36 @@ def render_for_review(
     placeholder 0 and the token a placeholder string, both decided only at launch. The
     manifests are the kubernetes backend's, even when `settings` are for the local one.
     """
+    # Imported here: the builder's module imports this one for the workload types.
+    from service.controller.workload import build_workload, unsaved_attempt, unsaved_job
+
     settings = _as_kubernetes(settings)
     validated = validate_spec(parse_spec_text(spec_text))
     if isinstance(validated, ValidatedTokenizerSpec):
-        return _tokenizer_for_review(validated, attempt, settings)
-    plan = plan_job(validated)
-    if problems := memory_problems(validated, plan):
-        raise SpecInvalid(problems)
+        # A tokenizer job runs on one CPU machine: nothing to derive or plan.
+        derived: dict[str, Any] = {}
+        plan_document = None
+    else:
+        plan = plan_job(validated)
+        if problems := memory_problems(validated, plan):
+            raise SpecInvalid(problems)
+        derived = derivation_document(validated.model, validated.derived)
+        plan_document = plan.model_dump(mode="json")
     spec = validated.spec
-    trainer_config = render_trainer_config(
-        job_id=REVIEW_JOB_ID,
-        job_name=spec.name,
+    job = unsaved_job(
+        name=spec.name,
+        kind=spec.kind,
         spec=spec.model_dump(mode="json"),
-        derived={
-            "model": validated.model.model_dump(mode="json"),
-            **validated.derived.model_dump(mode="json"),
-        },
-        plan=plan.model_dump(mode="json"),
-        attempt=attempt,
-        resume_from=resume_from,
-        skip_ranges=[],
-        lr_scale=1.0,
-        ingest_token=REVIEW_TOKEN,
-        settings=settings,
+        derived=derived,
+        plan=plan_document,
     )
-    workload = Workload(
-        job_id=REVIEW_JOB_ID,
-        job_name=spec.name,
-        attempt=attempt,
-        trainer_config=trainer_config,
-        ingest_token=REVIEW_TOKEN,
-        nodes=spec.resources.nodes,
-        gpus_per_node=spec.resources.gpus_per_node,
-        gpu_type=spec.resources.gpu_type,
-        gpu_memory_gib=spec.resources.gpu_memory_gib,
+    workload = build_workload(
+        job, unsaved_attempt(attempt), settings, resume_from=resume_from, ingest_token=REVIEW_TOKEN
     )
-    manifests = render_manifests(workload, settings)
-    header = (
-        f"# {spec.name} attempt {attempt}: job id {REVIEW_JOB_ID} and the ingest token are "
-        "placeholders, set at launch\n"
-    )
-    return header + yaml.dump_all(
-        manifests.values(), Dumper=_ReviewDumper, sort_keys=False, allow_unicode=True
-    )
-
-
-def _tokenizer_for_review(validated: ValidatedTokenizerSpec, attempt: int, settings: Settings) -> str:
-    spec = validated.spec
-    workload = TokenizerWorkload(
-        job_id=REVIEW_JOB_ID,
-        job_name=spec.name,
-        attempt=attempt,
-        tokenizer_config=render_tokenizer_config(
-            job_id=REVIEW_JOB_ID,
-            job_name=spec.name,
-            spec=spec.model_dump(mode="json"),
-            settings=settings,
-        ),
-        ingest_token=REVIEW_TOKEN,
-        ingest_url=settings.ingest_url,
-        cpu=spec.resources.cpu,
-        memory_gib=spec.resources.memory_gib,
-    )
-    manifests = render_tokenizer_manifests(workload, settings)
+    if isinstance(workload, TokenizerWorkload):
+        manifests = render_tokenizer_manifests(workload, settings)
+    else:
+        manifests = render_manifests(workload, settings)
     header = (
         f"# {spec.name} attempt {attempt}: job id {REVIEW_JOB_ID} and the ingest token are "
         "placeholders, set at launch\n"
