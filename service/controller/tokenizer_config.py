@@ -38,8 +38,11 @@ def render_tokenizer_config(job: Job, settings: Settings) -> dict[str, Any]:
     if "base" in options:
         options["base"] = _under(settings.checkpoint_root or "", options["base"])
     if "report_corpora" in options:
+        # By name: Postgres (JSONB) gives a stored mapping back in its own key order, and the
+        # config a launch renders from the stored job must be the one its review showed.
         options["report_corpora"] = {
-            name: corpus_path(corpus, settings) for name, corpus in options["report_corpora"].items()
+            name: corpus_path(corpus, settings)
+            for name, corpus in sorted(options["report_corpora"].items())
         }
     return {
         "mode": spec.mode,
