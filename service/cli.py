@@ -298,7 +298,7 @@ def submit(ctx: click.Context, file, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def plan(file, gpus: int | None, days: float | None, token_budget: int | None, deadline_days: float | None, as_json: bool) -> None:
     """Plan the spec in FILE locally: parameters, memory per GPU, FLOPs, time, advice."""
-    from service.planning import plan_spec
+    from service.admission import plan_spec
     from service.spec import SpecInvalid, parse_spec_text
 
     try:

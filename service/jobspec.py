@@ -58,7 +58,3 @@ def load_plan(document: dict[str, Any] | None) -> Plan | None:
     """The stored plan; None for a job that was not planned (tokenizer)."""
     return None if document is None else Plan.model_validate(document)
 
-
-def derivation_document(model: ModelArch, derived: Derived) -> dict[str, Any]:
-    """jobs.derived as admission stores it: the resolved model beside the derived numbers."""
-    return {"model": model.model_dump(mode="json"), **derived.model_dump(mode="json")}

@@ -38,10 +38,9 @@ from kubeflow.training import (
 )
 from kubernetes import client as k8s
 
-from service.jobspec import derivation_document
-from service.planner import memory_problems, plan_job
+from service.admission import OverMemory, admit
 from service.settings import Settings
-from service.spec import SpecInvalid, ValidatedTokenizerSpec, parse_spec_text, validate_spec
+from service.spec import parse_spec_text
 
 PYTORCHJOB_API_VERSION = "kubeflow.org/v1"
 PYTORCHJOB_KIND = "PyTorchJob"
@@ -599,32 +598,23 @@ def render_for_review(
 ) -> str:
     """The manifests a spec would launch, as multi-document YAML (`pretrainctl render`).
 
-    The spec is checked as a submission is (SpecInvalid lists every problem); the job id is a
-    placeholder 0 and the token a placeholder string, both decided only at launch. The
-    manifests are the kubernetes backend's, even when `settings` are for the local one.
+    The spec is admitted as a submission is, by `admit` (SpecInvalid lists every problem);
+    the job id is a placeholder 0 and the token a placeholder string, both decided only at
+    launch. The manifests are the kubernetes backend's, even when `settings` are for the
+    local one.
     """
     # Imported here: the builder's module imports this one for the workload types.
     from service.controller.workload import build_workload, unsaved_attempt, unsaved_job
 
     settings = _as_kubernetes(settings)
-    validated = validate_spec(parse_spec_text(spec_text))
-    if isinstance(validated, ValidatedTokenizerSpec):
-        # A tokenizer job runs on one CPU machine: nothing to derive or plan.
-        derived: dict[str, Any] = {}
-        plan_document = None
-    else:
-        plan = plan_job(validated)
-        if problems := memory_problems(validated, plan):
-            raise SpecInvalid(problems)
-        derived = derivation_document(validated.model, validated.derived)
-        plan_document = plan.model_dump(mode="json")
-    spec = validated.spec
+    admission = admit(parse_spec_text(spec_text), over_memory=OverMemory.REFUSE)
+    spec = admission.validated.spec
     job = unsaved_job(
         name=spec.name,
         kind=spec.kind,
         spec=spec.model_dump(mode="json"),
-        derived=derived,
-        plan=plan_document,
+        derived=admission.derived_document,
+        plan=admission.plan_document,
     )
     workload = build_workload(
         job, unsaved_attempt(attempt), settings, resume_from=resume_from, ingest_token=REVIEW_TOKEN
