@@ -33,7 +33,6 @@ from sqlalchemy.orm import Session
 from service.db import repo
 from service.db.models import Checkpoint, Job, WatchdogState, utcnow
 from service.settings import Settings
-from service.spec import CheckpointSpec, WatchdogSpec
 
 MANIFEST = "manifest.json"
 
@@ -163,7 +162,7 @@ def retain(session: Session, *, job: Job, registered: Checkpoint) -> list[Checkp
     `registered` (a retried registration is answered with the same list). A checkpoint whose
     directory now holds a kept one (the same path, written again) is marked pruned, not handed over.
     """
-    keep_last = CheckpointSpec.model_validate(job.spec["checkpoint"]).keep_last
+    keep_last = job.pretrain_spec.checkpoint.keep_last
     pinned = pinned_ids(job)
     checkpoints = repo.list_checkpoints(session, job_id=job.id)
     reach = unjudged_reach(session, job=job, attempt=registered.attempt)
@@ -196,7 +195,7 @@ def unjudged_reach(session: Session, *, job: Job, attempt: int) -> int | None:
     steps = [int(mark[1]) for mark in marks if int(mark[0]) == attempt]
     if not steps:
         return None
-    policy = WatchdogSpec.model_validate(job.spec.get("watchdog") or {})
+    policy = job.watchdog
     return min(steps) - policy.recover_window_steps - policy.rollback_margin_steps
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, with_config
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    with_config,
+)
 from typing_extensions import TypedDict  # pydantic reads TypedDicts from here below Python 3.12
 
 from service.db.models import Role
@@ -42,7 +50,8 @@ class JobPublic(BaseModel):
     state: str
     desired_state: str
     state_reason: str | None
-    spec: dict[str, Any]
+    # The row's stored JSON, as submitted with defaults filled in (`Job.spec` is its typed model).
+    spec: dict[str, Any] = Field(validation_alias=AliasChoices("spec_document", "spec"))
     spec_hash: str
     derived: dict[str, Any] = Field(description="Resolved model and what follows from the spec: world size, data parallel, iterations per stage.")
     warnings: list[Any] = Field(description="Normalisations the service made instead of refusing; each with loc and msg.")

@@ -47,7 +47,7 @@ from service.db.models import (
 )
 from service.errors import Conflict
 from service.settings import Settings
-from service.spec import PRETRAIN_KIND, TOKENIZER_KIND, WatchdogSpec
+from service.spec import PRETRAIN_KIND, TOKENIZER_KIND
 from service.tokens import mint_token
 from service.watchdog.rollback import RollbackRequest, roll_back
 
@@ -223,20 +223,8 @@ class Controller:
         if attempt.resume_from_checkpoint_id is not None:
             resume_from = session.get(Checkpoint, attempt.resume_from_checkpoint_id).path
         try:
-            workload = build_workload(
-                job_id=job.id,
-                job_name=job.name,
-                kind=job.kind,
-                spec=job.spec,
-                derived=job.derived,
-                plan=job.plan,
-                attempt=attempt.number,
-                resume_from=resume_from,
-                skip_ranges=attempt.skip_ranges,
-                lr_scale=attempt.lr_scale,
-                ingest_token=None,  # the backends take it from the workload, below
-                settings=self.settings,
-            )
+            # No token yet: it is minted below, once the workload is known to render.
+            workload = build_workload(job, attempt, self.settings, resume_from=resume_from)
         except ValueError as exc:  # permanent: the same job renders the same way next time
             raise PermanentBackendError(f"cannot render the workload: {exc}") from exc
         held = self._ingest_token(session, job, attempt)
@@ -361,7 +349,7 @@ class Controller:
         Never a failed job: where no rollback is possible (policy alert_only, no checkpoint
         early enough), the job pauses for a person.
         """
-        policy = WatchdogSpec.model_validate(job.spec.get("watchdog") or {})
+        policy = job.watchdog
         if policy.rollback != "auto":
             self._pause_for_a_person(session, job, f"{why}; watchdog.rollback is {policy.rollback}")
             return

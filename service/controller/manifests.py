@@ -39,10 +39,8 @@ from kubeflow.training import (
 from kubernetes import client as k8s
 
 from service.admission import OverMemory, admit
-from service.controller.tokenizer_config import render_tokenizer_config
-from service.controller.trainer_config import render_trainer_config
 from service.settings import Settings
-from service.spec import ValidatedTokenizerSpec, parse_spec_text
+from service.spec import parse_spec_text
 
 PYTORCHJOB_API_VERSION = "kubeflow.org/v1"
 PYTORCHJOB_KIND = "PyTorchJob"
@@ -605,64 +603,26 @@ def render_for_review(
     launch. The manifests are the kubernetes backend's, even when `settings` are for the
     local one.
     """
+    # Imported here: the builder's module imports this one for the workload types.
+    from service.controller.workload import build_workload, unsaved_attempt, unsaved_job
+
     settings = _as_kubernetes(settings)
     admission = admit(parse_spec_text(spec_text), over_memory=OverMemory.REFUSE)
-    validated = admission.validated
-    if isinstance(validated, ValidatedTokenizerSpec):
-        return _tokenizer_for_review(validated, attempt, settings)
-    spec = validated.spec
-    trainer_config = render_trainer_config(
-        job_id=REVIEW_JOB_ID,
-        job_name=spec.name,
+    spec = admission.validated.spec
+    job = unsaved_job(
+        name=spec.name,
+        kind=spec.kind,
         spec=spec.model_dump(mode="json"),
         derived=admission.derived_document,
         plan=admission.plan_document,
-        attempt=attempt,
-        resume_from=resume_from,
-        skip_ranges=[],
-        lr_scale=1.0,
-        ingest_token=REVIEW_TOKEN,
-        settings=settings,
     )
-    workload = Workload(
-        job_id=REVIEW_JOB_ID,
-        job_name=spec.name,
-        attempt=attempt,
-        trainer_config=trainer_config,
-        ingest_token=REVIEW_TOKEN,
-        nodes=spec.resources.nodes,
-        gpus_per_node=spec.resources.gpus_per_node,
-        gpu_type=spec.resources.gpu_type,
-        gpu_memory_gib=spec.resources.gpu_memory_gib,
+    workload = build_workload(
+        job, unsaved_attempt(attempt), settings, resume_from=resume_from, ingest_token=REVIEW_TOKEN
     )
-    manifests = render_manifests(workload, settings)
-    header = (
-        f"# {spec.name} attempt {attempt}: job id {REVIEW_JOB_ID} and the ingest token are "
-        "placeholders, set at launch\n"
-    )
-    return header + yaml.dump_all(
-        manifests.values(), Dumper=_ReviewDumper, sort_keys=False, allow_unicode=True
-    )
-
-
-def _tokenizer_for_review(validated: ValidatedTokenizerSpec, attempt: int, settings: Settings) -> str:
-    spec = validated.spec
-    workload = TokenizerWorkload(
-        job_id=REVIEW_JOB_ID,
-        job_name=spec.name,
-        attempt=attempt,
-        tokenizer_config=render_tokenizer_config(
-            job_id=REVIEW_JOB_ID,
-            job_name=spec.name,
-            spec=spec.model_dump(mode="json"),
-            settings=settings,
-        ),
-        ingest_token=REVIEW_TOKEN,
-        ingest_url=settings.ingest_url,
-        cpu=spec.resources.cpu,
-        memory_gib=spec.resources.memory_gib,
-    )
-    manifests = render_tokenizer_manifests(workload, settings)
+    if isinstance(workload, TokenizerWorkload):
+        manifests = render_tokenizer_manifests(workload, settings)
+    else:
+        manifests = render_manifests(workload, settings)
     header = (
         f"# {spec.name} attempt {attempt}: job id {REVIEW_JOB_ID} and the ingest token are "
         "placeholders, set at launch\n"

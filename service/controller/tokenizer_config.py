@@ -10,11 +10,11 @@ Options left unset are left out, so the library's own defaults apply.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Mapping
 from typing import Any
 
+from service.db.models import Job
 from service.settings import Settings
-from service.spec import EMBEDDED_CORPUS_PREFIXES
+from service.spec import EMBEDDED_CORPUS_PREFIXES, TokenizerJobSpec
 
 OUTPUT_FOLDER = "tokenizer"
 
@@ -26,31 +26,30 @@ def tokenizer_output_dir(job_id: int, job_name: str, settings: Settings) -> str:
     return f"{settings.checkpoint_root.rstrip('/')}/{job_name}-{job_id}/{OUTPUT_FOLDER}"
 
 
-def render_tokenizer_config(
-    *, job_id: int, job_name: str, spec: Mapping[str, Any], settings: Settings
-) -> dict[str, Any]:
-    """The `run_tokenizer_job` config of a stored tokenizer job (`TokenizerJobSpec` as JSON)."""
-    if job_id < 0:
-        raise ValueError(f"job_id must not be negative, got {job_id}")
-    try:
-        options = {k: v for k, v in spec.get("options", {}).items() if v is not None}
-        if "base" in options:
-            options["base"] = _under(settings.checkpoint_root or "", options["base"])
-        if "report_corpora" in options:
-            options["report_corpora"] = {
-                name: corpus_path(corpus, settings)
-                for name, corpus in options["report_corpora"].items()
-            }
-        return {
-            "mode": spec["mode"],
-            "corpora": [corpus_path(corpus, settings) for corpus in spec["corpora"]],
-            "out": tokenizer_output_dir(job_id, job_name, settings),
-            **options,
+def render_tokenizer_config(job: Job, settings: Settings) -> dict[str, Any]:
+    """The `run_tokenizer_job` config of a stored tokenizer job, from its typed spec."""
+    spec = job.spec
+    if not isinstance(spec, TokenizerJobSpec):
+        raise TypeError(f"job {job.id} is a {spec.kind} job, not a tokenizer job")
+    if job.id < 0:
+        raise ValueError(f"job_id must not be negative, got {job.id}")
+    # Unset options are left out, so the library's own defaults apply.
+    options = spec.options.model_dump(mode="json", exclude_none=True)
+    if "base" in options:
+        options["base"] = _under(settings.checkpoint_root or "", options["base"])
+    if "report_corpora" in options:
+        # By name: Postgres (JSONB) gives a stored mapping back in its own key order, and the
+        # config a launch renders from the stored job must be the one its review showed.
+        options["report_corpora"] = {
+            name: corpus_path(corpus, settings)
+            for name, corpus in sorted(options["report_corpora"].items())
         }
-    except KeyError as exc:
-        raise ValueError(
-            f"the stored job lacks {exc.args[0]!r}; was it stored by this service?"
-        ) from exc
+    return {
+        "mode": spec.mode,
+        "corpora": [corpus_path(corpus, settings) for corpus in spec.corpora],
+        "out": tokenizer_output_dir(job.id, job.name, settings),
+        **options,
+    }
 
 
 def corpus_path(corpus: str, settings: Settings) -> str:

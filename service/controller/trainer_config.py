@@ -6,17 +6,32 @@ ran with, and checks it with the trainer's own models (`trainer.config`, which i
 without torch), so the two sides cannot disagree about a field or a rule.
 Spec fields with no v1 counterpart are memory or service knobs that leave the numerics
 alone (recompute, optimizer_offload, checkpoint.storage, watchdog, planner inputs);
-combinations the trainer cannot run raise `ValueError`.
+combinations the trainer cannot run raise `ValueError`. The job comes typed from its row: this
+module reads no spec field by name and restates no default.
 """
 
 from __future__ import annotations
 
 import math
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from service.db.models import Attempt, Job
+from service.jobspec import Derivation
+from service.planner import Plan
+from service.presets import ModelArch
 from service.settings import Settings
+from service.spec import (
+    CheckpointSpec,
+    OptimizerSpec,
+    ParallelismSpec,
+    PrecisionSpec,
+    ResourcesSpec,
+    ScheduleSpec,
+    StagePlan,
+    StageSpec,
+)
 from trainer.config import ConfigError, config_from_dict
 
 TRAINER_CONFIG_SCHEMA_VERSION = 1
@@ -61,87 +76,73 @@ class RenderError(ValueError):
         self.loc = list(loc)
 
 
-_SCHEDULE_KINDS = frozenset({"wsd", "cosine", "constant"})
-_DECAY_SHAPES = frozenset({"linear", "cosine", "1-sqrt"})
-
-
 def render_trainer_config(
-    *,
-    job_id: int,
-    job_name: str,
-    spec: Mapping[str, Any],
-    derived: Mapping[str, Any],
-    plan: Mapping[str, Any] | None,
-    attempt: int,
-    resume_from: str | None,
-    skip_ranges: Sequence[Sequence[int]],
-    lr_scale: float,
-    ingest_token: str | None,
+    job: Job,
+    attempt: Attempt,
     settings: Settings,
+    *,
+    resume_from: str | None,
+    ingest_token: str | None,
 ) -> dict[str, Any]:
-    """The TrainerConfig v1 JSON mapping of one attempt of a stored job.
+    """The TrainerConfig v1 JSON mapping of one attempt of a stored pretraining job.
 
-    `spec` is `JobSpec.model_dump(mode="json")`, `derived` is `{"model": ModelArch, **Derived}`
-    as the service stores them, and `plan` the stored Plan (or None before planning).
+    Everything comes typed from the row (`job.spec`, `job.derivation`, `job.memory_plan`), so a
+    spec stored before a field existed renders with that field's one default, the spec model's.
     """
-    if job_id < 0:
-        raise ValueError(f"job_id must not be negative, got {job_id}")
-    if attempt < 0:
-        raise ValueError(f"attempt must not be negative, got {attempt}")
+    spec, derivation = job.pretrain_spec, job.derivation
+    if derivation is None:
+        raise ValueError(f"job {job.id} was stored without its derived numbers; re-submit it")
+    if job.id < 0:
+        raise ValueError(f"job_id must not be negative, got {job.id}")
+    if attempt.number < 0:
+        raise ValueError(f"attempt must not be negative, got {attempt.number}")
+    lr_scale = attempt.lr_scale
     if not (isinstance(lr_scale, int | float) and math.isfinite(lr_scale) and lr_scale > 0):
         raise ValueError(f"lr_scale must be a positive finite number, got {lr_scale!r}")
-    try:
-        resources = spec["resources"]
-        rendered = {
-            "schema_version": TRAINER_CONFIG_SCHEMA_VERSION,
-            "job": {
-                "id": str(job_id),
-                "attempt": attempt,
-                "name": job_name,
-                "result_path": TERMINATION_LOG,
-            },
-            "model": _model(derived["model"], plan),
-            "parallel": _parallel(spec["parallelism"], resources),
-            "precision": _precision(spec["precision"], resources),
-            "optimizer": _optimizer(spec["optimizer"]),
-            "schedule": _schedule(spec["schedule"], derived),
-            "batch": {
-                "micro_batch_size": spec["batch"]["micro_batch_size"],
-                "global_batch_size": spec["batch"]["global_batch_size"],
-            },
-            "stages": _stages(spec["stages"], derived["stages"], settings),
-            "data": {
-                "seed": DEFAULT_SEED,
-                "tokenizer": spec["tokenizer"]["path"] if spec.get("tokenizer") else BYTE_TOKENIZER,
-                "cache_dir": None,
-                "skip_ranges": _ranges(skip_ranges),
-            },
-            "checkpoint": _checkpoint(spec["checkpoint"], job_id, job_name, resume_from, settings),
-            "eval": {
-                "interval_steps": spec["eval"]["interval_steps"],
-                "samples_per_channel": spec["eval"]["samples_per_channel"],
-            },
-            "metrics": _metrics(job_id, job_name, attempt, ingest_token, settings),
-            "lr_scale": float(lr_scale),
-            # In the trainer's order of fields. Specs stored before the skip-step fields
-            # existed get the trainer's defaults.
-            "train": {
-                "seed": DEFAULT_SEED,
-                "max_nonfinite_steps": int(spec["watchdog"].get("max_nonfinite_steps", 3)),
-                **_TRAIN_DEFAULTS,
-                # MFU against a nominal CPU figure would be meaningless: leave it out on CPU.
-                "peak_tflops": None
-                if resources["gpu_type"] == "cpu"
-                else float(resources["peak_tflops"]),
-                "skip_grad_norm_zscore": float(spec["watchdog"].get("skip_grad_norm_zscore", 6.0)),
-                **_SKIP_STEP_DEFAULTS,
-            },
-            "faults": dict(_NO_FAULTS),
-        }
-    except KeyError as exc:
-        raise ValueError(
-            f"the stored job lacks {exc.args[0]!r}; was it stored by this service?"
-        ) from exc
+    resources, watchdog = spec.resources, spec.watchdog
+    rendered = {
+        "schema_version": TRAINER_CONFIG_SCHEMA_VERSION,
+        "job": {
+            "id": str(job.id),
+            "attempt": attempt.number,
+            "name": job.name,
+            "result_path": TERMINATION_LOG,
+        },
+        "model": _model(derivation.model, job.memory_plan),
+        "parallel": _parallel(spec.parallelism, resources),
+        "precision": _precision(spec.precision, resources),
+        "optimizer": _optimizer(spec.optimizer),
+        "schedule": _schedule(spec.schedule, derivation),
+        "batch": {
+            "micro_batch_size": spec.batch.micro_batch_size,
+            "global_batch_size": spec.batch.global_batch_size,
+        },
+        "stages": _stages(spec.stages, derivation.stages, settings),
+        "data": {
+            "seed": DEFAULT_SEED,
+            "tokenizer": spec.tokenizer.path if spec.tokenizer else BYTE_TOKENIZER,
+            "cache_dir": None,
+            "skip_ranges": _ranges(attempt.skip_ranges),
+        },
+        "checkpoint": _checkpoint(spec.checkpoint, job.id, job.name, resume_from, settings),
+        "eval": {
+            "interval_steps": spec.eval.interval_steps,
+            "samples_per_channel": spec.eval.samples_per_channel,
+        },
+        "metrics": _metrics(job.id, job.name, attempt.number, ingest_token, settings),
+        "lr_scale": float(lr_scale),
+        # In the trainer's order of fields.
+        "train": {
+            "seed": DEFAULT_SEED,
+            "max_nonfinite_steps": watchdog.max_nonfinite_steps,
+            **_TRAIN_DEFAULTS,
+            # MFU against a nominal CPU figure would be meaningless: leave it out on CPU.
+            "peak_tflops": None if resources.gpu_type == "cpu" else float(resources.peak_tflops),
+            "skip_grad_norm_zscore": float(watchdog.skip_grad_norm_zscore),
+            **_SKIP_STEP_DEFAULTS,
+        },
+        "faults": dict(_NO_FAULTS),
+    }
     try:
         config_from_dict(rendered)
     except ConfigError as exc:
@@ -149,40 +150,40 @@ def render_trainer_config(
     return rendered
 
 
-def _model(model: Mapping[str, Any], plan: Mapping[str, Any] | None) -> dict[str, Any]:
-    moe = model.get("moe")
+def _model(model: ModelArch, plan: Plan | None) -> dict[str, Any]:
+    moe = model.moe
     # Megatron allocates the padded embedding (plan.vocab.allocated), which checkpoints carry.
-    vocab_size = plan["vocab"]["allocated"] if plan is not None else model["vocab_size"]
-    if vocab_size < model["vocab_size"]:
+    vocab_size = plan.vocab.allocated if plan is not None else model.vocab_size
+    if vocab_size < model.vocab_size:
         raise ValueError(
             f"plan.vocab.allocated {vocab_size} is below the model's vocab_size "
-            f"{model['vocab_size']}; re-plan the job"
+            f"{model.vocab_size}; re-plan the job"
         )
     return {
-        "num_layers": model["num_layers"],
-        "hidden_size": model["hidden_size"],
-        "num_attention_heads": model["num_attention_heads"],
-        "num_query_groups": model["num_query_groups"],
-        "ffn_hidden_size": model["ffn_hidden_size"],
+        "num_layers": model.num_layers,
+        "hidden_size": model.hidden_size,
+        "num_attention_heads": model.num_attention_heads,
+        "num_query_groups": model.num_query_groups,
+        "ffn_hidden_size": model.ffn_hidden_size,
         "vocab_size": vocab_size,
-        "max_position_embeddings": model["max_position_embeddings"],
-        "rope_base": float(model["rope_base"]),
-        "norm_eps": float(model["norm_eps"]),
-        "tie_embeddings": model["tie_embeddings"],
-        "qkv_bias": model["qkv_bias"],
+        "max_position_embeddings": model.max_position_embeddings,
+        "rope_base": float(model.rope_base),
+        "norm_eps": float(model.norm_eps),
+        "tie_embeddings": model.tie_embeddings,
+        "qkv_bias": model.qkv_bias,
         "moe": None
         if moe is None
         else {
-            "num_experts": moe["num_experts"],
-            "top_k": moe["top_k"],
-            "moe_ffn_hidden_size": moe["moe_ffn_hidden_size"],
-            "shared_expert_ffn_hidden_size": moe["shared_expert_ffn_hidden_size"],
+            "num_experts": moe.num_experts,
+            "top_k": moe.top_k,
+            "moe_ffn_hidden_size": moe.moe_ffn_hidden_size,
+            "shared_expert_ffn_hidden_size": moe.shared_expert_ffn_hidden_size,
         },
     }
 
 
-def _parallel(parallel: Mapping[str, Any], resources: Mapping[str, Any]) -> dict[str, Any]:
-    if parallel["sequence_parallel"] and resources["gpu_type"] == "cpu":
+def _parallel(parallel: ParallelismSpec, resources: ResourcesSpec) -> dict[str, Any]:
+    if parallel.sequence_parallel and resources.gpu_type == "cpu":
         raise RenderError(
             "sequence_parallel needs Transformer Engine or Apex kernels, which run on GPUs only; "
             "turn it off for gpu_type cpu",
@@ -190,43 +191,39 @@ def _parallel(parallel: Mapping[str, Any], resources: Mapping[str, Any]) -> dict
         )
     # optimizer_offload has no v1 field: it moves optimizer state, not the numerics.
     return {
-        "tensor": parallel["tensor"],
-        "pipeline": parallel["pipeline"],
-        "context": parallel["context"],
-        "expert": parallel["expert"],
-        "virtual_pipeline": parallel["virtual_pipeline"],
-        "sequence_parallel": parallel["sequence_parallel"],
-        "distributed_optimizer": parallel["distributed_optimizer"],
+        "tensor": parallel.tensor,
+        "pipeline": parallel.pipeline,
+        "context": parallel.context,
+        "expert": parallel.expert,
+        "virtual_pipeline": parallel.virtual_pipeline,
+        "sequence_parallel": parallel.sequence_parallel,
+        "distributed_optimizer": parallel.distributed_optimizer,
     }
 
 
-def _precision(precision: Mapping[str, Any], resources: Mapping[str, Any]) -> dict[str, Any]:
-    dtype = precision["dtype"]
-    if dtype not in ("bf16", "fp16", "fp8"):
-        raise RenderError(
-            f"precision.dtype {dtype!r} is not one of bf16, fp16, fp8", loc=["precision", "dtype"]
-        )
-    if resources["gpu_type"] == "cpu":
+def _precision(precision: PrecisionSpec, resources: ResourcesSpec) -> dict[str, Any]:
+    dtype: str = precision.dtype
+    if resources.gpu_type == "cpu":
         dtype = "fp32"  # CPU processes compute in fp32 whatever the spec asks for
     elif dtype == "fp8":
         # Trainer schema v1 has no fp8 (Transformer Engine recipes): train bf16, which is also
         # the format fp8 training keeps its master weights and non-GEMM ops in.
         dtype = "bf16"
-    scale = precision["loss_scale"]
+    scale = precision.loss_scale
     return {
         "dtype": dtype,
         "loss_scale": {
-            "initial_scale": float(scale["initial_scale"]),
-            "min_scale": float(scale["min_scale"]),
-            "growth_interval": scale["growth_interval"],
-            "growth_factor": float(scale["growth_factor"]),
-            "backoff_factor": float(scale["backoff_factor"]),
-            "hysteresis": scale["hysteresis"],
+            "initial_scale": float(scale.initial_scale),
+            "min_scale": float(scale.min_scale),
+            "growth_interval": scale.growth_interval,
+            "growth_factor": float(scale.growth_factor),
+            "backoff_factor": float(scale.backoff_factor),
+            "hysteresis": scale.hysteresis,
         },
     }
 
 
-def _optimizer(optimizer: Mapping[str, Any]) -> dict[str, Any]:
+def _optimizer(optimizer: OptimizerSpec) -> dict[str, Any]:
     names = (
         "lr",
         "min_lr",
@@ -238,37 +235,25 @@ def _optimizer(optimizer: Mapping[str, Any]) -> dict[str, Any]:
         "z_loss",
         "embedding_grad_scale",
     )
-    return {name: float(optimizer[name]) for name in names}
+    return {name: float(getattr(optimizer, name)) for name in names}
 
 
-def _schedule(schedule: Mapping[str, Any], derived: Mapping[str, Any]) -> dict[str, Any]:
-    kind, shape = schedule["kind"], schedule["decay_shape"]
-    if kind not in _SCHEDULE_KINDS:
-        raise RenderError(
-            f"schedule.kind {kind!r} is not one of {', '.join(sorted(_SCHEDULE_KINDS))}",
-            loc=["schedule", "kind"],
-        )
-    if shape not in _DECAY_SHAPES:
-        raise RenderError(
-            f"schedule.decay_shape {shape!r} is not one of {', '.join(sorted(_DECAY_SHAPES))}",
-            loc=["schedule", "decay_shape"],
-        )
-    total = derived["total_train_iters"]
-    decay = round(schedule["decay_fraction"] * total) if kind == "wsd" else 0
+def _schedule(schedule: ScheduleSpec, derivation: Derivation) -> dict[str, Any]:
+    # kind and decay_shape are the spec's Literals, which the trainer's schema v1 shares.
+    total = derivation.total_train_iters
+    decay = round(schedule.decay_fraction * total) if schedule.kind == "wsd" else 0
     return {
-        "kind": kind,
-        "warmup_steps": derived["warmup_iters"],
+        "kind": schedule.kind,
+        "warmup_steps": derivation.warmup_iters,
         "decay_steps": decay,
-        "decay_shape": shape,
+        "decay_shape": schedule.decay_shape,
     }
 
 
 def _stages(
-    stages: Sequence[Mapping[str, Any]],
-    planned: Sequence[Mapping[str, Any]],
-    settings: Settings,
+    stages: Sequence[StageSpec], planned: Sequence[StagePlan], settings: Settings
 ) -> list[dict[str, Any]]:
-    names, planned_names = [s["name"] for s in stages], [p["stage"] for p in planned]
+    names, planned_names = [s.name for s in stages], [p.stage for p in planned]
     if names != planned_names:
         raise ValueError(
             f"the derived stages {planned_names} do not match the spec's stages {names}; "
@@ -276,21 +261,21 @@ def _stages(
         )
     return [
         {
-            "name": stage["name"],
-            "steps": plan["train_iters"],
-            "seq_length": stage["seq_length"],
+            "name": stage.name,
+            "steps": plan.train_iters,
+            "seq_length": stage.seq_length,
             # null means the model's rope_base, exactly as the spec reads an unset stage base
-            "rope_base": None if stage["rope_base"] is None else float(stage["rope_base"]),
-            "lr_scale": float(stage["lr_scale"]),
+            "rope_base": None if stage.rope_base is None else float(stage.rope_base),
+            "lr_scale": float(stage.lr_scale),
             "data": [
                 {
-                    "channel": source["channel"],
-                    "path": _data_path(source["path"], settings, loc=["stages", i, "data", j, "path"]),
-                    "weight": float(source["weight"]),
-                    "corrupt": [list(bounds) for bounds in source.get("corrupt_steps", [])],
+                    "channel": source.channel,
+                    "path": _data_path(source.path, settings, loc=["stages", i, "data", j, "path"]),
+                    "weight": float(source.weight),
+                    "corrupt": [list(bounds) for bounds in source.corrupt_steps],
                     "corrupt_kind": "random",
                 }
-                for j, source in enumerate(stage["data"])
+                for j, source in enumerate(stage.data)
             ],
         }
         for i, (stage, plan) in enumerate(zip(stages, planned, strict=True))
@@ -348,7 +333,7 @@ def _metrics(
 
 
 def _checkpoint(
-    checkpoint: Mapping[str, Any],
+    checkpoint: CheckpointSpec,
     job_id: int,
     job_name: str,
     resume_from: str | None,
@@ -359,8 +344,8 @@ def _checkpoint(
     # v1 trainer writes to a mounted path, and the volume is mounted at checkpoint_root.
     return {
         "directory": _checkpoint_directory(job_id, job_name, settings),
-        "interval_steps": checkpoint["interval_steps"],
-        "keep_last": checkpoint["keep_last"],
+        "interval_steps": checkpoint.interval_steps,
+        "keep_last": checkpoint.keep_last,
         "resume_from": resume_from,
         "init_from": None,
         "save_initial": False,

@@ -1,16 +1,17 @@
-"""One builder for what an attempt runs, used by the controller at launch and by submit.
+"""One builder for what an attempt runs: the controller at launch, submit and the review.
 
-`build_workload` turns a stored job (spec, derived, plan) and one attempt's particulars into the
-backend-neutral `Workload` (or `TokenizerWorkload`); `render_for_backend` renders it the way the
-installed backend will (PyTorchJob manifests on Kubernetes; the local backend runs the trainer
-config as built). Submit renders attempt 0 once with placeholders (`render_problems`), so a spec
-that validates but cannot be launched is refused then, naming the field, instead of failing at
+`build_workload` turns a job row (its typed spec, derivation and plan) and one of its attempts
+into the backend-neutral `Workload` (or `TokenizerWorkload`). The review
+(`manifests.render_for_review`) builds through it too, from an `unsaved_job`, so what it shows
+is what the controller launches. `render_for_backend` renders a workload the way the installed
+backend will (PyTorchJob manifests on Kubernetes; the local backend runs the trainer config as
+built). Submit renders attempt 0 once with placeholders (`render_problems`), so a spec that
+validates but cannot be launched is refused then, naming the field, instead of failing at
 launch; the controller treats any render error at launch as permanent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from service.controller.manifests import (
@@ -23,63 +24,80 @@ from service.controller.manifests import (
 )
 from service.controller.tokenizer_config import render_tokenizer_config
 from service.controller.trainer_config import render_trainer_config
+from service.db.models import Attempt, Job
+from service.jobspec import SPEC_VERSION
 from service.settings import Settings
-from service.spec import TOKENIZER_KIND, Problem
+from service.spec import Problem, TokenizerJobSpec
 
 
 def build_workload(
-    *,
-    job_id: int,
-    job_name: str,
-    kind: str,
-    spec: Mapping[str, Any],
-    derived: Mapping[str, Any],
-    plan: Mapping[str, Any] | None,
-    attempt: int,
-    resume_from: str | None,
-    skip_ranges: Sequence[Sequence[int]],
-    lr_scale: float,
-    ingest_token: str | None,
+    job: Job,
+    attempt: Attempt,
     settings: Settings,
+    *,
+    resume_from: str | None = None,
+    ingest_token: str | None = None,
 ) -> Workload | TokenizerWorkload:
-    """The attempt's workload; ValueError (often a `RenderError` naming the field) if it cannot be."""
-    resources = spec["resources"]
-    if kind == TOKENIZER_KIND:
+    """The attempt's workload; ValueError (often a `RenderError` naming the field) if it cannot be.
+
+    `resume_from` is the path of the attempt's resume checkpoint (a stored path the caller looks
+    up); `ingest_token` is minted at launch, so the controller fills it in afterwards.
+    """
+    spec = job.spec
+    if isinstance(spec, TokenizerJobSpec):
         return TokenizerWorkload(
-            job_id=job_id,
-            job_name=job_name,
-            attempt=attempt,
-            tokenizer_config=render_tokenizer_config(
-                job_id=job_id, job_name=job_name, spec=spec, settings=settings
-            ),
+            job_id=job.id,
+            job_name=job.name,
+            attempt=attempt.number,
+            tokenizer_config=render_tokenizer_config(job, settings),
             ingest_token=ingest_token,
             ingest_url=settings.ingest_url,
-            cpu=resources["cpu"],
-            memory_gib=resources["memory_gib"],
+            cpu=spec.resources.cpu,
+            memory_gib=spec.resources.memory_gib,
         )
     return Workload(
-        job_id=job_id,
-        job_name=job_name,
-        attempt=attempt,
+        job_id=job.id,
+        job_name=job.name,
+        attempt=attempt.number,
         trainer_config=render_trainer_config(
-            job_id=job_id,
-            job_name=job_name,
-            spec=spec,
-            derived=derived,
-            plan=plan,
-            attempt=attempt,
-            resume_from=resume_from,
-            skip_ranges=skip_ranges,
-            lr_scale=lr_scale,
-            ingest_token=ingest_token,
-            settings=settings,
+            job, attempt, settings, resume_from=resume_from, ingest_token=ingest_token
         ),
         ingest_token=ingest_token,
-        nodes=resources["nodes"],
-        gpus_per_node=resources["gpus_per_node"],
-        gpu_type=resources["gpu_type"],
-        gpu_memory_gib=resources.get("gpu_memory_gib"),
+        nodes=spec.resources.nodes,
+        gpus_per_node=spec.resources.gpus_per_node,
+        gpu_type=spec.resources.gpu_type,
+        gpu_memory_gib=spec.resources.gpu_memory_gib,
     )
+
+
+def unsaved_job(
+    *,
+    name: str,
+    kind: str,
+    spec: dict[str, Any],
+    derived: dict[str, Any],
+    plan: dict[str, Any] | None,
+    job_id: int = REVIEW_JOB_ID,
+) -> Job:
+    """A job row as submit stores it, never added to a session (by default under the placeholder id).
+
+    The review and submit's launch check render through it, so they read the spec back exactly
+    as the controller will from the stored row.
+    """
+    return Job(
+        id=job_id,
+        name=name,
+        kind=kind,
+        spec_document=spec,
+        spec_version=SPEC_VERSION,
+        derived=derived,
+        plan=plan,
+    )
+
+
+def unsaved_attempt(number: int = 0) -> Attempt:
+    """An attempt as a launch opens it (no skipped data, the schedule's own LR), not stored."""
+    return Attempt(number=number, skip_ranges=[], lr_scale=1.0)
 
 
 def render_for_backend(workload: Workload | TokenizerWorkload, settings: Settings) -> None:
@@ -96,27 +114,15 @@ def render_problems(
     *,
     job_name: str,
     kind: str,
-    spec: Mapping[str, Any],
-    derived: Mapping[str, Any],
-    plan: Mapping[str, Any] | None,
+    spec: dict[str, Any],
+    derived: dict[str, Any],
+    plan: dict[str, Any] | None,
     settings: Settings,
 ) -> list[Problem]:
     """Why attempt 0 of a validated spec could not be launched on this service; [] if it can."""
+    job = unsaved_job(name=job_name, kind=kind, spec=spec, derived=derived, plan=plan)
     try:
-        workload = build_workload(
-            job_id=REVIEW_JOB_ID,
-            job_name=job_name,
-            kind=kind,
-            spec=spec,
-            derived=derived,
-            plan=plan,
-            attempt=0,
-            resume_from=None,
-            skip_ranges=[],
-            lr_scale=1.0,
-            ingest_token=REVIEW_TOKEN,
-            settings=settings,
-        )
+        workload = build_workload(job, unsaved_attempt(), settings, ingest_token=REVIEW_TOKEN)
         render_for_backend(workload, settings)
     except ValueError as exc:
         return [Problem(loc=list(getattr(exc, "loc", [])), msg=f"cannot be launched here: {exc}")]

@@ -26,6 +26,16 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from service.jobspec import (
+    SPEC_VERSION,
+    Derivation,
+    load_derivation,
+    load_plan,
+    load_spec,
+)
+from service.planner import Plan
+from service.spec import JobSpec, TokenizerJobSpec, WatchdogSpec
+
 # Stable constraint names so Alembic migrations agree on SQLite and Postgres.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -140,7 +150,12 @@ class Job(Base):
     state: Mapped[str] = mapped_column(String(16), default=JobState.PENDING)
     desired_state: Mapped[str] = mapped_column(String(16), default=DesiredState.RUNNING)
     state_reason: Mapped[str | None] = mapped_column(Text)
-    spec: Mapped[dict[str, Any]]
+    # The stored JSON; readers use the typed `spec` below. Column "spec", as the API shows it.
+    spec_document: Mapped[dict[str, Any]] = mapped_column("spec")
+    # Rows stored before versions were recorded are version 1, what they were written as.
+    spec_version: Mapped[int] = mapped_column(
+        Integer, default=SPEC_VERSION, server_default=text("1")
+    )
     spec_hash: Mapped[str] = mapped_column(String(64))
     derived: Mapped[dict[str, Any]]
     warnings: Mapped[list[Any]]
@@ -156,6 +171,43 @@ class Job(Base):
     attempts: Mapped[list[Attempt]] = relationship(
         back_populates="job", order_by="Attempt.number", cascade="all, delete-orphan"
     )
+
+    @property
+    def spec(self) -> JobSpec | TokenizerJobSpec:
+        """The spec as admission validated it, read from the stored JSON once."""
+        return self._typed("spec", self.spec_document, lambda d: load_spec(d, version=self.spec_version))
+
+    @property
+    def pretrain_spec(self) -> JobSpec:
+        """The spec of a pretraining job; TypeError for a job of another kind."""
+        spec = self.spec
+        if not isinstance(spec, JobSpec):
+            raise TypeError(f"job {self.id} is a {spec.kind} job, not a pretraining job")
+        return spec
+
+    @property
+    def derivation(self) -> Derivation | None:
+        """The resolved model and derived numbers; None for a tokenizer job."""
+        return self._typed("derivation", self.derived, load_derivation)
+
+    @property
+    def memory_plan(self) -> Plan | None:
+        """The plan admission made; None for a tokenizer job."""
+        return self._typed("plan", self.plan, load_plan)
+
+    @property
+    def watchdog(self) -> WatchdogSpec:
+        """The loss watchdog's policy; a tokenizer job, which reports no loss, has the default."""
+        spec = self.spec
+        return spec.watchdog if isinstance(spec, JobSpec) else WatchdogSpec()
+
+    def _typed(self, name: str, document: Any, load: Any) -> Any:
+        # Parsed once per row and document: a refreshed row that got a new document parses anew.
+        cache = self.__dict__.setdefault("_typed_cache", {})
+        held = cache.get(name)
+        if held is None or held[0] is not document:
+            held = cache[name] = (document, load(document))
+        return held[1]
 
     __table_args__ = (
         Index("ix_jobs_state_id", "state", "id"),

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from service.db.models import (
@@ -22,6 +22,7 @@ from service.db.models import (
 )
 from service.db.session import lock_for_write
 from service.errors import NotFound
+from service.jobspec import SPEC_VERSION
 
 T = TypeVar("T")
 
@@ -31,6 +32,30 @@ class Page(Generic[T]):
     items: Sequence[T]
     count: int
     next_cursor: int | None
+
+
+def keyset_page(
+    session: Session,
+    query: Select[tuple[T]],
+    *,
+    key: Any,
+    after: int | None,
+    limit: int,
+    newest_first: bool = False,
+) -> Page[T]:
+    """One page of `query` ordered on the unique `key` column, starting past `after`.
+
+    Keyset, not offset: rows that arrive meanwhile never shift a page. `count` is over all
+    pages; `next_cursor` is the key of the page's last row, or None on the last page.
+    """
+    counting = query.with_only_columns(func.count(), maintain_column_froms=True).order_by(None)
+    count = session.scalar(counting) or 0
+    if after is not None:
+        query = query.where(key < after if newest_first else key > after)
+    ordered = query.order_by(key.desc() if newest_first else key)
+    rows = session.scalars(ordered.limit(limit + 1)).all()
+    next_cursor = getattr(rows[limit - 1], key.key) if len(rows) > limit else None
+    return Page(items=rows[:limit], count=count, next_cursor=next_cursor)
 
 
 def add_job(
@@ -49,7 +74,8 @@ def add_job(
         name=name,
         kind=kind,
         owner=owner,
-        spec=spec,
+        spec_document=spec,
+        spec_version=SPEC_VERSION,
         spec_hash=spec_hash,
         derived=derived,
         warnings=warnings,
@@ -135,13 +161,8 @@ def list_jobs(
         filters.append(Job.owner == owner)
     if name is not None:
         filters.append(Job.name == name)
-    count = session.scalar(select(func.count()).select_from(Job).where(*filters)) or 0
     query = select(Job).where(*filters).options(selectinload(Job.attempts))
-    if cursor is not None:
-        query = query.where(Job.id < cursor)
-    rows = session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)).all()
-    next_cursor = rows[limit - 1].id if len(rows) > limit else None
-    return Page(items=rows[:limit], count=count, next_cursor=next_cursor)
+    return keyset_page(session, query, key=Job.id, after=cursor, limit=limit, newest_first=True)
 
 
 def add_event(
@@ -166,14 +187,8 @@ def list_events(
     session: Session, *, job_id: int, after: int | None = None, limit: int
 ) -> Page[Event]:
     """Oldest first, so a follower can poll with `after` = the last id it saw."""
-    filters = [Event.job_id == job_id]
-    count = session.scalar(select(func.count()).select_from(Event).where(*filters)) or 0
-    query = select(Event).where(*filters)
-    if after is not None:
-        query = query.where(Event.id > after)
-    rows = session.scalars(query.order_by(Event.id).limit(limit + 1)).all()
-    next_cursor = rows[limit - 1].id if len(rows) > limit else None
-    return Page(items=rows[:limit], count=count, next_cursor=next_cursor)
+    query = select(Event).where(Event.job_id == job_id)
+    return keyset_page(session, query, key=Event.id, after=after, limit=limit)
 
 
 def add_token(

@@ -118,7 +118,7 @@ class Watchdog:
     def _policy(self, job: str) -> Policy:
         with self.sessions() as session:
             found = session.get(Job, int(job)) if job.isdigit() else None
-            return Policy.from_spec(found.spec.get("watchdog") if found else None)
+            return Policy.from_spec(found.watchdog) if found else Policy()
 
     def _detector(self, job: str) -> Detector:
         detector = self.detectors.get(job)
@@ -364,7 +364,7 @@ class Watchdog:
         session.flush()
         if verdict.action != "rollback" or rolled_back_by is not None:
             return None
-        if job.spec.get("watchdog", {}).get("rollback", "auto") != "auto":
+        if job.watchdog.rollback != "auto":
             return None  # alert_only: the event is the whole answer
         onset = int(verdict.evidence.get("onset", verdict.step))
         request = RollbackRequest(

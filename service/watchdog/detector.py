@@ -52,6 +52,8 @@ from dataclasses import asdict, dataclass, field, fields
 from itertools import pairwise
 from typing import Any
 
+from service.spec import WatchdogSpec
+
 ALL_CHANNELS = "all"
 LOSS = "loss"
 LOSS_PREFIX = "loss/"
@@ -99,15 +101,19 @@ _NONFINITE_STRINGS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.
 _COUNTERS = ("records", "duplicate", "late", "stale_attempt")
 
 
+_SPEC_DEFAULTS = WatchdogSpec.model_fields
+
+
 @dataclass(frozen=True)
 class Policy:
     """The watchdog's knobs (a JobSpec's `watchdog` section, minus what the detector ignores)."""
 
-    spike_threshold: float = 0.15
+    # The knobs a JobSpec sets take their defaults from WatchdogSpec, where they are declared.
+    spike_threshold: float = _SPEC_DEFAULTS["spike_threshold"].default
     """Relative rise over the recent trend that counts as a spike."""
-    drop_threshold: float = 0.25
+    drop_threshold: float = _SPEC_DEFAULTS["drop_threshold"].default
     """Relative fall under the recent trend that counts as a drop."""
-    recover_window_steps: int = 20
+    recover_window_steps: int = _SPEC_DEFAULTS["recover_window_steps"].default
     """Steps a spike may take to come back before it is a divergence."""
     recover_tolerance: float = 0.05
     """How close to the trend (relative) a spike must come back to count as recovered."""

@@ -79,7 +79,7 @@ def roll_back(
         raise Conflict(f"job {job_id} is already {job.state}")
     if request.expected_attempt is not None:
         _check_not_raced(job, request.expected_attempt)
-    policy = WatchdogSpec.model_validate(job.spec.get("watchdog") or {})
+    policy = job.watchdog
     newest_step = max((c.step for c in repo.list_checkpoints(session, job_id=job_id)), default=0)
     onset_step = request.onset_step if request.onset_step is not None else newest_step
     if _recent_rollbacks(session, job, onset_step, policy) >= policy.max_rollbacks:

@@ -260,7 +260,7 @@ class ChaosDeployment:
 
 def replay_verdicts(session: Session, job: Job) -> list[tuple[int, str, str, int]]:
     """The verdicts a fresh detector gives on the job's stored records, in (attempt, step) order."""
-    policy = Policy.from_spec(job.spec.get("watchdog"))
+    policy = Policy.from_spec(job.watchdog)
     detector = Detector(lambda _job: policy)
     records, _ = history.stored_records(session, job_id=job.id, since=None, limit=10**9)
     return [(v.attempt, v.kind, v.channel, v.step) for r in records for v in detector.observe(r)]

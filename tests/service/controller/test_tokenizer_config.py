@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 
 from service.controller.tokenizer_config import render_tokenizer_config, tokenizer_output_dir
+from service.controller.workload import unsaved_job
+from service.db.models import Job
 from service.spec import EMBEDDED_CORPORA, TokenizerOptionsSpec, validate_spec
 from tests.service.controller.test_trainer_config import make_settings
 from trainer.tokenizer.job import COMMON_KEYS, EXPAND_KEYS, TRAIN_KEYS
@@ -24,12 +26,15 @@ def tokenizer_spec(**changes: Any) -> dict[str, Any]:
 
 
 def render(raw: dict[str, Any], job_id: int = 42) -> dict[str, Any]:
+    return render_tokenizer_config(stored(raw, job_id=job_id), make_settings())
+
+
+def stored(raw: dict[str, Any], *, job_id: int = 42) -> Job:
+    """The job row submit stores for a tokenizer spec (not added to a session)."""
     spec = validate_spec(raw).spec
-    return render_tokenizer_config(
-        job_id=job_id,
-        job_name=spec.name,
-        spec=spec.model_dump(mode="json"),
-        settings=make_settings(),
+    document = spec.model_dump(mode="json")
+    return unsaved_job(
+        name=spec.name, kind=spec.kind, spec=document, derived={}, plan=None, job_id=job_id
     )
 
 
@@ -88,7 +93,9 @@ def test_the_spec_knows_the_trainers_embedded_corpora():
 
 
 def test_a_stored_job_without_corpora_is_an_error_not_a_crash():
+    job = unsaved_job(
+        name="x", kind="tokenizer", spec={"name": "x", "kind": "tokenizer", "mode": "train"},
+        derived={}, plan=None,
+    )
     with pytest.raises(ValueError, match="corpora"):
-        render_tokenizer_config(
-            job_id=1, job_name="x", spec={"mode": "train"}, settings=make_settings()
-        )
+        render_tokenizer_config(job, make_settings())

@@ -16,6 +16,8 @@ from service.controller.manifests import (
     render_tokenizer_manifests,
 )
 from service.controller.tokenizer_config import render_tokenizer_config
+from service.controller.workload import unsaved_job
+from service.db.models import Job
 from service.settings import Settings
 from tests.service.controller.test_manifests import (
     FULL_SETTINGS,
@@ -34,14 +36,16 @@ SPEC = {
 }
 
 
+def stored_tokenizer_job() -> Job:
+    return unsaved_job(name=SPEC["name"], kind="tokenizer", spec=SPEC, derived={}, plan=None, job_id=42)
+
+
 def workload(settings: Settings, *, attempt: int = 0, token: str | None = TOKEN) -> TokenizerWorkload:
     return TokenizerWorkload(
         job_id=42,
         job_name=SPEC["name"],
         attempt=attempt,
-        tokenizer_config=render_tokenizer_config(
-            job_id=42, job_name=SPEC["name"], spec=SPEC, settings=settings
-        ),
+        tokenizer_config=render_tokenizer_config(stored_tokenizer_job(), settings),
         ingest_token=token,
         ingest_url=settings.ingest_url,
         cpu=SPEC["resources"]["cpu"],

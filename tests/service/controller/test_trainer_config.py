@@ -13,6 +13,8 @@ import pytest
 
 from service.controller import trainer_config
 from service.controller.trainer_config import render_trainer_config
+from service.controller.workload import unsaved_job
+from service.db.models import Attempt
 from service.planner import plan_job
 from service.settings import Settings
 from service.spec import PRETRAIN_KIND, parse_spec_text, validate_spec
@@ -71,18 +73,36 @@ def render(
     with_plan: bool = True,
 ) -> dict[str, Any]:
     job = stored_job(raw)
-    return render_trainer_config(
+    if not with_plan:
+        job["plan"] = None
+    return render_stored(
+        job,
         job_id=job_id,
-        job_name=job["spec"]["name"],
-        spec=job["spec"],
-        derived=job["derived"],
-        plan=job["plan"] if with_plan else None,
         attempt=attempt,
         resume_from=resume_from,
         skip_ranges=skip_ranges or [],
         lr_scale=lr_scale,
-        ingest_token=token,
-        settings=settings or make_settings(),
+        token=token,
+        settings=settings,
+    )
+
+
+def render_stored(
+    job: dict[str, Any],
+    *,
+    job_id: int = 1,
+    attempt: int = 0,
+    resume_from: str | None = None,
+    skip_ranges: list[list[int]] | None = None,
+    lr_scale: float = 1.0,
+    token: str | None = None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """The config of one attempt of a job row holding these documents (never stored)."""
+    row = unsaved_job(name=job["spec"]["name"], kind="pretrain", job_id=job_id, **job)
+    number = Attempt(number=attempt, skip_ranges=skip_ranges or [], lr_scale=lr_scale)
+    return render_trainer_config(
+        row, number, settings or make_settings(), resume_from=resume_from, ingest_token=token
     )
 
 
@@ -310,38 +330,20 @@ def test_stages_that_disagree_with_the_derived_plan_are_refused():
     derived = copy.deepcopy(job["derived"])
     derived["stages"].pop()
     with pytest.raises(ValueError, match="derived stages"):
-        render_trainer_config(
-            job_id=1,
-            job_name="tiny-cpu",
-            spec=job["spec"],
-            derived=derived,
-            plan=job["plan"],
-            attempt=0,
-            resume_from=None,
-            skip_ranges=[],
-            lr_scale=1.0,
-            ingest_token=None,
-            settings=make_settings(),
-        )
+        render_stored(job | {"derived": derived})
 
 
-def test_a_stored_job_missing_a_section_is_a_value_error():
+def test_a_stored_job_missing_a_required_section_is_a_value_error():
     job = stored_job(load_example(TINY))
-    del job["spec"]["eval"]
-    with pytest.raises(ValueError, match="'eval'"):
-        render_trainer_config(
-            job_id=1,
-            job_name="tiny-cpu",
-            spec=job["spec"],
-            derived=job["derived"],
-            plan=job["plan"],
-            attempt=0,
-            resume_from=None,
-            skip_ranges=[],
-            lr_scale=1.0,
-            ingest_token=None,
-            settings=make_settings(),
-        )
+    del job["spec"]["batch"]
+    with pytest.raises(ValueError, match="batch"):
+        render_stored(job)
+
+
+def test_a_stored_job_missing_a_section_with_defaults_renders_the_models_defaults():
+    job = stored_job(load_example(TINY))
+    del job["spec"]["eval"]  # stored before the section existed
+    assert render_stored(job)["eval"] == {"interval_steps": 1000, "samples_per_channel": 200}
 
 
 def test_fault_injection_reaches_the_trainer_as_corrupt_batch_ranges():
@@ -361,9 +363,5 @@ def test_the_specs_skip_step_guard_reaches_the_trainer_and_an_older_stored_spec_
     job = stored_job(load_example(TINY))
     for field in ("skip_grad_norm_zscore", "max_nonfinite_steps"):
         del job["spec"]["watchdog"][field]  # stored before the fields existed
-    older = render_trainer_config(
-        job_id=1, job_name="tiny-cpu", spec=job["spec"], derived=job["derived"], plan=job["plan"],
-        attempt=0, resume_from=None, skip_ranges=[], lr_scale=1.0, ingest_token=TOKEN,
-        settings=make_settings(),
-    )["train"]
+    older = render_stored(job, token=TOKEN)["train"]
     assert (older["skip_grad_norm_zscore"], older["max_nonfinite_steps"]) == (6.0, 3)

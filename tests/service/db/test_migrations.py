@@ -136,3 +136,21 @@ def test_0004_scopes_tokens_to_attempts_and_downgrading_keeps_the_rows(empty_dat
     assert "attempt" not in _columns(empty_database, "api_tokens")
     assert "outcome" not in _columns(empty_database, "attempts")
     assert _execute(empty_database, "SELECT name FROM api_tokens") == "alice"
+
+
+def test_0006_stores_existing_specs_as_version_1_and_downgrading_keeps_the_jobs(empty_database):
+    settings = Settings(database_url=empty_database)
+    migrate.upgrade(settings, "0005")
+    _execute(
+        empty_database,
+        "INSERT INTO jobs (name, kind, owner, state, desired_state, spec, spec_hash, derived, "
+        "warnings, created_at, updated_at) VALUES ('before', 'pretrain', 'alice', 'succeeded', "
+        "'running', '{}', 'h', '{}', '[]', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    )
+
+    migrate.upgrade(settings, "0006")
+    assert _execute(empty_database, "SELECT spec_version FROM jobs WHERE name = 'before'") == 1
+
+    migrate.downgrade(settings, "0005")
+    assert "spec_version" not in _job_columns(empty_database)
+    assert _execute(empty_database, "SELECT name FROM jobs") == "before"
