@@ -20,6 +20,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
+COPY pretrainctl ./pretrainctl
 COPY trainer_image/trainer ./trainer_image/trainer
 # `.` is this checkout, without extras; its dependencies are the ranges pyproject.toml sets.
 RUN python -m venv /opt/venv \

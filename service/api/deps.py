@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from service.db.session import get_sessionmaker
 from service.settings import Settings
+from service.tasks import Notifier
 
 # Ids are database bigints; a larger number cannot name anything and must not reach the driver.
 MAX_ID = 2**63 - 1
@@ -28,3 +29,18 @@ def get_session(settings: SettingsDep) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_notifier(request: Request) -> Notifier:
+    return request.app.state.notifier
+
+
+NotifierDep = Annotated[Notifier, Depends(get_notifier)]
+
+
+def get_backend(request: Request) -> Any:
+    """The backend whose workloads' logs the API serves; None where it cannot read them."""
+    return request.app.state.backend
+
+
+BackendDep = Annotated[Any, Depends(get_backend)]
