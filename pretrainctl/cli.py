@@ -309,10 +309,14 @@ def checkpoints(ctx: click.Context, job_id: int, as_json: bool) -> None:
 @cli.command()
 @click.argument("job_id", type=int)
 @click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line: {event}, {step, metrics}, then {job, state}.")
 @click.pass_context
-def follow(ctx: click.Context, job_id: int, interval: float) -> None:
+def follow(ctx: click.Context, job_id: int, interval: float, as_json: bool) -> None:
     """Follow a job live: per-channel loss as steps land, and every event, until it ends."""
     import time
+
+    def say(line: dict[str, Any], human: str) -> None:
+        click.echo(json.dumps(line, sort_keys=True) if as_json else human)
 
     after_event, next_step = None, 0
     with api(ctx) as client:
@@ -322,7 +326,7 @@ def follow(ctx: click.Context, job_id: int, interval: float) -> None:
                 after_event = event["id"]
                 attempt = f"a{event['attempt']}" if event["attempt"] is not None else "-"
                 why = f": {event['reason']}" if event["reason"] else ""
-                click.echo(f"  event  {attempt:<4} {event['kind']}{why}")
+                say({"event": event}, f"  event  {attempt:<4} {event['kind']}{why}")
             points = client.metrics(job_id, min_step=next_step, attempt=job["attempts"][-1]["number"])
             by_step: dict[int, dict[str, Any]] = {}
             for point in points:
@@ -334,10 +338,11 @@ def follow(ctx: click.Context, job_id: int, interval: float) -> None:
                 channels = "  ".join(
                     f"{name.split('/', 1)[1]} {_number(v)}" for name, v in sorted(values.items()) if name.startswith("loss/")
                 )
-                click.echo(f"step {step:>6}  loss {_number(values['loss'])}  {channels}  lr {_number(values.get('lr'), '.2e')}")
+                say({"step": step, "metrics": values}, f"step {step:>6}  loss {_number(values['loss'])}  {channels}  lr {_number(values.get('lr'), '.2e')}")
                 next_step = step + 1
-            if job["state"] in ("succeeded", "failed", "cancelled", "paused"):
-                click.echo(f"job {job_id} {job['state']}" + (f": {job['state_reason']}" if job["state_reason"] else ""))
+            if job["state"] in (*FINISHED_STATES, "paused"):
+                reason = f": {job['state_reason']}" if job["state_reason"] else ""
+                say({"job": job_id, "state": job["state"], "reason": job["state_reason"]}, f"job {job_id} {job['state']}{reason}")
                 sys.exit(0 if job["state"] == "succeeded" else 1)
             time.sleep(interval)
 
@@ -368,8 +373,9 @@ def demo(out_dir: str, spec_path: str | None, baseline: bool, timeout_s: float) 
 @click.argument("job_id", type=int)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Default: job-<id>-report.html.")
 @click.option("--baseline", "baseline_id", type=int, default=None, help="Another job to draw beside it (grey, dashed).")
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def report(ctx: click.Context, job_id: int, out_path: str | None, baseline_id: int | None) -> None:
+def report(ctx: click.Context, job_id: int, out_path: str | None, baseline_id: int | None, as_json: bool) -> None:
     """Write a job's report: loss per channel across attempts, eval PPL, events, plan (HTML)."""
     from pretrainctl import run_report
 
@@ -378,7 +384,7 @@ def report(ctx: click.Context, job_id: int, out_path: str | None, baseline_id: i
         baseline = run_report.collect(client, baseline_id) if baseline_id is not None else None
     path = Path(out_path or f"job-{job_id}-report.html")
     path.write_text(run_report.render_html(run, baseline=baseline))
-    click.echo(str(path))
+    print_data({"job": job_id, "path": str(path)}, as_json, lambda r: click.echo(r["path"]))
 
 
 def _number(value: Any, spec: str = ".3f") -> str:

@@ -126,14 +126,18 @@ def db_downgrade(revision: str) -> None:
 
 
 @db.command("current")
-def db_current() -> None:
+@click.option("--json", "as_json", is_flag=True)
+def db_current(as_json: bool) -> None:
     """Print the schema revision the database is at."""
     from service.db import migrate
     from service.db.session import make_engine
 
     with _configured() as settings:
-        current = migrate.current_revision(make_engine(settings.resolved_database_url))
-        click.echo(f"{current or 'empty'} (head {migrate.head_revision(settings)})")
+        revisions = {
+            "current": migrate.current_revision(make_engine(settings.resolved_database_url)),
+            "head": migrate.head_revision(settings),
+        }
+    print_data(revisions, as_json, lambda r: click.echo(f"{r['current'] or 'empty'} (head {r['head']})"))
 
 
 @click.command("replay")

@@ -193,6 +193,8 @@ def test_db_downgrade_to_base_empties_the_schema(tmp_path):
     assert pretrainctl("db", "downgrade", "base", cwd=tmp_path, env=env).returncode == 0
     current = pretrainctl("db", "current", cwd=tmp_path, env=env)
     assert current.stdout.startswith("empty")
+    as_json = pretrainctl("db", "current", "--json", cwd=tmp_path, env=env)
+    assert json.loads(as_json.stdout) == {"current": None, "head": head_revision(Settings())}
 
 
 def test_plan_prints_the_documented_json_without_a_server(tmp_path):
@@ -316,6 +318,11 @@ def test_an_oncall_pauses_resumes_reads_logs_and_follows_events(embedded_server)
 
         first_attempt = pretrainctl("logs", job_id, "--attempt", "0", "--tail", "5", cwd=cwd, env=env)
         assert first_attempt.returncode == 0, first_attempt.stderr
+
+        ended = pretrainctl("follow", job_id, "--json", cwd=cwd, env=env)
+        lines = [json.loads(line) for line in ended.stdout.splitlines()]
+        assert ended.returncode == 1 and lines[-1] == {"job": job["id"], "state": "cancelled", "reason": lines[-1]["reason"]}
+        assert [line["event"]["kind"] for line in lines if "event" in line][: len(kinds)] == kinds
     finally:  # never leave a trainer running past the test (a second cancel is a harmless 409)
         pretrainctl("cancel", job_id, cwd=cwd, env=env)
 
