@@ -70,7 +70,7 @@ def embedded_api(settings: Settings) -> FastAPI:
         finally:
             stop.set()
 
-    app = create_app(settings, notifier=notifier, backend=backend, lifespan=run_controller)
+    app = create_app(settings, notifier=notifier, log_reader=backend, lifespan=run_controller)
     app.state.controller = loop
     return app
 

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__, tasks
 from service.api.routes import checkpoints, health, jobs, logs, metrics, plan, rollbacks, tokens
+from service.controller.backends import LogReader
 from service.db.migrate import head_revision
 from service.errors import ServiceError
 from service.settings import Settings, get_settings
@@ -89,12 +90,12 @@ def create_app(
     settings: Settings | None = None,
     *,
     notifier: tasks.Notifier | None = None,
-    backend: Any = None,
+    log_reader: LogReader | None = None,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
 ) -> FastAPI:
     """The API on `settings`; `service.main` passes the parts a process shares with it.
 
-    `notifier` hears of every change (default: Celery with Redis, nobody without); `backend`
+    `notifier` hears of every change (default: Celery with Redis, nobody without); `log_reader`
     serves trainer logs (default: the local backend's folders, none on Kubernetes).
     """
     settings = settings or get_settings()
@@ -106,7 +107,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.notifier = notifier or tasks.notifier_for(settings)
-    app.state.backend = backend if backend is not None else _logs_backend(settings)
+    app.state.log_reader = log_reader if log_reader is not None else _log_reader(settings)
     app.state.admin_token_hash = _admin_token_hash(settings)
     app.state.schema_head = head_revision(settings)
 
@@ -135,7 +136,7 @@ def create_app(
     return app
 
 
-def _logs_backend(settings: Settings) -> Any:
+def _log_reader(settings: Settings) -> LogReader | None:
     """The local backend reads its workloads' folders; the API holds no cluster credentials."""
     if settings.backend != "local":
         return None

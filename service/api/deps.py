@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from service.controller.backends import LogReader
 from service.db.session import get_sessionmaker
 from service.settings import Settings
 from service.tasks import Notifier
@@ -38,9 +39,9 @@ def get_notifier(request: Request) -> Notifier:
 NotifierDep = Annotated[Notifier, Depends(get_notifier)]
 
 
-def get_backend(request: Request) -> Any:
+def get_log_reader(request: Request) -> LogReader | None:
     """The backend whose workloads' logs the API serves; None where it cannot read them."""
-    return request.app.state.backend
+    return request.app.state.log_reader
 
 
-BackendDep = Annotated[Any, Depends(get_backend)]
+LogReaderDep = Annotated[LogReader | None, Depends(get_log_reader)]

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 
 from service.api.auth import ViewerDep
-from service.api.deps import MAX_ID, BackendDep, SessionDep, SettingsDep
+from service.api.deps import MAX_ID, LogReaderDep, SessionDep, SettingsDep
 from service.api.routes.jobs import JobId
 from service.api.schemas import LogsPublic
 from service.db import repo
@@ -28,7 +28,7 @@ def read_logs(
     job_id: JobId,
     session: SessionDep,
     settings: SettingsDep,
-    backend: BackendDep,
+    backend: LogReaderDep,
     _: ViewerDep,
     attempt: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Attempt number; default the current one.")] = None,
     tail: Annotated[int | None, Query(ge=1, le=1_000_000, description="Only the last this many lines.")] = None,
