@@ -33,7 +33,7 @@ demo: setup
 	@bash scripts/demo.sh
 
 # Every bench/*.py in turn (bench/run_all.py), echoed live; their headline figures, one table, go
-# to bench/RESULTS.md (committed, quoted by the README), written even when a benchmark fails.
+# to bench/RESULTS.md (committed, quoted by docs/benchmarks.md), written even when a benchmark fails.
 # BENCH_ARGS passes options, e.g. make bench BENCH_ARGS="--only plan --quick".
 bench: setup
 	@bash .ci/ensure-binaries
@@ -50,7 +50,7 @@ chaos: setup
 dashboards: setup
 	$(PY) scripts/dashboards.py
 
-# The README's configuration table, from service/settings.py; tests/test_project.py checks it.
+# docs/configuration.md's settings table, from service/settings.py; tests/test_project.py checks it.
 docs: setup
 	$(PY) scripts/settings_table.py
 

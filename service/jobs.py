@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service import attempts, tokens
+from service.admission import OverMemory, admit
 from service.controller.workload import render_problems
 from service.db import repo
 from service.db.models import (
@@ -23,9 +24,8 @@ from service.db.models import (
     utcnow,
 )
 from service.errors import Conflict, Forbidden
-from service.planner import memory_problems, plan_job
 from service.settings import Settings
-from service.spec import TOKENIZER_KIND, SpecInvalid, ValidatedTokenizerSpec, validate_spec
+from service.spec import TOKENIZER_KIND, SpecInvalid
 from service.tokens import Principal
 
 
@@ -38,30 +38,17 @@ def spec_hash(spec: dict[str, Any]) -> str:
 def submit_job(
     session: Session, *, raw: dict[str, Any], principal: Principal, settings: Settings | None = None
 ) -> Job:
-    """Validate a spec and store the job with a pending attempt 0; nothing is written if invalid.
+    """Admit a spec (`admission.admit`) and store the job with a pending attempt 0, or nothing.
 
     With `settings` (the API always passes its own), attempt 0 is rendered once for the installed
     backend, by the builder the controller launches with: a spec that validates but could not
     be launched here is refused now, naming the field, instead of failing at launch.
     """
-    validated = validate_spec(raw)
-    if isinstance(validated, ValidatedTokenizerSpec):
-        # A tokenizer job runs on one CPU machine: nothing to derive or plan.
-        derived: dict[str, Any] = {}
-        warnings = [w.model_dump(mode="json") for w in validated.warnings]
-        plan_document = None
-    else:
-        plan = plan_job(validated)
-        if problems := memory_problems(validated, plan):
-            raise SpecInvalid(problems)
-        derived = {
-            "model": validated.model.model_dump(mode="json"),
-            **validated.derived.model_dump(mode="json"),
-        }
-        warnings = [w.model_dump(mode="json") for w in validated.warnings] + [
-            {"loc": ["plan"], "msg": w, "type": "warning"} for w in plan.warnings
-        ]
-        plan_document = plan.model_dump(mode="json")
+    admission = admit(raw, over_memory=OverMemory.REFUSE)
+    validated = admission.validated
+    derived = admission.derived_document
+    warnings = [w.model_dump(mode="json") for w in admission.warnings]
+    plan_document = admission.plan_document
     spec = validated.spec.model_dump(mode="json")
     name = validated.spec.name
     if settings is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +97,7 @@ def test_only_settings_reads_the_environment():
     assert readers == []
 
 
-def test_the_readme_settings_table_is_generated_from_settings():
+def test_the_configuration_table_is_generated_from_settings():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("settings_table", ROOT / "scripts" / "settings_table.py")
@@ -103,6 +105,35 @@ def test_the_readme_settings_table_is_generated_from_settings():
     spec.loader.exec_module(table)
     from service.settings import Settings
 
-    readme = (ROOT / "README.md").read_text()
-    assert table.render() in readme, "README's settings table is stale: run python scripts/settings_table.py"
+    configuration = (ROOT / "docs" / "configuration.md").read_text()
+    assert table.render() in configuration, "docs/configuration.md is stale: run python scripts/settings_table.py"
     assert all(f"`PRETRAIN_{name.upper()}`" in table.render() for name in Settings.model_fields)
+
+
+def test_nothing_in_the_repository_reads_outside_it():
+    """A clone stands alone: no tracked file points at a folder beside the checkout."""
+    # Spelled in two pieces so this file does not find itself.
+    beside = ".." + "/shared"
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True
+    ).stdout.decode().split("\0")
+    assert len(tracked) > 100, "git ls-files listed almost nothing: not a checkout?"
+    readers = [
+        name
+        for name in tracked
+        if name and (ROOT / name).is_file() and beside.encode() in (ROOT / name).read_bytes()
+    ]
+    assert readers == []
+
+
+def test_every_link_in_the_readme_and_docs_resolves():
+    """A moved or renamed file breaks the page that links to it here, not in a reader's browser."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert len(pages) > 5, "docs/ is missing"
+    broken = [
+        f"{page.relative_to(ROOT)}: {target}"
+        for page in pages
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text())
+        if "://" not in target and not (page.parent / target).exists()
+    ]
+    assert broken == []

@@ -38,11 +38,11 @@ from kubeflow.training import (
 )
 from kubernetes import client as k8s
 
+from service.admission import OverMemory, admit
 from service.controller.tokenizer_config import render_tokenizer_config
 from service.controller.trainer_config import render_trainer_config
-from service.planner import memory_problems, plan_job
 from service.settings import Settings
-from service.spec import SpecInvalid, ValidatedTokenizerSpec, parse_spec_text, validate_spec
+from service.spec import ValidatedTokenizerSpec, parse_spec_text
 
 PYTORCHJOB_API_VERSION = "kubeflow.org/v1"
 PYTORCHJOB_KIND = "PyTorchJob"
@@ -600,27 +600,23 @@ def render_for_review(
 ) -> str:
     """The manifests a spec would launch, as multi-document YAML (`pretrainctl render`).
 
-    The spec is checked as a submission is (SpecInvalid lists every problem); the job id is a
-    placeholder 0 and the token a placeholder string, both decided only at launch. The
-    manifests are the kubernetes backend's, even when `settings` are for the local one.
+    The spec is admitted as a submission is, by `admit` (SpecInvalid lists every problem);
+    the job id is a placeholder 0 and the token a placeholder string, both decided only at
+    launch. The manifests are the kubernetes backend's, even when `settings` are for the
+    local one.
     """
     settings = _as_kubernetes(settings)
-    validated = validate_spec(parse_spec_text(spec_text))
+    admission = admit(parse_spec_text(spec_text), over_memory=OverMemory.REFUSE)
+    validated = admission.validated
     if isinstance(validated, ValidatedTokenizerSpec):
         return _tokenizer_for_review(validated, attempt, settings)
-    plan = plan_job(validated)
-    if problems := memory_problems(validated, plan):
-        raise SpecInvalid(problems)
     spec = validated.spec
     trainer_config = render_trainer_config(
         job_id=REVIEW_JOB_ID,
         job_name=spec.name,
         spec=spec.model_dump(mode="json"),
-        derived={
-            "model": validated.model.model_dump(mode="json"),
-            **validated.derived.model_dump(mode="json"),
-        },
-        plan=plan.model_dump(mode="json"),
+        derived=admission.derived_document,
+        plan=admission.plan_document,
         attempt=attempt,
         resume_from=resume_from,
         skip_ranges=[],

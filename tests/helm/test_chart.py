@@ -259,7 +259,7 @@ def test_notes_warn_when_checkpoints_have_no_volume(renders: dict[str, Rendered]
     assert "jobs.checkpointPvc is empty" not in renders["external"].notes
 
 
-# --------------------------------------------------------------------------- README
+# --------------------------------------------------------------------------- docs/install.md
 
 
 def merge(into: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -271,9 +271,8 @@ def merge(into: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return into
 
 
-def test_readme_install_line_renders_and_names_objects_the_chart_creates() -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Install on a cluster", 1)[1].split("\n## ", 1)[0]
+def test_the_documented_install_line_renders_and_names_objects_the_chart_creates() -> None:
+    section = (ROOT / "docs" / "install.md").read_text()
     [command] = re.findall(r"^helm install (?:.*\\\n)*.*$", section, flags=re.M)
     words = shlex.split(command.replace("\\\n", " "))
     release, chart = words[2], words[3]

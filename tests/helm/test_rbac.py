@@ -1,5 +1,9 @@
 """The Role grants exactly what the Kubernetes backend calls, read from its source, and nothing
-cluster-wide: a new API call in the backend fails here until the chart grants it."""
+cluster-wide: a new API call in the backend fails here until the chart grants it.
+
+Workloads of every kind go through `CustomObjectsApi`, by their row of the backend's kinds
+table: a custom-object verb the backend names is needed on every row's resource, `watch` on
+the rows the informer watches."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import pytest
 
 from tests.helm.chart import ROOT, Rendered, pod_spec, render
 
-BACKEND = ROOT / "service" / "controller" / "backends" / "kubernetes.py"
+BACKEND = ROOT / "service" / "controller" / "backends" / "kubernetes"
 MANIFESTS = ROOT / "service" / "controller" / "manifests.py"
 # The client's method names: <action>_namespaced_<kind>[_with_http_info].
 CLIENT_METHOD = re.compile(
@@ -29,15 +33,13 @@ VERB = {
 }
 SUBRESOURCES = ("log", "status", "scale", "eviction", "binding")
 # The API classes the mapping above understands.
-UNDERSTOOD_APIS = {"ApiClient", "BatchV1Api", "CoreV1Api", "CustomObjectsApi"}
-# API groups of the typed kinds the backend names that are not in the core group.
-GROUP_OF_KIND = {"job": "batch"}
+UNDERSTOOD_APIS = {"ApiClient", "CoreV1Api", "CustomObjectsApi"}
 
 Rule = tuple[str, str, str]  # (apiGroup, resource, verb)
 
 
 def module_strings(tree: ast.Module) -> dict[str, str]:
-    """Module-level NAME = "string" constants (GROUP, PLURAL, ...)."""
+    """Module-level NAME = "string" constants (PYTORCHJOB_KIND, ...)."""
     return {
         target.id: node.value.value
         for node in tree.body
@@ -49,53 +51,63 @@ def module_strings(tree: ast.Module) -> dict[str, str]:
     }
 
 
-def resource_of(kind: str, constants: dict[str, str]) -> tuple[str, str]:
-    """(apiGroup, resource) that a client method's kind names."""
+def backend_sources() -> list[ast.Module]:
+    return [ast.parse(path.read_text(), filename=str(path)) for path in sorted(BACKEND.glob("*.py"))]
+
+
+def resources_of(kind: str, *, watched_only: bool = False) -> set[tuple[str, str]]:
+    """(apiGroup, resource) pairs that a client method's kind names."""
+    from service.controller.backends.kubernetes.kinds import WORKLOAD_KINDS
+
     if kind == "custom_object":
-        return constants["GROUP"], constants["PLURAL"]
+        rows = [row for row in WORKLOAD_KINDS.values() if row.watched or not watched_only]
+        return {(row.group, row.plural) for row in rows}
     for sub in SUBRESOURCES:
         if kind.endswith("_" + sub):
-            group, base = resource_of(kind.removesuffix("_" + sub), constants)
-            return group, f"{base}/{sub}"
-    return GROUP_OF_KIND.get(kind, ""), kind.replace("_", "") + "s"
+            return {
+                (group, f"{base}/{sub}")
+                for group, base in resources_of(kind.removesuffix("_" + sub), watched_only=watched_only)
+            }
+    return {("", kind.replace("_", "") + "s")}
 
 
 def rules_the_backend_needs() -> set[Rule]:
-    tree = ast.parse(BACKEND.read_text(), filename=str(BACKEND))
-    constants = module_strings(tree)
+    from service.controller.backends.kubernetes.kinds import WORKLOAD_KINDS
+
     needed: set[Rule] = set()
-    # Every client method the module names, called or passed around (the delete loop).
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and (match := CLIENT_METHOD.match(node.attr)):
-            action, kind = match.group(1), match.group(2)
-            needed.add((*resource_of(kind, constants), VERB[action]))
-    # A function that runs a `watch.Watch().stream(...)` watches what it lists.
-    for function in ast.walk(tree):
-        if not isinstance(function, ast.FunctionDef):
-            continue
-        streams = any(
-            isinstance(n, ast.Call)
-            and isinstance(n.func, ast.Attribute)
-            and n.func.attr == "stream"
-            for n in ast.walk(function)
-        )
-        if streams:
-            for n in ast.walk(function):
-                if (
-                    isinstance(n, ast.Attribute)
-                    and (match := CLIENT_METHOD.match(n.attr))
-                    and match.group(1) == "list"
-                ):
-                    needed.add((*resource_of(match.group(2), constants), "watch"))
+    for tree in backend_sources():
+        # Every client method the package names, called or held in the kinds table.
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and (match := CLIENT_METHOD.match(node.attr)):
+                action, kind = match.group(1), match.group(2)
+                needed |= {(*resource, VERB[action]) for resource in resources_of(kind)}
+        # A function that runs a `watch.Watch().stream(...)` watches what it lists.
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.FunctionDef):
+                continue
+            streams = any(
+                isinstance(n, ast.Call)
+                and isinstance(n.func, ast.Attribute)
+                and n.func.attr == "stream"
+                for n in ast.walk(function)
+            )
+            if streams:
+                for n in ast.walk(function):
+                    if (
+                        isinstance(n, ast.Attribute)
+                        and (match := CLIENT_METHOD.match(n.attr))
+                        and match.group(1) == "list"
+                    ):
+                        needed |= {
+                            (*resource, "watch")
+                            for resource in resources_of(match.group(2), watched_only=True)
+                        }
     # Owned objects that block their owner's deletion need `update` on the owner's finalizers
     # (the OwnerReferencesPermissionEnforcement admission plugin). manifests.py names each
-    # owner by its kind constant: the PyTorchJob and the tokenizer's batch Job.
+    # owner by its kind constant: a kind of the backend's table.
     manifests = ast.parse(MANIFESTS.read_text(), filename=str(MANIFESTS))
     manifest_constants = module_strings(manifests)
-    owner_resources = {
-        "PYTORCHJOB_KIND": (constants["GROUP"], constants["PLURAL"]),
-        "BATCH_JOB_KIND": ("batch", "jobs"),
-    }
+    owner_resources = {row.kind: (row.group, row.plural) for row in WORKLOAD_KINDS.values()}
     for call in ast.walk(manifests):
         if not (isinstance(call, ast.Call) and getattr(call.func, "attr", None) == "V1OwnerReference"):
             continue
@@ -103,9 +115,8 @@ def rules_the_backend_needs() -> set[Rule]:
         if getattr(keywords.get("block_owner_deletion"), "value", None) is not True:
             continue
         kind = keywords["kind"]
-        assert isinstance(kind, ast.Name) and kind.id in owner_resources, ast.dump(kind)
-        assert kind.id in manifest_constants
-        group, resource = owner_resources[kind.id]
+        assert isinstance(kind, ast.Name) and kind.id in manifest_constants, ast.dump(kind)
+        group, resource = owner_resources[manifest_constants[kind.id]]
         needed.add((group, resource + "/finalizers", "update"))
     return needed
 
@@ -121,9 +132,9 @@ def granted(role: dict) -> set[Rule]:
 
 
 def test_the_backend_uses_only_api_classes_the_derivation_understands() -> None:
-    tree = ast.parse(BACKEND.read_text())
     apis = {
         node.func.attr
+        for tree in backend_sources()
         for node in ast.walk(tree)
         if isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
@@ -148,6 +159,7 @@ def test_the_derivation_finds_the_calls_the_backend_is_known_to_make() -> None:
         ("kubeflow.org", "pytorchjobs/finalizers", "update"),
     } <= needed
     assert ("", "pods/log", "get") not in needed  # the backend reads pod status, never logs
+    assert ("batch", "jobs", "watch") not in needed  # no informer watches tokenizer Jobs
 
 
 def test_role_grants_only_the_verbs_the_backend_calls(default: Rendered) -> None:
@@ -222,4 +234,4 @@ def test_rbac_can_be_left_to_the_installer() -> None:
 def test_backend_source_path_is_the_one_the_controller_loads() -> None:
     from service.controller.backends import kubernetes
 
-    assert Path(kubernetes.__file__).resolve() == BACKEND
+    assert Path(kubernetes.__file__).resolve().parent == BACKEND

@@ -245,7 +245,7 @@ def test_model_state_views_are_16_18_and_20_bytes_per_parameter() -> None:
 # Layout for the recompute modes: TP2, PP2, DP2 with sequence parallelism, micro-batch 1,
 # 32 micro-batches per step (so 1F1B keeps pp micro-batches in flight: factor 1).
 S, B, T, PP = 4096, 1, 2, 2
-# Bytes per token of one layer (see service.planner._layer_activations): 10h kept whole
+# Bytes per token of one layer (see service.planner.memory._layer_activations): 10h kept whole
 # (split too under sequence parallelism), Q/K/V/output-projection inputs and SwiGLU's 8f split.
 KEPT = 10 * H
 SPLIT = 2 * (Q + 2 * KV) + 2 * Q + 8 * FFN

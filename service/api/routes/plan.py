@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
+from service.admission import PlanReport, plan_spec
 from service.api.auth import ViewerDep
 from service.api.routes.jobs import SPEC_BODY
-from service.planning import PlanReport, plan_spec
 from service.spec import parse_spec_text
 
 router = APIRouter(tags=["plan"])

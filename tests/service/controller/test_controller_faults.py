@@ -17,16 +17,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import client
 
 from service import attempts, jobs
-from service.controller.backends.kubernetes import KubernetesBackend
-from service.controller.loop import Controller
-from service.controller.manifests import workload_name
 from service.db import repo
 from service.db.models import Checkpoint, Job, Role
 from service.db.session import get_sessionmaker
@@ -35,54 +30,21 @@ from service.tokens import Principal, authenticate
 from service.watchdog.consumer import Watchdog
 from service.watchdog.detector import Verdict
 from tests.service.checkpoint_dirs import save_and_register
-from tests.service.controller.k8s_emulator import EmulatorHandle, running_emulator
-
-NAMESPACE = "training"
-ALICE = Principal(name="alice", role=Role.SUBMITTER)
-
-
-class Killed(BaseException):
-    """The controller dies here: nothing catches it, nothing after it runs or commits."""
-
-
-@pytest.fixture
-def cluster() -> Iterator[tuple[str, EmulatorHandle]]:
-    with running_emulator(NAMESPACE) as started:
-        yield started
+from tests.service.controller.k8s_emulator import EmulatorHandle
+from tests.service.controller.on_cluster import (
+    ALICE,
+    NAMESPACE,
+    Killed,
+    cluster_settings,
+    make_controller,
+    name_of,
+    stored,
+)
 
 
 @pytest.fixture
 def settings(pg_url, tmp_path) -> Settings:
-    return Settings(
-        database_url=pg_url,
-        backend="kubernetes",
-        namespace=NAMESPACE,
-        state_dir=tmp_path,
-        ingest_url="http://pretrain-api:8000",
-        max_pod_failure_retries=2,
-    )
-
-
-def make_controller(settings: Settings, cluster, *, kill_after: int | None = None) -> Controller:
-    """A freshly started controller; `kill_after` N: it dies once its Nth API request took effect
-    (0: before its first)."""
-    backend = KubernetesBackend(settings, client.Configuration(host=cluster[0]), request_timeout_s=2.0)
-    if kill_after is not None:
-        original = backend._api.call_api
-        done = 0
-
-        def call_api(*args, **kwargs):
-            nonlocal done
-            if kill_after == 0:
-                raise Killed
-            result = original(*args, **kwargs)
-            done += 1
-            if done == kill_after:
-                raise Killed
-            return result
-
-        backend._api.call_api = call_api
-    return Controller(settings, backend, get_sessionmaker(settings.resolved_database_url))
+    return cluster_settings(pg_url, tmp_path)
 
 
 @pytest.fixture
@@ -91,15 +53,6 @@ def job(settings, tiny_spec) -> Job:
     tiny_spec["checkpoint"]["keep_last"] = 10
     with get_sessionmaker(settings.resolved_database_url)() as session:
         return jobs.submit_job(session, raw=tiny_spec, principal=ALICE, settings=settings)
-
-
-def stored(settings, job_id: int) -> Job:
-    with get_sessionmaker(settings.resolved_database_url)() as session:
-        return repo.get_job(session, job_id=job_id)
-
-
-def name_of(job: Job, attempt: int) -> str:
-    return workload_name(job.name, job.id, attempt)
 
 
 def secret_token(k8s: EmulatorHandle, job: Job, attempt: int) -> str:

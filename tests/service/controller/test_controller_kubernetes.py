@@ -9,74 +9,34 @@ and two controllers on one database.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
-from kubernetes import client
 from sqlalchemy import select
 
 from service import ingest, jobs
-from service.controller.backends.kubernetes import KubernetesBackend
 from service.controller.loop import Controller
-from service.controller.manifests import workload_name
-from service.db.models import Attempt, Checkpoint, Event, Job, Role
+from service.db.models import Attempt, Checkpoint, Job
 from service.db.session import get_sessionmaker
 from service.settings import Settings
-from service.tokens import Principal
-from tests.service.controller.k8s_emulator import EmulatorHandle, running_emulator
-
-NAMESPACE = "training"
-ALICE = Principal(name="alice", role=Role.SUBMITTER)
-
-
-@pytest.fixture
-def cluster() -> Iterator[tuple[str, EmulatorHandle]]:
-    with running_emulator(NAMESPACE) as started:
-        yield started
+from tests.service.controller.on_cluster import (
+    ALICE,
+    cluster_settings,
+    event_kinds,
+    make_controller,
+    name_of,
+    stored,
+)
 
 
 @pytest.fixture
 def settings(pg_url, tmp_path) -> Settings:
-    return Settings(
-        database_url=pg_url,
-        backend="kubernetes",
-        namespace=NAMESPACE,
-        state_dir=tmp_path,
-        ingest_url="http://pretrain-api:8000",
-        max_pod_failure_retries=2,
-    )
-
-
-def make_controller(settings: Settings, cluster) -> Controller:
-    backend = KubernetesBackend(settings, client.Configuration(host=cluster[0]), request_timeout_s=2.0)
-    return Controller(settings, backend, get_sessionmaker(settings.resolved_database_url))
-
-
-@pytest.fixture
-def controller(settings, cluster) -> Controller:
-    return make_controller(settings, cluster)
+    return cluster_settings(pg_url, tmp_path)
 
 
 @pytest.fixture
 def job(settings, tiny_spec) -> Job:
     with get_sessionmaker(settings.resolved_database_url)() as session:
         return jobs.submit_job(session, raw=tiny_spec, principal=ALICE)
-
-
-def stored(settings, job_id: int) -> Job:
-    with get_sessionmaker(settings.resolved_database_url)() as session:
-        found = session.get(Job, job_id)
-        found.attempts  # load while the session is open  # noqa: B018
-        return found
-
-
-def event_kinds(settings, job_id: int) -> list[str]:
-    with get_sessionmaker(settings.resolved_database_url)() as session:
-        return list(session.scalars(select(Event.kind).where(Event.job_id == job_id).order_by(Event.id)))
-
-
-def name_of(job: Job, attempt: int) -> str:
-    return workload_name(job.name, job.id, attempt)
 
 
 def test_submit_creates_a_pytorchjob_of_the_right_shape(controller, job, cluster):

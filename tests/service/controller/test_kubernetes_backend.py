@@ -23,7 +23,7 @@ from service.controller.backends.kubernetes import (
 from service.controller.manifests import Workload, render_manifests, workload_labels
 from service.controller.reconcile import Phase
 from service.settings import Settings
-from tests.service.controller.k8s_emulator import EmulatorHandle, running_emulator
+from tests.service.controller.k8s_emulator import EmulatorHandle
 
 NAMESPACE = "training"
 REQUEST_TIMEOUT_S = 0.5
@@ -44,12 +44,6 @@ def workload(job_id: int = 7, attempt: int = 0, nodes: int = 2, name: str = "tin
         gpus_per_node=1,
         gpu_type="cpu",
     )
-
-
-@pytest.fixture
-def cluster() -> Iterator[tuple[str, EmulatorHandle]]:
-    with running_emulator(NAMESPACE) as started:
-        yield started
 
 
 @pytest.fixture

@@ -7,48 +7,22 @@ through `jobs.record_result`. Real Postgres underneath.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from service import jobs
-from service.controller.loop import Controller
 from service.controller.manifests import workload_name
-from service.db.models import Job, Role
+from service.db.models import Job
 from service.db.session import get_sessionmaker
 from service.settings import Settings
-from service.tokens import Principal
-from tests.service.controller.k8s_emulator import EmulatorHandle, running_emulator
-from tests.service.controller.test_controller_kubernetes import event_kinds, make_controller, stored
+from tests.service.controller.on_cluster import ALICE, cluster_settings, event_kinds, stored
 
-NAMESPACE = "training"
-ALICE = Principal(name="alice", role=Role.SUBMITTER)
 STAMP = "2026-01-01T00:00:10Z"
 REPORT = {"layout": {"vocab_size": 1010, "padded_vocab_size": 1024}}
 
 
 @pytest.fixture
-def cluster() -> Iterator[tuple[str, EmulatorHandle]]:
-    with running_emulator(NAMESPACE) as started:
-        yield started
-
-
-@pytest.fixture
 def settings(pg_url, tmp_path) -> Settings:
-    return Settings(
-        database_url=pg_url,
-        backend="kubernetes",
-        namespace=NAMESPACE,
-        state_dir=tmp_path,
-        ingest_url="http://pretrain-api:8000",
-        checkpoint_pvc="checkpoints",
-        max_pod_failure_retries=1,
-    )
-
-
-@pytest.fixture
-def controller(settings, cluster) -> Controller:
-    return make_controller(settings, cluster)
+    return cluster_settings(pg_url, tmp_path, checkpoint_pvc="checkpoints", max_pod_failure_retries=1)
 
 
 @pytest.fixture

@@ -1,0 +1,164 @@
+"""What each job kind runs as in the cluster: one row a kind, walked by one generic backend.
+
+A row says where the workload's API lives (group, version, plural), which builder renders it
+with what it owns from the workload, how its status reads as a phase, how it is deleted,
+whether the informer watches it and which container's termination message carries the
+trainer's outcome lines. What a workload owns (its ConfigMap and Secret) is a row of its own:
+named after the workload, created before it, owned by it and deleted with it.
+
+Adding a kind (say Kubeflow Trainer v2's `TrainJob`) is a builder in `manifests.py` that
+returns `{key: workload, "configmap": ..., "secret": ...}` and names the kind as owner, a phase
+function in `status.py` for its conditions, and a row here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+
+from service.controller.backends.kubernetes.status import batch_job_phase, workload_phase
+from service.controller.manifests import (
+    BATCH_JOB_API_VERSION,
+    BATCH_JOB_KIND,
+    CONTAINER_NAME,
+    PYTORCHJOB_API_VERSION,
+    PYTORCHJOB_KIND,
+    AnyWorkload,
+    TokenizerWorkload,
+    Workload,
+    render_manifests,
+    render_tokenizer_manifests,
+)
+from service.controller.reconcile import Phase
+from service.spec import PRETRAIN_KIND, TOKENIZER_KIND
+
+Render = Callable[..., dict[str, dict[str, Any]]]
+"""`(workload, settings, *, owner_uid=None)`: the workload and what it owns, by manifest key."""
+
+
+@dataclass(frozen=True)
+class OwnedKind:
+    """An object an attempt mounts: named after its workload, owned by it, deleted with it.
+
+    The methods are `CoreV1Api`'s, unbound: the backend calls them with its own client.
+    """
+
+    kind: str
+    key: str  # its key in what the workload's builder renders
+    suffix: str  # its name is the workload's name and this (`manifests.config_map_name`, ...)
+    create: Callable[..., Any]
+    read: Callable[..., Any]
+    patch: Callable[..., Any]
+    delete: Callable[..., Any]
+
+    def name_for(self, workload_name: str) -> str:
+        return workload_name + self.suffix
+
+
+CONFIG_MAP = OwnedKind(
+    "ConfigMap",
+    "configmap",
+    "-config",
+    create=client.CoreV1Api.create_namespaced_config_map,
+    read=client.CoreV1Api.read_namespaced_config_map,
+    patch=client.CoreV1Api.patch_namespaced_config_map,
+    delete=client.CoreV1Api.delete_namespaced_config_map,
+)
+SECRET = OwnedKind(
+    "Secret",
+    "secret",
+    "-token",
+    create=client.CoreV1Api.create_namespaced_secret,
+    read=client.CoreV1Api.read_namespaced_secret,
+    patch=client.CoreV1Api.patch_namespaced_secret,
+    delete=client.CoreV1Api.delete_namespaced_secret,
+)
+# `manifests.config_map_name` / `secret_name`: the workload's name and these suffixes.
+CONFIG_MAP_SUFFIX = CONFIG_MAP.suffix
+SECRET_SUFFIX = SECRET.suffix
+
+
+@dataclass(frozen=True)
+class WorkloadKind:
+    """How one job kind's attempt runs: which object, built how, read how, deleted how."""
+
+    job_kind: str  # the spec's `kind` (`pretrain`, `tokenizer`)
+    workload_type: type  # what `Backend.create` is given for it
+    api_version: str  # `<group>/<version>`
+    kind: str
+    plural: str
+    key: str  # the workload's key in what `render` returns
+    render: Render
+    phase: Callable[[Mapping[str, Any]], tuple[Phase, dict[str, Any] | None]]
+    """The phase its `status` says, and the condition that says it."""
+    propagation_policy: str
+    watched: bool  # the informer keeps a cache of these; else `observe` lists them each time
+    outcome_container: str | None  # whose termination message holds the trainer's outcome lines
+    owns: tuple[OwnedKind, ...] = (CONFIG_MAP, SECRET)  # in the order they are created
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def version(self) -> str:
+        return self.api_version.rpartition("/")[2]
+
+    def owner_reference(self, name: str, uid: str) -> dict[str, Any]:
+        """What names a workload of this kind as the controlling owner of what it mounts."""
+        return {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "name": name,
+            "uid": uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+PYTORCHJOB = WorkloadKind(
+    job_kind=PRETRAIN_KIND,
+    workload_type=Workload,
+    api_version=PYTORCHJOB_API_VERSION,
+    kind=PYTORCHJOB_KIND,
+    plural="pytorchjobs",
+    key="pytorchjob",
+    render=render_manifests,
+    phase=workload_phase,
+    # Foreground: a deleted PyTorchJob stays (terminating) until its pods are gone, so the
+    # attempt ends, and its token is revoked, only once its trainer has saved on SIGTERM and
+    # registered that checkpoint (a paused job resumes from it). The next attempt is created
+    # meanwhile all the same.
+    propagation_policy="Foreground",
+    watched=True,
+    outcome_container=CONTAINER_NAME,
+)
+BATCH_JOB = WorkloadKind(
+    job_kind=TOKENIZER_KIND,
+    workload_type=TokenizerWorkload,
+    api_version=BATCH_JOB_API_VERSION,
+    kind=BATCH_JOB_KIND,
+    plural="jobs",
+    key="job",
+    render=render_tokenizer_manifests,
+    phase=batch_job_phase,
+    # Background: it goes at once, the collector removes its pod after it (the API's default
+    # for Jobs would orphan the pod).
+    propagation_policy="Background",
+    watched=False,
+    outcome_container=None,  # its result arrives through the API (`jobs.record_result`)
+)
+
+WORKLOAD_KINDS: dict[str, WorkloadKind] = {row.job_kind: row for row in (PYTORCHJOB, BATCH_JOB)}
+"""By the spec's job kind: the table the backend walks."""
+
+
+def kind_of(workload: AnyWorkload) -> WorkloadKind:
+    """The row that runs this workload."""
+    for row in WORKLOAD_KINDS.values():
+        if isinstance(workload, row.workload_type):
+            return row
+    raise TypeError(f"no workload kind runs a {type(workload).__name__}")

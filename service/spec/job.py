@@ -1,0 +1,74 @@
+"""The pretraining job spec, composed of its sections, and the kinds of job there are."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field
+
+from service.spec.fields import NAME_MAX_LENGTH, NAME_PATTERN, Section, mapping_from_shorthand
+from service.spec.layout import Dtype, ParallelismSpec, PrecisionSpec, RecomputeMode, RecomputeSpec
+from service.spec.model import ModelSpec, TokenizerSpec
+from service.spec.resources import ResourcesSpec
+from service.spec.stages import StageSpec
+from service.spec.supervision import CheckpointSpec, EvalSpec, WatchdogSpec
+from service.spec.training import BatchSpec, OptimizerSpec, ScheduleSpec
+
+PRETRAIN_KIND = "pretrain"
+TOKENIZER_KIND = "tokenizer"
+JOB_KINDS = (PRETRAIN_KIND, TOKENIZER_KIND)
+
+
+class JobSpec(Section):
+    """An LLM pretraining job: model, machines, parallel layout, schedule and data stages."""
+
+    name: str = Field(
+        max_length=NAME_MAX_LENGTH,
+        pattern=NAME_PATTERN,
+        description="Job name: lowercase letters, digits and '-', starting with a letter.",
+    )
+    kind: Literal["pretrain"] = Field(
+        "pretrain",
+        description="What the job does: pretrain (this spec); `tokenizer` takes a "
+        "TokenizerJobSpec instead.",
+    )
+    model: ModelSpec = Field(description="Architecture: a preset, explicit fields, or both.")
+    tokenizer: TokenizerSpec | None = Field(None, description="Tokenizer the data is encoded with.")
+    resources: ResourcesSpec = Field(description="Machines and accelerators.")
+    parallelism: ParallelismSpec = Field(
+        default_factory=ParallelismSpec, description="Megatron-core parallel layout."
+    )
+    precision: Annotated[
+        PrecisionSpec,
+        BeforeValidator(
+            mapping_from_shorthand("dtype"), json_schema_input_type=Dtype | PrecisionSpec
+        ),
+    ] = Field(
+        default_factory=PrecisionSpec,
+        description="bf16, fp16 or fp8, or a mapping with loss_scale.",
+    )
+    recompute: Annotated[
+        RecomputeSpec,
+        BeforeValidator(
+            mapping_from_shorthand("mode"), json_schema_input_type=RecomputeMode | RecomputeSpec
+        ),
+    ] = Field(default_factory=RecomputeSpec, description="Activation recomputation mode.")
+    batch: BatchSpec = Field(description="Micro and global batch sizes, in sequences.")
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="AdamW settings.")
+    schedule: ScheduleSpec = Field(description="Learning-rate schedule.")
+    stages: list[StageSpec] = Field(min_length=1, description="Training stages, run in order.")
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpointing.")
+    eval: EvalSpec = Field(default_factory=EvalSpec, description="Held-out evaluation.")
+    watchdog: WatchdogSpec = Field(default_factory=WatchdogSpec, description="Loss anomaly policy.")
+    allow_over_memory: bool = Field(
+        False, description="Accept a plan whose memory estimate exceeds the accelerator's memory."
+    )
+    mfu: float = Field(
+        0.4, gt=0, le=1, description="Model FLOPs utilisation assumed when estimating time."
+    )
+    target_loss: float | None = Field(
+        None,
+        gt=0,
+        le=20,
+        description="Final training loss aimed for; the planner sizes the critical batch from it.",
+    )

@@ -1,0 +1,84 @@
+"""The machines a job runs on: accelerator kinds, their peak throughput and capabilities."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, model_validator
+
+from service.spec.fields import PositiveFloat, PositiveInt, Section
+
+GpuType = Literal[
+    "H100",
+    "H200",
+    "H800",
+    "H20",
+    "A100",
+    "A800",
+    "V100",
+    "L40S",
+    "L4",
+    "B100",
+    "B200",
+    "GB200",
+    "cpu",
+]
+# Peak dense bf16 tensor TFLOPS of one device (SXM parts where there is a choice); V100 has no
+# bf16, so its fp16 figure stands in. `cpu` is a nominal figure so that estimates stay finite.
+PEAK_BF16_TFLOPS: dict[str, float] = {
+    "H100": 989.0,
+    "H200": 989.0,
+    "H800": 989.0,
+    "H20": 148.0,
+    "A100": 312.0,
+    "A800": 312.0,
+    "V100": 125.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "B100": 1750.0,
+    "B200": 2250.0,
+    "GB200": 2500.0,
+    "cpu": 1.0,
+}
+# FP8 tensor cores arrived with Ada and Hopper; Ampere, Volta and CPUs have none.
+FP8_GPU_TYPES = frozenset({"H100", "H200", "H800", "H20", "L40S", "L4", "B100", "B200", "GB200"})
+BF16_UNSUPPORTED_GPU_TYPES = frozenset({"V100"})
+
+
+def _canonical_gpu_type(value: Any) -> Any:
+    """Accept `h100` for `H100`: users type GPU names in any case."""
+    if isinstance(value, str):
+        for known in PEAK_BF16_TFLOPS:
+            if value.strip().lower() == known.lower():
+                return known
+    return value
+
+
+class ResourcesSpec(Section):
+    """The machines the job runs on."""
+
+    nodes: PositiveInt = Field(description="Machines (Kubernetes pods) in the job.")
+    gpus_per_node: PositiveInt = Field(
+        description="Accelerators per machine; with gpu_type cpu, training processes per machine."
+    )
+    gpu_type: Annotated[GpuType, BeforeValidator(_canonical_gpu_type)] = Field(
+        description="Accelerator model, or `cpu` to train in CPU processes."
+    )
+    gpu_memory_gib: PositiveFloat = Field(
+        description="Memory of one accelerator (or one CPU process) in GiB."
+    )
+    peak_tflops: PositiveFloat | None = Field(
+        None,
+        description="Peak dense bf16 TFLOPS of one accelerator; defaults from a table by gpu_type.",
+    )
+
+    @model_validator(mode="after")
+    def _default_peak_tflops_from_gpu_type(self) -> ResourcesSpec:
+        if self.peak_tflops is None:
+            self.peak_tflops = PEAK_BF16_TFLOPS[self.gpu_type]
+        return self
+
+    @property
+    def world_size(self) -> int:
+        """Training processes in all: nodes × gpus_per_node."""
+        return self.nodes * self.gpus_per_node

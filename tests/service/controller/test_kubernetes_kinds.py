@@ -1,0 +1,72 @@
+"""The backend's kinds table agrees with the builders it names: a new row that does not fails here."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.controller.backends.kubernetes.kinds import WORKLOAD_KINDS, WorkloadKind, kind_of
+from service.controller.manifests import TokenizerWorkload, Workload
+from service.settings import Settings
+from service.spec import JOB_KINDS
+
+SETTINGS = Settings(namespace="training")
+WORKLOADS = {
+    "pretrain": Workload(
+        job_id=7,
+        job_name="tiny",
+        attempt=1,
+        trainer_config={"job": {"id": "7", "attempt": 1}},
+        ingest_token="secret",
+        nodes=2,
+        gpus_per_node=1,
+        gpu_type="cpu",
+    ),
+    "tokenizer": TokenizerWorkload(
+        job_id=8,
+        job_name="zh-tokenizer",
+        attempt=0,
+        tokenizer_config={"out": "/checkpoints/tokenizers/zh"},
+        ingest_token="secret",
+        ingest_url="http://pretrain-api:8000",
+        cpu=2,
+        memory_gib=4.0,
+    ),
+}
+
+
+def test_every_job_kind_has_a_row() -> None:
+    assert set(WORKLOAD_KINDS) == set(JOB_KINDS) == set(WORKLOADS)
+
+
+@pytest.mark.parametrize("job_kind", sorted(WORKLOAD_KINDS))
+def test_a_row_renders_its_own_kind_and_what_it_owns_under_the_names_it_deletes(job_kind: str) -> None:
+    row: WorkloadKind = WORKLOAD_KINDS[job_kind]
+    workload = WORKLOADS[job_kind]
+    assert kind_of(workload) is row
+
+    rendered = row.render(workload, SETTINGS)
+    body = rendered[row.key]
+    assert (body["apiVersion"], body["kind"]) == (row.api_version, row.kind)
+    assert body["metadata"]["name"] == workload.name
+    assert set(rendered) == {row.key, *(owned.key for owned in row.owns)}
+    for owned in row.owns:
+        assert rendered[owned.key]["kind"] == owned.kind
+        assert rendered[owned.key]["metadata"]["name"] == owned.name_for(workload.name)
+        assert "ownerReferences" not in rendered[owned.key]["metadata"]
+
+
+@pytest.mark.parametrize("job_kind", sorted(WORKLOAD_KINDS))
+def test_rendered_with_an_owner_what_a_row_owns_names_the_reference_the_backend_adopts_with(
+    job_kind: str,
+) -> None:
+    row = WORKLOAD_KINDS[job_kind]
+    workload = WORKLOADS[job_kind]
+    rendered = row.render(workload, SETTINGS, owner_uid="uid-1")
+    for owned in row.owns:
+        references = rendered[owned.key]["metadata"]["ownerReferences"]
+        assert references == [row.owner_reference(workload.name, "uid-1")]
+
+
+def test_a_workload_no_row_runs_is_refused() -> None:
+    with pytest.raises(TypeError, match="no workload kind runs a str"):
+        kind_of("not a workload")  # type: ignore[arg-type]
