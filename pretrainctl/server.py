@@ -90,7 +90,7 @@ def render(file, attempt: int, resume_from: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def plan(file, gpus: int | None, days: float | None, token_budget: int | None, deadline_days: float | None, as_json: bool) -> None:
     """Plan the spec in FILE on this machine: parameters, memory per GPU, FLOPs, time, advice."""
-    from service.planning import plan_spec
+    from service.admission import plan_spec
     from service.spec import parse_spec_text
 
     with _spec_refusals():
