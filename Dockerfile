@@ -20,6 +20,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
+COPY pretrainctl ./pretrainctl
 COPY trainer_image/trainer ./trainer_image/trainer
 # `.` is this checkout, without extras; its dependencies are the ranges pyproject.toml sets.
 RUN python -m venv /opt/venv \
@@ -50,7 +51,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 # entry points import.
 RUN python -c "import importlib.util as u; assert u.find_spec('torch') is None, 'torch is in the service image'" \
     && python -c "from service.db.migrate import head_revision; from service.settings import Settings; print('schema head', head_revision(Settings()))" \
-    && python -c "import service.api.app, service.controller.backends.kubernetes, service.tasks, service.watchdog.consumer" \
+    && python -c "import service.main, service.controller.backends.kubernetes, service.watchdog.consumer" \
     && pretrainctl --help > /dev/null
 
 USER 10001:10001

@@ -27,7 +27,7 @@ test: setup
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check service trainer_image tests bench migrations scripts
+	$(VENV)/bin/ruff check service pretrainctl trainer_image tests bench migrations scripts
 
 demo: setup
 	@bash scripts/demo.sh

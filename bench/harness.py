@@ -34,7 +34,7 @@ def running_api(database_url: str) -> Iterator[str]:
         "PRETRAIN_ADMIN_TOKEN": ADMIN_TOKEN,
         "PRETRAIN_LOG_LEVEL": "warning",
     }
-    cli = [sys.executable, "-m", "service.cli"]
+    cli = [sys.executable, "-m", "pretrainctl"]
     subprocess.run([*cli, "db", "upgrade"], env=env, check=True, capture_output=True)
     port = free_port()
     server = subprocess.Popen([*cli, "serve", "--port", str(port)], env=env)

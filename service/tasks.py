@@ -4,12 +4,17 @@ A task only says *which* job to look at; the work is the controller's idempotent
 so a task run twice, or racing the controller loop, does nothing twice (the job row is
 locked with SKIP LOCKED). Task ids are derived from the job and the change, so re-sending
 the same change is recognisable.
+
+Who hears of a change is the composition root's choice (`service.main`): a `CeleryNotifier`
+where there is Redis, an `InProcessNotifier` the embedded controller listens to otherwise.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
+from typing import Protocol
 
 from celery import Celery
 
@@ -19,12 +24,23 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 RECONCILE = "pretrain.reconcile"
-# In-process listeners (the embedded controller) for when there is no Redis.
-_local_listeners: list[Callable[[int], None]] = []
 
 
-def make_app(settings: Settings) -> Celery:
-    """The Celery app on `settings.redis_url`, with the reconcile task registered."""
+class Reconciler(Protocol):
+    def reconcile(self, job_id: int) -> float | None: ...
+
+
+class Notifier(Protocol):
+    """Says that a job changed, so that it is reconciled soon; never fails the caller."""
+
+    def job_changed(self, job_id: int, change: str) -> None: ...
+
+
+def make_app(settings: Settings, controller: Callable[[], Reconciler]) -> Celery:
+    """The Celery app on `settings.redis_url`; its reconcile task runs `controller()`'s reconcile.
+
+    `controller` is called once, on the first task, so that an app that only sends builds none.
+    """
     app = Celery("pretrain-orchestrator", broker=settings.redis_url)
     app.conf.update(
         task_acks_late=True,  # a worker killed mid-task leaves the task for another worker
@@ -34,12 +50,20 @@ def make_app(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
+    built: list[Reconciler] = []
+    lock = threading.Lock()
+
+    def reconciler() -> Reconciler:
+        with lock:
+            if not built:
+                built.append(controller())
+            return built[0]
 
     # shared=False: a shared task is added to every app finalized later in the process, and the
-    # first registration wins, so a second app would run the reconcile with the first's settings.
+    # first registration wins, so a second app would run the reconcile with the first's controller.
     @app.task(name=RECONCILE, bind=True, max_retries=10, shared=False)
     def reconcile_job(task, job_id: int) -> None:
-        requeue = _controller(settings).reconcile(job_id)
+        requeue = reconciler().reconcile(job_id)
         if requeue is not None and requeue < REQUEUE_RUNNING_S:
             # Something is in motion (a create, a delete): look again shortly, from any worker.
             # A running job's steady look is the controller loop's business, not a retry's:
@@ -49,40 +73,38 @@ def make_app(settings: Settings) -> Celery:
     return app
 
 
-# One controller and one app per Settings object (settings are not hashable; they live long).
-_controllers: dict[int, object] = {}
-_apps: dict[int, Celery] = {}
+class CeleryNotifier:
+    """Sends a reconcile task through Redis; a worker (any) runs it."""
 
+    def __init__(self, settings: Settings, app: Celery | None = None) -> None:
+        # An app that only sends needs no controller: the factory is never called here.
+        self.app = app or make_app(settings, controller=_no_controller)
 
-def _controller(settings: Settings):
-    if id(settings) not in _controllers:
-        from service.controller.loop import Controller, backend_for
-        from service.db.session import get_sessionmaker
-
-        _controllers[id(settings)] = Controller(
-            settings, backend_for(settings), get_sessionmaker(settings.resolved_database_url)
-        )
-    return _controllers[id(settings)]
-
-
-def _app(settings: Settings) -> Celery:
-    if id(settings) not in _apps:
-        _apps[id(settings)] = make_app(settings)
-    return _apps[id(settings)]
-
-
-def listen_in_process(listener: Callable[[int], None]) -> None:
-    """Run `listener(job_id)` on every change (the embedded controller's `notify`)."""
-    _local_listeners.append(listener)
-
-
-def job_changed(settings: Settings, job_id: int, change: str) -> None:
-    """Have the job reconciled soon: a Celery task with Redis, the in-process controller without."""
-    if settings.redis_url:
+    def job_changed(self, job_id: int, change: str) -> None:
         try:
-            _app(settings).send_task(RECONCILE, args=[job_id], task_id=f"reconcile-{job_id}-{change}")
+            self.app.send_task(RECONCILE, args=[job_id], task_id=f"reconcile-{job_id}-{change}")
         except Exception as exc:  # the controller loop will still get there; never fail the request
             log.warning("could not queue reconcile of job %d: %s", job_id, exc)
-        return
-    for listener in _local_listeners:
-        listener(job_id)
+
+
+class InProcessNotifier:
+    """Calls the listeners in this process (the embedded controller's `notify`)."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[int], None]] = []
+
+    def listen(self, listener: Callable[[int], None]) -> None:
+        self._listeners.append(listener)
+
+    def job_changed(self, job_id: int, change: str) -> None:
+        for listener in self._listeners:
+            listener(job_id)
+
+
+def notifier_for(settings: Settings) -> Notifier:
+    """Celery with Redis; without it, in-process (nobody listens unless a controller does)."""
+    return CeleryNotifier(settings) if settings.redis_url else InProcessNotifier()
+
+
+def _no_controller() -> Reconciler:
+    raise RuntimeError("this Celery app only sends tasks; run `pretrainctl worker` to run them")

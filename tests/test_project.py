@@ -8,8 +8,10 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# Entry points sit above the API and may start it.
-ABOVE_API = {"service/cli.py"}
+# The composition root sits above the API and builds it.
+ABOVE_API = {"service/main.py"}
+# The one client module that starts the service's processes, importing it inside each command.
+SERVER_COMMANDS = "pretrainctl/server.py"
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -33,6 +35,45 @@ def test_nothing_below_the_api_imports_it():
         if "api" not in path.relative_to(ROOT / "service").parts[:1]
         and str(path.relative_to(ROOT)) not in ABOVE_API
         and any(m == "service.api" or m.startswith("service.api.") for m in imported_modules(path))
+    ]
+    assert offenders == []
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """What importing the module imports at once (not what its functions import when called)."""
+    modules = set()
+    for node in ast.parse(path.read_text(), filename=str(path)).body:
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules.add(node.module)
+    return modules
+
+
+def is_service(module: str) -> bool:
+    return module == "service" or module.startswith("service.")
+
+
+def test_the_client_speaks_http_only():
+    """`pretrainctl` imports nothing of the server but in its server commands, and there only
+    inside the commands, so the client commands never load it."""
+    files = python_files("pretrainctl")
+    assert (ROOT / SERVER_COMMANDS) in files, "the server commands module is missing"
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in files
+        if any(map(is_service, module_level_imports(path)))
+        or (str(path.relative_to(ROOT)) != SERVER_COMMANDS and any(map(is_service, imported_modules(path))))
+    ]
+    assert offenders == []
+
+
+def test_the_server_holds_no_cli_code():
+    """The command line is `pretrainctl`'s; the server's processes are built in service/main.py."""
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in python_files("service")
+        if any(m == "click" or m.startswith("click.") for m in imported_modules(path))
     ]
     assert offenders == []
 

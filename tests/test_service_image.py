@@ -22,7 +22,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.service.test_cli import Server, clean_env
+from tests.pretrainctl.test_cli import Server, clean_env
 from tests.trainer import test_dockerfile as dockerfiles
 
 ROOT = Path(__file__).resolve().parent.parent

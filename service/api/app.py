@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,8 +12,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import __version__
-from service.api.routes import checkpoints, health, jobs, metrics, plan, rollbacks, tokens
+from service import __version__, tasks
+from service.api.routes import checkpoints, health, jobs, logs, metrics, plan, rollbacks, tokens
+from service.controller.backends import LogReader
 from service.db.migrate import head_revision
 from service.errors import ServiceError
 from service.settings import Settings, get_settings
@@ -83,19 +86,33 @@ def _admin_token_hash(settings: Settings) -> str | None:
     return None
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    notifier: tasks.Notifier | None = None,
+    log_reader: LogReader | None = None,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+) -> FastAPI:
+    """The API on `settings`; `service.main` passes the parts a process shares with it.
+
+    `notifier` hears of every change (default: Celery with Redis, nobody without); `log_reader`
+    serves trainer logs (default: the local backend's folders, none on Kubernetes).
+    """
     settings = settings or get_settings()
     app = FastAPI(
         title="pretrain-orchestrator",
         version=__version__,
         description="Submit, plan, run and watch LLM pretraining jobs.",
+        lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.notifier = notifier or tasks.notifier_for(settings)
+    app.state.log_reader = log_reader if log_reader is not None else _log_reader(settings)
     app.state.admin_token_hash = _admin_token_hash(settings)
     app.state.schema_head = head_revision(settings)
 
     app.include_router(health.router)
-    for router in (jobs.router, checkpoints.router, metrics.router, rollbacks.router, plan.router, tokens.router):
+    for router in (jobs.router, checkpoints.router, logs.router, metrics.router, rollbacks.router, plan.router, tokens.router):
         app.include_router(router, prefix="/v1")
 
     @app.exception_handler(ServiceError)
@@ -117,6 +134,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = lambda: _openapi_with_job_spec(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     return app
+
+
+def _log_reader(settings: Settings) -> LogReader | None:
+    """The local backend reads its workloads' folders; the API holds no cluster credentials."""
+    if settings.backend != "local":
+        return None
+    from service.controller.loop import backend_for
+
+    return backend_for(settings)
 
 
 def _openapi_with_job_spec(app: FastAPI) -> dict[str, Any]:

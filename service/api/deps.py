@@ -8,8 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from service.controller.backends import LogReader
 from service.db.session import get_sessionmaker
 from service.settings import Settings
+from service.tasks import Notifier
 
 # Ids are database bigints; a larger number cannot name anything and must not reach the driver.
 MAX_ID = 2**63 - 1
@@ -28,3 +30,18 @@ def get_session(settings: SettingsDep) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_notifier(request: Request) -> Notifier:
+    return request.app.state.notifier
+
+
+NotifierDep = Annotated[Notifier, Depends(get_notifier)]
+
+
+def get_log_reader(request: Request) -> LogReader | None:
+    """The backend whose workloads' logs the API serves; None where it cannot read them."""
+    return request.app.state.log_reader
+
+
+LogReaderDep = Annotated[LogReader | None, Depends(get_log_reader)]

@@ -102,6 +102,12 @@ class EventsPublic(BaseModel):
     next_cursor: int | None = Field(description="Pass as `after` for the next page; null on the last.")
 
 
+class LogsPublic(BaseModel):
+    job_id: int
+    attempt: int
+    text: str = Field(description="The attempt's trainer log (its end, at most 1 MiB).")
+
+
 class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -40,6 +40,7 @@ from service.db import repo
 from service.db.models import AttemptReason, Job, WatchdogState
 from service.errors import Conflict, NotFound
 from service.settings import Settings
+from service.tasks import Notifier, notifier_for
 from service.watchdog import history, stream
 from service.watchdog.detector import Detector, Policy, Verdict
 from service.watchdog.rollback import RollbackRequest, roll_back
@@ -431,15 +432,16 @@ def feed(
         except redis.RedisError as exc:
             raise WatchdogUnavailable(f"the watchdog's stream is unavailable: {exc}") from exc
         return []
-    return (local or InProcess(settings)).feed(records)
+    return (local or InProcess(settings, notifier_for(settings))).feed(records)
 
 
 class InProcess:
     """The embedded default's watchdog, one per API app: built on first use, or at start-up,
     where it first catches up with what the database holds."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, notifier: Notifier) -> None:
         self.settings = settings
+        self.notifier = notifier
         self._watchdog: Watchdog | None = None
         self._lock = threading.Lock()
 
@@ -449,7 +451,7 @@ class InProcess:
                 from service.db.session import get_sessionmaker
 
                 url = self.settings.resolved_database_url
-                self._watchdog = Watchdog(get_sessionmaker(url), on_rollback=_notifier(self.settings))
+                self._watchdog = Watchdog(get_sessionmaker(url), on_rollback=_on_rollback(self.notifier))
             return self._watchdog
 
     def start(self) -> None:
@@ -488,14 +490,12 @@ def in_process(app) -> InProcess:
     """The app's in-process watchdog (made here if its lifespan did not run, as in some tests)."""
     local = getattr(app.state, "watchdog", None)
     if local is None:
-        local = app.state.watchdog = InProcess(app.state.settings)
+        local = app.state.watchdog = InProcess(app.state.settings, app.state.notifier)
     return local
 
 
-def _notifier(settings: Settings) -> Callable[[int], None]:
-    from service import tasks
-
-    return lambda job_id: tasks.job_changed(settings, job_id, f"watchdog-rollback-{time.time_ns()}")
+def _on_rollback(notifier: Notifier) -> Callable[[int], None]:
+    return lambda job_id: notifier.job_changed(job_id, f"watchdog-rollback-{time.time_ns()}")
 
 
 def run(
@@ -504,6 +504,7 @@ def run(
     consumer: str = "watchdog-1",
     block_ms: int = 1000,
     sweep_s: float = SWEEP_S,
+    notifier: Notifier | None = None,
 ) -> None:
     """Consume the shared stream until `stop`: read, judge, act, save, acknowledge, trim.
 
@@ -514,7 +515,8 @@ def run(
     from service.db.session import get_sessionmaker
 
     connection = stream.client(settings.redis_url)
-    watchdog = _start(get_sessionmaker(settings.resolved_database_url), _notifier(settings), stop)
+    on_rollback = _on_rollback(notifier or notifier_for(settings))
+    watchdog = _start(get_sessionmaker(settings.resolved_database_url), on_rollback, stop)
     if watchdog is None:
         return
     grouped, pending, failures, unacknowledged_trim = False, True, 0, 0

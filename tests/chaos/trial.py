@@ -36,7 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.client import ApiClient
+from pretrainctl.client import ApiClient
 from service.controller.backends import launcher
 from service.db.models import Attempt, Event, Job, MetricPoint
 from service.watchdog import history

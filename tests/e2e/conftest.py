@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 
-from service.client import ApiClient
+from pretrainctl.client import ApiClient
 from service.db.models import Base
 from tests.e2e.kubelet import TrainerKubelet
 from tests.e2e.stack import ServiceStack, clean_environment, own_redis_database, write_kubeconfig

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from service.client import ApiClient
+from pretrainctl.client import ApiClient
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
 SEQUENCES_PER_STEP = 8

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from service.client import ApiClient
+from pretrainctl.client import ApiClient
 from service.controller.manifests import workload_name
 from tests.e2e.conftest import Deployment
 from tests.e2e.jobs import SEQUENCES_PER_STEP, demo_spec, submit

@@ -38,7 +38,7 @@ def rendered(postgres_url: str, redis_url: str) -> Rendered:
 def command_of(rendered: Rendered, component: str) -> list[str]:
     [argv] = [c["command"] for w, c in rendered.containers() if component_of(w) == component]
     assert argv[0] == "pretrainctl"
-    return [sys.executable, "-m", "service.cli", *argv[1:]]
+    return [sys.executable, "-m", "pretrainctl", *argv[1:]]
 
 
 def environment_of(

@@ -201,7 +201,7 @@ def test_role_and_binding_live_in_the_jobs_namespace_and_bind_the_release_servic
 def test_only_the_controller_and_the_worker_mount_the_service_account_token(
     default: Rendered,
 ) -> None:
-    # The worker's Celery task is the controller's reconcile (service/tasks.py): same calls.
+    # The worker's Celery task is the controller's reconcile (service/main.py): same calls.
     mounts = {
         workload["metadata"]["labels"]["app.kubernetes.io/component"]: pod_spec(workload).get(
             "automountServiceAccountToken"
@@ -216,8 +216,8 @@ def test_only_the_controller_and_the_worker_mount_the_service_account_token(
         "migrations": False,
     }
     assert default.one("ServiceAccount")["automountServiceAccountToken"] is False
-    tasks = (ROOT / "service" / "tasks.py").read_text()
-    assert "backend_for(settings)" in tasks
+    root = (ROOT / "service" / "main.py").read_text()
+    assert "tasks.make_app(settings, controller=lambda: controller(settings))" in root
 
 
 def test_rbac_can_be_left_to_the_installer() -> None:

@@ -14,7 +14,7 @@ import click
 import kubernetes_validate
 import pytest
 
-from service.cli import cli
+from pretrainctl.cli import cli
 from service.settings import Settings
 from tests.helm.chart import (
     CHART,

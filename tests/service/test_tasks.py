@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import pytest
 from celery.contrib.testing.worker import start_worker
 from fastapi.testclient import TestClient
 
-from service import tasks
+from service import main, tasks
 from service.api.app import create_app
+from service.controller import loop
 from service.controller.manifests import workload_name
 from service.settings import Settings
 from tests.conftest import ADMIN_TOKEN, auth
@@ -56,10 +58,10 @@ def eventually(check, timeout: float = 30.0):
 
 def test_a_submission_is_launched_by_a_celery_worker_and_a_cancel_deletes_it(queued_settings, cluster, tiny_spec):
     _, k8s = cluster
-    app = tasks.make_app(queued_settings)
-    tasks._apps[id(queued_settings)] = app  # the API sends through the same app the worker serves
+    app = main.worker_app(queued_settings)
+    notifier = tasks.CeleryNotifier(queued_settings, app)  # the API sends through the app the worker serves
     with start_worker(app, perform_ping_check=False, pool="solo", loglevel="WARNING"), TestClient(
-        create_app(queued_settings)
+        create_app(queued_settings, notifier=notifier)
     ) as api:
         job = api.post("/v1/jobs", json=tiny_spec, headers=auth(ADMIN_TOKEN)).json()
         name = workload_name(job["name"], job["id"], 0)
@@ -74,12 +76,32 @@ def test_a_submission_is_launched_by_a_celery_worker_and_a_cancel_deletes_it(que
     assert k8s.count("create", "pytorchjobs") == 1
 
 
-def test_without_redis_changes_reach_the_in_process_controller(tmp_path, tiny_spec, monkeypatch):
-    seen: list[int] = []
-    monkeypatch.setattr(tasks, "_local_listeners", [seen.append])
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", state_dir=tmp_path)
-    tasks.job_changed(settings, 42, "submitted")
-    assert seen == [42]
+def test_on_the_embedded_default_a_change_wakes_the_controller_at_once(tmp_path, tiny_spec, monkeypatch):
+    """The controller's own poll is an hour here: only the API's notification can wake it."""
+    from service.db import migrate
+
+    monkeypatch.setattr(loop, "POLL_S", 3600.0)
+    settings = Settings(state_dir=tmp_path, admin_token=ADMIN_TOKEN)
+    migrate.upgrade(settings)
+    app = main.embedded_api(settings)
+    before = datetime.now(UTC)
+    with TestClient(app) as api:
+        # Its first poll is over before the job exists; after it, it sleeps for the hour.
+        eventually(lambda: app.state.controller._last_poll >= before, timeout=10)
+        job = api.post("/v1/jobs", json=tiny_spec, headers=auth(ADMIN_TOKEN)).json()
+        try:
+            events = f"/v1/jobs/{job['id']}/events"
+            kinds = lambda: [e["kind"] for e in api.get(events, headers=auth(ADMIN_TOKEN)).json()["data"]]  # noqa: E731
+            eventually(lambda: "workload.created" in kinds(), timeout=10)
+
+            api.post(f"/v1/jobs/{job['id']}/cancel", headers=auth(ADMIN_TOKEN))
+            final = eventually(
+                lambda: (j := api.get(f"/v1/jobs/{job['id']}", headers=auth(ADMIN_TOKEN)).json())["state"] == "cancelled" and j,
+                timeout=30,
+            )
+        finally:  # never leave a trainer running past the test
+            app.state.controller.backend.delete(job["id"], 0)
+    assert final["state"] == "cancelled"
 
 
 class _Reconciler:
@@ -93,15 +115,14 @@ class _Reconciler:
 
 
 @pytest.mark.parametrize(("requeue", "retried"), [(2.0, True), (tasks.REQUEUE_RUNNING_S, False), (None, False)])
-def test_the_task_retries_only_while_something_is_in_motion(monkeypatch, requeue, retried):
+def test_the_task_retries_only_while_something_is_in_motion(requeue, retried):
     """A running job's steady 5 s look belongs to the controller loop; retrying it from the
     worker would exhaust max_retries and log an error for every healthy job."""
     from celery.exceptions import Retry
 
     settings = Settings(redis_url="redis://127.0.0.1:1/0")
     reconciler = _Reconciler(requeue)
-    monkeypatch.setattr(tasks, "_controller", lambda _settings: reconciler)
-    task = tasks.make_app(settings).tasks[tasks.RECONCILE]
+    task = tasks.make_app(settings, controller=lambda: reconciler).tasks[tasks.RECONCILE]
     task.push_request(retries=0, is_eager=True)  # what a worker sets; retry() raises Retry
     try:
         if retried:
@@ -114,14 +135,24 @@ def test_the_task_retries_only_while_something_is_in_motion(monkeypatch, requeue
     assert reconciler.calls == 1
 
 
-def test_each_app_reconciles_with_its_own_settings(monkeypatch):
+def test_each_app_reconciles_with_its_own_controller():
     """Two apps in one process (tests, or an embedded server beside a worker) must not share
     the task: a shared Celery task runs with whichever app registered it first."""
-    seen: list[Settings] = []
-    monkeypatch.setattr(tasks, "_controller", lambda settings: seen.append(settings) or _Reconciler(None))
-    first, second = Settings(redis_url="redis://127.0.0.1:1/0"), Settings(redis_url="redis://127.0.0.1:1/1")
-    first_task = tasks.make_app(first).tasks[tasks.RECONCILE]
-    second_task = tasks.make_app(second).tasks[tasks.RECONCILE]
+    first, second = _Reconciler(None), _Reconciler(None)
+    first_task = tasks.make_app(Settings(redis_url="redis://127.0.0.1:1/0"), controller=lambda: first).tasks[tasks.RECONCILE]
+    second_task = tasks.make_app(Settings(redis_url="redis://127.0.0.1:1/1"), controller=lambda: second).tasks[tasks.RECONCILE]
     second_task.run(3)
+    second_task.run(4)
     first_task.run(3)
-    assert seen == [second, first] and seen[0] is second
+    assert (first.calls, second.calls) == (1, 2)
+
+
+def test_an_app_builds_its_controller_once_and_only_when_a_task_runs():
+    built: list[_Reconciler] = []
+    task = tasks.make_app(
+        Settings(redis_url="redis://127.0.0.1:1/0"), controller=lambda: built.append(_Reconciler(None)) or built[-1]
+    ).tasks[tasks.RECONCILE]
+    assert built == []
+    task.run(1)
+    task.run(2)
+    assert len(built) == 1 and built[0].calls == 2

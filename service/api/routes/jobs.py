@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 
-from service import attempts, jobs, tasks
+from service import attempts, jobs
 from service.api.auth import JobReporterDep, OncallDep, SubmitterDep, ViewerDep
-from service.api.deps import MAX_ID, SessionDep, SettingsDep
+from service.api.deps import MAX_ID, NotifierDep, SessionDep, SettingsDep
 from service.api.schemas import (
     NO_NUL,
     ActionReason,
@@ -46,13 +46,13 @@ JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="Job id.")]
     responses={409: {"description": "A job with this name is still active."}},
 )
 async def submit_job(
-    request: Request, session: SessionDep, settings: SettingsDep, principal: SubmitterDep
+    request: Request, session: SessionDep, settings: SettingsDep, notifier: NotifierDep, principal: SubmitterDep
 ) -> JobPublic:
     """Validate a job spec (JSON or YAML), store it with attempt 0, and return it."""
     raw = parse_spec_text(await request.body())
     # The handler is async only to read the raw body; the database work must not block the loop.
     job = await run_in_threadpool(_submit, session, raw, principal, settings)
-    tasks.job_changed(settings, job.id, "submitted")
+    notifier.job_changed(job.id, "submitted")
     return job
 
 
@@ -101,12 +101,12 @@ def get_job(job_id: JobId, session: SessionDep, _: ViewerDep) -> JobPublic:
 def cancel_job(
     job_id: JobId,
     session: SessionDep,
-    settings: SettingsDep,
+    notifier: NotifierDep,
     principal: SubmitterDep,
     body: Annotated[ActionReason | None, Body()] = None,
 ) -> JobPublic:
     """Stop a job: at once if nothing runs yet, else through the controller."""
-    return _act(jobs.cancel_job, "cancel", job_id, session, settings, principal, body)
+    return _act(jobs.cancel_job, "cancel", job_id, session, notifier, principal, body)
 
 
 @router.post(
@@ -117,12 +117,12 @@ def cancel_job(
 def pause_job(
     job_id: JobId,
     session: SessionDep,
-    settings: SettingsDep,
+    notifier: NotifierDep,
     principal: OncallDep,
     body: Annotated[ActionReason | None, Body()] = None,
 ) -> JobPublic:
     """Stop the workload, keep the job (on-call); `resume` continues from the newest checkpoint."""
-    return _act(attempts.pause_job, "pause", job_id, session, settings, principal, body)
+    return _act(attempts.pause_job, "pause", job_id, session, notifier, principal, body)
 
 
 @router.post(
@@ -133,12 +133,12 @@ def pause_job(
 def resume_job(
     job_id: JobId,
     session: SessionDep,
-    settings: SettingsDep,
+    notifier: NotifierDep,
     principal: OncallDep,
     body: Annotated[ActionReason | None, Body()] = None,
 ) -> JobPublic:
     """Open a new attempt of a paused job from its newest good checkpoint (on-call)."""
-    return _act(attempts.resume_job, "resume", job_id, session, settings, principal, body)
+    return _act(attempts.resume_job, "resume", job_id, session, notifier, principal, body)
 
 
 @router.get("/{job_id}/attempts", response_model=list[AttemptPublic], responses={404: {"description": "No such job."}})
@@ -173,10 +173,10 @@ def report_result(job_id: JobId, body: JobResultReport, session: SessionDep, pri
     return JobPublic.model_validate(job)
 
 
-def _act(action, change: str, job_id: int, session, settings, principal, body: ActionReason | None) -> JobPublic:
+def _act(action, change: str, job_id: int, session, notifier, principal, body: ActionReason | None) -> JobPublic:
     """Run a state change with its reason, then have the job reconciled at once."""
     job = action(session, job_id=job_id, principal=principal, reason=body.reason if body else None)
-    tasks.job_changed(settings, job.id, f"{change}-{job.updated_at.timestamp()}")
+    notifier.job_changed(job.id, f"{change}-{job.updated_at.timestamp()}")
     return JobPublic.model_validate(job)
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from service import tasks
 from service.api.auth import OncallDep
-from service.api.deps import SessionDep, SettingsDep
+from service.api.deps import NotifierDep, SessionDep, SettingsDep
 from service.api.routes.jobs import JobId
 from service.api.schemas import CheckpointPublic, JobPublic, RollbackCreate, RollbackPublic
 from service.checkpoints import CheckpointStorage
@@ -23,7 +22,7 @@ router = APIRouter(prefix="/jobs/{job_id}/rollback", tags=["rollback"])
     response_model=RollbackPublic,
     responses={404: {"description": "No such job."}, 409: {"description": "Finished, no checkpoint, or a racing rollback won."}},
 )
-def rollback(job_id: JobId, body: RollbackCreate, session: SessionDep, settings: SettingsDep, principal: OncallDep) -> RollbackPublic:
+def rollback(job_id: JobId, body: RollbackCreate, session: SessionDep, settings: SettingsDep, notifier: NotifierDep, principal: OncallDep) -> RollbackPublic:
     """Open a new attempt from a good checkpoint with a data skip range (on-call)."""
     # Without `attempt`, the caller rolls back the attempt current as the request arrives: a
     # rollback that lands first (another person's, the watchdog's) makes this one a 409.
@@ -43,7 +42,7 @@ def rollback(job_id: JobId, body: RollbackCreate, session: SessionDep, settings:
         ),
         storage=CheckpointStorage.from_settings(settings),
     )
-    tasks.job_changed(settings, job_id, f"rollback-{outcome.attempt}")
+    notifier.job_changed(job_id, f"rollback-{outcome.attempt}")
     return RollbackPublic(
         job=JobPublic.model_validate(outcome.job),
         attempt=outcome.attempt,

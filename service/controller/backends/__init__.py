@@ -30,3 +30,12 @@ class Backend(Protocol):
     def delete(self, job_id: int, attempt: int, *, kind: str = "pretrain") -> bool:
         """Delete the workload if it exists; True if this call deleted it."""
         ...
+
+
+class LogReader(Protocol):
+    """A backend that can read its workloads' logs (the local one; Kubernetes' pods are read
+    with kubectl: the API holds no cluster credentials)."""
+
+    def logs(self, job_id: int, attempt: int, *, tail: int | None = None) -> str | None:
+        """The attempt's log, its last `tail` lines if given; None if it never started here."""
+        ...

@@ -47,6 +47,8 @@ STOP_GRACE_S = 20.0
 STOP_FILE = "stop-requested"
 TRAINER_LOG = "trainer.log"
 TOKENIZER_LOG = "tokenizer.log"
+# The most of a log `logs` returns: its end, where what went wrong is.
+MAX_LOG_BYTES = 1 << 20
 # Where the trainer appends its outcome lines (`job.result_path` in the config it is given).
 RESULT_FILE = "result.jsonl"
 LAUNCHER_PID_FILE = "launcher.pid"
@@ -154,6 +156,18 @@ class LocalBackend:
             self._finish_stopping(folder)
             return asked
         return False
+
+    def logs(self, job_id: int, attempt: int, *, tail: int | None = None) -> str | None:
+        """The attempt's log (its last `tail` lines, at most MAX_LOG_BYTES), stopped or not;
+        None if it never started here."""
+        stopped = sorted((self.root / ".deleted").glob(f"*-{job_id}-a{attempt}-*"), reverse=True)
+        for folder in [*self.root.glob(f"*-{job_id}-a{attempt}"), *stopped]:
+            meta = _read_meta(folder)
+            if meta is None or meta["job_id"] != job_id or meta["attempt"] != attempt:
+                continue
+            text = _log_tail(folder / meta.get("log", TRAINER_LOG), MAX_LOG_BYTES)
+            return text if tail is None else "".join(text.splitlines(keepends=True)[-tail:])
+        return None
 
     def _finish_stopping(self, folder: Path) -> bool:
         """True once a stopping workload is gone (and filed away); SIGKILL past the grace period."""

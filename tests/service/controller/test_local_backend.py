@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import EXAMPLES
-from tests.service.test_cli import Server, clean_env
+from tests.pretrainctl.test_cli import Server, clean_env
 
 RUN_TIMEOUT_S = 240
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service import demo
+from pretrainctl import demo
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
 

@@ -29,9 +29,8 @@ from typing import Any, TextIO
 import httpx
 import yaml
 
-from service import run_report
-from service.client import ApiClient
-from service.settings import environment_for_child
+from pretrainctl import run_report
+from pretrainctl.client import ApiClient
 
 DEMO_SPEC = Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"
 TERMINAL_STATES = ("succeeded", "failed", "cancelled", "paused")
@@ -144,13 +143,13 @@ def embedded_service(state_dir: Path, log_path: Path, *, ready_timeout_s: float 
     """`pretrainctl serve` on the embedded default, on a free port, until the block ends."""
     port = free_port()
     token = secrets.token_urlsafe(24)
-    env = environment_for_child(
+    env = _environment_for_child(
         {"state_dir": str(Path(state_dir).resolve()), "environment": "development", "backend": "local", "admin_token": token}
     )
     env["PYTHONUNBUFFERED"] = "1"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "pretrainctl", "serve", "--host", "127.0.0.1", "--port", str(port)],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
@@ -160,6 +159,14 @@ def embedded_service(state_dir: Path, log_path: Path, *, ready_timeout_s: float 
             yield client
     finally:
         _stop(server)
+
+
+def _environment_for_child(settings: dict[str, str]) -> dict[str, str]:
+    """This environment for a server that must run on exactly `settings` (field → value): every
+    other `PRETRAIN_` variable is dropped but the log level."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRETRAIN_") or k == "PRETRAIN_LOG_LEVEL"}
+    env.update({f"PRETRAIN_{name.upper()}": value for name, value in settings.items()})
+    return env
 
 
 def free_port() -> int:

@@ -8,8 +8,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from service import run_report
-from service.run_report import RunData, relative_difference, summarize, svg_chart
+from pretrainctl import run_report
+from pretrainctl.run_report import RunData, relative_difference, summarize, svg_chart
 
 
 def point(attempt: int, step: int, name: str, value: float | None) -> dict:

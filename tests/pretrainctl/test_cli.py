@@ -26,7 +26,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def pretrainctl(*args: str, cwd: Path, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "pretrainctl", *args],
         cwd=cwd,
         env=env,
         input=stdin,
@@ -43,7 +43,7 @@ class Server:
         # A file, not a pipe: a server whose log nobody reads must never block on a full pipe.
         self.log = (Path(cwd) / f"serve-{self.port}.log").open("w+")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "pretrainctl", "serve", "--port", str(self.port)],
             cwd=cwd,
             env=env,
             stdout=self.log,
@@ -193,6 +193,8 @@ def test_db_downgrade_to_base_empties_the_schema(tmp_path):
     assert pretrainctl("db", "downgrade", "base", cwd=tmp_path, env=env).returncode == 0
     current = pretrainctl("db", "current", cwd=tmp_path, env=env)
     assert current.stdout.startswith("empty")
+    as_json = pretrainctl("db", "current", "--json", cwd=tmp_path, env=env)
+    assert json.loads(as_json.stdout) == {"current": None, "head": head_revision(Settings())}
 
 
 def test_plan_prints_the_documented_json_without_a_server(tmp_path):
@@ -265,7 +267,7 @@ def test_watchdog_replay_prints_one_json_line_per_verdict(tmp_path):
 def test_demo_with_a_refused_spec_says_why_and_exits_2(tmp_path):
     from click.testing import CliRunner
 
-    from service.cli import cli
+    from pretrainctl.cli import cli
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nmodel: {preset: tiny}\n")
@@ -274,3 +276,76 @@ def test_demo_with_a_refused_spec_says_why_and_exits_2(tmp_path):
     assert "error (422): the spec was refused:" in result.output
     assert "stages: stages is required" in result.output
     assert not (tmp_path / "out" / "report.html").exists()
+
+
+def wait_for(check, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.3)
+    raise AssertionError("condition never held")
+
+
+def test_an_oncall_pauses_resumes_reads_logs_and_follows_events(embedded_server):
+    server, cwd = embedded_server
+    env = clean_env(PRETRAIN_API_URL=server.url)
+    job = json.loads(pretrainctl("submit", str(EXAMPLES / "tiny-cpu.yaml"), "--json", cwd=cwd, env=env).stdout)
+    job_id = str(job["id"])
+    try:
+        # The embedded controller launches attempt 0 at once; its trainer log is then served.
+        logs = wait_for(lambda: (r := pretrainctl("logs", job_id, "--json", cwd=cwd, env=env)).returncode == 0 and r)
+        assert json.loads(logs.stdout)["attempt"] == 0
+
+        paused = pretrainctl("pause", job_id, "--reason", "look at the loss", "--json", cwd=cwd, env=env)
+        assert paused.returncode == 0, paused.stderr
+        assert json.loads(paused.stdout)["desired_state"] == "paused"
+        wait_for(lambda: json.loads(pretrainctl("get", job_id, "--json", cwd=cwd, env=env).stdout)["state"] == "paused")
+
+        no_checkpoint = pretrainctl("rollback", job_id, "--reason", "bad data", cwd=cwd, env=env)
+        assert no_checkpoint.returncode == 1 and no_checkpoint.stderr.startswith("error (409)")
+
+        resumed = pretrainctl("resume", job_id, "--json", cwd=cwd, env=env)
+        assert resumed.returncode == 0, resumed.stderr
+        assert [a["number"] for a in json.loads(resumed.stdout)["attempts"]] == [0, 1]
+
+        assert pretrainctl("cancel", job_id, "--json", cwd=cwd, env=env).returncode == 0
+        followed = pretrainctl("events", job_id, "--follow", "--interval", "0.2", "--json", cwd=cwd, env=env)
+        assert followed.returncode == 0, followed.stderr
+        kinds = [json.loads(line)["kind"] for line in followed.stdout.splitlines()]
+        assert kinds[0] == "job.submitted" and "job.cancelled" in kinds
+        assert {"job.pause_requested", "job.resumed"} <= set(kinds)
+
+        first_attempt = pretrainctl("logs", job_id, "--attempt", "0", "--tail", "5", cwd=cwd, env=env)
+        assert first_attempt.returncode == 0, first_attempt.stderr
+
+        ended = pretrainctl("follow", job_id, "--json", cwd=cwd, env=env)
+        lines = [json.loads(line) for line in ended.stdout.splitlines()]
+        assert ended.returncode == 1 and lines[-1] == {"job": job["id"], "state": "cancelled", "reason": lines[-1]["reason"]}
+        assert [line["event"]["kind"] for line in lines if "event" in line][: len(kinds)] == kinds
+    finally:  # never leave a trainer running past the test (a second cancel is a harmless 409)
+        pretrainctl("cancel", job_id, cwd=cwd, env=env)
+
+
+def test_logs_of_a_job_that_does_not_exist_say_so(embedded_server):
+    server, cwd = embedded_server
+    result = pretrainctl("logs", "77", cwd=cwd, env=clean_env(PRETRAIN_API_URL=server.url))
+    assert result.returncode == 1 and result.stderr.strip() == "error (404): job 77 not found"
+
+
+def test_the_client_knows_the_servers_states_roles_and_token_file(tmp_path):
+    from pretrainctl.cli import FINISHED_STATES, JOB_STATES, ROLES
+    from pretrainctl.config import ClientSettings
+    from service.db.models import TERMINAL_JOB_STATES, JobState, Role
+
+    assert tuple(s.value for s in JobState) == JOB_STATES
+    assert {s.value for s in TERMINAL_JOB_STATES} == FINISHED_STATES
+    assert tuple(r.value for r in Role) == ROLES
+    assert ClientSettings(state_dir=tmp_path).generated_admin_token_path == Settings(state_dir=tmp_path).generated_admin_token_path
+
+
+def test_the_client_commands_do_not_load_the_server():
+    code = "import sys, pretrainctl.cli; print(sorted(m for m in sys.modules if m == 'service' or m.startswith('service.')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.client import ApiClient
+from pretrainctl.client import ApiClient
 
 LOSS_PREFIX = "loss/"
 EVAL_LOSS_PREFIX = "eval/loss/"

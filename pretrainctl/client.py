@@ -1,4 +1,4 @@
-"""A thin HTTP client for the API, used by `pretrainctl`, benchmarks and tests."""
+"""A thin HTTP client for the API, used by `pretrainctl`, benchmarks and tests (HTTP only)."""
 
 from __future__ import annotations
 
@@ -76,6 +76,15 @@ class ApiClient:
 
     def cancel(self, job_id: int, reason: str | None = None) -> dict[str, Any]:
         return self._call("POST", f"/v1/jobs/{job_id}/cancel", json={"reason": reason})
+
+    def pause(self, job_id: int, reason: str | None = None) -> dict[str, Any]:
+        return self._call("POST", f"/v1/jobs/{job_id}/pause", json={"reason": reason})
+
+    def resume(self, job_id: int, reason: str | None = None) -> dict[str, Any]:
+        return self._call("POST", f"/v1/jobs/{job_id}/resume", json={"reason": reason})
+
+    def logs(self, job_id: int, **params: Any) -> dict[str, Any]:
+        return self._call("GET", f"/v1/jobs/{job_id}/logs", params={k: v for k, v in params.items() if v is not None})
 
     def events(self, job_id: int, **params: Any) -> dict[str, Any]:
         return self._call(

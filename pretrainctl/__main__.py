@@ -1,0 +1,3 @@
+from pretrainctl.cli import main
+
+main()

@@ -1,0 +1,63 @@
+"""How `pretrainctl` prints: JSON for `--json`, lines for people, refusals on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from pretrainctl.client import ApiError
+
+
+def print_data(data: Any, as_json: bool, human: Callable[[Any], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        human(data)
+
+
+def exit_on_api_error(exc: ApiError) -> None:
+    """Print what the API refused, one problem a line, and exit 2 for a 422, else 1."""
+    lines = exc.lines()
+    click.echo(f"error ({exc.status_code}): {lines[0] if len(lines) == 1 else 'the spec was refused:'}", err=True)
+    if len(lines) > 1:
+        for line in lines:
+            click.echo(f"  - {line}", err=True)
+    sys.exit(2 if exc.status_code == 422 else 1)
+
+
+def exit_refused(problems: list[tuple[str, str]]) -> None:
+    """Print every (location, message) of a refused spec, one per line, and exit 2 (as a 422)."""
+    click.echo("error: the spec was refused:", err=True)
+    for loc, msg in problems:
+        click.echo(f"  - {loc or 'body'}: {msg}", err=True)
+    sys.exit(2)
+
+
+def show_plan(plan: dict[str, Any]) -> None:
+    params, memory, compute, advice = plan["params"], plan["memory"], plan["compute"], plan["advice"]
+    click.echo(f"parameters   {params['total']:,} total, {params['non_embedding']:,} non-embedding, {params['active']:,} active")
+    click.echo(f"vocabulary   {plan['vocab']['padded']:,} padded, {plan['vocab']['spare']:,} spare rows")
+    verdict = "fits" if memory["fits"] else "DOES NOT FIT"
+    click.echo(f"memory/GPU   {memory['per_gpu_gib']:.1f} GiB of {memory['capacity_gib']:.0f} GiB ({memory['utilisation']:.0%}): {verdict}")
+    for part, gib in memory["breakdown"].items():
+        if isinstance(gib, int | float):
+            click.echo(f"  {part:<22} {gib:>9.2f} GiB")
+    click.echo(f"compute      {compute['flops']:.3e} FLOPs (6ND {compute['flops_6nd']:.3e}), {compute['gpu_hours']:,.0f} GPU-hours, {compute['days']:.1f} days at MFU {compute['mfu']:.0%}")
+    for stage in plan["stages"]:
+        click.echo(f"stage        {stage['name']}: {stage['train_iters']:,} iters ({stage['warmup_iters']:,} warmup) at seq {stage['seq_length']:,}")
+    click.echo(f"advice       critical batch {advice['critical_batch_tokens']:,.0f} tokens vs {advice['batch_tokens']:,} in the spec; compute-optimal {advice['compute_optimal_tokens']:.3e} tokens")
+    inverse = plan.get("inverse") or {}
+    if budget := inverse.get("tokens_for_budget"):
+        click.echo(f"inverse      {budget['gpus']:,} GPUs × {budget['days']:g} days at MFU {budget['mfu']:.0%} see {budget['tokens']:.3e} tokens")
+    if deadline := inverse.get("gpus_for_deadline"):
+        click.echo(f"inverse      {deadline['token_budget']:.3e} tokens in {deadline['deadline_days']:g} days need {deadline['gpus']:,} GPUs ({deadline['nodes']:,} nodes)")
+    for warning in plan.get("spec_warnings", []):
+        click.echo(f"warning      {'.'.join(map(str, warning['loc']))}: {warning['msg']}")
+    for warning in plan["warnings"]:
+        click.echo(f"warning      {warning}")
+    for problem in plan["problems"]:
+        click.echo(f"REFUSED      {'.'.join(map(str, problem['loc']))}: {problem['msg']}")
