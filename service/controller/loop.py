@@ -503,15 +503,3 @@ def backend_for(settings: Settings) -> Backend:
 
     return LocalBackend(settings.state_dir.resolve() / "workloads")
 
-
-def start_in_background(settings: Settings) -> tuple[Controller, threading.Event, threading.Thread]:
-    """The embedded default's controller: a daemon thread beside the API."""
-    from service.db.session import get_sessionmaker
-
-    controller = Controller(
-        settings, backend_for(settings), get_sessionmaker(settings.resolved_database_url)
-    )
-    stop = threading.Event()
-    thread = threading.Thread(target=controller.run, args=(stop,), name="controller", daemon=True)
-    thread.start()
-    return controller, stop, thread
