@@ -51,8 +51,8 @@ def _job_table() -> list[str]:
     rows = ["| transition | from | to | event | when |", "| --- | --- | --- | --- | --- |"]
     for t in lifecycle.JOB_TRANSITIONS:
         sources = ", ".join(s for s in JobState if s in t.sources)
-        event = f"`{t.event}`" if t.event else "— (the attempt's event)"
-        rows.append(f"| `{t.name}` | {sources} | {t.target} | {event} | {t.why} |")
+        event = f"`{t.event}`" if t.event else "—"
+        rows.append(f"| `{t.name}` | {sources} | {t.target} | {event} | {t.when} |")
     return rows
 
 

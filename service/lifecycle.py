@@ -46,48 +46,74 @@ class Transition:
     target: JobState
     # None where the attempt's event, written in the same transaction, tells the story.
     event: str | None
-    why: str
+    when: str  # for the docs
 
     def allows(self, state: str) -> bool:
         return state in self.sources
 
 
 START = Transition(
-    "start", frozenset({JobState.PENDING}), JobState.RUNNING, None,
-    "its attempt's workload runs (attempt.running)",
+    "start",
+    sources=frozenset({JobState.PENDING}),
+    target=JobState.RUNNING,
+    event=None,
+    when="its attempt's workload runs (attempt.running tells it)",
 )
 RETRY = Transition(
-    "retry", _STARTED, JobState.PENDING, None,
-    "a new attempt after a pod failure, a preemption or a refused checkpoint (attempt.opened)",
+    "retry",
+    sources=_STARTED,
+    target=JobState.PENDING,
+    event=None,
+    when="a new attempt after a pod failure, a preemption or a refused checkpoint (attempt.opened tells it)",
 )
 ROLL_BACK = Transition(
-    "roll_back", _ACTIVE, JobState.PENDING, "job.rolled_back",
-    "a new attempt from an earlier checkpoint, skipping data (watchdog, trainer or on-call)",
+    "roll_back",
+    sources=_ACTIVE,
+    target=JobState.PENDING,
+    event="job.rolled_back",
+    when="a new attempt from an earlier checkpoint, skipping data (watchdog, trainer or on-call)",
 )
 RESUME = Transition(
-    "resume", frozenset({JobState.PAUSED}), JobState.PENDING, "job.resumed",
-    "a new attempt from the newest good checkpoint, on request",
+    "resume",
+    sources=frozenset({JobState.PAUSED}),
+    target=JobState.PENDING,
+    event="job.resumed",
+    when="a new attempt from the newest good checkpoint, on request",
 )
 PAUSE = Transition(
-    "pause", _STARTED, JobState.PAUSED, "job.paused",
-    "the controller stopped its workload because pausing was asked for",
+    "pause",
+    sources=_STARTED,
+    target=JobState.PAUSED,
+    event="job.paused",
+    when="the controller stopped its workload because pausing was asked for",
 )
 REQUEST_CANCEL = Transition(
-    "request_cancel", frozenset({JobState.PENDING, JobState.RUNNING, JobState.PAUSED}),
-    JobState.CANCELLING, "job.cancel_requested",
-    "cancelling was asked for while a workload may still run",
+    "request_cancel",
+    sources=frozenset({JobState.PENDING, JobState.RUNNING, JobState.PAUSED}),
+    target=JobState.CANCELLING,
+    event="job.cancel_requested",
+    when="cancelling was asked for while a workload may still run",
 )
 CANCEL = Transition(
-    "cancel", _ACTIVE, JobState.CANCELLED, "job.cancelled",
-    "nothing runs any more (at once when nothing had started)",
+    "cancel",
+    sources=_ACTIVE,
+    target=JobState.CANCELLED,
+    event="job.cancelled",
+    when="nothing runs any more (at once when nothing had started)",
 )
 SUCCEED = Transition(
-    "succeed", _STARTED, JobState.SUCCEEDED, "job.succeeded",
-    "its attempt finished training (or its tokenizer run)",
+    "succeed",
+    sources=_STARTED,
+    target=JobState.SUCCEEDED,
+    event="job.succeeded",
+    when="its attempt finished training (or its tokenizer run)",
 )
 FAIL = Transition(
-    "fail", _ACTIVE, JobState.FAILED, "job.failed",
-    "its attempt cannot go on (or the backend refused its workload) and nothing is left to retry",
+    "fail",
+    sources=_ACTIVE,
+    target=JobState.FAILED,
+    event="job.failed",
+    when="its attempt cannot go on (or the backend refused its workload) and nothing is left to retry",
 )
 
 JOB_TRANSITIONS: tuple[Transition, ...] = (
