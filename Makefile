@@ -51,8 +51,10 @@ dashboards: setup
 	$(PY) scripts/dashboards.py
 
 # docs/configuration.md's settings table, from service/settings.py; tests/test_project.py checks it.
+# docs/job-lifecycle.md, from service/lifecycle.py; tests/service/test_lifecycle.py checks it.
 docs: setup
 	$(PY) scripts/settings_table.py
+	$(PY) scripts/lifecycle_diagram.py
 
 clean:
 	rm -rf $(VENV) .pretrain demo-out .pytest_cache

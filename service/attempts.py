@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from service import checkpoints, tokens
+from service import checkpoints, lifecycle
 from service.db import repo
 from service.db.models import (
     Attempt,
@@ -20,17 +20,10 @@ from service.db.models import (
     DesiredState,
     Job,
     JobState,
-    utcnow,
 )
 from service.errors import Conflict
+from service.lifecycle import TERMINAL_ATTEMPT_STATES
 from service.tokens import Principal
-
-TERMINAL_ATTEMPT_STATES = {
-    AttemptState.SUCCEEDED,
-    AttemptState.FAILED,
-    AttemptState.CANCELLED,
-    AttemptState.SUPERSEDED,
-}
 
 
 def open_attempt(
@@ -109,34 +102,17 @@ def end_attempt(
 
     The caller commits. `event` False: the caller's own event tells the story.
     """
-    attempt.state = state
-    attempt.state_reason = reason
-    attempt.finished_at = utcnow()
     if outcome is not None:
         attempt.outcome = outcome
-    if event:
-        repo.add_event(
-            session,
-            kind=f"attempt.{state}",
-            actor=actor,
-            job_id=job.id,
-            attempt=attempt.number,
-            reason=reason,
-            data=data,
-        )
-    tokens.revoke_attempt_tokens(
-        session,
-        job_id=job.id,
-        attempt=attempt.number,
-        actor=actor,
-        reason=f"attempt {attempt.number} {state}",
+    lifecycle.move_attempt(
+        session, job, attempt, state, actor=actor, reason=reason, data=data, event=event
     )
 
 
 def pause_job(session: Session, *, job_id: int, principal: Principal, reason: str | None) -> Job:
     """Stop the job's workload but keep the job: `resume` continues from its newest checkpoint."""
     job = repo.get_job(session, job_id=job_id, for_update=True)
-    if JobState(job.state).is_terminal:
+    if lifecycle.is_terminal(job.state):
         raise Conflict(f"job {job_id} is already {job.state}")
     if job.desired_state != DesiredState.RUNNING:
         raise Conflict(f"job {job_id} is already {job.desired_state}")
@@ -163,8 +139,6 @@ def resume_job(session: Session, *, job_id: int, principal: Principal, reason: s
         resume_from=checkpoint,
     )
     job.desired_state = DesiredState.RUNNING
-    job.state = JobState.PENDING
-    job.state_reason = None
-    repo.add_event(session, kind="job.resumed", actor=principal.name, job_id=job.id, reason=reason)
+    lifecycle.move(session, job, lifecycle.RESUME, actor=principal.name, reason=reason)
     session.commit()
     return job

@@ -12,15 +12,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import checkpoints
+from service import checkpoints, lifecycle
 from service.db import repo
 from service.db.models import (
-    TERMINAL_JOB_STATES,
     Attempt,
     AttemptState,
     Checkpoint,
     Job,
-    JobState,
     MetricPoint,
     utcnow,
 )
@@ -66,7 +64,7 @@ def record_checkpoint(
                 f"job {job_id} attempt {attempt} already registered a different checkpoint at step {step}"
             )
         return Registration(existing, False, checkpoints.pruned_with(session, job=job, registered=existing))
-    if JobState(job.state).is_terminal:
+    if lifecycle.is_terminal(job.state):
         raise Conflict(f"job {job_id} is already {job.state}")
     current = job.attempts[-1]
     superseded = reporter.state == AttemptState.SUPERSEDED
@@ -124,7 +122,6 @@ def record_checkpoint(
 METRIC_COLUMNS = ("job_id", "attempt", "step", "name", "value", "nonfinite", "stage", "phase", "tokens", "created_at")
 # Past the job's last step a record is only plausible as that step's eval, reported after it.
 STEP_MARGIN = 1
-FINISHED = frozenset(state.value for state in TERMINAL_JOB_STATES)
 
 _COPY = f"COPY metric_points ({', '.join(METRIC_COLUMNS)}) FROM STDIN"
 _NULL = "\\N"
@@ -200,7 +197,7 @@ def _check_records(session: Session, *, job_id: int, records: list[dict[str, Any
     if found is None:
         raise NotFound(f"job {job_id} not found")
     state, total_steps, newest = found
-    if state in FINISHED:
+    if lifecycle.is_terminal(state):
         raise Conflict(f"job {job_id} is {state}: it takes no more metrics")
     last_step = None if total_steps is None else total_steps - 1 + STEP_MARGIN
     job = str(job_id)

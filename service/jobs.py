@@ -9,19 +9,16 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import attempts, tokens
+from service import attempts, lifecycle
 from service.admission import OverMemory, admit
 from service.controller.workload import render_problems
 from service.db import repo
 from service.db.models import (
-    ACTIVE_JOB_STATES,
     AttemptReason,
     AttemptState,
     DesiredState,
     Job,
-    JobState,
     Role,
-    utcnow,
 )
 from service.errors import Conflict, Forbidden
 from service.settings import Settings
@@ -87,7 +84,7 @@ def submit_job(
     except IntegrityError as exc:
         # The partial unique index on live names decides, race-free; look up who holds the name.
         session.rollback()
-        holder = repo.find_active_job_by_name(session, name=name, active_states=ACTIVE_JOB_STATES)
+        holder = repo.find_active_job_by_name(session, name=name, active_states=lifecycle.ACTIVE_JOB_STATES)
         if holder is None:
             raise
         raise Conflict(f"a job named {name!r} is already {holder.state} (job {holder.id})") from exc
@@ -101,7 +98,7 @@ def cancel_job(session: Session, *, job_id: int, principal: Principal, reason: s
         raise Forbidden(
             f"job {job_id} belongs to {job.owner}; only its owner or on-call may cancel it"
         )
-    if JobState(job.state).is_terminal or job.desired_state == DesiredState.CANCELLED:
+    if lifecycle.is_terminal(job.state) or job.desired_state == DesiredState.CANCELLED:
         raise Conflict(f"job {job_id} is already {job.state}")
     job.desired_state = DesiredState.CANCELLED
     nothing_running = all(a.state == AttemptState.PENDING or a.finished_at for a in job.attempts)
@@ -117,18 +114,16 @@ def cancel_job(session: Session, *, job_id: int, principal: Principal, reason: s
                     reason="job cancelled",
                     event=False,  # job.cancelled below says it
                 )
-        finish_job(session, job=job, state=JobState.CANCELLED, reason=reason or "cancelled before it started", actor=principal.name)
-        kind = "job.cancelled"
+        transition, reason = lifecycle.CANCEL, reason or "cancelled before it started"
     else:
-        job.state = JobState.CANCELLING
-        kind = "job.cancel_requested"
-    repo.add_event(
+        transition = lifecycle.REQUEST_CANCEL
+    lifecycle.move(
         session,
-        kind=kind,
+        job,
+        transition,
         actor=principal.name,
-        job_id=job.id,
-        attempt=job.attempts[-1].number if job.attempts else None,
         reason=reason,
+        attempt=job.attempts[-1].number if job.attempts else None,
     )
     session.commit()
     return job
@@ -150,7 +145,7 @@ def record_result(
     job = repo.get_job(session, job_id=job_id, for_update=True)
     if job.kind != TOKENIZER_KIND:
         raise Conflict(f"job {job_id} is a {job.kind} job; only tokenizer jobs report a result")
-    if JobState(job.state).is_terminal:
+    if lifecycle.is_terminal(job.state):
         raise Conflict(f"job {job_id} is already {job.state}")
     current = job.attempts[-1].number
     if attempt != current:
@@ -167,14 +162,3 @@ def record_result(
     session.commit()
     return job
 
-
-def finish_job(session: Session, *, job: Job, state: JobState, reason: str, actor: str) -> None:
-    """Put a job in `state` with why; a finished job's tokens are revoked with it. No event:
-    the caller writes the one that tells the story. The caller commits."""
-    job.state = state
-    job.state_reason = reason
-    if state.is_terminal:
-        job.finished_at = utcnow()
-        tokens.revoke_attempt_tokens(
-            session, job_id=job.id, attempt=None, actor=actor, reason=f"job {job.id} {state}"
-        )

@@ -16,7 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db.models import ACTIVE_JOB_STATES, Attempt, Event, Job, JobState, MetricPoint, utcnow
+from service.db.models import Attempt, Event, Job, JobState, MetricPoint, utcnow
+from service.lifecycle import ACTIVE_JOB_STATES
 
 # Latest values exported per live job: the channel losses, eval PPL and throughput.
 EXPORTED_PREFIXES = ("loss", "eval/ppl", "throughput/", "grad_norm", "lr")

@@ -26,14 +26,13 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import attempts, checkpoints, jobs, tokens
+from service import attempts, checkpoints, lifecycle, tokens
 from service.checkpoints import CheckpointStorage, Rejection
 from service.controller import reconcile as rc
 from service.controller.backends import Backend, PermanentBackendError, TemporaryBackendError
 from service.controller.workload import build_workload
 from service.db import repo
 from service.db.models import (
-    ACTIVE_JOB_STATES,
     ApiToken,
     Attempt,
     AttemptReason,
@@ -43,7 +42,6 @@ from service.db.models import (
     Job,
     JobState,
     Role,
-    utcnow,
 )
 from service.errors import Conflict
 from service.settings import Settings
@@ -142,7 +140,8 @@ class Controller:
             except PermanentBackendError as exc:
                 session.rollback()
                 job = repo.lock_job_if_free(session, job_id=job_id)
-                if job is not None:
+                # A finished job (one whose workload could not be deleted) stays as it finished.
+                if job is not None and not lifecycle.is_terminal(job.state):
                     self._fail(session, job, f"backend refused the workload: {exc}")
                     session.commit()
                 return None
@@ -180,18 +179,10 @@ class Controller:
             case rc.RecordAttempt(attempt=number, state=state, reason=reason, outcome=told):
                 attempt = _attempt(job, number)
                 if state == AttemptState.RUNNING:
-                    attempt.state = state
-                    attempt.state_reason = reason
-                    attempt.started_at = attempt.started_at or utcnow()
-                    if job.state in (JobState.PENDING, JobState.RUNNING):
-                        job.state = JobState.RUNNING
-                    repo.add_event(
-                        session,
-                        kind=f"attempt.{state}",
-                        actor=ACTOR,
-                        job_id=job.id,
-                        attempt=number,
-                        reason=reason,
+                    if job.state == JobState.PENDING:
+                        lifecycle.move(session, job, lifecycle.START, actor=ACTOR)
+                    lifecycle.move_attempt(
+                        session, job, attempt, AttemptState.RUNNING, actor=ACTOR, reason=reason
                     )
                 else:
                     attempts.end_attempt(
@@ -339,7 +330,7 @@ class Controller:
         attempts.open_attempt(
             session, job=job, reason=reason, actor=ACTOR, why=why, resume_from=resume
         )
-        job.state = JobState.PENDING
+        lifecycle.move(session, job, lifecycle.RETRY, actor=ACTOR, reason=why)
 
     def _roll_back(
         self, session: Session, job: Job, number: int, onset: int | None, why: str
@@ -392,7 +383,7 @@ class Controller:
         attempts.open_attempt(
             session, job=job, reason=AttemptReason.BAD_CHECKPOINT, actor=ACTOR, why=why, resume_from=older
         )
-        job.state = JobState.PENDING
+        lifecycle.move(session, job, lifecycle.RETRY, actor=ACTOR, reason=why)
         return _Next.GO_ON
 
     def _pause_for_a_person(self, session: Session, job: Job, reason: str) -> None:
@@ -409,17 +400,14 @@ class Controller:
     def _fail(self, session: Session, job: Job, reason: str) -> None:
         """The current attempt cannot run: it fails, and the job with it."""
         current = job.attempts[-1]
-        if current.state not in attempts.TERMINAL_ATTEMPT_STATES:
+        if current.state not in lifecycle.TERMINAL_ATTEMPT_STATES:
             attempts.end_attempt(
                 session, job=job, attempt=current, state=AttemptState.FAILED, actor=ACTOR, reason=reason
             )
         self._finish(session, job, JobState.FAILED, f"attempt {current.number}: {reason}")
 
     def _finish(self, session: Session, job: Job, state: JobState, reason: str) -> None:
-        jobs.finish_job(session, job=job, state=state, reason=reason, actor=ACTOR)
-        repo.add_event(
-            session, kind=f"job.{state.value}", actor=ACTOR, job_id=job.id, reason=reason
-        )
+        lifecycle.move(session, job, lifecycle.SETTLING[state], actor=ACTOR, reason=reason)
 
     # --- the loop ----------------------------------------------------------------------------------
 
@@ -482,7 +470,7 @@ class Controller:
         since = self._last_poll - timedelta(seconds=2)  # clock skew between writers
         polled_at = datetime.now(UTC)
         with self.sessions() as session:
-            query = select(Job.id).where(Job.updated_at >= since, Job.state.in_(ACTIVE_JOB_STATES))
+            query = select(Job.id).where(Job.updated_at >= since, Job.state.in_(lifecycle.ACTIVE_JOB_STATES))
             changed = list(session.scalars(query))
         self._last_poll = polled_at
         for job_id in changed:

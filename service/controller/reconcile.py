@@ -11,6 +11,7 @@ import enum
 from dataclasses import dataclass, field
 
 from service.controller.outcome import Outcome, TrainerOutcome
+from service.lifecycle import TERMINAL_ATTEMPT_STATES, TERMINAL_JOB_STATES
 
 # How soon to look again while something is in motion, and while a job just runs.
 REQUEUE_SOON_S = 2.0
@@ -118,9 +119,6 @@ class FinishJob:
 Action = (
     CreateWorkload | DeleteWorkload | RecordAttempt | OpenAttempt | RollBack | RefuseCheckpoint | FinishJob
 )
-
-TERMINAL_JOB_STATES = {"succeeded", "failed", "cancelled"}
-TERMINAL_ATTEMPT_STATES = {"succeeded", "failed", "cancelled", "superseded"}
 
 
 def plan(desired: Desired, observed: Observed) -> tuple[list[Action], float | None]:

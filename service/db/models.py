@@ -72,6 +72,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class JobState(enum.StrEnum):
+    """A job's state; which moves between them are allowed is service.lifecycle's to say."""
+
     PENDING = "pending"
     RUNNING = "running"
     PAUSED = "paused"
@@ -80,13 +82,10 @@ class JobState(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
-    @property
-    def is_terminal(self) -> bool:
-        return self in TERMINAL_JOB_STATES
 
-
-TERMINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
-ACTIVE_JOB_STATES = tuple(s.value for s in JobState if s not in TERMINAL_JOB_STATES)
+# The states in which a job holds its name: service.lifecycle's active ones, as the schema
+# (migration 0001) spells them; a test holds the two equal, and a change needs a migration.
+LIVE_NAME_STATES = "state IN ('pending', 'running', 'paused', 'cancelling')"
 
 
 class DesiredState(enum.StrEnum):
@@ -96,6 +95,8 @@ class DesiredState(enum.StrEnum):
 
 
 class AttemptState(enum.StrEnum):
+    """An attempt's state; which moves between them are allowed is service.lifecycle's to say."""
+
     PENDING = "pending"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -218,8 +219,8 @@ class Job(Base):
             "uq_jobs_active_name",
             "name",
             unique=True,
-            postgresql_where=text(f"state IN {ACTIVE_JOB_STATES}"),
-            sqlite_where=text(f"state IN {ACTIVE_JOB_STATES}"),
+            postgresql_where=text(LIVE_NAME_STATES),
+            sqlite_where=text(LIVE_NAME_STATES),
         ),
     )
 

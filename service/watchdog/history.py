@@ -14,7 +14,8 @@ from typing import Any
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
-from service.db.models import ACTIVE_JOB_STATES, Job, MetricPoint
+from service.db.models import Job, MetricPoint
+from service.lifecycle import ACTIVE_JOB_STATES
 
 PAGE_POINTS = 20_000
 

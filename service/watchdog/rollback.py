@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from service import attempts, checkpoints
+from service import attempts, checkpoints, lifecycle
 from service.checkpoints import CheckpointStorage, Rejection
 from service.db import repo
-from service.db.models import AttemptReason, Checkpoint, DesiredState, Job, JobState
+from service.db.models import AttemptReason, Checkpoint, DesiredState, Job
 from service.errors import Conflict
 from service.spec import PRETRAIN_KIND, WatchdogSpec
 from trainer.ranges import batch_index, merge_ranges
@@ -75,7 +75,7 @@ def roll_back(
         raise Conflict(
             f"job {job_id} is a {job.kind} job: it keeps no checkpoints and cannot be rolled back"
         )
-    if JobState(job.state).is_terminal:
+    if lifecycle.is_terminal(job.state):
         raise Conflict(f"job {job_id} is already {job.state}")
     if request.expected_attempt is not None:
         _check_not_raced(job, request.expected_attempt)
@@ -128,12 +128,11 @@ def roll_back(
         skip_ranges=skip_ranges,
         lr_scale=lr_scale,
     )
-    job.state = JobState.PENDING
-    repo.add_event(
+    lifecycle.move(
         session,
-        kind="job.rolled_back",
+        job,
+        lifecycle.ROLL_BACK,
         actor=request.actor,
-        job_id=job.id,
         attempt=attempt.number,
         reason=why,
         data={
