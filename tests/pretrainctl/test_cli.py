@@ -336,7 +336,8 @@ def test_logs_of_a_job_that_does_not_exist_say_so(embedded_server):
 def test_the_client_knows_the_servers_states_roles_and_token_file(tmp_path):
     from pretrainctl.cli import FINISHED_STATES, JOB_STATES, ROLES
     from pretrainctl.config import ClientSettings
-    from service.db.models import TERMINAL_JOB_STATES, JobState, Role
+    from service.db.models import JobState, Role
+    from service.lifecycle import TERMINAL_JOB_STATES
 
     assert tuple(s.value for s in JobState) == JOB_STATES
     assert {s.value for s in TERMINAL_JOB_STATES} == FINISHED_STATES
