@@ -1,4 +1,4 @@
-"""Job lifecycle operations: each is one transaction that also writes its audit event."""
+"""What people ask of a job (submit, cancel, its result): each one transaction with its event."""
 
 from __future__ import annotations
 
