@@ -25,13 +25,14 @@ def main() -> int:
     attempt = config["job"]["attempt"]
     plan_path = Path(os.environ["FAKE_TRAINER_PLAN"])
     plan = json.loads(plan_path.read_text()).get(str(attempt), {})
+    if plan.get("slow_to_stop"):  # as the trainer saving a checkpoint after SIGTERM: still there
+        # before it says it runs, so a test that waited for runs.log knows SIGTERM is ignored
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with (plan_path.parent / "runs.log").open("a") as runs:
         runs.write(json.dumps({"attempt": attempt, "pid": os.getpid(), "token": config["metrics"]["token"],
                                "resume_from": config["checkpoint"]["resume_from"],
                                "skip_ranges": config["data"]["skip_ranges"], "lr_scale": config["lr_scale"]}) + "\n")
     Path(config["metrics"]["jsonl_path"]).touch()
-    if plan.get("slow_to_stop"):  # as the trainer saving a checkpoint after SIGTERM: still there
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if plan.get("wait_for"):
         deadline = time.monotonic() + 120
         while not Path(plan["wait_for"]).exists() and time.monotonic() < deadline:
