@@ -48,11 +48,31 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
 from itertools import pairwise
 from typing import Any
 
-from service.spec import WatchdogSpec
+from service.watchdog.policy import Policy, Verdict
+from service.watchdog.series import (
+    EPISODE_SLOPE,
+    LOCAL_POINTS,
+    LONG_DROP_WINDOWS,
+    RECOVERY_POINTS,
+    REFIT_STEPS,
+    SEEN_STEPS,
+    TREND_WINDOW,
+    LossSeries,
+    Reference,
+    classify,
+    excursion_start,
+    fit_window,
+    median,
+    recover_allowance,
+    reference,
+    returns_to,
+    well_inside,
+)
+
+__all__ = ["Detector", "Policy", "Verdict"]
 
 ALL_CHANNELS = "all"
 LOSS = "loss"
@@ -60,248 +80,12 @@ LOSS_PREFIX = "loss/"
 PPL_PREFIX = "eval/ppl/"
 EVAL_PHASE = "eval"
 
-# Points of a series the references are built from.
-TREND_WINDOW = 40
-# Points the local level is the median of: enough to shrug off one outlier, few enough to
-# follow autocorrelated noise.
-LOCAL_POINTS = 5
-# Steps of a series remembered to tell a duplicate from a late record.
-SEEN_STEPS = 64
-# The recover decision takes the median of this many latest ratios: one lucky point is not
-# enough to call a divergence back, nor one unlucky one to call a recovery off.
-RECOVERY_POINTS = 5
-# During an episode the frozen reference runs on at this fraction of its slope: a slope fitted
-# to noise must not carry the reference away, and a real fall is still followed well enough.
-EPISODE_SLOPE = 0.5
-# How far above its noise a loss must come back to count as recovered, in robust standard
-# deviations of the window around its trend.
-NOISE_ALLOWANCE_SIGMAS = 3.0
-# The trend is trusted where the window's halves fall at rates within this (log per step,
-# scaled by the window) of each other.
-BEND_TOLERANCE = 0.03
-# ...and where the whole window falls by less than this (log): a line through a steep fall
-# says little about the next step.
-STEEP_WINDOW = 0.15
-# A drop is held (its level the reference) for this many recover windows before the level it
-# fell to is taken as the new one.
-LONG_DROP_WINDOWS = 5
-# A fall below the local level by this many robust standard deviations (and at least half a
-# spike) is held out of the window as a silent dip.
-DIP_SIGMAS = 4.0
-# A spike rises this many robust standard deviations of its series above the expectation, at
-# least: for a series whose noise reaches the threshold, the threshold alone would be noise.
-SPIKE_SIGMAS = 3.0
-# A window's fit is carried at most this many steps before it is fitted again.
-REFIT_STEPS = 5
-# The carried part of the last deviation is bounded by this many robust standard deviations.
-CARRY_SIGMAS = 2.0
 STATE_VERSION = 2
 
 _NONFINITE_STRINGS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _COUNTERS = ("records", "duplicate", "late", "stale_attempt")
-
-
-_SPEC_DEFAULTS = WatchdogSpec.model_fields
-
-
-@dataclass(frozen=True)
-class Policy:
-    """The watchdog's knobs (a JobSpec's `watchdog` section, minus what the detector ignores)."""
-
-    # The knobs a JobSpec sets take their defaults from WatchdogSpec, where they are declared.
-    spike_threshold: float = _SPEC_DEFAULTS["spike_threshold"].default
-    """Relative rise over the recent trend that counts as a spike."""
-    drop_threshold: float = _SPEC_DEFAULTS["drop_threshold"].default
-    """Relative fall under the recent trend that counts as a drop."""
-    recover_window_steps: int = _SPEC_DEFAULTS["recover_window_steps"].default
-    """Steps a spike may take to come back before it is a divergence."""
-    recover_tolerance: float = 0.05
-    """How close to the trend (relative) a spike must come back to count as recovered."""
-    min_history: int = 10
-    """Points a series needs before it is judged."""
-    ppl_rise_evals: int = 3
-    """Consecutive rising evals of one channel's PPL that raise an alert."""
-
-    def __post_init__(self) -> None:
-        for spec in fields(self):
-            value = getattr(self, spec.name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ValueError(f"watchdog {spec.name} must be a positive number, got {value!r}")
-        if self.drop_threshold >= 1:
-            raise ValueError(f"watchdog drop_threshold must be below 1, got {self.drop_threshold}")
-
-    @classmethod
-    def from_spec(cls, watchdog: Any) -> Policy:
-        """From a JobSpec's `watchdog` section (a mapping or the model); other keys are ignored."""
-        if watchdog is None:
-            return cls()
-        if hasattr(watchdog, "model_dump"):
-            watchdog = watchdog.model_dump()
-        if not isinstance(watchdog, Mapping):
-            raise ValueError(f"a watchdog section is a mapping, got {type(watchdog).__name__}")
-        known = {spec.name for spec in fields(cls)}
-        return cls(**{key: value for key, value in watchdog.items() if key in known})
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One anomaly: what, where, and what to do about it."""
-
-    job: str
-    attempt: int
-    step: int
-    kind: str  # spike, divergence, nonfinite, drop, ppl_rise
-    action: str  # alert or rollback
-    channel: str  # "all" for the total loss
-    evidence: dict[str, Any] = field(default_factory=dict, hash=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class _Reference:
-    """Where a series' loss is expected at a step (log space), and how noisy it is."""
-
-    local: float
-    trend: float
-    trusted: bool  # whether the trend may be used (the window does not bend)
-    slope: float  # the rate the curve falls at now (log per step, never positive)
-    plain: float  # the median of the latest points, not carried
-    predicted: float  # the trend plus the part of the last deviation that carries over
-    sigma: float  # robust standard deviation of the window around its trend
-
-
-class _LossSeries:
-    """The state of one loss series of one job attempt."""
-
-    __slots__ = (
-        "stage", "last_step", "seen", "steps", "logs", "fit", "episode", "closed", "nonfinite"
-    )
-
-    def __init__(self, stage: str | None = None) -> None:
-        self.stage = stage
-        self.last_step: int | None = None
-        self.seen: list[int] = []  # the latest steps received, to tell duplicates from late ones
-        self.steps: list[int] = []  # accepted points, oldest first, at most TREND_WINDOW
-        self.logs: list[float] = []
-        # The window's last full fit (`fit_window`), carried for a few steps between refits.
-        self.fit: dict[str, Any] | None = None
-        # An open spike/drop/divergence: kind, onset, frozen reference, latest ratios.
-        self.episode: dict[str, Any] | None = None
-        # The last episode that ended, with the step it ended at: a spike back within a
-        # window is the same episode, and late records inside it are already judged.
-        self.closed: dict[str, Any] | None = None
-        self.nonfinite: int | None = None  # the step a run of non-finite values began
-
-    def rebaseline(self) -> None:
-        self.clear_window()
-        self.episode = None
-        self.closed = None
-
-    def clear_window(self) -> None:
-        self.steps.clear()
-        self.logs.clear()
-        self.fit = None
-
-    def close_episode(self, step: int) -> None:
-        assert self.episode is not None
-        self.closed = {**self.episode, "end": step}
-        self.episode = None
-
-    def accept(self, step: int, log_value: float) -> None:
-        self.steps.append(step)
-        self.logs.append(log_value)
-        if len(self.steps) > TREND_WINDOW:
-            del self.steps[0], self.logs[0]
-
-    def remember(self, step: int) -> bool:
-        """Note a received step; False when it was received before (a duplicate)."""
-        if step in self.seen:
-            return False
-        self.seen.append(step)
-        if len(self.seen) > SEEN_STEPS:
-            del self.seen[0]
-        return True
-
-    def to_dict(self) -> dict[str, Any]:
-        return {slot: getattr(self, slot) for slot in self.__slots__}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> _LossSeries:
-        series = cls()
-        for slot in cls.__slots__:
-            setattr(series, slot, data[slot])
-        return series
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    if len(ordered) % 2:
-        return ordered[middle]
-    return (ordered[middle - 1] + ordered[middle]) / 2
-
-
-def _slope(steps: list[int], logs: list[float]) -> float:
-    """Slope per step joining the medians of the older and the newer half, never positive: a
-    healthy loss does not trend up, and a rise that noise fits as a slope would hide the next
-    spike."""
-    half = len(steps) // 2
-    if half == 0:
-        return 0.0
-    run = _median(steps[-half:]) - _median(steps[:half])
-    if run <= 0:
-        return 0.0
-    return min((_median(logs[-half:]) - _median(logs[:half])) / run, 0.0)
-
-
-def fit_window(series: _LossSeries, step: int) -> dict[str, Any]:
-    """The window's robust fit at `step`: trend level, slopes, noise spread and autocorrelation."""
-    steps, logs = series.steps, series.logs
-    half = len(steps) // 2
-    slope = _slope(steps, logs)
-    newer = _slope(steps[half:], logs[half:])
-    carried = [y + slope * (step - x) for x, y in zip(steps, logs, strict=True)]
-    trend = _median(carried)
-    deviations = [value - trend for value in carried]
-    sigma = 1.4826 * _median([abs(d) for d in deviations])
-    # Autocorrelated noise: the lag-one autocorrelation of the deviations from the trend.
-    product = power = 0.0
-    for index in range(1, len(steps)):
-        if steps[index] - steps[index - 1] == 1:
-            product += deviations[index - 1] * deviations[index]
-            power += deviations[index - 1] * deviations[index - 1]
-    phi = min(max(product / power, 0.0), 0.95) if power > 0 else 0.0
-    # A bend (the end of warmup, the start of a decay) shows as the whole window's slope and
-    # the newer half's disagreeing about where the curve is now; a line through it misleads.
-    disagreement = abs(slope - newer) * (step - _median(steps))
-    span = steps[-1] - steps[0] + 1
-    trusted = disagreement <= BEND_TOLERANCE and -slope * span <= STEEP_WINDOW
-    return {
-        "step": step, "trend": trend, "slope": slope, "newer": newer,
-        "sigma": sigma, "phi": phi, "trusted": trusted,
-    }  # fmt: skip
-
-
-def reference(series: _LossSeries, step: int, fit: Mapping[str, Any] | None = None) -> _Reference:
-    """The references of `series` at `step`, from `fit` (a recent `fit_window`) or a new fit."""
-    fit = fit or fit_window(series, step)
-    steps, logs = series.steps, series.logs
-    trend = fit["trend"] + fit["slope"] * (step - fit["step"])
-    # The local level is carried a few steps at most, at the rate the curve falls now: where
-    # the fall slows (the end of warmup) the whole window's slope would undershoot.
-    latest = list(zip(steps[-LOCAL_POINTS:], logs[-LOCAL_POINTS:], strict=True))
-    local = _median([y + fit["newer"] * (step - x) for x, y in latest])
-    # The next point is expected at the trend plus the share of the last point's deviation
-    # that carries over — the noise's wander, bounded by its spread: a point that jumped (the
-    # first step of a spike) must not lift the expectation of the next one with it.
-    last = logs[-1] - (fit["trend"] + fit["slope"] * (steps[-1] - fit["step"]))
-    bound = CARRY_SIGMAS * fit["sigma"]
-    carry = fit["phi"] ** max(step - steps[-1], 1) * last
-    predicted = trend + max(-bound, min(bound, carry))
-    plain = _median(logs[-LOCAL_POINTS:])
-    return _Reference(local, trend, fit["trusted"], fit["newer"], plain, predicted, fit["sigma"])
+# The default of `Detector` and `from_state`: a frozen Policy, so one instance serves both.
+_DEFAULT_POLICY = Policy()
 
 
 def _encode_nonfinite(value: float) -> str:
@@ -324,10 +108,10 @@ def _loss_value(raw: Any) -> float | None:
 class Detector:
     """Turns a stream of trainer records (jobs interleaved) into verdicts; no I/O, no clocks."""
 
-    def __init__(self, policy: Policy | Callable[[str], Policy] = Policy()) -> None:
+    def __init__(self, policy: Policy | Callable[[str], Policy] = _DEFAULT_POLICY) -> None:
         self._policy_for = policy if callable(policy) else (lambda _job: policy)
         self._policies: dict[str, Policy] = {}
-        # job → {"attempt": n, "series": {metric: _LossSeries}, "ppl": {...}}
+        # job → {"attempt": n, "series": {metric: LossSeries}, "ppl": {...}}
         self._jobs: dict[str, dict[str, Any]] = {}
         self.counts: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
 
@@ -371,7 +155,7 @@ class Detector:
                 continue
             series = state["series"].get(name)
             if series is None:
-                series = state["series"][name] = _LossSeries(stage)
+                series = state["series"][name] = LossSeries(stage)
             outcome = self._observe_loss(series, step, stage, value, policy, hold=echo and name == LOSS)
             echo = echo or (series.episode is not None and series.episode["kind"] == "spike")
             if outcome is not None:
@@ -384,7 +168,7 @@ class Detector:
 
     def _observe_loss(
         self,
-        series: _LossSeries,
+        series: LossSeries,
         step: int,
         stage: Any,
         value: float,
@@ -423,12 +207,12 @@ class Detector:
         fresh = fit is None or step - fit["step"] >= REFIT_STEPS
         if not fresh:
             ref = reference(series, step, fit)
-            judged = _classify(series, ref, log_value, policy)
-            fresh = judged is not None or not _well_inside(ref, log_value, policy)
+            judged = classify(series, ref, log_value, policy)
+            fresh = judged is not None or not well_inside(ref, log_value, policy)
         if fresh:
             series.fit = fit_window(series, step)
             ref = reference(series, step, series.fit)
-            judged = _classify(series, ref, log_value, policy)
+            judged = classify(series, ref, log_value, policy)
         if judged is None:
             # An echo is judged, not learned from; the window waits (a while) for it to pass.
             if not hold or step - series.steps[-1] > LONG_DROP_WINDOWS * policy.recover_window_steps:
@@ -442,7 +226,7 @@ class Detector:
                 series.episode, series.closed = {**closed, "ratios": [], "reopened": step}, None
                 del series.episode["end"]
                 return self._continue_episode(series, step, log_value, value, policy)
-            if closed.get("stayed") and _returns_to(closed, step, log_value, policy):
+            if closed.get("stayed") and returns_to(closed, step, log_value, policy):
                 # The loss climbs back to where it was before a fall that became the new level:
                 # the fall is over. Start the window again from here.
                 series.closed = None
@@ -453,8 +237,8 @@ class Detector:
 
     def _open_episode(
         self,
-        series: _LossSeries,
-        ref: _Reference,
+        series: LossSeries,
+        ref: Reference,
         kind: str,
         level: float,
         step: int,
@@ -470,7 +254,7 @@ class Detector:
         series.episode = {
             "kind": kind,
             "onset": step,
-            "start": _excursion_start(series, ref, step, policy) if kind == "spike" else step,
+            "start": excursion_start(series, ref, step, policy) if kind == "spike" else step,
             "level": level,
             # A fall ends where the loss is back at the lower reference; a rise out of it is a
             # spike only over the higher one.
@@ -492,7 +276,7 @@ class Detector:
         return kind, "alert", evidence
 
     def _continue_episode(
-        self, series: _LossSeries, step: int, log_value: float, value: float, policy: Policy
+        self, series: LossSeries, step: int, log_value: float, value: float, policy: Policy
     ) -> tuple[str, str, dict[str, Any]] | None:
         episode = series.episode
         assert episode is not None
@@ -502,7 +286,7 @@ class Detector:
         level = episode["level"] + follow * episode["slope"] * ahead
         ratio = math.exp(log_value - level) - 1
         ratios = episode["ratios"] = [*episode["ratios"], ratio][-RECOVERY_POINTS:]
-        allowance = _allowance(episode["sigma"], policy)
+        allowance = recover_allowance(episode["sigma"], policy)
         if episode["kind"] in ("drop", "dip"):
             # The level a rise must clear falls slowly, as a spike's reference does: the curve
             # may have stopped falling, and its return is not a spike.
@@ -510,7 +294,7 @@ class Detector:
             high = episode["high"] + EPISODE_SLOPE * gentle * ahead
             if log_value - high >= math.log1p(policy.spike_threshold):
                 # Not back but beyond: the loss jumped over the level the fall left.
-                ref = _Reference(high, high, True, episode["slope"], high, high, episode["sigma"])
+                ref = Reference(high, high, True, episode["slope"], high, high, episode["sigma"])
                 series.episode = None
                 return self._open_episode(series, ref, "spike", high, step, log_value, value, policy)
             episode["points"] = [*episode["points"], [step, log_value]][-TREND_WINDOW:]
@@ -521,7 +305,7 @@ class Detector:
                 return "drop", "alert", evidence
             # Back once clearly out of it: the normal level, with the noise it had.
             back = allowance if episode["kind"] == "dip" else max(allowance, policy.drop_threshold / 3)
-            if _median(ratios[-3:]) >= -back:
+            if median(ratios[-3:]) >= -back:
                 long = step - episode["onset"] > 2 * LOCAL_POINTS
                 series.close_episode(step)
                 if long:  # the points before it are too old to carry across the gap
@@ -537,7 +321,7 @@ class Detector:
                 for x, y in points:
                     series.accept(int(x), y)
             return None
-        if _median(ratios[-3:]) <= allowance:
+        if median(ratios[-3:]) <= allowance:
             diverged = episode["kind"] == "diverged"
             series.close_episode(step)
             if diverged:  # the points before it are too old to extend
@@ -549,7 +333,7 @@ class Detector:
         due = max(episode["onset"] + window, episode.get("reopened", episode["onset"]) + RECOVERY_POINTS - 1)
         if episode["kind"] != "spike" or step < due:
             return None
-        if _median(ratios) <= allowance:
+        if median(ratios) <= allowance:
             series.close_episode(step)
             series.accept(step, log_value)
             return None
@@ -565,7 +349,7 @@ class Detector:
         return "divergence", "rollback", evidence
 
     def _judge_late(
-        self, series: _LossSeries, step: int, stage: Any, value: float, policy: Policy
+        self, series: LossSeries, step: int, stage: Any, value: float, policy: Policy
     ) -> tuple[str, str, dict[str, Any]] | None:
         """A record overtaken by newer ones: judged, never added to the window."""
         if stage != series.stage:
@@ -582,7 +366,7 @@ class Detector:
             return None  # inside an episode already judged
         ref = reference(series, step)
         log_value = math.log(max(value, 1e-30))
-        judged = _classify(series, ref, log_value, policy)
+        judged = classify(series, ref, log_value, policy)
         if judged is None or judged[0] == "dip":
             return None
         kind, level = judged
@@ -666,7 +450,7 @@ class Detector:
 
     @classmethod
     def from_state(
-        cls, state: Mapping[str, Any], policy: Policy | Callable[[str], Policy] = Policy()
+        cls, state: Mapping[str, Any], policy: Policy | Callable[[str], Policy] = _DEFAULT_POLICY
     ) -> Detector:
         """A detector that carries on where the one that wrote `state` stopped.
 
@@ -683,7 +467,7 @@ class Detector:
             job: {
                 "attempt": saved["attempt"],
                 "series": {
-                    name: _LossSeries.from_dict(series)
+                    name: LossSeries.from_dict(series)
                     for name, series in saved["series"].items()
                     if version == STATE_VERSION
                 },
@@ -692,81 +476,6 @@ class Detector:
             for job, saved in state["jobs"].items()
         }
         return detector
-
-
-def _classify(
-    series: _LossSeries, ref: _Reference, log_value: float, policy: Policy
-) -> tuple[str, float] | None:
-    """("spike" | "drop" | "dip", the reference level it was judged against) or None."""
-    over_local = log_value - ref.local
-    spike = math.log1p(policy.spike_threshold)
-    tolerance = math.log1p(policy.recover_tolerance)
-    recent = series.logs[-LOCAL_POINTS:]
-    if log_value > max(recent):
-        # Where the fall stops short (the end of warmup), carrying the latest points along
-        # the slope undershoots: a spike must clear them where they are by half its height.
-        # A series noisier than the threshold allows (a channel over a small share of the
-        # batch) must rise beyond its own noise as well.
-        if log_value - _expected(ref) >= max(spike, SPIKE_SIGMAS * ref.sigma) and log_value - ref.plain >= spike / 2:
-            # Recovery is judged against the higher reference: autocorrelated noise that sat
-            # low before a jump is no reason to call a return to the normal level a divergence.
-            return "spike", max(ref.local, ref.trend)
-        if ref.trusted and log_value - ref.trend >= spike and over_local >= tolerance:
-            return "spike", ref.trend  # a creeping rise: the local level came along, the trend did not
-    drop = math.log1p(-policy.drop_threshold)
-    if over_local <= drop and log_value < min(recent) + math.log1p(-policy.drop_threshold / 2):
-        return "drop", min(ref.local, ref.trend) if ref.trusted else ref.local
-    # A fall too small for a drop but too big for the noise: held out of the window like a
-    # drop, silently, so the return to the normal level is not read as a rise. A fall that
-    # creeps (the local level comes along) is measured against a trusted trend.
-    dip = min(math.log1p(-policy.spike_threshold / 2), -DIP_SIGMAS * ref.sigma)
-    if over_local <= dip and log_value < min(recent):
-        return "dip", ref.local
-    if ref.trusted and log_value - ref.trend <= dip and over_local <= -tolerance:
-        return "dip", ref.trend
-    return None
-
-
-def _well_inside(ref: _Reference, log_value: float, policy: Policy) -> bool:
-    """Whether a point lies well inside the noise band (half a threshold from any verdict)."""
-    return (
-        log_value - _expected(ref) < math.log1p(policy.spike_threshold) / 2
-        and log_value - ref.local > math.log1p(-policy.spike_threshold / 2) / 2
-    )
-
-
-def _allowance(sigma: float, policy: Policy) -> float:
-    """How far above its reference (relative) a loss may be and count as back: the tolerance,
-    widened to the series' own noise, but never to two thirds of a spike."""
-    noise = math.expm1(NOISE_ALLOWANCE_SIGMAS * sigma)
-    return max(policy.recover_tolerance, min(noise, policy.spike_threshold * 2 / 3))
-
-
-def _returns_to(closed: Mapping[str, Any], step: int, log_value: float, policy: Policy) -> bool:
-    """Whether a rise, soon after a drop became the new level, lands at (or under) the level
-    the drop left, carried to `step`."""
-    if step - closed["end"] > LONG_DROP_WINDOWS * policy.recover_window_steps:
-        return False
-    ahead = min(step - closed["onset"], policy.recover_window_steps)
-    level = closed["level"] + EPISODE_SLOPE * closed["slope"] * ahead
-    return math.exp(log_value - level) - 1 <= policy.spike_threshold / 2
-
-
-def _expected(ref: _Reference) -> float:
-    """Where the next point is expected: the prediction from the trend and the noise's
-    autocorrelation, and never below the local level where the trend is not trusted."""
-    return ref.predicted if ref.trusted else max(ref.local, ref.predicted)
-
-
-def _excursion_start(series: _LossSeries, ref: _Reference, step: int, policy: Policy) -> int:
-    """The first step of the run of latest points above the trend by the tolerance."""
-    tolerance = math.log1p(policy.recover_tolerance)
-    start = step
-    for x, y in zip(reversed(series.steps), reversed(series.logs), strict=True):
-        if y + ref.slope * (step - x) - ref.trend < tolerance:
-            break
-        start = x
-    return start
 
 
 def _new_ppl() -> dict[str, Any]:

@@ -16,7 +16,7 @@ import pytest
 from tests.helm.chart import ROOT, Rendered, pod_spec, render
 
 BACKEND = ROOT / "service" / "controller" / "backends" / "kubernetes"
-MANIFESTS = ROOT / "service" / "controller" / "manifests.py"
+MANIFESTS = ROOT / "service" / "controller" / "manifests"
 # The client's method names: <action>_namespaced_<kind>[_with_http_info].
 CLIENT_METHOD = re.compile(
     r"^(create|read|get|patch|replace|delete_collection|delete|list)_namespaced_(\w+?)(_with_http_info)?$"
@@ -103,12 +103,12 @@ def rules_the_backend_needs() -> set[Rule]:
                             for resource in resources_of(match.group(2), watched_only=True)
                         }
     # Owned objects that block their owner's deletion need `update` on the owner's finalizers
-    # (the OwnerReferencesPermissionEnforcement admission plugin). manifests.py names each
-    # owner by its kind constant: a kind of the backend's table.
-    manifests = ast.parse(MANIFESTS.read_text(), filename=str(MANIFESTS))
-    manifest_constants = module_strings(manifests)
+    # (the OwnerReferencesPermissionEnforcement admission plugin). The manifests package names
+    # each owner by its kind constant: a kind of the backend's table.
+    manifests = [ast.parse(path.read_text(), filename=str(path)) for path in sorted(MANIFESTS.glob("*.py"))]
+    manifest_constants = {name: value for tree in manifests for name, value in module_strings(tree).items()}
     owner_resources = {row.kind: (row.group, row.plural) for row in WORKLOAD_KINDS.values()}
-    for call in ast.walk(manifests):
+    for call in (node for tree in manifests for node in ast.walk(tree)):
         if not (isinstance(call, ast.Call) and getattr(call.func, "attr", None) == "V1OwnerReference"):
             continue
         keywords = {k.arg: k.value for k in call.keywords}

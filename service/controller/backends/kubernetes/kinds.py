@@ -6,7 +6,7 @@ whether the informer watches it and which container's termination message carrie
 trainer's outcome lines. What a workload owns (its ConfigMap and Secret) is a row of its own:
 named after the workload, created before it, owned by it and deleted with it.
 
-Adding a kind (say Kubeflow Trainer v2's `TrainJob`) is a builder in `manifests.py` that
+Adding a kind (say Kubeflow Trainer v2's `TrainJob`) is a module in `manifests/` whose builder
 returns `{key: workload, "configmap": ..., "secret": ...}` and names the kind as owner, a phase
 function in `status.py` for its conditions, and a row here.
 """

@@ -1,0 +1,125 @@
+"""What every attempt's objects share: metadata, the token Secret, storage volumes, tolerations."""
+
+from __future__ import annotations
+
+import base64
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+from kubeflow.training import ApiClient
+from kubernetes import client as k8s
+
+from service.controller.manifests.workloads import AnyWorkload, secret_name, workload_labels
+from service.settings import Settings
+
+CONFIG_DIR = "/etc/pretrain"
+TOKEN_KEY = "token"
+TOKEN_ENV = "PRETRAIN_INGEST_TOKEN"
+
+
+@functools.cache
+def serializer() -> ApiClient:
+    """One client, kept: only its `sanitize_for_serialization` is used, to turn models into JSON."""
+    return ApiClient()
+
+
+def metadata(
+    workload: AnyWorkload,
+    settings: Settings,
+    name: str,
+    owners: list[k8s.V1OwnerReference] | None = None,
+    extra_labels: Mapping[str, str] | None = None,
+) -> k8s.V1ObjectMeta:
+    """Name, namespace, the attempt's labels (and these extra ones) and its owners, if known."""
+    return k8s.V1ObjectMeta(
+        name=name,
+        namespace=settings.namespace,
+        labels=workload_labels(workload) | dict(extra_labels or {}),
+        owner_references=owners,
+    )
+
+
+def storage(settings: Settings) -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount]]:
+    """The checkpoint volume (read-write) and the corpus volume (read-only), where configured."""
+    volumes, mounts = [], []
+    if settings.checkpoint_pvc:
+        volumes.append(
+            k8s.V1Volume(
+                name="checkpoints",
+                persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+                    claim_name=settings.checkpoint_pvc
+                ),
+            )
+        )
+        mounts.append(k8s.V1VolumeMount(name="checkpoints", mount_path=settings.checkpoint_root))
+    if settings.data_pvc:
+        volumes.append(
+            k8s.V1Volume(
+                name="data",
+                persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+                    claim_name=settings.data_pvc, read_only=True
+                ),
+            )
+        )
+        mounts.append(k8s.V1VolumeMount(name="data", mount_path=settings.data_root, read_only=True))
+    return volumes, mounts
+
+
+def token_env(workload: AnyWorkload) -> k8s.V1EnvVar:
+    """The attempt's ingest token, from the Secret the workload owns."""
+    return k8s.V1EnvVar(
+        name=TOKEN_ENV,
+        value_from=k8s.V1EnvVarSource(
+            secret_key_ref=k8s.V1SecretKeySelector(name=secret_name(workload), key=TOKEN_KEY)
+        ),
+    )
+
+
+_TOLERATION_FIELDS = {
+    "key": "key",
+    "operator": "operator",
+    "value": "value",
+    "effect": "effect",
+    "tolerationSeconds": "toleration_seconds",
+}
+
+
+def toleration(raw: Mapping[str, Any]) -> k8s.V1Toleration:
+    """A toleration from settings' camelCase mapping; ValueError naming a key it does not know."""
+    unknown = sorted(set(raw) - set(_TOLERATION_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"toleration {dict(raw)} has unknown keys {unknown}; "
+            f"use {', '.join(_TOLERATION_FIELDS)}"
+        )
+    fields = {_TOLERATION_FIELDS[key]: value for key, value in raw.items()}
+    if "toleration_seconds" in fields:
+        # Settings hold tolerations as strings; the API wants an integer here.
+        try:
+            fields["toleration_seconds"] = int(fields["toleration_seconds"])
+        except ValueError:
+            raise ValueError(
+                f"toleration {dict(raw)}: tolerationSeconds must be an integer"
+            ) from None
+    return k8s.V1Toleration(**fields)
+
+
+def token_secret(
+    workload: AnyWorkload,
+    settings: Settings,
+    owners: list[k8s.V1OwnerReference] | None,
+    extra_labels: Mapping[str, str] | None = None,
+) -> k8s.V1Secret:
+    """The Secret holding the attempt's ingest token (empty when it has none)."""
+    data = {}
+    if workload.ingest_token is not None:
+        data[TOKEN_KEY] = base64.b64encode(workload.ingest_token.encode()).decode()
+    return k8s.V1Secret(
+        api_version="v1",
+        kind="Secret",
+        type="Opaque",
+        metadata=metadata(workload, settings, secret_name(workload), owners, extra_labels),
+        data=data,
+        immutable=True,
+    )

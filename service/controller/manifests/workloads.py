@@ -1,0 +1,101 @@
+"""What an attempt runs on Kubernetes, and what its objects are called and labelled."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+# Pod names add `-master-0` / `-worker-<N>` to the PyTorchJob's name; 45 leaves room for
+# ten thousand workers inside the 63 characters of a DNS-1123 label.
+MAX_WORKLOAD_NAME_LENGTH = 45
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one attempt runs: the rendered trainer config and the machines it runs on."""
+
+    job_id: int
+    job_name: str
+    attempt: int
+    trainer_config: dict[str, Any]
+    ingest_token: str | None
+    nodes: int
+    gpus_per_node: int
+    gpu_type: str
+    gpu_memory_gib: float | None = None
+    """Memory of one GPU, or of one CPU process: sizes the memory request of CPU pods."""
+
+    @property
+    def name(self) -> str:
+        """The PyTorchJob's name; the ConfigMap and Secret are named after it."""
+        return workload_name(self.job_name, self.job_id, self.attempt)
+
+
+def workload_name(job_name: str, job_id: int, attempt: int) -> str:
+    """`<name>-<id>-a<attempt>`, the name part shortened so the whole fits 45 characters."""
+    if job_id < 0 or attempt < 0:
+        raise ValueError(f"job id {job_id} and attempt {attempt} must not be negative")
+    if not _DNS_LABEL.match(job_name) or not job_name[0].isalpha():
+        raise ValueError(
+            f"job name {job_name!r} is not a DNS-1123 label starting with a letter "
+            "(lowercase letters, digits and '-')"
+        )
+    suffix = f"-{job_id}-a{attempt}"
+    room = MAX_WORKLOAD_NAME_LENGTH - len(suffix)
+    stem = job_name[:room].rstrip("-")
+    if room < 1 or not stem:
+        raise ValueError(f"job id {job_id} and attempt {attempt} leave no room for a name")
+    return stem + suffix
+
+
+@dataclass(frozen=True)
+class TokenizerWorkload:
+    """What one attempt of a tokenizer job runs: the tokenizer library's job, on one CPU pod."""
+
+    job_id: int
+    job_name: str
+    attempt: int
+    tokenizer_config: dict[str, Any]
+    """The `run_tokenizer_job` config (`tokenizer_config.render_tokenizer_config`)."""
+    ingest_token: str | None
+    ingest_url: str
+    """The API as the workload reaches it: it reports its result there."""
+    cpu: int
+    memory_gib: float
+
+    @property
+    def name(self) -> str:
+        """The batch Job's name; the ConfigMap and Secret are named after it."""
+        return workload_name(self.job_name, self.job_id, self.attempt)
+
+    @property
+    def output_dir(self) -> str:
+        """Where the tokenizer is written, and its result.json beside it."""
+        return str(self.tokenizer_config["out"])
+
+
+AnyWorkload = Workload | TokenizerWorkload
+
+
+def workload_labels(workload: AnyWorkload) -> dict[str, str]:
+    """Labels on every object of an attempt, and on its pods."""
+    return {
+        "app.kubernetes.io/name": "pretrain-trainer",
+        "app.kubernetes.io/instance": workload.name,
+        "app.kubernetes.io/managed-by": "pretrain-orchestrator",
+        "app.kubernetes.io/part-of": "pretrain-orchestrator",
+        "pretrain.io/job-id": str(workload.job_id),
+        "pretrain.io/attempt": str(workload.attempt),
+    }
+
+
+def config_map_name(workload: AnyWorkload) -> str:
+    """The ConfigMap holding the attempt's trainer.json (tokenizer.json for a tokenizer job)."""
+    return f"{workload.name}-config"
+
+
+def secret_name(workload: AnyWorkload) -> str:
+    """The Secret holding the attempt's ingest token."""
+    return f"{workload.name}-token"
