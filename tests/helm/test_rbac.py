@@ -103,18 +103,19 @@ def rules_the_backend_needs() -> set[Rule]:
                             for resource in resources_of(match.group(2), watched_only=True)
                         }
     # Owned objects that block their owner's deletion need `update` on the owner's finalizers
-    # (the OwnerReferencesPermissionEnforcement admission plugin). The manifests package names
-    # each owner by its kind constant: a kind of the backend's table.
+    # (the OwnerReferencesPermissionEnforcement admission plugin). The manifests package makes
+    # every owner reference through `pod.owned_by(API_VERSION, KIND, …)`, naming the owner by its
+    # kind constant: a kind of the backend's table.
     manifests = [ast.parse(path.read_text(), filename=str(path)) for path in sorted(MANIFESTS.glob("*.py"))]
     manifest_constants = {name: value for tree in manifests for name, value in module_strings(tree).items()}
     owner_resources = {row.kind: (row.group, row.plural) for row in WORKLOAD_KINDS.values()}
-    for call in (node for tree in manifests for node in ast.walk(tree)):
-        if not (isinstance(call, ast.Call) and getattr(call.func, "attr", None) == "V1OwnerReference"):
-            continue
-        keywords = {k.arg: k.value for k in call.keywords}
-        if getattr(keywords.get("block_owner_deletion"), "value", None) is not True:
-            continue
-        kind = keywords["kind"]
+    calls = [node for tree in manifests for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    references = [c for c in calls if getattr(c.func, "attr", None) == "V1OwnerReference"]
+    assert len(references) == 1, "owner references are made only by pod.owned_by"
+    (reference,) = references
+    assert any(k.arg == "block_owner_deletion" and getattr(k.value, "value", None) is True for k in reference.keywords)
+    for call in (c for c in calls if getattr(c.func, "id", None) == "owned_by"):
+        kind = call.args[1]
         assert isinstance(kind, ast.Name) and kind.id in manifest_constants, ast.dump(kind)
         group, resource = owner_resources[manifest_constants[kind.id]]
         needed.add((group, resource + "/finalizers", "update"))

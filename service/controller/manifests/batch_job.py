@@ -11,6 +11,7 @@ from kubernetes import client as k8s
 from service.controller.manifests.pod import (
     CONFIG_DIR,
     metadata,
+    owned_by,
     serializer,
     storage,
     token_env,
@@ -77,18 +78,7 @@ def render_tokenizer_manifests(
             f"a tokenizer workload needs CPU and memory, got cpu {workload.cpu}, "
             f"memory_gib {workload.memory_gib}"
         )
-    owners = None
-    if owner_uid:
-        owners = [
-            k8s.V1OwnerReference(
-                api_version=BATCH_JOB_API_VERSION,
-                kind=BATCH_JOB_KIND,
-                name=workload.name,
-                uid=owner_uid,
-                controller=True,
-                block_owner_deletion=True,
-            )
-        ]
+    owners = owned_by(BATCH_JOB_API_VERSION, BATCH_JOB_KIND, workload.name, owner_uid)
     config = k8s.V1ConfigMap(
         api_version="v1",
         kind="ConfigMap",

@@ -24,6 +24,24 @@ def serializer() -> ApiClient:
     return ApiClient()
 
 
+def owned_by(
+    api_version: str, kind: str, name: str, uid: str | None
+) -> list[k8s.V1OwnerReference] | None:
+    """The owner reference that makes the workload's ConfigMap and Secret go with it (once its uid is known)."""
+    if not uid:
+        return None
+    return [
+        k8s.V1OwnerReference(
+            api_version=api_version,
+            kind=kind,
+            name=name,
+            uid=uid,
+            controller=True,
+            block_owner_deletion=True,
+        )
+    ]
+
+
 def metadata(
     workload: AnyWorkload,
     settings: Settings,

@@ -34,6 +34,7 @@ from kubernetes import client as k8s
 from service.controller.manifests.pod import (
     CONFIG_DIR,
     metadata,
+    owned_by,
     serializer,
     storage,
     token_env,
@@ -97,18 +98,7 @@ def render_manifests(
     the ConfigMap and Secret then belong to it and go when it is deleted.
     """
     _check(workload)
-    owners = None
-    if owner_uid:
-        owners = [
-            k8s.V1OwnerReference(
-                api_version=PYTORCHJOB_API_VERSION,
-                kind=PYTORCHJOB_KIND,
-                name=workload.name,
-                uid=owner_uid,
-                controller=True,
-                block_owner_deletion=True,
-            )
-        ]
+    owners = owned_by(PYTORCHJOB_API_VERSION, PYTORCHJOB_KIND, workload.name, owner_uid)
     objects = {
         "pytorchjob": _pytorchjob(workload, settings),
         "configmap": _config_map(workload, settings, owners),
