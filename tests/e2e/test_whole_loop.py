@@ -288,6 +288,14 @@ def test_controller_and_watchdog_restarted_mid_run_lose_nothing(deployment: Depl
         "nobody was watching"
     )
     stack.start("watchdog")
+    # The controller comes back once the watchdog has caught up and acted: started together, a
+    # controller that restarts faster (a loaded machine) may find the trainer done and finish
+    # the job before the late verdict, and a finished job is rolled back by nobody.
+    wait_until(
+        lambda: kinds(events(api, job["id"]), "job.rolled_back"),
+        timeout=180,
+        what="the restarted watchdog to catch up and roll back",
+    )
     stack.start("controller")
 
     done = wait_for_state(deployment, job["id"], "succeeded")
