@@ -167,9 +167,12 @@ def retain(session: Session, *, job: Job, registered: Checkpoint) -> list[Checkp
     checkpoints = repo.list_checkpoints(session, job_id=job.id)
     reach = unjudged_reach(session, job=job, attempt=registered.attempt)
     if reach is not None:
-        needed = [c for c in checkpoints if c.usable and c.verified and c.step <= reach]
-        if needed:
-            pinned.add(needed[-1].id)
+        restorable = [c for c in checkpoints if c.usable and c.verified]
+        needed = [c for c in restorable if c.step <= reach]
+        # A mark too early for any checkpoint (the watchdog went away near the start): the
+        # oldest one is the nearest a rollback of what it has not judged can still go back to.
+        if needed or restorable:
+            pinned.add((needed or restorable)[-1 if needed else 0].id)
     candidates = [c for c in checkpoints if c.usable and c.id not in pinned]
     for old in candidates[: max(0, len(candidates) - keep_last)]:
         mark_unusable(old, f"pruned: keep_last {keep_last}")

@@ -295,6 +295,11 @@ def test_controller_and_watchdog_restarted_mid_run_lose_nothing(deployment: Depl
         lambda: kinds(events(api, job["id"]), "job.rolled_back"),
         timeout=180,
         what="the restarted watchdog to catch up and roll back",
+        diagnostics=lambda: "\n".join(
+            f"{e['kind']} a{e['attempt']}: {e['reason']}"
+            for e in events(api, job["id"])
+            if e["kind"].startswith(("verdict.", "rollback.", "job.", "checkpoint."))
+        ),
     )
     stack.start("controller")
 

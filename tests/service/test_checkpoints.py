@@ -234,3 +234,17 @@ def test_a_watchdog_behind_the_trainer_keeps_the_checkpoint_its_next_rollback_wo
         row.state = {"detector": {}, "mark": [0, 69, ["stable"]]}
         session.commit()
     assert pruned_steps(register(app_client, job_id, token, 0, 80)) == [(0, 20)]
+
+
+def test_a_watchdog_gone_before_any_checkpoint_keeps_the_oldest_for_the_rollback_it_owes(app_client, job_and_token, settings):
+    job_id, token = job_and_token  # keep_last 3, rollback margin 0, recover window 10
+    sessions = get_sessionmaker(settings.resolved_database_url)
+    with sessions() as session:  # judged up to step 8 only: an episode there began before any checkpoint
+        session.add(WatchdogState(name=f"default/job/{job_id}", state={"detector": {}, "mark": [0, 8, ["stable"]]}))
+        session.commit()
+    answers = [register(app_client, job_id, token, 0, step) for step in (10, 20, 30, 40, 50, 60)]
+
+    assert [pruned_steps(a) for a in answers] == [[], [], [], [], [(0, 20)], [(0, 30)]]
+    with sessions() as session:
+        assert {c.step for c in repo.list_checkpoints(session, job_id=job_id) if c.usable} == {10, 40, 50, 60}
+        assert checkpoints.choose(session, job_id=job_id, before_step=26).step == 10
