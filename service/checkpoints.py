@@ -171,8 +171,10 @@ def retain(session: Session, *, job: Job, registered: Checkpoint) -> list[Checkp
         needed = [c for c in restorable if c.step <= reach]
         # A mark too early for any checkpoint (the watchdog went away near the start): the
         # oldest one is the nearest a rollback of what it has not judged can still go back to.
-        if needed or restorable:
-            pinned.add((needed or restorable)[-1 if needed else 0].id)
+        if needed:
+            pinned.add(needed[-1].id)
+        elif restorable:
+            pinned.add(restorable[0].id)
     candidates = [c for c in checkpoints if c.usable and c.id not in pinned]
     for old in candidates[: max(0, len(candidates) - keep_last)]:
         mark_unusable(old, f"pruned: keep_last {keep_last}")
