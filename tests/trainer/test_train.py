@@ -49,11 +49,14 @@ def tiny_config(tmp: Path, *, steps: int = 8, **sections) -> dict:
     return config
 
 
-def run_trainer(tmp: Path, config: dict, *, nproc: int = 1, check: bool = True) -> subprocess.CompletedProcess:
+def run_trainer(
+    tmp: Path, config: dict, *, nproc: int = 1, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "config.json"
     path.write_text(json.dumps(config))
-    env = {**os.environ, "OMP_NUM_THREADS": "1" if nproc > 1 else os.environ.get("OMP_NUM_THREADS", "2")}
+    threads = "1" if nproc > 1 else os.environ.get("OMP_NUM_THREADS", "2")
+    env = {**os.environ, "OMP_NUM_THREADS": threads, **(env or {})}
     if nproc == 1:
         command = [sys.executable, "-m", "trainer.train", "--config", str(path)]
     else:
@@ -105,7 +108,9 @@ def learning_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("learning")
     config = tiny_config(tmp, steps=30, eval={"interval_steps": 15, "samples_per_channel": 8})
     config["checkpoint"]["interval_steps"] = 0
-    run_trainer(tmp, config)
+    # Every module the run imports, with its import time, goes to stderr.
+    result = run_trainer(tmp, config, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    (tmp / "imports.txt").write_text(result.stderr)
     return tmp
 
 
@@ -154,6 +159,14 @@ def test_a_finished_run_says_it_completed(learning_run):
     assert all(r["metrics"]["step/skipped_total"] == 0 for r in steps)
     # The z-score baseline needs skip_grad_norm_min_history (20) updated steps first.
     assert ["grad_norm/zscore" in r["metrics"] for r in steps] == [False] * 20 + [True] * 10
+
+
+def test_a_cpu_run_never_imports_the_kernel_compiler(learning_run):
+    """megatron-core's fused kernels are decorated with torch.compile; on CPU that costs 40% of a
+    process's start for kernels that run eagerly anyway (trainer.compat)."""
+    imported = (learning_run / "imports.txt").read_text()
+    assert "megatron.core.fusions" in imported  # the decorated kernels were imported
+    assert "torch._inductor.compile_fx" not in imported
 
 
 def test_golden_losses_pin_the_numerics_of_a_seeded_tiny_run(learning_run):

@@ -7,11 +7,16 @@ assertions. `enable_cpu_mode()` patches exactly
 those, once, and only when CUDA is absent; with CUDA present it does nothing, so the GPU path
 is the library's own. A `TorchFunctionMode` maps CUDA device arguments to the CPU; it costs
 about 1% of a CPU step.
+
+Importing this module first also imports megatron-core without compiling its fusion kernels
+when CUDA is absent (`_import_megatron_on_cpu`): the process entry points (`trainer.train`,
+`trainer.export`) import it before anything from megatron.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any
 
 import torch
@@ -19,6 +24,33 @@ from torch.overrides import TorchFunctionMode
 
 _enabled = False
 _mode: TorchFunctionMode | None = None
+
+
+def _import_megatron_on_cpu() -> None:
+    """Import megatron-core with `torch.compile` as the identity, on a machine without CUDA.
+
+    megatron-core decorates its fused kernels (bias-GeLU, SwiGLU, cross-entropy, ...) with
+    `torch.compile` as it imports them. The decoration alone imports Inductor, Dynamo and SymPy:
+    about 2.3 s of CPU, 40% of a trainer process's start. On CPU those kernels run eagerly
+    either way (compiling is semantics-preserving, and the trainer turns the fusions off there),
+    so the compiler is not imported at all. With CUDA present megatron-core imports as it is.
+    """
+    if "megatron.core" in sys.modules or torch.cuda.is_available():
+        return
+    compile_ = torch.compile
+    torch.compile = _no_compile
+    try:
+        import megatron.core  # noqa: F401
+    finally:
+        torch.compile = compile_
+
+
+def _no_compile(model: Any = None, **_: Any) -> Any:
+    """`torch.compile` as the identity, used bare (`@torch.compile`) or with options."""
+    return model if model is not None else (lambda fn: fn)
+
+
+_import_megatron_on_cpu()
 
 
 def _is_cuda_device(device: Any) -> bool:

@@ -27,6 +27,11 @@ import sys
 from pathlib import Path
 
 import torch
+
+# Before megatron-core: without CUDA it is imported without its kernel compiler (see compat).
+from trainer import compat  # noqa: F401
+
+# isort: split
 from megatron.core import dist_checkpointing
 from safetensors.torch import save_file
 

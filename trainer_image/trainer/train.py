@@ -15,6 +15,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+# Before megatron-core: without CUDA it is imported without its kernel compiler (see compat).
+from trainer import compat  # noqa: F401
+
+# isort: split
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
