@@ -15,7 +15,15 @@ from typing import Any
 from pydantic import Field
 
 from service.planner import Plan, memory_problems, plan_job
-from service.spec import Problem, SpecInvalid, ValidatedSpec, ValidatedTokenizerSpec, validate_spec
+from service.settings import Settings, get_settings
+from service.spec import (
+    PathPolicy,
+    Problem,
+    SpecInvalid,
+    ValidatedSpec,
+    ValidatedTokenizerSpec,
+    validate_spec,
+)
 
 
 class OverMemory(StrEnum):
@@ -79,6 +87,7 @@ def admit(
     raw: dict[str, Any],
     *,
     over_memory: OverMemory,
+    settings: Settings | None = None,
     require_plan: bool = False,
     gpus: int | None = None,
     days: float | None = None,
@@ -87,11 +96,12 @@ def admit(
 ) -> Admission:
     """Validate, plan and derive a raw spec; SpecInvalid lists every reason it is refused.
 
-    `over_memory` says whether a plan that does not fit refuses the spec or is reported;
+    Every path in the spec must be one `settings` (default: the process's) allow, see
+    `path_policy`. `over_memory` says whether a plan that does not fit refuses the spec or is reported;
     `require_plan` refuses a tokenizer job, which has no plan, instead of admitting it without
     one. `gpus`/`days` and `deadline_days` add the plan's inverse answers.
     """
-    validated = validate_spec(raw)
+    validated = validate_spec(raw, path_policy(settings or get_settings()))
     if isinstance(validated, ValidatedTokenizerSpec):
         if require_plan:
             raise SpecInvalid([_no_plan_for_a_tokenizer_job(validated)])
@@ -105,9 +115,23 @@ def admit(
     return Admission(validated=validated, plan=plan, problems=problems)
 
 
-def plan_spec(raw: dict[str, Any], **inverse: Any) -> PlanReport:
+def plan_spec(raw: dict[str, Any], settings: Settings | None = None, **inverse: Any) -> PlanReport:
     """Plan a raw spec without refusing what does not fit (SpecInvalid if it is invalid)."""
-    return admit(raw, over_memory=OverMemory.REPORT, require_plan=True, **inverse).report()
+    return admit(
+        raw, over_memory=OverMemory.REPORT, settings=settings, require_plan=True, **inverse
+    ).report()
+
+
+def path_policy(settings: Settings) -> PathPolicy:
+    """Where this install lets a spec point: its allowed roots and schemes; relative paths lie
+    under the data root (the checkpoint root for checkpoint paths)."""
+    assert settings.checkpoint_root is not None  # filled in by the settings themselves
+    return PathPolicy(
+        roots=tuple(settings.allowed_path_roots),
+        schemes=tuple(settings.path_schemes),
+        data_root=settings.data_root,
+        checkpoint_root=settings.checkpoint_root,
+    )
 
 
 def _no_plan_for_a_tokenizer_job(validated: ValidatedTokenizerSpec) -> Problem:

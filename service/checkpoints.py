@@ -1,6 +1,10 @@
 """The checkpoint registry tells the truth: which checkpoints may be restored, which to delete.
 
-Three decisions live here and nowhere else:
+Four decisions live here and nowhere else:
+
+- `report_path_problem`: where a trainer may say it published a checkpoint: a directory under
+  its job's own checkpoint directory (`job_directory`), nowhere else, since what it names is
+  restored by a later attempt.
 
 - `retain`: the retention rule. Keep the newest `checkpoint.keep_last` usable checkpoints; never
   prune one an attempt resumes from (that includes every rollback's target: it is the resume
@@ -35,6 +39,24 @@ from service.db.models import Checkpoint, Job, WatchdogState, utcnow
 from service.settings import Settings
 
 MANIFEST = "manifest.json"
+
+
+def job_directory(job_id: int, job_name: str, settings: Settings) -> str:
+    """Where every attempt of a job writes its checkpoints, as trainers see the volume."""
+    if not settings.checkpoint_root:
+        raise ValueError("settings.checkpoint_root is not set; trainers need a checkpoint volume")
+    return f"{settings.checkpoint_root.rstrip('/')}/{job_name}-{job_id}"
+
+
+def report_path_problem(path: str, directory: str) -> str | None:
+    """Why a reported checkpoint `path` is not a directory under the job's `directory`; None
+    if it is. Judged on the text: the trainer's volume need not be mounted here."""
+    reported, root = PurePosixPath(path), PurePosixPath(directory)
+    if ".." in reported.parts:
+        return f"{path!r} has a '..' segment; report the checkpoint directory under {directory}"
+    if not reported.is_absolute() or reported == root or not reported.is_relative_to(root):
+        return f"{path!r} is not under this job's checkpoint directory {directory}"
+    return None
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def submit_job(
     backend, by the builder the controller launches with: a spec that validates but could not
     be launched here is refused now, naming the field, instead of failing at launch.
     """
-    admission = admit(raw, over_memory=OverMemory.REFUSE)
+    admission = admit(raw, over_memory=OverMemory.REFUSE, settings=settings)
     validated = admission.validated
     derived = admission.derived_document
     warnings = [w.model_dump(mode="json") for w in admission.warnings]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -56,6 +57,17 @@ class Settings(BaseSettings):
         "mounted (the local backend shares `checkpoint_root` itself).",
     )
     data_root: str = Field("/data", description="Where trainer pods read corpora (the data volume).")
+    data_roots: list[str] | None = Field(
+        None,
+        description="Directories the paths in a job spec (data, corpora, tokenizer, checkpoint "
+        "storage) may name, JSON list of absolute paths; unset: `state_dir`, `data_root` and "
+        "`checkpoint_root`. Anything else is refused with 422.",
+    )
+    path_schemes: list[str] = Field(
+        default_factory=lambda: ["s3://", "embedded://"],
+        description="URI schemes a spec path may use instead of a local path (JSON list); "
+        "`file://` is never accepted.",
+    )
     checkpoint_pvc: str | None = Field(
         None, description="PersistentVolumeClaim mounted at `checkpoint_root` in trainer pods."
     )
@@ -107,6 +119,24 @@ class Settings(BaseSettings):
                 return "postgresql+psycopg://" + url[len(plain) :]
         return url
 
+    @field_validator("data_roots")
+    @classmethod
+    def _roots_are_absolute(cls, roots: list[str] | None) -> list[str] | None:
+        # A relative root would confine paths to wherever the process happens to start.
+        for root in roots or []:
+            if not root.startswith("/"):
+                raise ValueError(f"data_roots entries must be absolute paths, got {root!r}")
+        return roots
+
+    @field_validator("path_schemes")
+    @classmethod
+    def _schemes_are_remote(cls, schemes: list[str]) -> list[str]:
+        # file:// would name any local path, past the roots; schemes are written with their //.
+        for scheme in schemes:
+            if not re.fullmatch(r"[a-z][a-z0-9+.-]*://", scheme) or scheme == "file://":
+                raise ValueError(f"path_schemes entries look like s3:// and are not file://, got {scheme!r}")
+        return schemes
+
     @model_validator(mode="after")
     def _default_checkpoint_root_by_backend(self) -> Settings:
         if self.checkpoint_root is None:
@@ -136,6 +166,15 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.state_dir / 'orchestrator.db').resolve()}"
+
+    @property
+    def allowed_path_roots(self) -> list[str]:
+        """The directories spec paths may name: `data_roots`, or the state, data and checkpoint
+        directories this install already reads and writes."""
+        if self.data_roots is not None:
+            return list(self.data_roots)
+        defaults = [str(self.state_dir.resolve()), self.data_root, self.checkpoint_root]
+        return [root for root in dict.fromkeys(defaults) if root]
 
     @property
     def is_embedded(self) -> bool:

@@ -17,6 +17,7 @@ import posixpath
 from collections.abc import Sequence
 from typing import Any
 
+from service.checkpoints import job_directory
 from service.db.models import Attempt, Job
 from service.jobspec import Derivation
 from service.planner import Plan
@@ -120,7 +121,11 @@ def render_trainer_config(
         "stages": _stages(spec.stages, derivation.stages, settings),
         "data": {
             "seed": DEFAULT_SEED,
-            "tokenizer": spec.tokenizer.path if spec.tokenizer else BYTE_TOKENIZER,
+            "tokenizer": (
+                _data_path(spec.tokenizer.path, settings, loc=["tokenizer", "path"])
+                if spec.tokenizer
+                else BYTE_TOKENIZER
+            ),
             "cache_dir": None,
             "skip_ranges": _ranges(attempt.skip_ranges),
         },
@@ -312,18 +317,12 @@ def _ranges(ranges: Sequence[Sequence[int]]) -> list[list[int]]:
     return result
 
 
-def _checkpoint_directory(job_id: int, job_name: str, settings: Settings) -> str:
-    if not settings.checkpoint_root:
-        raise ValueError("settings.checkpoint_root is not set; trainers need a checkpoint volume")
-    return f"{settings.checkpoint_root.rstrip('/')}/{job_name}-{job_id}"
-
-
 def _metrics(
     job_id: int, job_name: str, attempt: int, ingest_token: str | None, settings: Settings
 ) -> dict[str, Any]:
     # The trainer also keeps every record in a JSONL file: beside the checkpoints, one file per
     # attempt, it outlives the pod (a relative path would land in the image's working directory).
-    directory = _checkpoint_directory(job_id, job_name, settings)
+    directory = job_directory(job_id, job_name, settings)
     return {
         "url": settings.ingest_url,
         "token": ingest_token,
@@ -343,7 +342,7 @@ def _checkpoint(
     # finds the checkpoints of earlier attempts. spec.checkpoint.storage is not honoured yet: the
     # v1 trainer writes to a mounted path, and the volume is mounted at checkpoint_root.
     return {
-        "directory": _checkpoint_directory(job_id, job_name, settings),
+        "directory": job_directory(job_id, job_name, settings),
         "interval_steps": checkpoint.interval_steps,
         "keep_last": checkpoint.keep_last,
         "resume_from": resume_from,

@@ -27,6 +27,7 @@ from service.spec.fields import (
     IDENTIFIER_MAX_LENGTH,
     IDENTIFIER_PATTERN,
     MAX_COUNT,
+    MAX_PATH_LENGTH,
     MAX_REAL,
     NAME_MAX_LENGTH,
     NAME_PATTERN,
@@ -46,6 +47,7 @@ from service.spec.layout import (
 )
 from service.spec.model import VOCAB_PADDING_MULTIPLE, ModelSpec, MoESpec, TokenizerSpec
 from service.spec.parsing import MAX_DOCUMENT_NODES, parse_spec_text
+from service.spec.paths import PathPolicy
 from service.spec.problems import Problem, SpecInvalid, format_loc
 from service.spec.resources import (
     BF16_UNSUPPORTED_GPU_TYPES,
@@ -93,6 +95,7 @@ __all__ = [
     "LossScaleSpec",
     "MAX_COUNT",
     "MAX_DOCUMENT_NODES",
+    "MAX_PATH_LENGTH",
     "MAX_REAL",
     "MoESpec",
     "ModelSpec",
@@ -103,6 +106,7 @@ __all__ = [
     "OptimizerSpec",
     "PEAK_BF16_TFLOPS",
     "PRETRAIN_KIND",
+    "PathPolicy",
     "ParallelismSpec",
     "PositiveFloat",
     "PositiveInt",

@@ -10,10 +10,12 @@ from pydantic import Field
 from service.spec.fields import (
     IDENTIFIER_MAX_LENGTH,
     IDENTIFIER_PATTERN,
+    MAX_PATH_LENGTH,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     Section,
+    SpecPath,
 )
 from service.spec.problems import Problem, problem
 
@@ -25,10 +27,11 @@ CorpusPath = Annotated[
     str,
     Field(
         min_length=1,
-        max_length=4096,
-        description="`embedded:code`, `embedded:en` or `embedded:zh`; an absolute path; or a path "
-        "relative to the data root (the data volume, settings.data_root). A file (.jsonl: one "
-        '{"text": ...} a line; any other file is one document) or a folder of such files.',
+        max_length=MAX_PATH_LENGTH,
+        description="`embedded:code`, `embedded:en` or `embedded:zh`; an absolute path under an "
+        "allowed root; or a path relative to the data root (the data volume, settings.data_root). "
+        'A file (.jsonl: one {"text": ...} a line; any other file is one document) or a folder '
+        "of such files.",
     ),
 ]
 CorpusName = Annotated[
@@ -45,8 +48,9 @@ class DataSource(Section):
         pattern=IDENTIFIER_PATTERN,
         description="Short name the loss is reported under, e.g. en, zh, code.",
     )
-    path: str = Field(
-        min_length=1, description="Dataset prefix or URI, e.g. s3://corpus/en or embedded://code."
+    path: SpecPath = Field(
+        description="Dataset prefix or URI, e.g. s3://corpus/en or embedded://code; a local path "
+        "lies under an allowed root (relative: under the data root)."
     )
     weight: PositiveFloat = Field(
         description="Share of the stage's tokens; a stage's weights sum to 1."

@@ -19,10 +19,14 @@ IDENTIFIER_MAX_LENGTH = 32
 # nothing real comes near them (2**53 tokens is ~9e15).
 MAX_COUNT = 2**53
 MAX_REAL = 1e18
+# Linux's PATH_MAX; a longer "path" names nothing and only costs the service to check.
+MAX_PATH_LENGTH = 4096
 PositiveInt = Annotated[int, Field(gt=0, le=MAX_COUNT)]
 NonNegativeInt = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 PositiveFloat = Annotated[float, Field(gt=0, le=MAX_REAL)]
 NonNegativeFloat = Annotated[float, Field(ge=0, le=MAX_REAL)]
+# A local path or URI a job reads or writes; where it may point is `paths.PathPolicy`'s rule.
+SpecPath = Annotated[str, Field(min_length=1, max_length=MAX_PATH_LENGTH)]
 
 
 class Section(BaseModel):

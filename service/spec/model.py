@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from service.presets import PRESETS, ModelArch, MoEArch
-from service.spec.fields import NonNegativeInt, PositiveFloat, PositiveInt, Section
+from service.spec.fields import NonNegativeInt, PositiveFloat, PositiveInt, Section, SpecPath
 from service.spec.problems import Problem
 
 # Megatron pads the embedding table to a multiple of this (times the tensor size).
@@ -68,7 +68,10 @@ class ModelSpec(Section):
 class TokenizerSpec(Section):
     """The tokenizer the data was (or will be) encoded with."""
 
-    path: str = Field(min_length=1, description="Tokenizer location: a directory, file or URI.")
+    path: SpecPath = Field(
+        description="Tokenizer location: a directory, file or URI; a local path lies under an "
+        "allowed root (relative: under the data root)."
+    )
     vocab_size: PositiveInt | None = Field(None, description="Tokens the tokenizer produces.")
     extra_vocab_size: NonNegativeInt = Field(
         0, description="Tokens added on top of the tokenizer (special or reserved tokens)."

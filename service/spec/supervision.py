@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from service.spec.fields import NonNegativeInt, PositiveFloat, PositiveInt, Section
+from service.spec.fields import NonNegativeInt, PositiveFloat, PositiveInt, Section, SpecPath
 
 
 class CheckpointSpec(Section):
@@ -16,9 +16,10 @@ class CheckpointSpec(Section):
     keep_last: PositiveInt = Field(
         3, description="Newest checkpoints kept; older ones are deleted."
     )
-    storage: str | None = Field(
+    storage: SpecPath | None = Field(
         None,
-        description="Directory or URI (file://, s3://) for checkpoints; unset = the service's default.",
+        description="Directory under an allowed root (relative: under the checkpoint root) or "
+        "URI (s3://) for checkpoints; unset = the service's default.",
     )
 
 

@@ -10,7 +10,15 @@ from pydantic import BaseModel, Field, ValidationError
 
 from service.spec.data import CorpusName, CorpusPath, embedded_corpus_problems
 from service.spec.field_errors import problems_from_validation_error
-from service.spec.fields import NAME_MAX_LENGTH, NAME_PATTERN, NonNegativeInt, PositiveInt, Section
+from service.spec.fields import (
+    NAME_MAX_LENGTH,
+    NAME_PATTERN,
+    NonNegativeInt,
+    PositiveInt,
+    Section,
+    SpecPath,
+)
+from service.spec.paths import PathPolicy, tokenizer_path_problems
 from service.spec.problems import Problem, SpecInvalid, problem
 
 # Options only one mode reads; the tokenizer library refuses them in the other.
@@ -49,10 +57,8 @@ class TokenizerOptionsSpec(Section):
     limit_alphabet: PositiveInt | None = Field(
         None, description="train, bpe and wordpiece: most characters in the alphabet."
     )
-    base: str | None = Field(
+    base: SpecPath | None = Field(
         None,
-        min_length=1,
-        max_length=4096,
         description="expand (required): the tokenizer to grow, a directory or tokenizer.json; "
         "a relative path is under the checkpoint root, where tokenizer jobs write theirs "
         "(`<name>-<id>/tokenizer`).",
@@ -122,13 +128,19 @@ class ValidatedTokenizerSpec(BaseModel):
     )
 
 
-def validate_tokenizer_spec(raw: dict) -> ValidatedTokenizerSpec:
-    """Parse and check a tokenizer job spec; SpecInvalid lists every problem found."""
+def validate_tokenizer_spec(raw: dict, paths: PathPolicy | None = None) -> ValidatedTokenizerSpec:
+    """Parse and check a tokenizer job spec; SpecInvalid lists every problem found.
+
+    With `paths`, every path must be one the install allows (`paths.PathPolicy`).
+    """
     try:
         spec = TokenizerJobSpec.model_validate(raw)
     except ValidationError as error:
         raise SpecInvalid(problems_from_validation_error(error, TokenizerJobSpec)) from None
-    if problems := list(_tokenizer_problems(spec)):
+    problems = list(_tokenizer_problems(spec))
+    if paths is not None:
+        problems += tokenizer_path_problems(spec, paths)
+    if problems:
         raise SpecInvalid(problems)
     return ValidatedTokenizerSpec(spec=spec)
 

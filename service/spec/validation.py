@@ -11,6 +11,7 @@ from service.spec.context import Context
 from service.spec.field_errors import problems_from_validation_error
 from service.spec.job import JOB_KINDS, PRETRAIN_KIND, TOKENIZER_KIND, JobSpec
 from service.spec.model import resolve_model
+from service.spec.paths import PathPolicy, job_path_problems
 from service.spec.problems import Problem, SpecInvalid, body_problem, kind_of
 from service.spec.rules import RULES
 from service.spec.stages import StagePlan
@@ -71,17 +72,20 @@ def _derive(context: Context) -> Derived:
     )
 
 
-def validate_spec(raw: dict) -> ValidatedSpec | ValidatedTokenizerSpec:
+def validate_spec(
+    raw: dict, paths: PathPolicy | None = None
+) -> ValidatedSpec | ValidatedTokenizerSpec:
     """Parse and check a spec mapping; SpecInvalid lists every problem found.
 
     `kind` picks the schema: `pretrain` (the default, a JobSpec) or `tokenizer` (a
-    TokenizerJobSpec, returned as a ValidatedTokenizerSpec).
+    TokenizerJobSpec, returned as a ValidatedTokenizerSpec). With `paths` (admission always
+    passes the install's), every path must be one the install allows (`paths.PathPolicy`).
     """
     if not isinstance(raw, dict):
         raise body_problem(f"the job spec must be a mapping of fields, not {kind_of(raw)}")
     kind = raw.get("kind", PRETRAIN_KIND)
     if kind == TOKENIZER_KIND:
-        return validate_tokenizer_spec(raw)
+        return validate_tokenizer_spec(raw, paths)
     if isinstance(kind, str) and kind not in JOB_KINDS:
         raise SpecInvalid(
             [
@@ -99,6 +103,8 @@ def validate_spec(raw: dict) -> ValidatedSpec | ValidatedTokenizerSpec:
     model, problems = resolve_model(spec.model)
     context = Context(spec=spec, resolved_model=model)
     problems += [problem for rule in RULES for problem in rule(context)]
+    if paths is not None:
+        problems += job_path_problems(spec, paths)
     if problems:
         raise SpecInvalid(problems)
     assert model is not None

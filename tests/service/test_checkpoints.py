@@ -41,12 +41,15 @@ def job_and_token(app_client, tokens, tiny_spec, settings):
     return job["id"], token
 
 
-def report(attempt: int, step: int, sha: str | None = None) -> dict:
-    return {"attempt": attempt, "step": step, "tokens": step, "path": f"/c/step-{step:08d}", "manifest_sha256": sha or f"{attempt:02x}{step:062x}"}
+def report(app_client, job_id: int, attempt: int, step: int, sha: str | None = None) -> dict:
+    """A trainer's report of a checkpoint in its job's directory (nothing is written there)."""
+    directory = checkpoints.job_directory(job_id, "tiny-cpu", app_client.app.state.settings)
+    path = f"{directory}/step-{step:08d}"
+    return {"attempt": attempt, "step": step, "tokens": step, "path": path, "manifest_sha256": sha or f"{attempt:02x}{step:062x}"}
 
 
 def register(app_client, job_id: int, token: str, attempt: int, step: int):
-    response = app_client.post(f"/v1/jobs/{job_id}/checkpoints", json=report(attempt, step), headers=auth(token))
+    response = app_client.post(f"/v1/jobs/{job_id}/checkpoints", json=report(app_client, job_id, attempt, step), headers=auth(token))
     assert response.status_code in (200, 201), response.text
     return response.json()
 
@@ -61,8 +64,8 @@ def test_registration_answers_what_to_delete_beyond_keep_last_and_a_retry_gets_t
 
     assert [pruned_steps(a) for a in answers] == [[], [], [], [(0, 10)], [(0, 20)]]
     first = answers[3]["prune"][0]
-    assert first == {"path": "/c/step-00000010", "step": 10, "attempt": 0, "manifest_sha256": report(0, 10)["manifest_sha256"]}
-    retried = app_client.post(f"/v1/jobs/{job_id}/checkpoints", json=report(0, 40), headers=auth(token))
+    assert first == {key: report(app_client, job_id, 0, 10)[key] for key in ("path", "step", "attempt", "manifest_sha256")}
+    retried = app_client.post(f"/v1/jobs/{job_id}/checkpoints", json=report(app_client, job_id, 0, 40), headers=auth(token))
     assert retried.status_code == 200 and pruned_steps(retried.json()) == [(0, 10)]
     listed = app_client.get(f"/v1/jobs/{job_id}/checkpoints", headers=auth(ADMIN_TOKEN)).json()
     assert [(c["step"], c["usable"], c["unusable_reason"]) for c in listed] == [

@@ -8,7 +8,9 @@ again (a later attempt reaching it) replaces the old directory in two renames: t
 aside to `.old-step-N`, the new one in; `recover` on start-up finishes a replace that was
 interrupted between them, so a checkpoint is never lost. Only a directory whose manifest
 verifies is a checkpoint: `resume_from` verifies before loading and refuses a corrupt one
-by name (`CorruptCheckpointError`, outcome corrupt_checkpoint).
+by name (`CorruptCheckpointError`, outcome corrupt_checkpoint). The counters are read back as
+plain data (`load_trainer_state`, `weights_only`): a checkpoint directory is input, and
+unpickling arbitrary objects from it would run whatever code its writer chose.
 
 Retention: with `metrics.url` set the service owns it. The answer to a checkpoint's
 registration may list checkpoints it has marked unusable,
@@ -27,6 +29,7 @@ import json
 import logging
 import multiprocessing
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -168,6 +171,26 @@ def verify(path: str | Path) -> Manifest:
     return manifest
 
 
+def load_trainer_state(path: str | Path) -> dict[str, Any]:
+    """The loop's counters saved in checkpoint `path`: tensors, numbers and containers only.
+
+    Anything else in the pickle (an object whose `__reduce__` would run code) is refused
+    before it is built, as a CorruptCheckpointError naming the checkpoint.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path / TRAINER_STATE, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise CorruptCheckpointError(
+            path, f"checkpoint {path}: {TRAINER_STATE} holds more than plain data ({exc})"
+        ) from exc
+    if not isinstance(state, dict):
+        raise CorruptCheckpointError(
+            path, f"checkpoint {path}: {TRAINER_STATE} is not a mapping of counters"
+        )
+    return state
+
+
 def publish(tmp: Path, final: Path) -> None:
     """Make the sealed directory `tmp` the checkpoint `final`, durably; replace one already there.
 
@@ -286,7 +309,7 @@ class CheckpointManager:
             path = Path(ckpt.resume_from)
             self._verify_everywhere(path)
             self._load(trainer, path, with_optimizer=True)
-            trainer.load_state_dict(torch.load(path / TRAINER_STATE, weights_only=False))
+            trainer.load_state_dict(load_trainer_state(path))
             self.resumed_from = path
             return path
         if ckpt.init_from:

@@ -144,7 +144,11 @@ class StepGuard:
 
     # What a rollback restores: the baseline the next z-scores are measured against.
     def state_dict(self) -> dict[str, Any]:
-        return {"history": list(self.history), "spikes_in_a_row": self.spikes_in_a_row}
+        # Plain floats: a checkpoint's counters load with `weights_only` (checkpoint.py).
+        return {
+            "history": [float(x) for x in self.history],
+            "spikes_in_a_row": int(self.spikes_in_a_row),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history.clear()

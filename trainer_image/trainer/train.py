@@ -78,12 +78,13 @@ class Trainer:
     # --- what a rollback restores -------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters that ride along with the model and optimizer in a checkpoint."""
+        """Counters that ride along with the model and optimizer in a checkpoint: plain ints,
+        tensors and containers, so that they load with `weights_only` (checkpoint.py)."""
         return {
-            "step": self.step,
-            "tokens": self.tokens,
+            "step": int(self.step),
+            "tokens": int(self.tokens),
             "rng": torch.get_rng_state(),
-            "data_seed": self.config.data.seed,
+            "data_seed": int(self.config.data.seed),
             "step_guard": self.guard.state_dict(),
         }
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Response, status
+from fastapi.exceptions import RequestValidationError
 
-from service import ingest
+from service import checkpoints, ingest
 from service.api.auth import JobReporterDep, ViewerDep
-from service.api.deps import SessionDep
+from service.api.deps import SessionDep, SettingsDep
 from service.api.routes.jobs import JobId
 from service.api.schemas import (
     CheckpointPublic,
@@ -30,13 +31,25 @@ router = APIRouter(prefix="/jobs/{job_id}/checkpoints", tags=["checkpoints"])
     },
 )
 def register_checkpoint(
-    job_id: JobId, body: CheckpointReport, session: SessionDep, principal: JobReporterDep, response: Response
+    job_id: JobId,
+    body: CheckpointReport,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: JobReporterDep,
+    response: Response,
 ) -> CheckpointRegistered:
     """Register a published checkpoint (the attempt's own token); answers what to delete. Retries are harmless."""
     if principal.attempt is not None and body.attempt != principal.attempt:
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
             f"this token belongs to attempt {principal.attempt} of job {job_id}, not attempt {body.attempt}",
+        )
+    job = repo.get_job(session, job_id=job_id)
+    directory = checkpoints.job_directory(job.id, job.name, settings)
+    if (problem := checkpoints.report_path_problem(body.path, directory)) is not None:
+        # A registered path is what a later attempt restores: it must be this job's own.
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("body", "path"), "msg": problem, "input": body.path}]
         )
     registration = ingest.record_checkpoint(session, job_id=job_id, actor=principal.name, **body.model_dump())
     if not registration.created:

@@ -27,5 +27,5 @@ async def plan(
     """Parameters, memory per GPU, FLOPs, time and advice for a spec (JSON or YAML); stores nothing."""
     raw = parse_spec_text(await request.body())
     return await run_in_threadpool(
-        plan_spec, raw, gpus=gpus, days=days, token_budget=token_budget, deadline_days=deadline_days
+        plan_spec, raw, request.app.state.settings, gpus=gpus, days=days, token_budget=token_budget, deadline_days=deadline_days
     )

@@ -37,7 +37,7 @@ def render_for_review(
     from service.controller.workload import build_workload, unsaved_attempt, unsaved_job
 
     settings = _as_kubernetes(settings)
-    admission = admit(parse_spec_text(spec_text), over_memory=OverMemory.REFUSE)
+    admission = admit(parse_spec_text(spec_text), over_memory=OverMemory.REFUSE, settings=settings)
     spec = admission.validated.spec
     job = unsaved_job(
         name=spec.name,

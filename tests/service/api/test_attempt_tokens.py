@@ -8,14 +8,18 @@ check the last two, with the workload's own token).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from service import attempts
+from service.checkpoints import job_directory
 from service.db import repo
 from service.db.models import AttemptReason, AttemptState, Role
 from service.db.session import get_sessionmaker
 from service.tokens import mint_token
 from tests.conftest import ADMIN_TOKEN, auth
+from tests.service.checkpoint_dirs import write_checkpoint
 
 
 @pytest.fixture
@@ -28,8 +32,12 @@ def attempt_token(settings, job_id: int, attempt: int) -> str:
         return mint_token(session, name=f"job-{job_id}-a{attempt}", role=Role.VIEWER, created_by="controller", job_id=job_id, attempt=attempt)[1]
 
 
-def checkpoint(attempt: int, step: int = 40) -> dict:
-    return {"attempt": attempt, "step": step, "tokens": step, "path": f"/c/{attempt}/{step}", "manifest_sha256": f"{step:064x}"}
+def checkpoint(settings, job_id: int, attempt: int, step: int = 40) -> dict:
+    """A checkpoint sealed in the job's own directory (tiny-cpu-<id>) and its report, as a trainer
+    leaves and sends them: a rollback restores only what the volume confirms."""
+    folder = Path(job_directory(job_id, "tiny-cpu", settings)) / f"step-{step:08d}"
+    sha = write_checkpoint(folder, step=step, attempt=attempt, tokens=step)
+    return {"attempt": attempt, "step": step, "tokens": step, "path": str(folder), "manifest_sha256": sha}
 
 
 def post_checkpoint(app_client, job_id: int, token: str, body: dict):
@@ -38,18 +46,18 @@ def post_checkpoint(app_client, job_id: int, token: str, body: dict):
 
 def test_an_attempts_token_registers_checkpoints_for_that_attempt_only(app_client, job, settings):
     token = attempt_token(settings, job, 0)
-    refused = post_checkpoint(app_client, job, token, checkpoint(attempt=1))
+    refused = post_checkpoint(app_client, job, token, checkpoint(settings, job, attempt=1))
     assert refused.status_code == 403 and "attempt 0" in refused.json()["detail"]
-    assert post_checkpoint(app_client, job, token, checkpoint(attempt=0)).status_code == 201
+    assert post_checkpoint(app_client, job, token, checkpoint(settings, job, attempt=0)).status_code == 201
 
 
 def test_a_rollback_revokes_the_superseded_attempts_token(app_client, job, settings, tokens):
     token = attempt_token(settings, job, 0)
-    assert post_checkpoint(app_client, job, token, checkpoint(attempt=0, step=40)).status_code == 201
+    assert post_checkpoint(app_client, job, token, checkpoint(settings, job, attempt=0, step=40)).status_code == 201
     body = {"reason": "bad data", "to_step": 40, "attempt": 0}
     assert app_client.post(f"/v1/jobs/{job}/rollback", json=body, headers=auth(tokens["oncall"])).status_code == 201
 
-    late = post_checkpoint(app_client, job, token, checkpoint(attempt=0, step=80))
+    late = post_checkpoint(app_client, job, token, checkpoint(settings, job, attempt=0, step=80))
     metrics = app_client.post(f"/v1/jobs/{job}/metrics", json=[], headers=auth(token))
 
     assert late.status_code == 401 and metrics.status_code == 401
@@ -61,8 +69,8 @@ def test_cancelling_revokes_the_jobs_tokens_and_a_finished_job_registers_nothing
     token = attempt_token(settings, job, 0)
     assert app_client.post(f"/v1/jobs/{job}/cancel", headers=auth(tokens["alice"])).status_code == 200
 
-    assert post_checkpoint(app_client, job, token, checkpoint(attempt=0)).status_code == 401
-    finished = post_checkpoint(app_client, job, ADMIN_TOKEN, checkpoint(attempt=0))
+    assert post_checkpoint(app_client, job, token, checkpoint(settings, job, attempt=0)).status_code == 401
+    finished = post_checkpoint(app_client, job, ADMIN_TOKEN, checkpoint(settings, job, attempt=0))
     assert finished.status_code == 409 and "already cancelled" in finished.json()["detail"]
 
 
@@ -74,7 +82,7 @@ def test_an_attempt_that_ended_registers_nothing_and_its_token_is_gone(app_clien
         attempts.open_attempt(session, job=found, reason=AttemptReason.POD_FAILURE, actor="controller", why="evicted", resume_from=None)
         session.commit()
 
-    assert post_checkpoint(app_client, job, token, checkpoint(attempt=0)).status_code == 401
-    ended = post_checkpoint(app_client, job, ADMIN_TOKEN, checkpoint(attempt=0))
+    assert post_checkpoint(app_client, job, token, checkpoint(settings, job, attempt=0)).status_code == 401
+    ended = post_checkpoint(app_client, job, ADMIN_TOKEN, checkpoint(settings, job, attempt=0))
     assert ended.status_code == 409 and "attempt 0 is failed" in ended.json()["detail"]
-    assert post_checkpoint(app_client, job, attempt_token(settings, job, 1), checkpoint(attempt=1)).status_code == 201
+    assert post_checkpoint(app_client, job, attempt_token(settings, job, 1), checkpoint(settings, job, attempt=1)).status_code == 201

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
+from service.checkpoints import job_directory
 from service.db import repo
 from service.db.models import AttemptReason, AttemptState, Job, MetricPoint, Role
 from service.db.session import get_sessionmaker
@@ -83,9 +84,10 @@ def test_records_must_name_the_job_they_are_posted_to(app_client, two_jobs):
     assert response.json()["detail"][0]["loc"] == ["body", 0, "job"]
 
 
-def test_a_checkpoint_registers_once_and_a_different_one_at_the_same_step_conflicts(app_client, two_jobs):
+def test_a_checkpoint_registers_once_and_a_different_one_at_the_same_step_conflicts(app_client, two_jobs, settings):
     (job_a, _), (token_a, _) = two_jobs
-    checkpoint = {"attempt": 0, "step": 40, "tokens": 81920, "path": "/ckpt/step-00000040", "manifest_sha256": "b" * 64}
+    path = f"{job_directory(job_a, 'ingest-a', settings)}/step-00000040"
+    checkpoint = {"attempt": 0, "step": 40, "tokens": 81920, "path": path, "manifest_sha256": "b" * 64}
 
     first = app_client.post(f"/v1/jobs/{job_a}/checkpoints", json=checkpoint, headers=auth(token_a))
     again = app_client.post(f"/v1/jobs/{job_a}/checkpoints", json=checkpoint, headers=auth(token_a))
@@ -99,9 +101,10 @@ def test_a_checkpoint_registers_once_and_a_different_one_at_the_same_step_confli
     assert [e["kind"] for e in events].count("checkpoint.published") == 1
 
 
-def test_a_checkpoint_for_an_attempt_that_does_not_exist_is_refused(app_client, two_jobs):
+def test_a_checkpoint_for_an_attempt_that_does_not_exist_is_refused(app_client, two_jobs, settings):
     (job_a, _), (token_a, _) = two_jobs
-    checkpoint = {"attempt": 3, "step": 1, "tokens": 1, "path": "/x", "manifest_sha256": "d" * 64}
+    path = f"{job_directory(job_a, 'ingest-a', settings)}/step-00000001"
+    checkpoint = {"attempt": 3, "step": 1, "tokens": 1, "path": path, "manifest_sha256": "d" * 64}
     response = app_client.post(f"/v1/jobs/{job_a}/checkpoints", json=checkpoint, headers=auth(token_a))
     assert response.status_code == 409 and "has no attempt 3" in response.json()["detail"]
 
@@ -123,7 +126,8 @@ def test_checkpoints_the_trainer_prunes_stop_being_usable(app_client, two_jobs, 
     (job_a, _), (token_a, _) = two_jobs
     # examples/tiny-cpu.yaml keeps the newest 3 checkpoints on disk.
     for step in (40, 80, 120, 160, 200):
-        checkpoint = {"attempt": 0, "step": step, "tokens": step, "path": f"/c/{step}", "manifest_sha256": f"{step:064x}"}
+        path = f"{job_directory(job_a, 'ingest-a', settings)}/step-{step:08d}"
+        checkpoint = {"attempt": 0, "step": step, "tokens": step, "path": path, "manifest_sha256": f"{step:064x}"}
         assert app_client.post(f"/v1/jobs/{job_a}/checkpoints", json=checkpoint, headers=auth(token_a)).status_code == 201
     listed = app_client.get(f"/v1/jobs/{job_a}/checkpoints", headers=auth(ADMIN_TOKEN)).json()
     assert [(c["step"], c["usable"]) for c in listed] == [(40, False), (80, False), (120, True), (160, True), (200, True)]

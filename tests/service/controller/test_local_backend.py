@@ -171,11 +171,13 @@ def test_a_tokenizer_job_trains_and_stores_its_result_on_the_job(embedded):
 
 
 def test_a_tokenizer_job_on_a_missing_corpus_fails_with_the_librarys_message(embedded):
-    client, _ = embedded
-    job = client.post("/v1/jobs", json=tokenizer_job("local-no-corpus", ["/no/such/corpus"])).json()
+    client, root = embedded
+    # Under the state directory, an allowed root: the spec is accepted, the file is not there.
+    missing = str((root / ".pretrain" / "no-such-corpus").resolve())
+    job = client.post("/v1/jobs", json=tokenizer_job("local-no-corpus", [missing])).json()
 
     done = wait_for(client, job["id"], lambda j: j["state"] == "failed", "failed")
 
     assert done["result"] is None
     assert "exited with code 2" in done["state_reason"]
-    assert "/no/such/corpus" in done["state_reason"]
+    assert missing in done["state_reason"]
