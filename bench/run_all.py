@@ -48,6 +48,7 @@ QUICK: dict[str, list[str]] = {
     "tokenizer": ["--repeat", "1", "--vocab", "32000", "--max-mb-per-channel", "1"],
     "detector_trainer": ["--rounds", "1"],
     "chaos": ["--trials", "2"],
+    "scrape": ["--large", "100000", "--runs", "5"],
 }
 
 # Why a non-Python script in bench/ is not run here.

@@ -7,7 +7,8 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import psycopg
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -19,6 +20,7 @@ from service.db.models import (
     AttemptState,
     Checkpoint,
     Job,
+    LatestMetric,
     MetricPoint,
     utcnow,
 )
@@ -120,6 +122,8 @@ def record_checkpoint(
 
 # The columns a metric point is written with, in the order `metric_rows` yields them.
 METRIC_COLUMNS = ("job_id", "attempt", "step", "name", "value", "nonfinite", "stage", "phase", "tokens", "created_at")
+# What `latest_metrics` keeps of a job's newest point of each metric.
+_LATEST_COLUMNS = ("job_id", "name", "attempt", "step", "value", "tokens", "created_at")
 # Past the job's last step a record is only plausible as that step's eval, reported after it.
 STEP_MARGIN = 1
 
@@ -179,10 +183,10 @@ def store_metrics(
     if not rows:
         session.commit()  # the lock
         return 0
-    if session.get_bind().dialect.name == "postgresql":
-        stored = _insert_postgres(session, rows)
-    else:
-        stored = _insert_sqlite(session, rows)
+    dialect = session.get_bind().dialect.name
+    stored = _insert_postgres(session, rows) if dialect == "postgresql" else _insert_sqlite(session, rows)
+    if stored:
+        _keep_latest(session, rows, dialect)
     session.commit()
     return stored
 
@@ -253,6 +257,31 @@ def _copy_text(rows: list[tuple]) -> str:
             f"{stamp}\n"
         )
     return "".join(lines)
+
+
+def _keep_latest(session: Session, rows: list[tuple], dialect: str) -> None:
+    """Move `latest_metrics` to the batch's newest point of each metric, in the batch's
+    transaction, so that /metrics reads those rows and never the points.
+
+    Only a later (attempt, step) replaces a row: a point stored before (a retried batch, which
+    keeps the stored point) or one older than the row changes nothing. Rows are written in
+    name order, so two batches of one job lock them in the same order.
+    """
+    newest: dict[str, tuple] = {}
+    for row in rows:
+        _, attempt, step, name = row[:4]
+        kept = newest.get(name)
+        if kept is None or (attempt, step) > (kept[1], kept[2]):
+            newest[name] = row
+    values = [
+        {column: value for column, value in zip(METRIC_COLUMNS, newest[name], strict=True) if column in _LATEST_COLUMNS}
+        for name in sorted(newest)
+    ]
+    table = LatestMetric.__table__
+    statement = (postgres_insert if dialect == "postgresql" else sqlite_insert)(table).values(values)
+    later = tuple_(table.c.attempt, table.c.step) < tuple_(statement.excluded.attempt, statement.excluded.step)
+    replaced = {column: statement.excluded[column] for column in _LATEST_COLUMNS if column not in ("job_id", "name")}
+    session.execute(statement.on_conflict_do_update(index_elements=["job_id", "name"], set_=replaced, where=later))
 
 
 def _insert_sqlite(session: Session, rows: list[tuple]) -> int:

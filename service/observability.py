@@ -1,5 +1,9 @@
 """Prometheus: what the dashboards and alerts read, computed from the database at scrape time.
 
+A scrape reads jobs, attempts, events and `latest_metrics` (each live job's newest point per
+metric, kept by ingest), never the metric points: its work grows with the live jobs and their
+metric names, not with how much they have reported.
+
 Per-job series cover live jobs only (pending, running, paused, cancelling), so label
 cardinality stays bounded: a finished job leaves the exporter. They carry the job's id as
 `job_id` and its name as `name`; never `job`, which Prometheus gives every series as the
@@ -16,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db.models import Attempt, Event, Job, JobState, MetricPoint, utcnow
+from service.db.models import Attempt, Event, Job, JobState, LatestMetric, utcnow
 from service.lifecycle import ACTIVE_JOB_STATES
 
 # Latest values exported per live job: the channel losses, eval PPL and throughput.
@@ -60,26 +64,20 @@ class ServiceCollector:
         other = GaugeMetricFamily("pretrain_train_metric", "Latest throughput/optimizer metric of a live job.", labels=[*labels, "metric"])
         step = GaugeMetricFamily("pretrain_step", "Latest step a live job reported.", labels=labels)
         tokens = GaugeMetricFamily("pretrain_tokens", "Tokens a live job had trained on at its newest report.", labels=labels)
-        newest = (
-            select(MetricPoint.job_id, MetricPoint.name, func.max(MetricPoint.id).label("id"))
-            .join(Job, Job.id == MetricPoint.job_id)
-            .where(Job.state.in_(ACTIVE_JOB_STATES))
-            .group_by(MetricPoint.job_id, MetricPoint.name)
-            .subquery()
-        )
+        # One row per live job and metric, kept by ingest: a scrape never reads the points.
         rows = session.execute(
-            select(Job.id, Job.name, MetricPoint.id, MetricPoint.name, MetricPoint.value, MetricPoint.step, MetricPoint.tokens)
-            .join(newest, MetricPoint.id == newest.c.id)
-            .join(Job, Job.id == MetricPoint.job_id)
+            select(Job.id, Job.name, LatestMetric.name, LatestMetric.value, LatestMetric.attempt, LatestMetric.step, LatestMetric.tokens)
+            .join(LatestMetric, LatestMetric.job_id == Job.id)
+            .where(Job.state.in_(ACTIVE_JOB_STATES))
         )
         steps: dict[tuple[str, str], int] = {}
         # The newest report's token count: after a rollback it falls back with the step.
-        seen: dict[tuple[str, str], tuple[int, int]] = {}
-        for job_id, job_name, point_id, metric, value, at, tokens_seen in rows:
+        seen: dict[tuple[str, str], tuple[tuple[int, int], int]] = {}
+        for job_id, job_name, metric, value, attempt, at, tokens_seen in rows:
             job = (str(job_id), job_name)
             steps[job] = max(steps.get(job, 0), at)
-            if tokens_seen is not None and point_id > seen.get(job, (-1, 0))[0]:
-                seen[job] = (point_id, tokens_seen)
+            if tokens_seen is not None and (job not in seen or (attempt, at) > seen[job][0]):
+                seen[job] = ((attempt, at), tokens_seen)
             if value is None or not metric.startswith(EXPORTED_PREFIXES):
                 continue
             if metric == "loss" or metric.startswith("loss/"):
@@ -152,8 +150,8 @@ class ServiceCollector:
             "pretrain_ingest_lag_seconds", "Seconds since a live job's newest metric point arrived.", labels=["job_id", "name"]
         )
         query = (
-            select(Job.id, Job.name, func.max(MetricPoint.created_at))
-            .join(MetricPoint, MetricPoint.job_id == Job.id)
+            select(Job.id, Job.name, func.max(LatestMetric.created_at))
+            .join(LatestMetric, LatestMetric.job_id == Job.id)
             .where(Job.state.in_(ACTIVE_JOB_STATES))
             .group_by(Job.id, Job.name)
         )

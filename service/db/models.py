@@ -299,6 +299,23 @@ class MetricPoint(Base):
     )
 
 
+class LatestMetric(Base):
+    """A job's newest point of each metric, kept by ingest so that a /metrics scrape reads one
+    row per (job, metric) instead of grouping every stored point. Newest is the highest
+    (attempt, step): a rollback's new attempt replaces what its predecessor reported."""
+
+    __tablename__ = "latest_metrics"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(BigInteger)
+    # NULL for a non-finite value, as in metric_points: the scrape exports no sample for it.
+    value: Mapped[float | None] = mapped_column(Float)
+    tokens: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class Event(Base):
     """The audit log: who did what to which job, when and why."""
 

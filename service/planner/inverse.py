@@ -12,7 +12,10 @@ from service.planner.compute import (
     achieved_flops_per_second,
     budget_flops,
 )
-from service.spec import ValidatedSpec
+from service.spec import MAX_GPUS_PER_NODE, MAX_NODES, Problem, SpecInvalid, ValidatedSpec
+
+# The most GPUs a job can ask for; a deadline that needs more has no answer worth printing.
+MAX_GPUS = MAX_NODES * MAX_GPUS_PER_NODE
 
 
 class TokensForBudget(BaseModel):
@@ -68,6 +71,8 @@ def answer_inverse(
     if deadline_days is not None:
         budget = compute.tokens if token_budget is None else token_budget
         exact = budget * per_token / (rate * deadline_days * SECONDS_PER_DAY)
+        if not exact <= MAX_GPUS:  # also an infinite quotient, from a vanishing deadline
+            raise SpecInvalid([_deadline_too_short(budget, deadline_days, exact)])
         parallel = spec.parallelism
         model_parallel = parallel.tensor * parallel.pipeline * parallel.context
         granularity = math.lcm(model_parallel, spec.resources.gpus_per_node)
@@ -85,4 +90,13 @@ def answer_inverse(
         tokens_per_day=tokens_per_day,
         tokens_for_budget=for_budget,
         gpus_for_deadline=for_deadline,
+    )
+
+
+def _deadline_too_short(budget: int, deadline_days: float, exact: float) -> Problem:
+    return Problem(
+        loc=["deadline_days"],
+        msg=f"training {budget} tokens within deadline_days {deadline_days:g} needs {exact:.3g} "
+        f"GPUs, more than the {MAX_GPUS} a job can have (nodes at most {MAX_NODES} × "
+        f"gpus_per_node at most {MAX_GPUS_PER_NODE}); give a longer deadline",
     )

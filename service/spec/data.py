@@ -11,9 +11,9 @@ from service.spec.fields import (
     IDENTIFIER_MAX_LENGTH,
     IDENTIFIER_PATTERN,
     MAX_PATH_LENGTH,
-    NonNegativeInt,
+    NonNegativeSteps,
     PositiveFloat,
-    PositiveInt,
+    PositiveSteps,
     Section,
     SpecPath,
 )
@@ -55,7 +55,7 @@ class DataSource(Section):
     weight: PositiveFloat = Field(
         description="Share of the stage's tokens; a stage's weights sum to 1."
     )
-    corrupt_steps: list[tuple[NonNegativeInt, PositiveInt]] = Field(
+    corrupt_steps: list[tuple[NonNegativeSteps, PositiveSteps]] = Field(
         default_factory=list,
         description="Fault injection for demos and on-call drills: half-open [start, end) step "
         "ranges (steps of the run as first planned) in which this channel's samples are "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import types
 from typing import Any, Union, get_args, get_origin
@@ -13,6 +14,9 @@ from pydantic_core import ErrorDetails
 from service.spec.fields import IDENTIFIER_PATTERN, NAME_PATTERN
 from service.spec.job import JobSpec
 from service.spec.problems import Problem, format_loc, kind_of
+
+# A message quotes at most this much of the value it refuses.
+MAX_QUOTED_LENGTH = 200
 
 _PATTERN_HINTS = {
     NAME_PATTERN: "use lowercase letters, digits and '-', starting with a letter and ending "
@@ -71,6 +75,21 @@ def _clean_loc(
     return loc, owner
 
 
+def _quoted(value: Any) -> str:
+    """The value as the message quotes it, shortened; never fails on a huge integer.
+
+    Python refuses to print an integer of more than 4,300 digits (and a container holding
+    one); such a value is described by its length instead.
+    """
+    try:
+        text = repr(value)
+    except ValueError:
+        if isinstance(value, int):
+            return f"an integer of about {len(format(value, 'x')) * math.log10(16):.0f} digits"
+        return f"{kind_of(value)} holding an integer too long to print"
+    return text if len(text) <= MAX_QUOTED_LENGTH else text[: MAX_QUOTED_LENGTH - 1] + "…"
+
+
 def _readable_message(
     error: ErrorDetails, loc: list[str | int], owner: type[BaseModel] | None
 ) -> str:
@@ -89,14 +108,14 @@ def _readable_message(
             msg += f"; did you mean {close[0]!r}?"
         return msg + (f" (allowed: {', '.join(allowed)})" if allowed else "")
     if error_type in ("model_type", "model_attributes_type", "dict_type"):
-        return f"{field} should be a mapping of fields, not {kind_of(given)} ({given!r})"
+        return f"{field} should be a mapping of fields, not {kind_of(given)} ({_quoted(given)})"
     if error_type == "string_pattern_mismatch":
         hint = _PATTERN_HINTS.get(str(error.get("ctx", {}).get("pattern")), "")
-        return f"{field} {given!r} is not allowed" + (f": {hint}" if hint else "")
+        return f"{field} {_quoted(given)} is not allowed" + (f": {hint}" if hint else "")
     msg = error["msg"].removeprefix("Value error, ")
     msg = re.sub(r"^(Input|Value|String|List)\b", field, msg)
     if (isinstance(given, int | float | str | bool) or given is None) and "got" not in msg:
-        msg += f" (got {given!r})"
+        msg += f" (got {_quoted(given)})"
     return msg
 
 

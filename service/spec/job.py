@@ -6,7 +6,14 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field
 
-from service.spec.fields import NAME_MAX_LENGTH, NAME_PATTERN, Section, mapping_from_shorthand
+from service.spec.fields import (
+    NAME_MAX_LENGTH,
+    NAME_PATTERN,
+    Flag,
+    Section,
+    mapping_from_shorthand,
+    real,
+)
 from service.spec.layout import Dtype, ParallelismSpec, PrecisionSpec, RecomputeMode, RecomputeSpec
 from service.spec.model import ModelSpec, TokenizerSpec
 from service.spec.resources import ResourcesSpec
@@ -17,6 +24,9 @@ from service.spec.training import BatchSpec, OptimizerSpec, ScheduleSpec
 PRETRAIN_KIND = "pretrain"
 TOKENIZER_KIND = "tokenizer"
 JOB_KINDS = (PRETRAIN_KIND, TOKENIZER_KIND)
+# Below these the estimated days and the critical batch size are no longer finite numbers.
+MIN_MFU = 0.001
+MIN_TARGET_LOSS = 0.01
 
 
 class JobSpec(Section):
@@ -60,15 +70,13 @@ class JobSpec(Section):
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpointing.")
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Held-out evaluation.")
     watchdog: WatchdogSpec = Field(default_factory=WatchdogSpec, description="Loss anomaly policy.")
-    allow_over_memory: bool = Field(
+    allow_over_memory: Flag = Field(
         False, description="Accept a plan whose memory estimate exceeds the accelerator's memory."
     )
-    mfu: float = Field(
-        0.4, gt=0, le=1, description="Model FLOPs utilisation assumed when estimating time."
+    mfu: real(ge=MIN_MFU, le=1) = Field(
+        0.4, description="Model FLOPs utilisation assumed when estimating time."
     )
-    target_loss: float | None = Field(
+    target_loss: real(ge=MIN_TARGET_LOSS, le=20) | None = Field(
         None,
-        gt=0,
-        le=20,
         description="Final training loss aimed for; the planner sizes the critical batch from it.",
     )

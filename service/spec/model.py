@@ -7,7 +7,20 @@ from typing import Any
 from pydantic import Field
 
 from service.presets import PRESETS, ModelArch, MoEArch
-from service.spec.fields import NonNegativeInt, PositiveFloat, PositiveInt, Section, SpecPath
+from service.spec.fields import (
+    MAX_EXPERTS,
+    MAX_FFN_HIDDEN_SIZE,
+    MAX_HEADS,
+    MAX_HIDDEN_SIZE,
+    MAX_LAYERS,
+    MAX_SEQUENCE_LENGTH,
+    MAX_VOCAB_SIZE,
+    Flag,
+    PositiveFloat,
+    Section,
+    SpecPath,
+    integer,
+)
 from service.spec.problems import Problem
 
 # Megatron pads the embedding table to a multiple of this (times the tensor size).
@@ -17,12 +30,16 @@ VOCAB_PADDING_MULTIPLE = 128
 class MoESpec(Section):
     """Mixture-of-experts layers; fields left out come from the preset."""
 
-    num_experts: PositiveInt | None = Field(None, description="Routed experts per MoE layer.")
-    top_k: PositiveInt | None = Field(None, description="Experts each token is routed to.")
-    moe_ffn_hidden_size: PositiveInt | None = Field(
+    num_experts: integer(gt=0, le=MAX_EXPERTS) | None = Field(
+        None, description="Routed experts per MoE layer."
+    )
+    top_k: integer(gt=0, le=MAX_EXPERTS) | None = Field(
+        None, description="Experts each token is routed to."
+    )
+    moe_ffn_hidden_size: integer(gt=0, le=MAX_FFN_HIDDEN_SIZE) | None = Field(
         None, description="Hidden size of each routed expert's SwiGLU MLP."
     )
-    shared_expert_ffn_hidden_size: NonNegativeInt | None = Field(
+    shared_expert_ffn_hidden_size: integer(ge=0, le=MAX_FFN_HIDDEN_SIZE) | None = Field(
         None, description="Hidden size of the always-active shared expert; 0 means none (default)."
     )
 
@@ -35,29 +52,31 @@ class ModelSpec(Section):
         description="Named architecture to start from (see service/presets.py).",
         examples=list(PRESETS),
     )
-    num_layers: PositiveInt | None = Field(None, description="Transformer layers.")
-    hidden_size: PositiveInt | None = Field(None, description="Model width.")
-    num_attention_heads: PositiveInt | None = Field(None, description="Query heads per layer.")
-    num_query_groups: PositiveInt | None = Field(
+    num_layers: integer(gt=0, le=MAX_LAYERS) | None = Field(None, description="Transformer layers.")
+    hidden_size: integer(gt=0, le=MAX_HIDDEN_SIZE) | None = Field(None, description="Model width.")
+    num_attention_heads: integer(gt=0, le=MAX_HEADS) | None = Field(
+        None, description="Query heads per layer."
+    )
+    num_query_groups: integer(gt=0, le=MAX_HEADS) | None = Field(
         None, description="Key/value heads (grouped-query attention); equal to the heads for MHA."
     )
-    ffn_hidden_size: PositiveInt | None = Field(
+    ffn_hidden_size: integer(gt=0, le=MAX_FFN_HIDDEN_SIZE) | None = Field(
         None, description="Hidden size of the dense SwiGLU MLP."
     )
-    vocab_size: PositiveInt | None = Field(
+    vocab_size: integer(gt=0, le=MAX_VOCAB_SIZE) | None = Field(
         None, description="Rows of the embedding table (the padded tokenizer vocabulary)."
     )
-    max_position_embeddings: PositiveInt | None = Field(
+    max_position_embeddings: integer(gt=0, le=MAX_SEQUENCE_LENGTH) | None = Field(
         None, description="Longest sequence the model supports."
     )
     rope_base: PositiveFloat | None = Field(
         None, description="RoPE base frequency (theta); default 10000."
     )
     norm_eps: PositiveFloat | None = Field(None, description="RMSNorm epsilon; default 1e-5.")
-    tie_embeddings: bool | None = Field(
+    tie_embeddings: Flag | None = Field(
         None, description="Share the input embedding with the output layer; default false."
     )
-    qkv_bias: bool | None = Field(
+    qkv_bias: Flag | None = Field(
         None, description="Bias on the query, key and value projections; default false."
     )
     moe: MoESpec | None = Field(
@@ -72,8 +91,10 @@ class TokenizerSpec(Section):
         description="Tokenizer location: a directory, file or URI; a local path lies under an "
         "allowed root (relative: under the data root)."
     )
-    vocab_size: PositiveInt | None = Field(None, description="Tokens the tokenizer produces.")
-    extra_vocab_size: NonNegativeInt = Field(
+    vocab_size: integer(gt=0, le=MAX_VOCAB_SIZE) | None = Field(
+        None, description="Tokens the tokenizer produces."
+    )
+    extra_vocab_size: integer(ge=0, le=MAX_VOCAB_SIZE) = Field(
         0, description="Tokens added on top of the tokenizer (special or reserved tokens)."
     )
 

@@ -6,7 +6,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
-from service.spec.fields import PositiveFloat, PositiveInt, Section
+from service.spec.fields import (
+    MAX_GPU_MEMORY_GIB,
+    MAX_GPUS_PER_NODE,
+    MAX_NODES,
+    MAX_PEAK_TFLOPS,
+    Section,
+    integer,
+    real,
+)
 
 GpuType = Literal[
     "H100",
@@ -43,6 +51,9 @@ PEAK_BF16_TFLOPS: dict[str, float] = {
 # FP8 tensor cores arrived with Ada and Hopper; Ampere, Volta and CPUs have none.
 FP8_GPU_TYPES = frozenset({"H100", "H200", "H800", "H20", "L40S", "L4", "B100", "B200", "GB200"})
 BF16_UNSUPPORTED_GPU_TYPES = frozenset({"V100"})
+# Below these a plan's utilisation and days are no longer finite numbers worth printing.
+MIN_GPU_MEMORY_GIB = 0.01
+MIN_PEAK_TFLOPS = 0.001
 
 
 def _canonical_gpu_type(value: Any) -> Any:
@@ -57,17 +68,17 @@ def _canonical_gpu_type(value: Any) -> Any:
 class ResourcesSpec(Section):
     """The machines the job runs on."""
 
-    nodes: PositiveInt = Field(description="Machines (Kubernetes pods) in the job.")
-    gpus_per_node: PositiveInt = Field(
+    nodes: integer(gt=0, le=MAX_NODES) = Field(description="Machines (Kubernetes pods) in the job.")
+    gpus_per_node: integer(gt=0, le=MAX_GPUS_PER_NODE) = Field(
         description="Accelerators per machine; with gpu_type cpu, training processes per machine."
     )
     gpu_type: Annotated[GpuType, BeforeValidator(_canonical_gpu_type)] = Field(
         description="Accelerator model, or `cpu` to train in CPU processes."
     )
-    gpu_memory_gib: PositiveFloat = Field(
+    gpu_memory_gib: real(ge=MIN_GPU_MEMORY_GIB, le=MAX_GPU_MEMORY_GIB) = Field(
         description="Memory of one accelerator (or one CPU process) in GiB."
     )
-    peak_tflops: PositiveFloat | None = Field(
+    peak_tflops: real(ge=MIN_PEAK_TFLOPS, le=MAX_PEAK_TFLOPS) | None = Field(
         None,
         description="Peak dense bf16 TFLOPS of one accelerator; defaults from a table by gpu_type.",
     )

@@ -6,6 +6,13 @@ import math
 from collections.abc import Iterator
 
 from service.spec.context import Context, Rule, needs_model
+from service.spec.fields import (
+    MAX_EXPERTS,
+    MAX_HEADS,
+    MAX_LAYERS,
+    MAX_PARALLEL_SIZE,
+    MAX_STEPS,
+)
 from service.spec.model import VOCAB_PADDING_MULTIPLE
 from service.spec.problems import Problem, problem
 from service.spec.resources import BF16_UNSUPPORTED_GPU_TYPES, FP8_GPU_TYPES
@@ -14,8 +21,13 @@ from service.spec.resources import BF16_UNSUPPORTED_GPU_TYPES, FP8_GPU_TYPES
 WEIGHT_SUM_TOLERANCE = 1e-6
 
 
-def _divisors(number: int) -> list[int]:
-    return [d for d in range(1, number + 1) if number % d == 0]
+def _divisors(number: int, limit: int) -> str:
+    """`1, 2, 4`: the divisors of number up to limit, the bound of the field they are offered for.
+
+    A suggestion never needs a divisor above the field's bound, so the work is at most `limit`
+    steps however large `number` is (enumerating up to `number` hung on 2**53).
+    """
+    return ", ".join(str(d) for d in range(1, min(number, limit) + 1) if number % d == 0)
 
 
 def _multiples_near(value: int, step: int) -> str:
@@ -43,11 +55,10 @@ def _heads_and_groups_divisible_by_tensor(context: Context) -> Iterator[Problem]
     for name in ("num_attention_heads", "num_query_groups"):
         count = getattr(context.model, name)
         if count % tensor:
-            fitting = [d for d in _divisors(count) if d <= max(tensor, 8)]
             yield problem(
                 ["parallelism", "tensor"],
                 f"{name} {count} is not divisible by tensor {tensor}; every tensor rank needs whole "
-                f"heads, so use a tensor size that divides {count} ({', '.join(map(str, fitting))})",
+                f"heads, so use a tensor size that divides {count} ({_divisors(count, max(tensor, 8))})",
             )
 
 
@@ -58,7 +69,7 @@ def _heads_divisible_by_query_groups(context: Context) -> Iterator[Problem]:
         yield problem(
             ["model", "num_query_groups"],
             f"num_attention_heads {model.num_attention_heads} is not divisible by num_query_groups "
-            f"{model.num_query_groups}; use one of {', '.join(map(str, _divisors(model.num_attention_heads)))}",
+            f"{model.num_query_groups}; use one of {_divisors(model.num_attention_heads, MAX_HEADS)}",
         )
 
 
@@ -73,7 +84,7 @@ def _layers_split_evenly_across_pipeline(context: Context) -> Iterator[Problem]:
         yield problem(
             ["parallelism", "pipeline"],
             f"num_layers {layers} is not divisible by pipeline {pipeline}; use a pipeline size that "
-            f"divides {layers} ({', '.join(map(str, _divisors(layers)))})",
+            f"divides {layers} ({_divisors(layers, MAX_PARALLEL_SIZE)})",
         )
     elif virtual is not None and (layers // pipeline) % virtual:
         per_stage = layers // pipeline
@@ -81,7 +92,7 @@ def _layers_split_evenly_across_pipeline(context: Context) -> Iterator[Problem]:
             ["parallelism", "virtual_pipeline"],
             f"each pipeline stage holds {per_stage} layers (num_layers {layers} / pipeline {pipeline}), "
             f"which do not split into virtual_pipeline {virtual} chunks; use one of "
-            f"{', '.join(map(str, _divisors(per_stage)))}",
+            f"{_divisors(per_stage, MAX_PARALLEL_SIZE)}",
         )
 
 
@@ -121,7 +132,7 @@ def _full_recompute_divides_layers(context: Context) -> Iterator[Problem]:
             f"recompute_layers {recompute.recompute_layers} does not divide the {per_chunk} layers of "
             f"each pipeline chunk (num_layers {context.model.num_layers} / pipeline "
             f"{context.parallel.pipeline} / virtual_pipeline {context.parallel.virtual_pipeline or 1}); "
-            f"use one of {', '.join(map(str, _divisors(per_chunk)))}",
+            f"use one of {_divisors(per_chunk, MAX_LAYERS)}",
         )
 
 
@@ -151,7 +162,7 @@ def _expert_parallel_fits(context: Context) -> Iterator[Problem]:
             yield problem(
                 ["parallelism", "expert"],
                 f"num_experts {moe.num_experts} is not divisible by expert {expert}; use one of "
-                f"{', '.join(map(str, _divisors(moe.num_experts)))}",
+                f"{_divisors(moe.num_experts, MAX_EXPERTS)}",
             )
         if moe.top_k > moe.num_experts:
             yield problem(
@@ -332,6 +343,20 @@ def _every_stage_trains_a_step(context: Context) -> Iterator[Problem]:
             )
 
 
+def _run_within_max_steps(context: Context) -> Iterator[Problem]:
+    # Every step field is bounded by MAX_STEPS; a run longer than that could not be supervised.
+    total = 0
+    for index, stage in enumerate(context.spec.stages):
+        total += stage.tokens // context.tokens_per_step(stage)
+        if total > MAX_STEPS:
+            yield problem(
+                ["stages", index, "tokens"],
+                f"the run reaches {total} steps by the end of stage {stage.name!r}, more than "
+                f"{MAX_STEPS}; train fewer tokens or raise global_batch_size or seq_length",
+            )
+            return
+
+
 @needs_model
 def _model_vocab_holds_tokenizer(context: Context) -> Iterator[Problem]:
     tokenizer = context.spec.tokenizer
@@ -395,6 +420,7 @@ RULES: tuple[Rule, ...] = (
     _mixture_weights_sum_to_one,
     _warmup_fits,
     _every_stage_trains_a_step,
+    _run_within_max_steps,
     _corrupt_steps_inside_their_stage,
     _model_vocab_holds_tokenizer,
     _min_lr_not_above_lr,

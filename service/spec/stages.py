@@ -8,9 +8,11 @@ from service.spec.data import DataSource
 from service.spec.fields import (
     IDENTIFIER_MAX_LENGTH,
     IDENTIFIER_PATTERN,
+    MAX_SEQUENCE_LENGTH,
+    MAX_TOKENS,
     PositiveFloat,
-    PositiveInt,
     Section,
+    integer,
 )
 
 
@@ -23,8 +25,8 @@ class StageSpec(Section):
         pattern=IDENTIFIER_PATTERN,
         description="Unique stage name, e.g. pretrain, long-context, anneal.",
     )
-    tokens: PositiveInt = Field(description="Tokens to train in this stage.")
-    seq_length: PositiveInt = Field(description="Tokens per sequence.")
+    tokens: integer(gt=0, le=MAX_TOKENS) = Field(description="Tokens to train in this stage.")
+    seq_length: integer(gt=0, le=MAX_SEQUENCE_LENGTH) = Field(description="Tokens per sequence.")
     rope_base: PositiveFloat | None = Field(
         None, description="RoPE base for this stage; unset = the model's rope_base."
     )

@@ -6,14 +6,22 @@ from typing import Literal
 
 from pydantic import Field
 
-from service.spec.fields import NonNegativeInt, PositiveFloat, PositiveInt, Section, SpecPath
+from service.spec.fields import (
+    MAX_GLOBAL_BATCH_SIZE,
+    NonNegativeSteps,
+    PositiveFloat,
+    PositiveSteps,
+    Section,
+    SpecPath,
+    integer,
+)
 
 
 class CheckpointSpec(Section):
     """When and where checkpoints are written."""
 
-    interval_steps: PositiveInt = Field(1000, description="Steps between checkpoints.")
-    keep_last: PositiveInt = Field(
+    interval_steps: PositiveSteps = Field(1000, description="Steps between checkpoints.")
+    keep_last: PositiveSteps = Field(
         3, description="Newest checkpoints kept; older ones are deleted."
     )
     storage: SpecPath | None = Field(
@@ -26,8 +34,8 @@ class CheckpointSpec(Section):
 class EvalSpec(Section):
     """Held-out evaluation, reported per channel as loss and perplexity."""
 
-    interval_steps: PositiveInt = Field(1000, description="Steps between evaluations.")
-    samples_per_channel: PositiveInt = Field(
+    interval_steps: PositiveSteps = Field(1000, description="Steps between evaluations.")
+    samples_per_channel: integer(gt=0, le=MAX_GLOBAL_BATCH_SIZE) = Field(
         200, description="Held-out sequences evaluated per channel."
     )
 
@@ -42,24 +50,24 @@ class WatchdogSpec(Section):
     drop_threshold: PositiveFloat = Field(
         0.25, description="Relative fall of a channel's loss that counts as a suspicious drop."
     )
-    recover_window_steps: PositiveInt = Field(
+    recover_window_steps: PositiveSteps = Field(
         20, description="Steps a spike may take to recover before it becomes a rollback."
     )
     rollback: Literal["auto", "alert_only"] = Field(
         "auto", description="auto rolls back by itself; alert_only only raises an event."
     )
-    rollback_margin_steps: NonNegativeInt = Field(
+    rollback_margin_steps: NonNegativeSteps = Field(
         100, description="Healthy steps required between the checkpoint restored and the anomaly."
     )
-    skip_steps_after: NonNegativeInt = Field(
+    skip_steps_after: NonNegativeSteps = Field(
         200,
         description="Steps of data skipped after the restored checkpoint, past the offending batches.",
     )
-    max_rollbacks: PositiveInt = Field(
+    max_rollbacks: PositiveSteps = Field(
         3,
         description="Rollbacks allowed within rollback_window_steps before the job pauses and pages.",
     )
-    rollback_window_steps: PositiveInt = Field(
+    rollback_window_steps: PositiveSteps = Field(
         2000, description="Window over which rollbacks are counted."
     )
     lr_scale_on_rollback: PositiveFloat = Field(
@@ -71,7 +79,7 @@ class WatchdogSpec(Section):
         "standard deviations above its recent ones (and any step with a non-finite loss or "
         "gradient norm): one bad batch costs one step, not a rollback.",
     )
-    max_nonfinite_steps: PositiveInt = Field(
+    max_nonfinite_steps: PositiveSteps = Field(
         3,
         description="Non-finite losses in a row after which the trainer stops as diverged and the "
         "service rolls the run back.",

@@ -11,12 +11,14 @@ from pydantic import BaseModel, Field, ValidationError
 from service.spec.data import CorpusName, CorpusPath, embedded_corpus_problems
 from service.spec.field_errors import problems_from_validation_error
 from service.spec.fields import (
+    MAX_VOCAB_SIZE,
     NAME_MAX_LENGTH,
     NAME_PATTERN,
-    NonNegativeInt,
     PositiveInt,
     Section,
     SpecPath,
+    integer,
+    real,
 )
 from service.spec.paths import PathPolicy, tokenizer_path_problems
 from service.spec.problems import Problem, SpecInvalid, problem
@@ -30,7 +32,7 @@ BANNED_REGEX_PREFIX = "re:"
 class TokenizerOptionsSpec(Section):
     """The tokenizer library's options (`trainer.tokenizer.job`); unset means its default."""
 
-    vocab_size: PositiveInt | None = Field(
+    vocab_size: integer(gt=0, le=MAX_VOCAB_SIZE) | None = Field(
         None, description="train: the vocabulary, specials + alphabet + learned (default 32000)."
     )
     model: Literal["byte-bpe", "bpe", "wordpiece"] | None = Field(
@@ -47,14 +49,14 @@ class TokenizerOptionsSpec(Section):
         description="Ban lines: a literal (every token containing it) or `re:REGEX`; those "
         "tokens and their merges are removed.",
     )
-    spare: NonNegativeInt | None = Field(
+    spare: integer(ge=0, le=MAX_VOCAB_SIZE) | None = Field(
         None, description="train: reserved special tokens <|reserved_i|> (default 1000)."
     )
-    pad_to_multiple_of: PositiveInt | None = Field(
+    pad_to_multiple_of: integer(gt=0, le=MAX_VOCAB_SIZE) | None = Field(
         None,
         description="Embedding rows are rounded up to this (default 128; expand: the base's).",
     )
-    limit_alphabet: PositiveInt | None = Field(
+    limit_alphabet: integer(gt=0, le=MAX_VOCAB_SIZE) | None = Field(
         None, description="train, bpe and wordpiece: most characters in the alphabet."
     )
     base: SpecPath | None = Field(
@@ -63,7 +65,9 @@ class TokenizerOptionsSpec(Section):
         "a relative path is under the checkpoint root, where tokenizer jobs write theirs "
         "(`<name>-<id>/tokenizer`).",
     )
-    add: PositiveInt | None = Field(None, description="expand (required): tokens to add.")
+    add: integer(gt=0, le=MAX_VOCAB_SIZE) | None = Field(
+        None, description="expand (required): tokens to add."
+    )
     max_bytes_per_corpus: PositiveInt | None = Field(
         None, description="Read at most this many UTF-8 bytes of each corpus (default: all)."
     )
@@ -80,11 +84,9 @@ class TokenizerOptionsSpec(Section):
 class TokenizerResourcesSpec(Section):
     """The one CPU machine (a pod) a tokenizer job runs on."""
 
-    cpu: int = Field(8, gt=0, le=1024, description="CPU cores, requested and the limit.")
-    memory_gib: float = Field(
+    cpu: integer(gt=0, le=1024) = Field(8, description="CPU cores, requested and the limit.")
+    memory_gib: real(gt=0, le=16384) = Field(
         64.0,
-        gt=0,
-        le=16384,
         description="Memory in GiB, requested and the limit: the corpora and merge tables.",
     )
 

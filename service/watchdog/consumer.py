@@ -10,7 +10,7 @@ mark, the job's detector state and the verdicts' events commit in one transactio
 stream entry is acknowledged; when the transaction fails, the detectors go back to what the
 last commit saved and the records are taken again (the entry stays pending, or the ingest
 request answers 503 and the trainer sends it again). One detector per job: a batch saves the
-state of the jobs it touched, not of every job watched.
+state of the jobs it touched, not of every job watched, and a job's state goes when it ends.
 
 Postgres holds every point the API accepted, so whenever the stream may have lost records (at
 start-up, an entry that was trimmed, a Redis restart, a process killed between storing and
@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.db import repo
 from service.db.models import AttemptReason, Job, WatchdogState
 from service.errors import Conflict, NotFound
+from service.lifecycle import ACTIVE_JOB_STATES
 from service.settings import Settings
 from service.tasks import Notifier, notifier_for
 from service.watchdog import history, stream
@@ -57,6 +58,10 @@ CATCH_UP_RECORDS = 5_000
 # Even with nothing said to be lost, the cluster consumer checks the database this often: an API
 # process killed between storing a batch and adding it to the stream leaves no other trace.
 SWEEP_S = 30.0
+# A job that ended (succeeded, failed, cancelled) reports no more: at most this long after its
+# end, the next batch judged lets go of its detector, mark and row, so the watchdog's state is
+# bounded by the live jobs, not by every job it ever watched.
+FORGET_EVERY_S = SWEEP_S
 # Stream entries (ingest batches) per read, and acknowledged entries between trims.
 READ_COUNT = 64
 TRIM_EVERY = 1_000
@@ -87,8 +92,11 @@ class Watchdog:
         sessions: sessionmaker[Session],
         name: str = STATE_NAME,
         on_rollback: Callable[[int], None] | None = None,
+        forget_every_s: float = FORGET_EVERY_S,
     ) -> None:
         self.sessions = sessions
+        self.forget_every_s = forget_every_s
+        self._next_forget = time.monotonic() + forget_every_s
         self.name = name
         self.on_rollback = on_rollback or (lambda _job_id: None)
         self._lock = threading.RLock()  # records arrive from several request threads
@@ -151,7 +159,27 @@ class Watchdog:
                 raise
         for job_id in rolled_back:  # the controller replaces the workload now, not at its next poll
             self.on_rollback(job_id)
+        if time.monotonic() >= self._next_forget:
+            self.forget_finished()
         return verdicts
+
+    def forget_finished(self) -> set[str]:
+        """Let go of the watched jobs that ended (or are gone): their detectors, marks and rows.
+
+        A paused or rolled-back job is live and keeps its state. One primary-key query over the
+        watched jobs; the catch-up does the same for every job it does not find live.
+        """
+        with self._lock:
+            self._next_forget = time.monotonic() + self.forget_every_s
+            watched = self.detectors.keys() | self.seen.keys()
+            if not watched:
+                return set()
+            ids = [int(job) for job in watched if job.isdigit()]
+            with self.sessions() as session:
+                live = session.scalars(select(Job.id).where(Job.id.in_(ids), Job.state.in_(ACTIVE_JOB_STATES))).all()
+            ended = watched - {str(job_id) for job_id in live}
+            self._forget(ended)
+        return ended
 
     def _judge(
         self, records: Iterable[Mapping[str, Any]], cursor: str | None, touched: set[str]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from service import ingest, jobs
 from service.db import repo
-from service.db.models import Role
+from service.db.models import AttemptReason, Role
 from service.db.session import get_sessionmaker
 from service.observability import VERDICT_KINDS, exposition
 from service.tokens import Principal
+from service.watchdog.rollback import RollbackRequest, roll_back
 
 ALICE = Principal(name="alice", role=Role.SUBMITTER)
 
@@ -60,3 +65,61 @@ def test_per_job_series_are_labelled_by_id_and_name_and_leave_with_the_job(setti
     after = samples(sessions)
     assert not [name for name, labels in after if ("job_id", str(job.id)) in labels]
     assert after[("pretrain_jobs", frozenset({"state": "cancelled"}.items()))] == 1
+
+
+def scrape_statements(sessions) -> tuple[list[str], dict[tuple[str, frozenset], float]]:
+    """The SQL one scrape runs (in this thread; background threads are not counted), and its samples."""
+    statements: list[str] = []
+    me = threading.get_ident()
+
+    def note(_conn, _cursor, statement, *_args) -> None:
+        if threading.get_ident() == me:
+            statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", note)
+    try:
+        exported = samples(sessions)
+    finally:
+        event.remove(Engine, "before_cursor_execute", note)
+    return statements, exported
+
+
+def test_a_scrape_reads_no_metric_point_and_its_queries_do_not_grow_with_them(settings, tiny_spec):
+    sessions = get_sessionmaker(settings.resolved_database_url)
+    tiny_spec["stages"][0]["tokens"] *= 40  # room for 6,400 steps
+    with sessions() as session:
+        job = jobs.submit_job(session, raw=tiny_spec, principal=ALICE)
+        ingest.store_metrics(session, job_id=job.id, records=[record(job.id, s, loss=3.0, **{"loss/zh": 3.5}) for s in range(5)])
+    few, before = scrape_statements(sessions)
+    with sessions() as session:
+        for start in range(5, 3005, 500):
+            batch = [record(job.id, s, loss=3.0 - s / 10_000, **{"loss/zh": 3.5}) for s in range(start, start + 500)]
+            ingest.store_metrics(session, job_id=job.id, records=batch)
+    many, after = scrape_statements(sessions)
+
+    assert few and many == few  # the same queries, whether 10 points are stored or 6,010
+    assert not [statement for statement in many if "metric_points" in statement]
+    this = frozenset({"job_id": str(job.id), "name": "tiny-cpu"}.items())
+    assert before[("pretrain_step", this)] == 4 and after[("pretrain_step", this)] == 3004
+    assert after[("pretrain_loss", this | {("channel", "all")})] == 3.0 - 3004 / 10_000
+    assert after[("pretrain_tokens", this)] == 300_400
+
+
+def test_after_a_rollback_the_new_attempt_is_the_newest_even_at_an_earlier_step(settings, tiny_spec):
+    sessions = get_sessionmaker(settings.resolved_database_url)
+    with sessions() as session:
+        job = jobs.submit_job(session, raw=tiny_spec, principal=ALICE)
+        ingest.record_checkpoint(session, job_id=job.id, attempt=0, step=20, tokens=2000, path="/c/20", manifest_sha256="0" * 64, actor="t")
+        ingest.store_metrics(session, job_id=job.id, records=[record(job.id, s, loss=9.0, **{"eval/ppl": 90.0}) for s in range(30, 41)])
+        request = RollbackRequest(onset_step=35, reason=AttemptReason.ONCALL, why="test", actor="carol")
+        assert roll_back(session, job_id=job.id, request=request).attempt == 1
+        ingest.store_metrics(session, job_id=job.id, records=[record(job.id, s, attempt=1, loss=2.0) for s in range(21, 26)])
+        # A retried attempt-0 batch cannot arrive now (superseded); an older attempt-1 one changes nothing.
+        ingest.store_metrics(session, job_id=job.id, records=[record(job.id, 21, attempt=1, loss=2.0)])
+
+    exported = samples(sessions)
+    this = frozenset({"job_id": str(job.id), "name": "tiny-cpu"}.items())
+    assert exported[("pretrain_loss", this | {("channel", "all")})] == 2.0
+    assert exported[("pretrain_tokens", this)] == 2500  # the new attempt's, though its step is earlier
+    # eval/ppl has no attempt-1 point yet: its newest is attempt 0's, as before the summary table.
+    assert exported[("pretrain_eval_ppl", this | {("channel", "all")})] == 90.0

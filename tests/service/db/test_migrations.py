@@ -12,7 +12,7 @@ from service.db import migrate
 from service.db.models import Base
 from service.settings import Settings
 
-TABLES = {"jobs", "attempts", "checkpoints", "metric_points", "events", "api_tokens", "watchdog_state"}
+TABLES = {"jobs", "attempts", "checkpoints", "metric_points", "latest_metrics", "events", "api_tokens", "watchdog_state"}
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
@@ -154,3 +154,30 @@ def test_0006_stores_existing_specs_as_version_1_and_downgrading_keeps_the_jobs(
     migrate.downgrade(settings, "0005")
     assert "spec_version" not in _job_columns(empty_database)
     assert _execute(empty_database, "SELECT name FROM jobs") == "before"
+
+
+def test_0007_keeps_each_jobs_newest_point_per_metric_and_downgrading_drops_only_that(empty_database):
+    settings = Settings(database_url=empty_database)
+    migrate.upgrade(settings, "0006")
+    _execute(
+        empty_database,
+        "INSERT INTO jobs (id, name, kind, owner, state, desired_state, spec, spec_hash, derived, "
+        "warnings, created_at, updated_at) VALUES (7, 'before', 'pretrain', 'alice', 'running', "
+        "'running', '{}', 'h', '{}', '[]', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    )
+    # Attempt 1 (after a rollback) at step 5 is newer than attempt 0 at step 9, whatever the ids.
+    for attempt, step, value in ((1, 5, 2.5), (0, 8, 3.0), (0, 9, 3.1), (1, 4, 2.6)):
+        _execute(
+            empty_database,
+            "INSERT INTO metric_points (job_id, attempt, step, name, value, tokens, created_at) "
+            f"VALUES (7, {attempt}, {step}, 'loss', {value}, {step * 10}, CURRENT_TIMESTAMP)",
+        )
+
+    migrate.upgrade(settings, "0007")
+    newest = "SELECT attempt || '/' || step || '/' || value || '/' || tokens FROM latest_metrics WHERE job_id = 7"
+    assert _execute(empty_database, newest) in ("1/5/2.5/50", "1/5/2.5e0/50")
+    assert _execute(empty_database, "SELECT count(*) FROM latest_metrics") == 1
+
+    migrate.downgrade(settings, "0006")
+    assert "latest_metrics" not in _tables(empty_database)
+    assert _execute(empty_database, "SELECT count(*) FROM metric_points") == 4
