@@ -523,3 +523,9 @@ def test_trainer_pods_reach_each_other_the_api_dns_and_their_storage_only(
         assert to_storage == [{"to": [{"ipBlock": {"cidr": "10.0.40.0/24"}}], "ports": [{"port": 443, "protocol": "TCP"}]}]
     else:
         assert to_storage == []  # no Postgres, no Redis, no Kubernetes API, no internet
+
+
+def test_the_policies_are_on_by_default_and_can_be_left_to_the_installer(default: Rendered) -> None:
+    names = {p["metadata"]["name"] for p in default.of_kind("NetworkPolicy")}
+    assert names == {"po-pretrain-orchestrator-api", "po-pretrain-orchestrator-no-ingress", "po-pretrain-orchestrator-trainers"}
+    assert render({"networkPolicy": {"enabled": False}}).of_kind("NetworkPolicy") == []
