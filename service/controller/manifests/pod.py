@@ -67,18 +67,17 @@ def metadata(
 
 
 def storage(settings: Settings) -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount]]:
-    """The checkpoint volume (read-write) and the corpus volume (read-only), where configured."""
+    """The checkpoint volume (read-write) and the corpus volume (read-only), where configured.
+
+    Without a checkpoint claim the checkpoints go to an emptyDir: they die with the pod (a
+    smoke test's), but the root filesystem they would otherwise land on is read-only."""
     volumes, mounts = [], []
     if settings.checkpoint_pvc:
-        volumes.append(
-            k8s.V1Volume(
-                name="checkpoints",
-                persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-                    claim_name=settings.checkpoint_pvc
-                ),
-            )
-        )
-        mounts.append(k8s.V1VolumeMount(name="checkpoints", mount_path=settings.checkpoint_root))
+        claim = k8s.V1PersistentVolumeClaimVolumeSource(claim_name=settings.checkpoint_pvc)
+        volumes.append(k8s.V1Volume(name="checkpoints", persistent_volume_claim=claim))
+    else:
+        volumes.append(k8s.V1Volume(name="checkpoints", empty_dir=k8s.V1EmptyDirVolumeSource()))
+    mounts.append(k8s.V1VolumeMount(name="checkpoints", mount_path=settings.checkpoint_root))
     if settings.data_pvc:
         volumes.append(
             k8s.V1Volume(

@@ -293,18 +293,20 @@ def test_cpu_pods_request_cores_and_memory_and_no_gpus():
     assert set(env) == {TOKEN_ENV}
 
 
-def test_volumes_without_claims_are_the_config_and_shared_memory():
+def test_volumes_without_claims_are_the_config_shared_memory_and_scratch():
     _, manifests = rendered_case("one-node-gpu")
     spec = templates(manifests["pytorchjob"])["Master"]["spec"]
     assert spec["volumes"] == [
         {"name": "trainer-config", "configMap": {"name": "tiny-gpu-42-a0-config"}},
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        {"name": "checkpoints", "emptyDir": {}},  # on a read-only root: the pod's own, unclaimed
         {"name": "home", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
     ]
     assert spec["containers"][0]["volumeMounts"] == [
         {"name": "trainer-config", "mountPath": "/etc/pretrain", "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "checkpoints", "mountPath": "/checkpoints"},
         {"name": "home", "mountPath": "/home/trainer"},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
