@@ -191,6 +191,29 @@ def test_serve_without_an_environment_is_production_and_its_refusal_shows_no_sec
     assert "db-password-4711" not in weak.stdout + weak.stderr
 
 
+def test_a_debug_logging_server_never_logs_its_admin_token(tmp_path):
+    """A real `pretrainctl serve` at log level debug, asked with its admin token and one a byte
+    off, for a job it runs, one it lacks and a spec it refuses: its log never shows the token."""
+    token = "serve-admin-token-4711-0123456789"
+    server = Server(cwd=tmp_path, env=clean_env(PRETRAIN_ADMIN_TOKEN=token, PRETRAIN_LOG_LEVEL="debug"))
+    try:
+        admin = {"Authorization": f"Bearer {token}"}
+        spec = yaml.safe_load((EXAMPLES / "tiny-cpu.yaml").read_text())
+        answers = [
+            httpx.get(f"{server.url}/v1/whoami", headers={"Authorization": f"Bearer {token}x"}),
+            httpx.post(f"{server.url}/v1/jobs", json=spec, headers=admin),
+            httpx.get(f"{server.url}/v1/jobs/999", headers=admin),
+            httpx.post(f"{server.url}/v1/jobs", json={**spec, "resources": "many"}, headers=admin),
+        ]
+        assert [a.status_code for a in answers] == [401, 201, 404, 422]
+        job = answers[1].json()["id"]
+        httpx.post(f"{server.url}/v1/jobs/{job}/cancel", headers=admin)
+    finally:
+        output = server.stop()
+    assert "GET /v1/jobs/999" in output, "the access log is on"
+    assert "4711" not in output
+
+
 def test_tokens_create_local_bootstraps_a_token_without_the_api(tmp_path):
     env = clean_env(PRETRAIN_DATABASE_URL=f"sqlite:///{tmp_path / 'boot.db'}")
     assert pretrainctl("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
