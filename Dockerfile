@@ -3,7 +3,8 @@
 #
 #   docker build -t pretrain-orchestrator/service:0.1.0 .
 #
-#   docker run -p 8000:8000 pretrain-orchestrator/service:0.1.0   # the API (SQLite, embedded)
+#   docker run -p 8000:8000 -e PRETRAIN_ENVIRONMENT=development \
+#       pretrain-orchestrator/service:0.1.0                       # the API (SQLite, embedded)
 #   docker run ... pretrain-orchestrator/service:0.1.0 pretrainctl controller
 #   docker run ... pretrain-orchestrator/service:0.1.0 pretrainctl worker
 #   docker run ... pretrain-orchestrator/service:0.1.0 pretrainctl watchdog run
@@ -50,7 +51,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 # The image keeps its promises: no torch, the migrations found where Settings looks, the
 # entry points import.
 RUN python -c "import importlib.util as u; assert u.find_spec('torch') is None, 'torch is in the service image'" \
-    && python -c "from service.db.migrate import head_revision; from service.settings import Settings; print('schema head', head_revision(Settings()))" \
+    && python -c "from service.db.migrate import head_revision; from service.settings import Settings; print('schema head', head_revision(Settings(environment='development')))" \
     && python -c "import service.main, service.controller.backends.kubernetes, service.watchdog.consumer" \
     && pretrainctl --help > /dev/null
 

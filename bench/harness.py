@@ -30,6 +30,7 @@ def running_api(database_url: str) -> Iterator[str]:
     """Migrate `database_url`, serve the API on a free port, yield its base URL, then stop it."""
     env = {
         **os.environ,
+        "PRETRAIN_ENVIRONMENT": "development",  # a throwaway server, on SQLite for some benchmarks
         "PRETRAIN_DATABASE_URL": database_url,
         "PRETRAIN_ADMIN_TOKEN": ADMIN_TOKEN,
         "PRETRAIN_LOG_LEVEL": "warning",

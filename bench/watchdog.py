@@ -168,7 +168,7 @@ def ingest_throughput(
 def verdict_latency(url: str, dsn: str, settings: Settings, sessions, *, trials: int) -> tuple[list[float], int]:
     """Seconds from the NaN-carrying POST returning to its verdict.nonfinite event, per trial,
     and how many of the trials' jobs were rolled back (in the verdict's own transaction)."""
-    stream = redis.Redis.from_url(settings.redis_url)
+    stream = redis.Redis.from_url(settings.resolved_redis_url)
     stream.delete(consumer.STREAM)  # nothing left over from the throughput rounds
     stop = threading.Event()
     watcher = threading.Thread(target=consumer.run, args=(settings, stop), kwargs={"block_ms": 100}, daemon=True)

@@ -12,12 +12,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ClientSettings(BaseSettings):
     """The client's share of the `PRETRAIN_` variables (the server reads the same names)."""
 
-    model_config = SettingsConfigDict(env_prefix="PRETRAIN_", extra="ignore")
+    # As the server's: an error never prints the values it was given (the API token).
+    model_config = SettingsConfigDict(env_prefix="PRETRAIN_", extra="ignore", hide_input_in_errors=True)
 
     api_url: str = Field("http://127.0.0.1:8000", description="Where `pretrainctl` finds the API.")
     api_token: SecretStr | None = Field(None, description="Bearer token `pretrainctl` sends.")
     environment: Literal["development", "production"] = Field(
-        "development", description="In development, a local server's generated admin token is used."
+        "production", description="In development, a local server's generated admin token is used."
     )
     state_dir: Path = Field(Path(".pretrain"), description="Where a local server keeps its state.")
 

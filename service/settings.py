@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# What a local trainer or tokenizer process is given of this process's environment: where
+# programs and Python live, locale, and the knobs of torch, its threads and its devices. Nothing
+# else: the service's own PRETRAIN_ settings (admin token, database URL) and whatever else the
+# service runs with (cloud credentials) stay out of a process that runs a user's job.
+TRAINER_ENV_NAMES = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV", "LD_LIBRARY_PATH"}
+)
+TRAINER_ENV_PREFIXES = (
+    "PYTHON", "LC_", "OMP_", "MKL_", "OPENBLAS_", "TORCH", "CUDA_", "CUBLAS_", "NCCL_", "GLOO_",
+    "NVIDIA_", "TRITON_", "HF_", "TOKENIZERS_",
+)  # fmt: skip
 
 # Secrets that appear in docs and examples; a production install must never run on them.
 KNOWN_DEFAULT_SECRETS = frozenset({"changeme", "change-me", "admin", "secret", "password", "token"})
@@ -19,10 +33,14 @@ MIN_ADMIN_TOKEN_LENGTH = 16
 class Settings(BaseSettings):
     """Service configuration; each field is read from `PRETRAIN_<FIELD>`."""
 
-    model_config = SettingsConfigDict(env_prefix="PRETRAIN_", extra="ignore")
+    # hide_input_in_errors: a model validator's error would otherwise print every field it was
+    # given, the admin token and the database URL's password among them.
+    model_config = SettingsConfigDict(env_prefix="PRETRAIN_", extra="ignore", hide_input_in_errors=True)
 
     environment: Literal["development", "production"] = Field(
-        "development", description="`production` refuses default or missing secrets."
+        "production",
+        description="`production` refuses default or missing secrets; `development` (an explicit "
+        "opt-in) allows the embedded SQLite file and a generated admin token.",
     )
     state_dir: Path = Field(
         Path(".pretrain"),
@@ -34,6 +52,11 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         None, description="Redis URL for Celery and metric streams; unset = in-process queue."
+    )
+    redis_password: SecretStr | None = Field(
+        None,
+        description="Redis AUTH password, sent with `redis_url` (a setting of its own, so that a "
+        "Secret can hold it alone, as the chart's does).",
     )
     backend: Literal["local", "kubernetes"] = Field(
         "local", description="Where attempts run: local torchrun processes or PyTorchJobs."
@@ -89,6 +112,11 @@ class Settings(BaseSettings):
     )
     priority_class: str | None = Field(
         None, description="PriorityClass of trainer pods and their gang; unset = cluster default."
+    )
+    trainer_passthrough_env: list[str] = Field(
+        default_factory=list,
+        description="Names of further variables of this process's environment the local "
+        "backend passes to trainers (JSON list; e.g. an object store's credentials).",
     )
     max_pod_failure_retries: int = Field(
         3, ge=0, description="Attempts a job may open after retryable pod failures."
@@ -149,7 +177,10 @@ class Settings(BaseSettings):
         if self.environment != "production":
             return self
         if self.database_url is None or self.database_url.startswith("sqlite"):
-            raise ValueError("production needs PRETRAIN_DATABASE_URL pointing at Postgres")
+            raise ValueError(
+                "production needs PRETRAIN_DATABASE_URL pointing at Postgres "
+                "(PRETRAIN_ENVIRONMENT=development runs on the embedded SQLite file)"
+            )
         token = self.admin_token.get_secret_value() if self.admin_token else None
         if token is not None and (
             token.lower() in KNOWN_DEFAULT_SECRETS or len(token) < MIN_ADMIN_TOKEN_LENGTH
@@ -177,6 +208,17 @@ class Settings(BaseSettings):
         return [root for root in dict.fromkeys(defaults) if root]
 
     @property
+    def resolved_redis_url(self) -> str | None:
+        """`redis_url` with `redis_password` in its userinfo: what clients connect with. Kept out
+        of the fields, so that a repr of the settings never shows the password."""
+        if not self.redis_url or self.redis_password is None:
+            return self.redis_url
+        parts = urlsplit(self.redis_url)
+        host = parts.netloc.rpartition("@")[2]
+        password = quote(self.redis_password.get_secret_value(), safe="")
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{password}@{host}"))
+
+    @property
     def is_embedded(self) -> bool:
         """True on the embedded default: SQLite and in-process queue."""
         return self.resolved_database_url.startswith("sqlite")
@@ -193,10 +235,14 @@ def get_settings() -> Settings:
     return Settings()
 
 
-def environment_for_child(settings: dict[str, str], *, keep: frozenset[str] = frozenset({"log_level"})) -> dict[str, str]:
-    """This process's environment for a child service that must run on exactly `settings`
-    (field name → value): every other `PRETRAIN_` variable is dropped, except those in `keep`."""
-    kept = {f"PRETRAIN_{name.upper()}" for name in keep}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRETRAIN_") or k in kept}
-    env.update({f"PRETRAIN_{name.upper()}": value for name, value in settings.items()})
+def trainer_environment(given: dict[str, str], *, passthrough: Iterable[str] = ()) -> dict[str, str]:
+    """The environment of a local trainer or tokenizer: the allowed share of this process's
+    (TRAINER_ENV_NAMES, TRAINER_ENV_PREFIXES, and the names in `passthrough`), plus `given`."""
+    allowed = TRAINER_ENV_NAMES | set(passthrough)
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if (name in allowed or name.startswith(TRAINER_ENV_PREFIXES)) and not name.startswith("PRETRAIN_")
+    }
+    env.update(given)
     return env

@@ -37,11 +37,11 @@ class Notifier(Protocol):
 
 
 def make_app(settings: Settings, controller: Callable[[], Reconciler]) -> Celery:
-    """The Celery app on `settings.redis_url`; its reconcile task runs `controller()`'s reconcile.
+    """The Celery app on `settings.resolved_redis_url`; its reconcile task runs `controller()`'s reconcile.
 
     `controller` is called once, on the first task, so that an app that only sends builds none.
     """
-    app = Celery("pretrain-orchestrator", broker=settings.redis_url)
+    app = Celery("pretrain-orchestrator", broker=settings.resolved_redis_url)
     app.conf.update(
         task_acks_late=True,  # a worker killed mid-task leaves the task for another worker
         task_reject_on_worker_lost=True,

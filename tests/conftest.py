@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,11 +19,16 @@ from service.db.session import get_engine, get_sessionmaker
 from service.settings import Settings
 from service.tokens import mint_token
 
-pytest_plugins = ["tests.plugin_servers"]
+pytest_plugins = ["tests.plugin_servers", "tests.plugin_secrets"]
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+
+# Production is the service's default; the suite runs its apps on throwaway SQLite files and
+# generated tokens, which only development allows, so it opts in here, for itself and the
+# processes it starts. Tests about production ask for it by name.
+os.environ["PRETRAIN_ENVIRONMENT"] = "development"
 
 
 @pytest.fixture(scope="session")

@@ -381,14 +381,19 @@ def find_redis_server() -> str:
     )
 
 
-def _redis_server_pid(port: int) -> int | None:
-    """The process id of the Redis server answering on ``port``, if one answers.
+def _redis_server_pid(port: int, password: str | None = None) -> int | None:
+    """The process id of the Redis server answering on ``port``, if one answers (to AUTH with
+    ``password``, when given).
 
     Checked against our child's pid: a server that lost the race for its port
     exits, and in the meantime someone else's server may answer there.
     """
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            if password:
+                sock.sendall(f"AUTH {password}\r\n".encode())
+                if sock.recv(5) != b"+OK\r\n":
+                    return None
             sock.sendall(b"INFO server\r\n")
             reply = b""
             while chunk := sock.recv(4096):
@@ -413,8 +418,10 @@ def _stop_process(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def throwaway_redis() -> Iterator[str]:
-    """Start a private Redis server (no persistence); yield ``redis://127.0.0.1:PORT/0``."""
+def throwaway_redis(password: str | None = None) -> Iterator[str]:
+    """Start a private Redis server (no persistence); yield ``redis://127.0.0.1:PORT/0``.
+
+    With `password` the server requires AUTH with it (the URL yielded does not carry it)."""
     reap_orphans()
     binary = find_redis_server()
     tmpdir = _make_tmpdir(_REDIS_PREFIX)
@@ -442,6 +449,7 @@ def throwaway_redis() -> Iterator[str]:
                         "--appendonly", "no",
                         "--daemonize", "no",
                         "--dir", str(tmpdir),
+                        *(["--requirepass", password] if password else []),
                     ],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
@@ -452,10 +460,10 @@ def throwaway_redis() -> Iterator[str]:
             (tmpdir / _SERVER_PID_FILE).write_text(f"{proc.pid}\n")
             deadline = time.monotonic() + _START_TIMEOUT_S
             while proc.poll() is None and time.monotonic() < deadline:
-                if _redis_server_pid(port) == proc.pid:
+                if _redis_server_pid(port, password) == proc.pid:
                     break
                 time.sleep(0.02)
-            if proc.poll() is None and _redis_server_pid(port) == proc.pid:
+            if proc.poll() is None and _redis_server_pid(port, password) == proc.pid:
                 break
             _stop_process(proc)
             log_tail = _tail(logfile)

@@ -489,5 +489,5 @@ def backend_for(settings: Settings) -> Backend:
         return KubernetesBackend.from_environment(settings)
     from service.controller.backends.local import LocalBackend
 
-    return LocalBackend(settings.state_dir.resolve() / "workloads")
+    return LocalBackend(settings.state_dir.resolve() / "workloads", passthrough_env=settings.trainer_passthrough_env)
 

@@ -456,7 +456,7 @@ def feed(
         return []
     if settings.redis_url:
         try:
-            stream.add(stream.client(settings.redis_url), raw if raw is not None else json.dumps(records))
+            stream.add(stream.client(settings.resolved_redis_url), raw if raw is not None else json.dumps(records))
         except redis.RedisError as exc:
             raise WatchdogUnavailable(f"the watchdog's stream is unavailable: {exc}") from exc
         return []
@@ -542,7 +542,7 @@ def run(
     """
     from service.db.session import get_sessionmaker
 
-    connection = stream.client(settings.redis_url)
+    connection = stream.client(settings.resolved_redis_url)
     on_rollback = _on_rollback(notifier or notifier_for(settings))
     watchdog = _start(get_sessionmaker(settings.resolved_database_url), on_rollback, stop)
     if watchdog is None:

@@ -40,6 +40,7 @@ def serve_api(database_url: str, state_dir: Path) -> Iterator[ApiServer]:
     """`uvicorn` serving the app in its own process, configured only through the environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRETRAIN_")}
     env.update(
+        PRETRAIN_ENVIRONMENT="development",  # the suite's throwaway server, on SQLite or Postgres
         PRETRAIN_DATABASE_URL=database_url,
         PRETRAIN_ADMIN_TOKEN=ADMIN_TOKEN,
         PRETRAIN_STATE_DIR=str(state_dir),

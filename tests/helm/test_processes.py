@@ -1,5 +1,6 @@
 """The service's processes, started with exactly the command and environment the chart gives
-their containers, run against real Postgres and Redis.
+their containers, run against real Postgres and a Redis of their own that requires the
+password the chart's Secret holds.
 
 Three variables are changed, each for what the pod provides: PRETRAIN_STATE_DIR (the pod's
 emptyDir), PRETRAIN_API_HOST and PRETRAIN_API_PORT (the pod's own network namespace). The
@@ -14,7 +15,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -22,17 +22,16 @@ import redis
 
 from tests.helm.chart import Rendered, component_of, render
 from tests.helm.test_workloads import container_environment
-from tests.servers import free_port
+from tests.servers import free_port, throwaway_redis
 
 pytestmark = pytest.mark.postgres
-# A Redis database of its own: the watchdog must not consume what other tests left behind.
-REDIS_DB = 7
+REDIS_PASSWORD = "chart-redis-password-0123456789"
 
 
 @pytest.fixture(scope="module")
-def rendered(postgres_url: str, redis_url: str) -> Rendered:
-    isolated = urlunsplit(urlsplit(redis_url)._replace(path=f"/{REDIS_DB}"))
-    return render({"database": {"url": postgres_url}, "redis": {"url": isolated}})
+def rendered(postgres_url: str) -> Iterator[Rendered]:
+    with throwaway_redis(password=REDIS_PASSWORD) as redis_url:
+        yield render({"database": {"url": postgres_url}, "redis": {"url": redis_url, "password": REDIS_PASSWORD}})
 
 
 def command_of(rendered: Rendered, component: str) -> list[str]:
@@ -143,7 +142,10 @@ def test_the_watchdog_joins_the_metrics_streams_consumer_group(
     from service.watchdog.consumer import GROUP, STREAM
 
     watchdog = start("watchdog")
-    client = redis.Redis.from_url(container_environment(migrated, "watchdog")["PRETRAIN_REDIS_URL"])
+    env = container_environment(migrated, "watchdog")
+    with pytest.raises(redis.AuthenticationError):  # the Redis requires AUTH: no password, no stream
+        redis.Redis.from_url(env["PRETRAIN_REDIS_URL"]).ping()
+    client = redis.Redis.from_url(env["PRETRAIN_REDIS_URL"], password=env["PRETRAIN_REDIS_PASSWORD"])
     consumer = command_of(migrated, "watchdog")[-1]
 
     def joined() -> bool:

@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 import kubernetes_validate
@@ -214,6 +215,7 @@ def test_the_settings_each_container_sees_pass_production_validation(
     assert settings.database_url.startswith("postgresql+psycopg://")
     if component != "migrations":
         assert settings.backend == "kubernetes" and settings.redis_url
+        assert urlsplit(settings.resolved_redis_url).password, "Redis AUTH: the password from the Secret"
         assert settings.checkpoint_root == "/checkpoints"
     if scenario == "external" and component == "controller":
         assert settings.namespace == "training"
@@ -245,6 +247,41 @@ def test_the_admin_token_reaches_only_the_api(default: Rendered) -> None:
 def test_a_generated_admin_token_is_long_enough_for_production(default: Rendered) -> None:
     token = container_environment(default, "api")["PRETRAIN_ADMIN_TOKEN"]
     assert len(token) >= 16 and token.isalnum()
+
+
+REDIS_READERS = {"api", "controller", "worker", "watchdog"}
+
+
+@pytest.mark.parametrize("scenario", ["default", "external"])
+def test_every_process_that_reads_redis_gets_its_password_from_the_secret(
+    renders: dict[str, Rendered], scenario: str
+) -> None:
+    rendered = renders[scenario]
+    refs = {
+        component_of(w): e["valueFrom"]["secretKeyRef"]
+        for w, c in rendered.containers()
+        for e in c.get("env", [])
+        if e["name"] == "PRETRAIN_REDIS_PASSWORD"
+    }
+    [release_secret] = [s for s in rendered.of_kind("Secret") if not hook_annotations(s)]
+    assert set(refs) == REDIS_READERS  # not the migrations hook: it never talks to Redis
+    assert {(r["name"], r["key"]) for r in refs.values()} == {(release_secret["metadata"]["name"], "redis-password")}
+    passwords = {container_environment(rendered, c)["PRETRAIN_REDIS_PASSWORD"] for c in REDIS_READERS}
+    assert len(passwords) == 1
+    [password] = passwords
+    if scenario == "external":
+        assert password == "ci-redis-password-0123456789"  # the one given
+    else:
+        assert len(password) >= 32 and password.isalnum()  # generated
+
+
+def test_redis_auth_can_be_turned_off_for_a_redis_no_one_else_reaches() -> None:
+    rendered = render({"redis": {"auth": False}})
+    assert not any(
+        e["name"] == "PRETRAIN_REDIS_PASSWORD" for _, c in rendered.containers() for e in c.get("env", [])
+    )
+    [release_secret] = [s for s in rendered.of_kind("Secret") if not hook_annotations(s)]
+    assert "redis-password" not in release_secret["data"]
 
 
 def test_images_default_to_the_app_version_and_a_digest_wins(
@@ -300,7 +337,7 @@ def test_the_secret_the_hook_reads_exists_before_the_hook_runs(default: Rendered
     }  # the URL, not the token
     # Everything else reads the release's own Secret, which is no hook.
     [release_secret] = [s for s in default.of_kind("Secret") if not hook_annotations(s)]
-    assert set(release_secret["data"]) == {"database-url", "redis-url", "admin-token"}
+    assert set(release_secret["data"]) == {"database-url", "redis-url", "redis-password", "admin-token"}
 
 
 def test_migrations_can_be_left_to_the_installer() -> None:
@@ -322,7 +359,7 @@ def test_an_existing_secret_replaces_the_charts_own(renders: dict[str, Rendered]
         if "valueFrom" in entry
     ]
     assert {ref["name"] for ref in refs} == {"pretrain-credentials"}
-    assert {ref["key"] for ref in refs} == {"DATABASE_URL", "REDIS_URL", "ADMIN_TOKEN"}
+    assert {ref["key"] for ref in refs} == {"DATABASE_URL", "REDIS_URL", "REDIS_PASSWORD", "ADMIN_TOKEN"}
     for workload in rendered.workloads():
         annotations = workload["spec"]["template"]["metadata"].get("annotations") or {}
         assert "checksum/secret" not in annotations
@@ -435,3 +472,60 @@ def test_dashboards_can_be_switched_off(chart_with_two_dashboards: Path) -> None
     rendered = render({"dashboards": {"enabled": False}}, chart_dir=chart_with_two_dashboards)
     assert dashboard_maps(rendered) == []
     assert len(dashboard_maps(render(chart_dir=chart_with_two_dashboards))) == 2
+
+
+# --------------------------------------------------------------------------- NetworkPolicy
+
+
+def trainer_policy(rendered: Rendered) -> dict[str, Any]:
+    return next(p for p in rendered.of_kind("NetworkPolicy") if p["metadata"]["name"].endswith("-trainers"))
+
+
+def test_the_trainer_policy_selects_every_pod_the_controller_creates(default: Rendered) -> None:
+    from tests.service.controller.test_manifests import rendered_case
+    from tests.service.controller.test_tokenizer_manifests import manifests as tokenizer_manifests
+
+    selector = trainer_policy(default)["spec"]["podSelector"]["matchLabels"]
+    pytorchjob = rendered_case("tiny-cpu")[1]["pytorchjob"]
+    pod_labels = [spec["template"]["metadata"]["labels"] for spec in pytorchjob["spec"]["pytorchReplicaSpecs"].values()]
+    pod_labels.append(tokenizer_manifests()["job"]["spec"]["template"]["metadata"]["labels"])
+    assert all(selector.items() <= labels.items() for labels in pod_labels)
+    # ... and none of the release's own pods, which the trainers must not reach.
+    assert not any(
+        selector.items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+        for workload in default.workloads()
+    )
+
+
+@scenarios
+def test_trainer_pods_reach_each_other_the_api_dns_and_their_storage_only(
+    renders: dict[str, Rendered], scenario: str
+) -> None:
+    rendered = renders[scenario]
+    policy = trainer_policy(rendered)
+    spec = policy["spec"]
+    selector = spec["podSelector"]["matchLabels"]
+    jobs_namespace = "training" if scenario == "external" else "pretrain"
+    assert policy["metadata"]["namespace"] == jobs_namespace
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["ingress"] == [{"from": [{"podSelector": {"matchLabels": selector}}]}]
+    api = rendered.one("Deployment", "api")
+    [port] = api["spec"]["template"]["spec"]["containers"][0]["ports"]
+    to_trainers, to_api, to_dns, *to_storage = spec["egress"]
+    assert to_trainers == {"to": [{"podSelector": {"matchLabels": selector}}]}
+    [api_peer] = to_api["to"]
+    assert api_peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "pretrain"}}
+    assert api_peer["podSelector"]["matchLabels"].items() <= api["spec"]["template"]["metadata"]["labels"].items()
+    assert to_api["ports"] == [{"port": port["containerPort"], "protocol": "TCP"}]
+    assert {p["port"] for p in to_dns["ports"]} == {53}
+    assert [peer["podSelector"] for peer in to_dns["to"]] == [{"matchLabels": {"k8s-app": "kube-dns"}}]
+    if scenario == "external":
+        assert to_storage == [{"to": [{"ipBlock": {"cidr": "10.0.40.0/24"}}], "ports": [{"port": 443, "protocol": "TCP"}]}]
+    else:
+        assert to_storage == []  # no Postgres, no Redis, no Kubernetes API, no internet
+
+
+def test_the_policies_are_on_by_default_and_can_be_left_to_the_installer(default: Rendered) -> None:
+    names = {p["metadata"]["name"] for p in default.of_kind("NetworkPolicy")}
+    assert names == {"po-pretrain-orchestrator-api", "po-pretrain-orchestrator-no-ingress", "po-pretrain-orchestrator-trainers"}
+    assert render({"networkPolicy": {"enabled": False}}).of_kind("NetworkPolicy") == []

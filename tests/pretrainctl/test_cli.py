@@ -20,8 +20,9 @@ from tests.servers import free_port
 
 
 def clean_env(**extra: str) -> dict[str, str]:
+    """No PRETRAIN_ variable of this process but development, the local trial's explicit opt-in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRETRAIN_")}
-    return {**env, **extra}
+    return {**env, "PRETRAIN_ENVIRONMENT": "development", **extra}
 
 
 def pretrainctl(*args: str, cwd: Path, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -153,7 +154,9 @@ def test_unreachable_api_is_a_clear_error(tmp_path):
 
 
 def test_serve_on_postgres_after_db_upgrade(pg_url, tmp_path):
-    env = clean_env(PRETRAIN_DATABASE_URL=pg_url, PRETRAIN_ADMIN_TOKEN="cli-admin-token-0123456789")
+    env = clean_env(
+        PRETRAIN_ENVIRONMENT="production", PRETRAIN_DATABASE_URL=pg_url, PRETRAIN_ADMIN_TOKEN="cli-admin-token-0123456789"
+    )
     current = pretrainctl("db", "current", cwd=tmp_path, env=env)
     head = head_revision(Settings(database_url=pg_url))
     assert current.returncode == 0 and current.stdout.startswith(f"{head} (head {head})")
@@ -170,6 +173,45 @@ def test_serve_on_postgres_after_db_upgrade(pg_url, tmp_path):
         assert cancelled.returncode == 0
     finally:
         server.stop()
+
+
+def test_serve_without_an_environment_is_production_and_its_refusal_shows_no_secret(tmp_path):
+    """Production is the default: the embedded SQLite file and a weak token are refused, and
+    the error names the settings without printing the token or the database password."""
+    env = {k: v for k, v in clean_env().items() if k != "PRETRAIN_ENVIRONMENT"}
+    on_sqlite = pretrainctl("serve", "--port", str(free_port()), cwd=tmp_path, env=env)
+    assert on_sqlite.returncode != 0
+    assert "production needs PRETRAIN_DATABASE_URL" in on_sqlite.stderr
+    assert "PRETRAIN_ENVIRONMENT=development" in on_sqlite.stderr
+
+    env.update(PRETRAIN_DATABASE_URL="postgresql://u:db-password-4711@127.0.0.1:1/x", PRETRAIN_ADMIN_TOKEN="weak-token-4711")
+    weak = pretrainctl("serve", "--port", str(free_port()), cwd=tmp_path, env=env)
+    assert weak.returncode != 0 and "production refuses it" in weak.stderr
+    assert "weak-token-4711" not in weak.stdout + weak.stderr
+    assert "db-password-4711" not in weak.stdout + weak.stderr
+
+
+def test_a_debug_logging_server_never_logs_its_admin_token(tmp_path):
+    """A real `pretrainctl serve` at log level debug, asked with its admin token and one a byte
+    off, for a job it runs, one it lacks and a spec it refuses: its log never shows the token."""
+    token = "serve-admin-token-4711-0123456789"
+    server = Server(cwd=tmp_path, env=clean_env(PRETRAIN_ADMIN_TOKEN=token, PRETRAIN_LOG_LEVEL="debug"))
+    try:
+        admin = {"Authorization": f"Bearer {token}"}
+        spec = yaml.safe_load((EXAMPLES / "tiny-cpu.yaml").read_text())
+        answers = [
+            httpx.get(f"{server.url}/v1/whoami", headers={"Authorization": f"Bearer {token}x"}),
+            httpx.post(f"{server.url}/v1/jobs", json=spec, headers=admin),
+            httpx.get(f"{server.url}/v1/jobs/999", headers=admin),
+            httpx.post(f"{server.url}/v1/jobs", json={**spec, "resources": "many"}, headers=admin),
+        ]
+        assert [a.status_code for a in answers] == [401, 201, 404, 422]
+        job = answers[1].json()["id"]
+        httpx.post(f"{server.url}/v1/jobs/{job}/cancel", headers=admin)
+    finally:
+        output = server.stop()
+    assert "GET /v1/jobs/999" in output, "the access log is on"
+    assert "4711" not in output
 
 
 def test_tokens_create_local_bootstraps_a_token_without_the_api(tmp_path):

@@ -62,6 +62,11 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
+{{/* Labels of every pod the controller creates for a job (service/controller/manifests). */}}
+{{- define "pretrain-orchestrator.trainerSelectorLabels" -}}
+app.kubernetes.io/managed-by: pretrain-orchestrator
+{{- end }}
+
 {{/* The ServiceAccount the service's pods run as. */}}
 {{- define "pretrain-orchestrator.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
@@ -132,7 +137,8 @@ checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256
 
 {{/*
 The environment of a service container: the ConfigMap's settings, and from the Secret the
-database URL, the Redis URL and (for the api only: adminToken true) the admin token.
+database URL, the Redis URL and password (redis.auth) and (for the api only: adminToken true)
+the admin token.
 */}}
 {{- define "pretrain-orchestrator.env" -}}
 {{- $root := .context }}
@@ -151,6 +157,13 @@ env:
       secretKeyRef:
         name: {{ $secret }}
         key: {{ $root.Values.secret.keys.redisUrl }}
+{{- if $root.Values.redis.auth }}
+  - name: PRETRAIN_REDIS_PASSWORD
+    valueFrom:
+      secretKeyRef:
+        name: {{ $secret }}
+        key: {{ $root.Values.secret.keys.redisPassword }}
+{{- end }}
 {{- if .adminToken }}
   - name: PRETRAIN_ADMIN_TOKEN
     valueFrom:
@@ -203,5 +216,20 @@ tolerations:
 {{- with .affinity }}
 affinity:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+A secret value of the chart's Secret: the one given in values, else the one the installed
+Secret holds under .key (kept across upgrades), else 48 random alphanumerics.
+*/}}
+{{- define "pretrain-orchestrator.keptSecret" -}}
+{{- $previous := index .installed .key | default "" }}
+{{- if .given }}
+{{- .given }}
+{{- else if $previous }}
+{{- $previous | b64dec }}
+{{- else }}
+{{- randAlphaNum 48 }}
 {{- end }}
 {{- end }}

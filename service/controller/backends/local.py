@@ -25,12 +25,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from service.controller import outcome as outcomes
 from service.controller.backends import launcher
 from service.controller.manifests import (
+    TOKEN_ENV,
     TOKENIZER_CONFIG_FILE,
     TokenizerWorkload,
     Workload,
@@ -38,7 +39,7 @@ from service.controller.manifests import (
     workload_name,
 )
 from service.controller.reconcile import Phase, WorkloadStatus
-from service.settings import environment_for_child
+from service.settings import trainer_environment
 
 # Exit by SIGKILL/SIGTERM (OOM killer, a person, a shutdown) is a machine's fault, not the job's.
 RETRYABLE_SIGNALS = {signal.SIGKILL, signal.SIGTERM}
@@ -56,8 +57,10 @@ LAUNCHER = Path(launcher.__file__)
 
 
 class LocalBackend:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, passthrough_env: Iterable[str] = ()) -> None:
         self.root = Path(root)
+        # Variables of this process's environment its workloads get beyond the trainer's share.
+        self.passthrough_env = frozenset(passthrough_env)
         self.root.mkdir(parents=True, exist_ok=True)
 
     # --- Backend -----------------------------------------------------------------------------------
@@ -115,9 +118,9 @@ class LocalBackend:
                 sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc-per-node={nproc}", "-m", "trainer.train", "--config", str(config_path),
             ]  # fmt: skip
-        if nproc > 1:  # processes share this machine's cores: one thread each
-            trainer = ["env", "OMP_NUM_THREADS=1", *trainer]
-        _launch(folder, {"job_id": workload.job_id, "attempt": workload.attempt, "name": name}, trainer)
+        given = {"OMP_NUM_THREADS": "1"} if nproc > 1 else {}  # processes share the cores: one thread each
+        env = trainer_environment(given, passthrough=self.passthrough_env)
+        _launch(folder, {"job_id": workload.job_id, "attempt": workload.attempt, "name": name}, trainer, env)
 
     def _start_tokenizer(self, folder: Path, name: str, workload: TokenizerWorkload) -> None:
         config_path = folder / TOKENIZER_CONFIG_FILE
@@ -127,7 +130,7 @@ class LocalBackend:
         )
         # The token reaches the process as it reaches a pod, as PRETRAIN_INGEST_TOKEN
         # (manifests.TOKEN_ENV) in its environment, and is written to no file.
-        env = environment_for_child({"ingest_token": workload.ingest_token or ""})
+        env = trainer_environment({TOKEN_ENV: workload.ingest_token or ""}, passthrough=self.passthrough_env)
         meta = {
             "job_id": workload.job_id,
             "attempt": workload.attempt,
@@ -231,7 +234,7 @@ class LocalBackend:
         )
 
 
-def _launch(folder: Path, meta: dict, command: list[str], env: dict[str, str] | None = None) -> None:
+def _launch(folder: Path, meta: dict, command: list[str], env: dict[str, str]) -> None:
     """Start `command` under the launcher, in its own session; note the launcher's pid.
 
     meta.json (what the folder is) is written first: a folder with it and no launcher noted is

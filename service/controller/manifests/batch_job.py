@@ -10,8 +10,11 @@ from kubernetes import client as k8s
 
 from service.controller.manifests.pod import (
     CONFIG_DIR,
+    container_security_context,
     metadata,
     owned_by,
+    pod_security_context,
+    scratch,
     serializer,
     storage,
     token_env,
@@ -102,9 +105,9 @@ def _batch_job(workload: TokenizerWorkload, settings: Settings) -> k8s.V1Job:
         )
     ]
     mounts = [k8s.V1VolumeMount(name="tokenizer-config", mount_path=CONFIG_DIR, read_only=True)]
-    storage_volumes, storage_mounts = storage(settings)
-    volumes += storage_volumes
-    mounts += storage_mounts
+    for extra_volumes, extra_mounts in (storage(settings), scratch()):
+        volumes += extra_volumes
+        mounts += extra_mounts
     amounts = {"cpu": str(workload.cpu), "memory": f"{math.ceil(workload.memory_gib * 1024)}Mi"}
     container = k8s.V1Container(
         name=TOKENIZER_CONTAINER_NAME,
@@ -121,6 +124,7 @@ def _batch_job(workload: TokenizerWorkload, settings: Settings) -> k8s.V1Job:
         # A failure's last log lines (the library's "error: ...") become the pod's message,
         # which the controller quotes as the attempt's reason.
         termination_message_policy="FallbackToLogsOnError",
+        security_context=container_security_context(),
     )
     labels = workload_labels(workload) | TOKENIZER_LABELS
     return k8s.V1Job(
@@ -136,6 +140,8 @@ def _batch_job(workload: TokenizerWorkload, settings: Settings) -> k8s.V1Job:
                 spec=k8s.V1PodSpec(
                     restart_policy="Never",
                     containers=[container],
+                    automount_service_account_token=False,
+                    security_context=pod_security_context(),
                     volumes=volumes,
                     node_selector=dict(settings.node_selector) or None,
                     tolerations=[toleration(t) for t in settings.tolerations] or None,

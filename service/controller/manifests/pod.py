@@ -1,4 +1,5 @@
-"""What every attempt's objects share: metadata, the token Secret, storage volumes, tolerations."""
+"""What every attempt's objects share: metadata, the token Secret, storage volumes, tolerations,
+and the least privilege its pods run with."""
 
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ from service.settings import Settings
 CONFIG_DIR = "/etc/pretrain"
 TOKEN_KEY = "token"
 TOKEN_ENV = "PRETRAIN_INGEST_TOKEN"
+# The trainer image's user and group (trainer_image/Dockerfile), numeric so that the kubelet
+# can check runAsNonRoot without the image's /etc/passwd.
+TRAINER_UID = 10001
+# The only paths the trainer writes outside its volumes, each an emptyDir on a read-only root:
+# its home (the embedded corpora's cache, under ~/.cache) and /tmp (torch's compile caches).
+TRAINER_HOME = "/home/trainer"
+SCRATCH_PATHS = {"home": TRAINER_HOME, "tmp": "/tmp"}
 
 
 @functools.cache
@@ -59,18 +67,17 @@ def metadata(
 
 
 def storage(settings: Settings) -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount]]:
-    """The checkpoint volume (read-write) and the corpus volume (read-only), where configured."""
+    """The checkpoint volume (read-write) and the corpus volume (read-only), where configured.
+
+    Without a checkpoint claim the checkpoints go to an emptyDir: they die with the pod (a
+    smoke test's), but the root filesystem they would otherwise land on is read-only."""
     volumes, mounts = [], []
     if settings.checkpoint_pvc:
-        volumes.append(
-            k8s.V1Volume(
-                name="checkpoints",
-                persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-                    claim_name=settings.checkpoint_pvc
-                ),
-            )
-        )
-        mounts.append(k8s.V1VolumeMount(name="checkpoints", mount_path=settings.checkpoint_root))
+        claim = k8s.V1PersistentVolumeClaimVolumeSource(claim_name=settings.checkpoint_pvc)
+        volumes.append(k8s.V1Volume(name="checkpoints", persistent_volume_claim=claim))
+    else:
+        volumes.append(k8s.V1Volume(name="checkpoints", empty_dir=k8s.V1EmptyDirVolumeSource()))
+    mounts.append(k8s.V1VolumeMount(name="checkpoints", mount_path=settings.checkpoint_root))
     if settings.data_pvc:
         volumes.append(
             k8s.V1Volume(
@@ -140,4 +147,34 @@ def token_secret(
         metadata=metadata(workload, settings, secret_name(workload), owners, extra_labels),
         data=data,
         immutable=True,
+    )
+
+
+def scratch() -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount]]:
+    """The writable emptyDirs a trainer or tokenizer needs on its read-only root filesystem."""
+    volumes = [k8s.V1Volume(name=name, empty_dir=k8s.V1EmptyDirVolumeSource()) for name in SCRATCH_PATHS]
+    mounts = [k8s.V1VolumeMount(name=name, mount_path=path) for name, path in SCRATCH_PATHS.items()]
+    return volumes, mounts
+
+
+def pod_security_context() -> k8s.V1PodSecurityContext:
+    """A pod that runs a user's job: the image's non-root user, the runtime's seccomp profile,
+    and the checkpoint volume group-writable by it (fsGroup)."""
+    return k8s.V1PodSecurityContext(
+        run_as_non_root=True,
+        run_as_user=TRAINER_UID,
+        run_as_group=TRAINER_UID,
+        fs_group=TRAINER_UID,
+        seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+    )
+
+
+def container_security_context() -> k8s.V1SecurityContext:
+    """No capabilities, no way to gain privileges, nothing written outside its volumes."""
+    return k8s.V1SecurityContext(
+        run_as_non_root=True,
+        allow_privilege_escalation=False,
+        read_only_root_filesystem=True,
+        capabilities=k8s.V1Capabilities(drop=["ALL"]),
+        seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
     )

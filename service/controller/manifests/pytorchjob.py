@@ -33,8 +33,11 @@ from kubernetes import client as k8s
 
 from service.controller.manifests.pod import (
     CONFIG_DIR,
+    container_security_context,
     metadata,
     owned_by,
+    pod_security_context,
+    scratch,
     serializer,
     storage,
     token_env,
@@ -177,9 +180,9 @@ def _pod_template(workload: Workload, settings: Settings) -> k8s.V1PodTemplateSp
         k8s.V1VolumeMount(name="trainer-config", mount_path=CONFIG_DIR, read_only=True),
         k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"),
     ]
-    storage_volumes, storage_mounts = storage(settings)
-    volumes += storage_volumes
-    mounts += storage_mounts
+    for extra_volumes, extra_mounts in (storage(settings), scratch()):
+        volumes += extra_volumes
+        mounts += extra_mounts
     env = [k8s.V1EnvVar(name=name, value=value) for name, value in _env(workload).items()]
     env.append(token_env(workload))
     container = k8s.V1Container(
@@ -196,11 +199,15 @@ def _pod_template(workload: Workload, settings: Settings) -> k8s.V1PodTemplateSp
         # log's tail stands in when it wrote none (killed, or failed before it could).
         termination_message_path=TERMINATION_LOG,
         termination_message_policy="FallbackToLogsOnError",
+        security_context=container_security_context(),
     )
     return k8s.V1PodTemplateSpec(
         metadata=k8s.V1ObjectMeta(labels=workload_labels(workload)),
         spec=k8s.V1PodSpec(
             containers=[container],
+            # A user's job has no business with the Kubernetes API.
+            automount_service_account_token=False,
+            security_context=pod_security_context(),
             volumes=volumes,
             node_selector=dict(settings.node_selector) or None,
             tolerations=[toleration(t) for t in settings.tolerations] or None,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from service.api.app import create_app
 from service.db.models import ApiToken, Event
 from tests.conftest import ADMIN_TOKEN, auth
 
@@ -87,3 +89,23 @@ def test_token_listing_never_shows_secrets(app_client, tokens):
     for secret in (tokens["alice"], tokens["viewer"]):
         assert secret not in body
     assert {t["name"] for t in listing.json()} >= {"alice", "bob", "viewer", "oncall"}
+
+
+def test_no_error_response_carries_the_admin_token(app_client, settings, tiny_spec, tmp_path):
+    """4xx and 5xx answers to requests that carry the admin token (or one a byte off) never echo
+    it, in the body or a header; the secret watch (tests/plugin_secrets.py) checks the logs."""
+    admin = auth(ADMIN_TOKEN)
+    job = app_client.post("/v1/jobs", json=tiny_spec, headers=admin).json()["id"]
+    assert app_client.post(f"/v1/jobs/{job}/cancel", headers=admin).status_code == 200
+    broken = TestClient(create_app(settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'unmigrated.db'}"})), raise_server_exceptions=False)
+    answers = {
+        401: app_client.get("/v1/jobs", headers=auth(ADMIN_TOKEN + "x")),
+        404: app_client.get("/v1/jobs/999999", headers=admin),
+        409: app_client.post(f"/v1/jobs/{job}/cancel", headers=admin),
+        413: app_client.post("/v1/plan", content=b"x" * (settings.max_request_bytes + 1), headers=admin),
+        422: app_client.post("/v1/jobs", json={**tiny_spec, "nodes": -1}, headers=admin),
+        500: broken.get("/v1/jobs", headers=admin),
+    }
+    for status, response in answers.items():
+        assert response.status_code == status, (status, response.text)
+        assert ADMIN_TOKEN not in response.text + str(response.headers), status

@@ -43,6 +43,7 @@ from tests.service.controller.test_outcome import TORCHRUN_SUMMARY
 ALICE = Principal(name="alice", role=Role.SUBMITTER)
 FAKE_TRAINER = Path(__file__).parent / "fake_trainer"
 DEADLINE_S = 90
+FAKE_ENV = {"FAKE_TRAINER_PLAN"}  # the fake trainer's script: passed through as an operator would
 
 
 class Killed(BaseException):
@@ -96,7 +97,7 @@ def workloads(settings: Settings) -> Iterator[Path]:
 
 def new_controller(settings: Settings, workloads: Path, backend: object | None = None) -> Controller:
     """A freshly started controller: nothing in memory from any before it."""
-    return Controller(settings, backend or LocalBackend(workloads), get_sessionmaker(settings.resolved_database_url))
+    return Controller(settings, backend or LocalBackend(workloads, passthrough_env=FAKE_ENV), get_sessionmaker(settings.resolved_database_url))
 
 
 def submit(settings: Settings, **watchdog) -> Job:
@@ -150,7 +151,7 @@ class KilledAtCreate(LocalBackend):
     """The backend of a controller that dies just before, or just after, creating the workload."""
 
     def __init__(self, root: Path, *, after: bool) -> None:
-        super().__init__(root)
+        super().__init__(root, passthrough_env=FAKE_ENV)
         self.after = after
 
     def create(self, workload) -> bool:
@@ -212,6 +213,33 @@ def test_a_controller_killed_anywhere_while_starting_an_attempt_leaves_one_train
 
 def outcome_line(outcome: str, step: int | None = None, checkpoint: str | None = None, rank: int = 0) -> dict:
     return {"outcome": outcome, "rank": rank, "step": step, "message": f"{outcome} (test)", "checkpoint": checkpoint}
+
+
+def test_the_trainer_gets_none_of_the_services_secrets(settings, workloads, fake, monkeypatch):
+    """The service runs with its admin token, database URL and cloud credentials in its
+    environment; the trainer it starts sees none of them, only what a trainer needs."""
+    secrets = {
+        "PRETRAIN_ADMIN_TOKEN": "admin-secret-0123456789abcdef",
+        "PRETRAIN_DATABASE_URL": "postgresql://u:db-secret-4711@db/x",
+        "PRETRAIN_REDIS_URL": "redis://:redis-secret-4711@redis:6379/0",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret-4711",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    fake.plan(a0={"wait_for": fake.gate("release")})
+    job = submit(settings)
+    controller = new_controller(settings, workloads)
+    try:
+        drive(controller, settings, job.id, lambda _: bool(fake.runs()), "started its trainer")
+    finally:
+        fake.open("release")
+    [run] = fake.runs()
+    environ = run["environ"]
+
+    assert not [name for name in environ if name.startswith("PRETRAIN_") or name in secrets]
+    assert not [name for name, value in environ.items() if any(s in value for s in secrets.values())]
+    assert {"PATH", "PYTHONPATH", "FAKE_TRAINER_PLAN"} <= set(environ)  # what it runs on, and the passthrough
+    assert run["token"] and run["token"] not in environ.values()  # its job token: in its config file
 
 
 def test_a_diverged_trainer_is_rolled_back_not_failed_and_a_later_watchdog_verdict_finds_it_done(
@@ -430,7 +458,7 @@ class FailsOnce(LocalBackend):
     """A backend whose first look fails as no backend error does (a bug, a database too busy)."""
 
     def __init__(self, root: Path) -> None:
-        super().__init__(root)
+        super().__init__(root, passthrough_env=FAKE_ENV)
         self.looks = 0
 
     def observe(self, job_id: int, *, kind: str = "pretrain"):
@@ -501,7 +529,7 @@ def test_deleting_a_workload_still_stopping_again_is_not_another_deletion(tmp_pa
     folder = backend.root / "slow-7-a0"
     folder.mkdir()
     ignores_sigterm = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
-    local._launch(folder, {"job_id": 7, "attempt": 0, "name": folder.name}, [sys.executable, "-c", ignores_sigterm])
+    local._launch(folder, {"job_id": 7, "attempt": 0, "name": folder.name}, [sys.executable, "-c", ignores_sigterm], {})
     try:
         deadline = time.monotonic() + DEADLINE_S
         while not local._lock_held(folder) and time.monotonic() < deadline:

@@ -293,18 +293,57 @@ def test_cpu_pods_request_cores_and_memory_and_no_gpus():
     assert set(env) == {TOKEN_ENV}
 
 
-def test_volumes_without_claims_are_the_config_and_shared_memory():
+def test_volumes_without_claims_are_the_config_shared_memory_and_scratch():
     _, manifests = rendered_case("one-node-gpu")
     spec = templates(manifests["pytorchjob"])["Master"]["spec"]
     assert spec["volumes"] == [
         {"name": "trainer-config", "configMap": {"name": "tiny-gpu-42-a0-config"}},
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        {"name": "checkpoints", "emptyDir": {}},  # on a read-only root: the pod's own, unclaimed
+        {"name": "home", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
     ]
     assert spec["containers"][0]["volumeMounts"] == [
         {"name": "trainer-config", "mountPath": "/etc/pretrain", "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "checkpoints", "mountPath": "/checkpoints"},
+        {"name": "home", "mountPath": "/home/trainer"},
+        {"name": "tmp", "mountPath": "/tmp"},
     ]
     assert CONFIG_PATH == "/etc/pretrain/trainer.json"
+
+
+# What every pod that runs a user's job gets (tokenizer jobs' too: test_tokenizer_manifests).
+UNPRIVILEGED_POD = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "fsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+UNPRIVILEGED_CONTAINER = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_trainer_pods_run_unprivileged_on_a_read_only_root_without_a_service_account_token(case):
+    _, manifests = rendered_case(case)
+    for template in templates(manifests["pytorchjob"]).values():
+        spec = template["spec"]
+        assert spec["automountServiceAccountToken"] is False
+        assert spec["securityContext"] == UNPRIVILEGED_POD
+        (container,) = spec["containers"]
+        assert container["securityContext"] == UNPRIVILEGED_CONTAINER
+        # Where the trainer writes on its read-only root: its home (caches) and /tmp, scratch.
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        writable = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"] if not m.get("readOnly")}
+        assert writable["/home/trainer"] == {"name": "home", "emptyDir": {}}
+        assert writable["/tmp"] == {"name": "tmp", "emptyDir": {}}
 
 
 def test_claims_mount_checkpoints_writable_and_data_read_only():

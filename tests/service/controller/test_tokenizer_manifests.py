@@ -23,6 +23,8 @@ from tests.service.controller.test_manifests import (
     FULL_SETTINGS,
     KUBERNETES_VERSION,
     OWNER_UID,
+    UNPRIVILEGED_CONTAINER,
+    UNPRIVILEGED_POD,
 )
 from tests.service.controller.test_trainer_config import TOKEN, make_settings
 
@@ -98,6 +100,15 @@ def test_the_pod_lands_where_trainer_pods_are_told_to_and_mounts_both_volumes():
     assert mounts["checkpoints"]["mountPath"] == settings.checkpoint_root
     assert not mounts["checkpoints"].get("readOnly")
     assert mounts["data"]["readOnly"] is True
+
+
+def test_the_pod_runs_unprivileged_on_a_read_only_root_without_a_service_account_token():
+    pod = manifests()["job"]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"] == UNPRIVILEGED_POD
+    assert container_of(manifests()["job"])["securityContext"] == UNPRIVILEGED_CONTAINER
+    scratch = {m["mountPath"] for m in container_of(manifests()["job"])["volumeMounts"] if m["name"] in ("home", "tmp")}
+    assert scratch == {"/home/trainer", "/tmp"}
 
 
 def test_the_command_runs_the_library_job_on_the_mounted_config_then_reports_the_result():

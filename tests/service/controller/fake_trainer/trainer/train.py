@@ -1,7 +1,7 @@
 """`python -m trainer.train --config FILE`, as the local backend runs it, without training.
 
 It does what the real trainer does at its edges, as `FAKE_TRAINER_PLAN` (a JSON file) says for
-the attempt in its config: notes that it started (with its pid and token) in `runs.log` beside
+the attempt in its config: notes that it started (with its pid, token and environment) in `runs.log` beside
 the plan, reports that it runs (the metrics file), waits for a file if told to (ignoring SIGTERM meanwhile if `slow_to_stop`), appends outcome
 lines to `job.result_path`, and exits with the given code. Without a plan entry: completed, 0.
 """
@@ -31,7 +31,8 @@ def main() -> int:
     with (plan_path.parent / "runs.log").open("a") as runs:
         runs.write(json.dumps({"attempt": attempt, "pid": os.getpid(), "token": config["metrics"]["token"],
                                "resume_from": config["checkpoint"]["resume_from"],
-                               "skip_ranges": config["data"]["skip_ranges"], "lr_scale": config["lr_scale"]}) + "\n")
+                               "skip_ranges": config["data"]["skip_ranges"], "lr_scale": config["lr_scale"],
+                               "environ": dict(os.environ)}) + "\n")
     Path(config["metrics"]["jsonl_path"]).touch()
     if plan.get("wait_for"):
         deadline = time.monotonic() + 120
