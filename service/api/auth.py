@@ -30,6 +30,9 @@ def get_principal(
         token=credentials.credentials,
         admin_token_hash=request.app.state.admin_token_hash,
     )
+    # End the lookup's transaction: its connection goes back to the pool instead of waiting,
+    # idle in transaction, while a handler does CPU work (a spec parsed and validated).
+    session.rollback()
     if principal is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,

@@ -45,7 +45,15 @@ from service.spec.layout import (
     RecomputeSpec,
 )
 from service.spec.model import VOCAB_PADDING_MULTIPLE, ModelSpec, MoESpec, TokenizerSpec
-from service.spec.parsing import MAX_DOCUMENT_NODES, parse_spec_text
+from service.spec.parsing import (
+    MAX_DOCUMENT_DEPTH,
+    MAX_DOCUMENT_NODES,
+    MAX_INTEGER_DIGITS,
+    Budget,
+    ParseLimits,
+    SpecFormat,
+    parse_spec_text,
+)
 from service.spec.problems import Problem, SpecInvalid, format_loc
 from service.spec.resources import (
     BF16_UNSUPPORTED_GPU_TYPES,
@@ -74,6 +82,7 @@ __all__ = [
     "BANNED_REGEX_PREFIX",
     "BF16_UNSUPPORTED_GPU_TYPES",
     "BatchSpec",
+    "Budget",
     "CheckpointSpec",
     "CorpusName",
     "CorpusPath",
@@ -92,7 +101,9 @@ __all__ = [
     "JobSpec",
     "LossScaleSpec",
     "MAX_COUNT",
+    "MAX_DOCUMENT_DEPTH",
     "MAX_DOCUMENT_NODES",
+    "MAX_INTEGER_DIGITS",
     "MAX_REAL",
     "MoESpec",
     "ModelSpec",
@@ -102,6 +113,7 @@ __all__ = [
     "NonNegativeInt",
     "OptimizerSpec",
     "PEAK_BF16_TFLOPS",
+    "ParseLimits",
     "PRETRAIN_KIND",
     "ParallelismSpec",
     "PositiveFloat",
@@ -113,6 +125,7 @@ __all__ = [
     "ResourcesSpec",
     "Rule",
     "ScheduleSpec",
+    "SpecFormat",
     "SpecInvalid",
     "StagePlan",
     "StageSpec",
