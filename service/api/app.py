@@ -6,6 +6,7 @@ Every status a route can answer is in the OpenAPI document: its own (`responses=
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -16,7 +17,6 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__, tasks
@@ -130,9 +130,10 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+        methods = _methods_on(app, request.url.path) if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED else []
+        if methods:
             # Starlette names the methods of the first route on the path; a path has several.
-            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(_methods_on(app, request.scope))}
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(methods)}
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(DataError)
@@ -154,12 +155,12 @@ def create_app(
     return app
 
 
-def _methods_on(app: FastAPI, scope: Scope) -> list[str]:
-    """Every method some route serves on the path of `scope`."""
-    methods = set()
-    for route in app.router.routes:
-        if isinstance(route, Route) and route.methods and route.matches(scope)[0] != Match.NONE:
-            methods |= route.methods
+def _methods_on(app: FastAPI, path: str) -> list[str]:
+    """Every method the OpenAPI document lists on `path`."""
+    methods: set[str] = set()
+    for template, operations in app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\{[^/]+\}", "[^/]+", template), path):
+            methods |= {method.upper() for method in operations}
     return sorted(methods)
 
 

@@ -144,7 +144,14 @@ async def _within_budget(request: Request, work: asyncio.Future[T], budget: Budg
     if work in done:
         return work.result()
     budget.stop()  # the thread stops at its next check instead of working for nobody
+    work.add_done_callback(_outcome_seen)
     raise budget.spent()  # when the client went away, nobody reads this
+
+
+def _outcome_seen(work: asyncio.Future) -> None:
+    """Take the abandoned work's outcome (its SpecInvalid, mostly), which nobody will read."""
+    if not work.cancelled():
+        work.exception()
 
 
 async def _client_gone(request: Request) -> None:

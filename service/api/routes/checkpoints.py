@@ -6,8 +6,7 @@ from fastapi import APIRouter, HTTPException, Response, status
 
 from service import ingest
 from service.api.auth import JobReporterDep, ViewerDep
-from service.api.deps import SessionDep
-from service.api.routes.jobs import JobId
+from service.api.deps import JobId, SessionDep
 from service.api.schemas import (
     CheckpointPublic,
     CheckpointRegistered,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Path, Query, Request, status
+from fastapi import APIRouter, Body, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 
 from service import attempts, jobs
 from service.api.auth import JobReporterDep, OncallDep, SubmitterDep, ViewerDep
-from service.api.deps import MAX_ID, NotifierDep, SessionDep, SettingsDep
+from service.api.deps import MAX_ID, JobId, NotifierDep, SessionDep, SettingsDep
 from service.api.schemas import (
     NO_NUL,
     ActionReason,
@@ -41,7 +41,6 @@ SPEC_RESPONSES: dict[int | str, dict] = {
     },
     429: {"description": "This principal sent specs faster than its rate limit; see Retry-After."},
 }
-JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="Job id.")]
 
 
 @router.post(

@@ -174,3 +174,24 @@ def test_healthz_answers_while_a_big_yaml_spec_is_parsed(pg_url: str, tmp_path: 
     assert not big_answered, "/healthz waited for the big spec to be parsed"
     assert response.status == 422, answer
     assert b"padding" in answer
+
+
+def test_every_status_a_spec_route_answers_is_documented(app_client):
+    # Before: schemathesis met 401, 403, 404 and 400 that the document did not list.
+    paths = app_client.get("/openapi.json").json()["paths"]
+    for path in SPEC_ROUTES:
+        responses = paths[path]["post"]["responses"]
+        assert {"400", "401", "403", "413", "415", "422", "429"} <= set(responses)
+        assert responses["415"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert not operation.get("security") or {"401", "403"} <= set(responses), (method, path)
+            assert "{" not in path or "404" in responses, (method, path)
+            assert all(r.get("content") for code, r in responses.items() if code >= "400"), (method, path)
+
+
+def test_a_method_a_path_does_not_serve_names_all_it_does(app_client, tokens):
+    response = app_client.request("PUT", "/v1/jobs", headers=auth(tokens["viewer"]))
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "GET, POST"
