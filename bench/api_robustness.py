@@ -138,7 +138,7 @@ def under_load(url: str, bodies: list[tuple[bytes, str]], clients: int, seconds:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=60, help="schemathesis cases per operation")
+    parser.add_argument("--cases", type=int, default=55, help="schemathesis cases per operation")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10, help="of /healthz probing per round")
     parser.add_argument("--clients", type=int, default=4)

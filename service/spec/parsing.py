@@ -49,6 +49,8 @@ class Budget:
         self._stopped.set()
 
     def spent(self) -> SpecInvalid:
+        if self.seconds is None:
+            return body_problem("parsing the job spec was stopped", "budget_exceeded")
         return body_problem(
             f"parsing and validating the job spec took longer than this request's budget of "
             f"{self.seconds:g} s (PRETRAIN_SPEC_BUDGET_S); send a smaller or simpler spec",

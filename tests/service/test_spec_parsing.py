@@ -51,3 +51,10 @@ def test_stopped_work_ends_at_the_next_value():
 
 def test_a_budget_spent_mid_document_ends_parsing():
     assert "budget" in refusal("a: [" + "1, " * 5000 + "1]", budget=Budget(1e-9))
+
+
+def test_work_without_a_deadline_can_still_be_stopped():
+    budget = Budget()
+    budget.check()
+    budget.stop()
+    assert refusal("a: 1", budget=budget) == "parsing the job spec was stopped"

@@ -7,6 +7,7 @@ the per-principal rate, the request budget; and a big body no longer stalls the 
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import select
@@ -17,10 +18,13 @@ import httpx
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from starlette.requests import Request
 
 from service.api.app import create_app
+from service.api.spec_body import _within_budget
 from service.db.models import Job
 from service.settings import Settings
+from service.spec import Budget, SpecInvalid
 from tests.conftest import ADMIN_TOKEN, auth
 from tests.dashboards.conftest import serve_api
 from tests.service.api.test_jobs import count_rows
@@ -195,3 +199,21 @@ def test_a_method_a_path_does_not_serve_names_all_it_does(app_client, tokens):
     response = app_client.request("PUT", "/v1/jobs", headers=auth(tokens["viewer"]))
     assert response.status_code == 405
     assert response.headers["Allow"] == "GET, POST"
+
+
+def test_a_client_that_goes_away_stops_the_work():
+    """The body was read; the next message is the disconnect: the budget is stopped at once."""
+    async def gone() -> dict:
+        return {"type": "http.disconnect"}
+
+    async def scenario() -> Budget:
+        budget = Budget(600)
+        never_done = asyncio.get_running_loop().create_future()
+        with pytest.raises(SpecInvalid):
+            # Without the watch it would wait out its 600 s: the guard turns that into a failure.
+            await asyncio.wait_for(_within_budget(Request({"type": "http", "headers": []}, gone), never_done, budget), 120)
+        return budget
+
+    budget = asyncio.run(scenario())
+    with pytest.raises(SpecInvalid):
+        budget.check()  # the worker's next check ends its work
