@@ -45,6 +45,7 @@ def serve_api(database_url: str, state_dir: Path, settings: dict[str, str] | Non
         PRETRAIN_ADMIN_TOKEN=ADMIN_TOKEN,
         PRETRAIN_STATE_DIR=str(state_dir),
         PRETRAIN_LOG_LEVEL="warning",
+        PRETRAIN_SPEC_BUDGET_S="120",  # wall-clock time, and test machines are loaded
     )
     env.update(settings or {})
     log_path = state_dir / "api.log"
