@@ -41,6 +41,7 @@ STDERR_TAIL = 30
 QUICK: dict[str, list[str]] = {
     "api_submit": ["--requests", "100", "--rounds", "2"],
     "plan": ["--requests", "50"],
+    "api_robustness": ["--cases", "5", "--rounds", "1", "--seconds", "3"],
     "trainer_cpu": ["--warmup", "1", "--rounds", "2", "--steps", "2"],
     "controller_scale": ["--jobs", "200", "--runs", "1", "--baseline-runs", "1"],
     "detector": ["--streams", "40", "--tuned", "20", "--per-scenario", "1", "--repeat", "1"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -32,10 +33,27 @@ def spec_hash(spec: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Submission:
+    """An admitted spec with everything stored beside it, made before the database is touched."""
+
+    name: str
+    kind: str
+    spec: dict[str, Any]
+    derived: dict[str, Any]
+    warnings: list[dict[str, Any]]
+    plan: dict[str, Any] | None
+
+
 def submit_job(
     session: Session, *, raw: dict[str, Any], principal: Principal, settings: Settings | None = None
 ) -> Job:
-    """Admit a spec (`admission.admit`) and store the job with a pending attempt 0, or nothing.
+    """Admit a spec (`admit_submission`) and store the job with a pending attempt 0, or nothing."""
+    return store_submission(session, admit_submission(raw, settings=settings), principal=principal)
+
+
+def admit_submission(raw: dict[str, Any], *, settings: Settings | None = None) -> Submission:
+    """Admit a spec (`admission.admit`): CPU work only, so the API runs it before taking a session.
 
     With `settings` (the API always passes its own), attempt 0 is rendered once for the installed
     backend, by the builder the controller launches with: a spec that validates but could not
@@ -43,33 +61,42 @@ def submit_job(
     """
     admission = admit(raw, over_memory=OverMemory.REFUSE, settings=settings)
     validated = admission.validated
-    derived = admission.derived_document
-    warnings = [w.model_dump(mode="json") for w in admission.warnings]
-    plan_document = admission.plan_document
-    spec = validated.spec.model_dump(mode="json")
-    name = validated.spec.name
+    submission = Submission(
+        name=validated.spec.name,
+        kind=validated.spec.kind,
+        spec=validated.spec.model_dump(mode="json"),
+        derived=admission.derived_document,
+        warnings=[w.model_dump(mode="json") for w in admission.warnings],
+        plan=admission.plan_document,
+    )
     if settings is not None:
         problems = render_problems(
-            job_name=name,
-            kind=validated.spec.kind,
-            spec=spec,
-            derived=derived,
-            plan=plan_document,
+            job_name=submission.name,
+            kind=submission.kind,
+            spec=submission.spec,
+            derived=submission.derived,
+            plan=submission.plan,
             settings=settings,
         )
         if problems:
             raise SpecInvalid(problems)
+    return submission
+
+
+def store_submission(session: Session, submission: Submission, *, principal: Principal) -> Job:
+    """Store an admitted spec as a job with a pending attempt 0, in one transaction; 409 on a live name."""
+    name = submission.name
     try:
         job = repo.add_job(
             session,
             name=name,
-            kind=validated.spec.kind,
+            kind=submission.kind,
             owner=principal.name,
-            spec=spec,
-            spec_hash=spec_hash(spec),
-            derived=derived,
-            warnings=warnings,
-            plan=plan_document,
+            spec=submission.spec,
+            spec_hash=spec_hash(submission.spec),
+            derived=submission.derived,
+            warnings=submission.warnings,
+            plan=submission.plan,
         )
         repo.add_attempt(session, job=job, number=0, reason=AttemptReason.LAUNCH)
         repo.add_event(

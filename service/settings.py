@@ -130,6 +130,50 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         1 << 20, ge=1024, description="Request bodies larger than this are refused with 413."
     )
+    max_json_spec_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        description="Largest JSON job spec `POST /v1/jobs` and `/v1/plan` read (413 beyond); "
+        "also bounded by `max_request_bytes`.",
+    )
+    max_yaml_spec_bytes: int = Field(
+        256 << 10,
+        ge=1024,
+        description="Largest YAML job spec those routes read (413 beyond): YAML is parsed in "
+        "Python, about a hundred times slower than JSON.",
+    )
+    max_spec_values: int = Field(
+        20_000,
+        ge=100,
+        description="Values a job spec may hold, each YAML alias counted as what it repeats; "
+        "parsing stops with 422 at the first one beyond.",
+    )
+    max_spec_depth: int = Field(
+        32, ge=8, le=200, description="Nesting depth a job spec may reach (422 beyond)."
+    )
+    spec_budget_s: float = Field(
+        2.0,
+        gt=0,
+        le=600,
+        description="Seconds a request may spend parsing and validating a job spec, waiting "
+        "included; then it ends with a 422 that says so.",
+    )
+    spec_workers: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Threads that parse and validate job specs, apart from those serving the "
+        "other routes, so that slow specs queue among themselves.",
+    )
+    spec_rate_per_s: float = Field(
+        5.0,
+        gt=0,
+        description="Requests per second each principal may make to `POST /v1/jobs` and "
+        "`/v1/plan` on average (429 with Retry-After beyond).",
+    )
+    spec_rate_burst: int = Field(
+        20, ge=1, description="Requests a principal may make to those routes at once."
+    )
     default_page_size: int = Field(50, ge=1, le=500, description="List page size when unset.")
     max_page_size: int = Field(500, ge=1, le=10_000, description="Largest page a list returns.")
     log_level: str = Field("info", description="Log level of the service processes.")

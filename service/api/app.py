@@ -1,19 +1,27 @@
-"""The FastAPI application: routers under /v1, errors mapped to statuses, bodies capped."""
+"""The FastAPI application: routers under /v1, errors mapped to statuses, bodies capped.
+
+Every status a route can answer is in the OpenAPI document: its own (`responses=`), and those
+`COMMON_RESPONSES` adds by what the route takes (a token, a path id, a body).
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__, tasks
 from service.api.routes import checkpoints, health, jobs, logs, metrics, plan, rollbacks, tokens
+from service.api.spec_body import SpecWorkers
 from service.controller.backends import LogReader
 from service.db.migrate import head_revision
 from service.errors import ServiceError
@@ -110,6 +118,7 @@ def create_app(
     app.state.log_reader = log_reader if log_reader is not None else _log_reader(settings)
     app.state.admin_token_hash = _admin_token_hash(settings)
     app.state.schema_head = head_revision(settings)
+    app.state.spec_workers = SpecWorkers(settings)
 
     app.include_router(health.router)
     for router in (jobs.router, checkpoints.router, logs.router, metrics.router, rollbacks.router, plan.router, tokens.router):
@@ -119,12 +128,22 @@ def create_app(
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        methods = _methods_on(app, request.url.path) if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED else []
+        if methods:
+            # Starlette names the methods of the first route on the path; a path has several.
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(methods)}
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(DataError)
     async def data_error(_: Request, exc: DataError) -> JSONResponse:
         # A value the database refuses (out of range, bad encoding) that slipped past validation
         # is still the client's input: say so instead of a 500. Nothing was committed.
+        # Its body has the shape of every other 422, as the OpenAPI document says.
         reason = str(exc.orig).splitlines()[0] if exc.orig else "invalid value"
-        return JSONResponse({"detail": f"the database refused a value: {reason}"}, status_code=422)
+        detail = [{"loc": ["body"], "msg": f"the database refused a value: {reason}", "type": "value_error"}]
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(SpecInvalid)
     async def spec_invalid(_: Request, exc: SpecInvalid) -> JSONResponse:
@@ -136,6 +155,15 @@ def create_app(
     return app
 
 
+def _methods_on(app: FastAPI, path: str) -> list[str]:
+    """Every method the OpenAPI document lists on `path`."""
+    methods: set[str] = set()
+    for template, operations in app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\{[^/]+\}", "[^/]+", template), path):
+            methods |= {method.upper() for method in operations}
+    return sorted(methods)
+
+
 def _log_reader(settings: Settings) -> LogReader | None:
     """The local backend reads its workloads' folders; the API holds no cluster credentials."""
     if settings.backend != "local":
@@ -145,8 +173,30 @@ def _log_reader(settings: Settings) -> LogReader | None:
     return backend_for(settings)
 
 
+# The body every error but a 422 carries.
+ERROR_SCHEMA = {
+    "title": "Error",
+    "type": "object",
+    "properties": {"detail": {"type": "string", "description": "What went wrong, for a person."}},
+    "required": ["detail"],
+}
+# Statuses a route answers by what it takes: a token, an id in its path, a body.
+COMMON_RESPONSES: dict[str, dict[str, str]] = {
+    "token": {
+        "401": "No bearer token, or an unknown or revoked one.",
+        "403": "The token's role or job may not do this.",
+    },
+    "path": {"404": "Nothing has this id."},
+    "body": {
+        "400": "The body could not be read as its content type.",
+        "413": "The body is larger than PRETRAIN_MAX_REQUEST_BYTES.",
+    },
+}
+
+
 def _openapi_with_job_spec(app: FastAPI) -> dict[str, Any]:
-    """The generated schema plus JobSpec, which the submit route parses itself (JSON or YAML)."""
+    """The generated schema plus JobSpec, which the submit route parses itself (JSON or YAML),
+    and every status each route can answer."""
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -154,5 +204,26 @@ def _openapi_with_job_spec(app: FastAPI) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.update(job_spec.pop("$defs", {}))
     components["JobSpec"] = job_spec
+    components["Error"] = ERROR_SCHEMA
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            _document_statuses(path, operation)
     app.openapi_schema = schema
     return schema
+
+
+def _document_statuses(path: str, operation: dict[str, Any]) -> None:
+    """Add the statuses the route answers by what it takes; give each error its body's schema."""
+    takes = {
+        "token": bool(operation.get("security")),
+        "path": "{" in path,
+        "body": "requestBody" in operation,
+    }
+    responses = operation.setdefault("responses", {})
+    for what, statuses in COMMON_RESPONSES.items():
+        for code, description in statuses.items():
+            if takes[what]:
+                responses.setdefault(code, {"description": description})
+    for code, response in responses.items():
+        if code.startswith(("4", "5")) and not response.get("content"):
+            response["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.api.deps import SessionDep
+from service.api.deps import JobId, SessionDep
 from service.db.models import Role
 from service.tokens import Principal, authenticate
 
@@ -30,6 +30,9 @@ def get_principal(
         token=credentials.credentials,
         admin_token_hash=request.app.state.admin_token_hash,
     )
+    # End the lookup's transaction: its connection goes back to the pool instead of waiting,
+    # idle in transaction, while a handler does CPU work (a spec parsed and validated).
+    session.rollback()
     if principal is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -67,7 +70,7 @@ OncallDep = Annotated[Principal, Depends(require(Role.ONCALL))]
 AdminDep = Annotated[Principal, Depends(require(Role.ADMIN))]
 
 
-def get_job_reporter(job_id: int, principal: PrincipalDep) -> Principal:
+def get_job_reporter(job_id: JobId, principal: PrincipalDep) -> Principal:
     """A trainer writing for its own job (its job token), or an admin."""
     if principal.job_id == job_id or (principal.job_id is None and principal.may(Role.ADMIN)):
         return principal

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session
 
 from service.controller.backends import LogReader
@@ -15,6 +15,9 @@ from service.tasks import Notifier
 
 # Ids are database bigints; a larger number cannot name anything and must not reach the driver.
 MAX_ID = 2**63 - 1
+# Every route and dependency that takes a job id takes this one, so the OpenAPI document states
+# one set of bounds for the path parameter.
+JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="Job id.")]
 
 
 def get_app_settings(request: Request) -> Settings:

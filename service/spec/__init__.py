@@ -48,7 +48,15 @@ from service.spec.layout import (
     RecomputeSpec,
 )
 from service.spec.model import VOCAB_PADDING_MULTIPLE, ModelSpec, MoESpec, TokenizerSpec
-from service.spec.parsing import MAX_DOCUMENT_NODES, parse_spec_text
+from service.spec.parsing import (
+    MAX_DOCUMENT_DEPTH,
+    MAX_DOCUMENT_NODES,
+    MAX_INTEGER_DIGITS,
+    Budget,
+    ParseLimits,
+    SpecFormat,
+    parse_spec_text,
+)
 from service.spec.paths import PathPolicy
 from service.spec.problems import Problem, SpecInvalid, format_loc
 from service.spec.resources import (
@@ -78,6 +86,7 @@ __all__ = [
     "BANNED_REGEX_PREFIX",
     "BF16_UNSUPPORTED_GPU_TYPES",
     "BatchSpec",
+    "Budget",
     "CheckpointSpec",
     "CorpusName",
     "CorpusPath",
@@ -96,10 +105,12 @@ __all__ = [
     "JobSpec",
     "LossScaleSpec",
     "MAX_COUNT",
+    "MAX_DOCUMENT_DEPTH",
     "MAX_DOCUMENT_NODES",
     "MAX_GPUS_PER_NODE",
     "MAX_NODES",
     "MAX_PATH_LENGTH",
+    "MAX_INTEGER_DIGITS",
     "MAX_REAL",
     "MoESpec",
     "ModelSpec",
@@ -109,6 +120,7 @@ __all__ = [
     "NonNegativeInt",
     "OptimizerSpec",
     "PEAK_BF16_TFLOPS",
+    "ParseLimits",
     "PRETRAIN_KIND",
     "PathPolicy",
     "ParallelismSpec",
@@ -121,6 +133,7 @@ __all__ = [
     "ResourcesSpec",
     "Rule",
     "ScheduleSpec",
+    "SpecFormat",
     "SpecInvalid",
     "StagePlan",
     "StageSpec",

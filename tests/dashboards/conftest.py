@@ -36,8 +36,9 @@ def _healthy(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def serve_api(database_url: str, state_dir: Path) -> Iterator[ApiServer]:
-    """`uvicorn` serving the app in its own process, configured only through the environment."""
+def serve_api(database_url: str, state_dir: Path, settings: dict[str, str] | None = None) -> Iterator[ApiServer]:
+    """`uvicorn` serving the app in its own process, configured only through the environment:
+    the database, the admin token and the state directory, and `settings` (`PRETRAIN_` names)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRETRAIN_")}
     env.update(
         PRETRAIN_ENVIRONMENT="development",  # the suite's throwaway server, on SQLite or Postgres
@@ -45,7 +46,9 @@ def serve_api(database_url: str, state_dir: Path) -> Iterator[ApiServer]:
         PRETRAIN_ADMIN_TOKEN=ADMIN_TOKEN,
         PRETRAIN_STATE_DIR=str(state_dir),
         PRETRAIN_LOG_LEVEL="warning",
+        PRETRAIN_SPEC_BUDGET_S="120",  # wall-clock time, and test machines are loaded
     )
+    env.update(settings or {})
     log_path = state_dir / "api.log"
     state_dir.mkdir(parents=True, exist_ok=True)
     for _ in range(3):

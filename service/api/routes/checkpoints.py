@@ -7,8 +7,7 @@ from fastapi.exceptions import RequestValidationError
 
 from service import checkpoints, ingest
 from service.api.auth import JobReporterDep, ViewerDep
-from service.api.deps import SessionDep, SettingsDep
-from service.api.routes.jobs import JobId
+from service.api.deps import JobId, SessionDep, SettingsDep
 from service.api.schemas import (
     CheckpointPublic,
     CheckpointRegistered,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Path, Query, Request, status
+from fastapi import APIRouter, Body, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 
 from service import attempts, jobs
 from service.api.auth import JobReporterDep, OncallDep, SubmitterDep, ViewerDep
-from service.api.deps import MAX_ID, NotifierDep, SessionDep, SettingsDep
+from service.api.deps import MAX_ID, JobId, NotifierDep, SessionDep, SettingsDep
 from service.api.schemas import (
     NO_NUL,
     ActionReason,
@@ -19,23 +19,28 @@ from service.api.schemas import (
     JobResultReport,
     JobsPublic,
 )
+from service.api.spec_body import ACCEPTED_TYPES, handle_spec
 from service.db import repo
 from service.db.models import JobState
-from service.spec import parse_spec_text
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 SPEC_BODY = {
     "requestBody": {
         "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}},
-            **{t: {"schema": {"$ref": "#/components/schemas/JobSpec"}} for t in YAML_TYPES[:1]},
-        },
+        "content": {t: {"schema": {"$ref": "#/components/schemas/JobSpec"}} for t in ACCEPTED_TYPES[:2]},
     }
 }
-JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="Job id.")]
+# What the spec routes answer besides the statuses every route shares (app.COMMON_RESPONSES).
+SPEC_RESPONSES: dict[int | str, dict] = {
+    413: {"description": "The spec is larger than its content type's cap."},
+    415: {"description": f"The body is not a spec: accepted types are {', '.join(ACCEPTED_TYPES)}."},
+    422: {
+        "description": "The spec is invalid, too big or deep once parsed, or took longer than the request budget.",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}},
+    },
+    429: {"description": "This principal sent specs faster than its rate limit; see Retry-After."},
+}
 
 
 @router.post(
@@ -43,21 +48,22 @@ JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="Job id.")]
     status_code=status.HTTP_201_CREATED,
     response_model=JobPublic,
     openapi_extra=SPEC_BODY,
-    responses={409: {"description": "A job with this name is still active."}},
+    responses={**SPEC_RESPONSES, 409: {"description": "A job with this name is still active."}},
 )
 async def submit_job(
     request: Request, session: SessionDep, settings: SettingsDep, notifier: NotifierDep, principal: SubmitterDep
 ) -> JobPublic:
     """Validate a job spec (JSON or YAML), store it with attempt 0, and return it."""
-    raw = parse_spec_text(await request.body())
-    # The handler is async only to read the raw body; the database work must not block the loop.
-    job = await run_in_threadpool(_submit, session, raw, principal, settings)
+    # Admitted before the database is touched: authentication has already given its connection
+    # back, so no connection waits on a spec being parsed and validated.
+    submission = await handle_spec(request, principal, lambda raw: jobs.admit_submission(raw, settings=settings))
+    job = await run_in_threadpool(_store, session, submission, principal)
     notifier.job_changed(job.id, "submitted")
     return job
 
 
-def _submit(session, raw, principal, settings) -> JobPublic:
-    return JobPublic.model_validate(jobs.submit_job(session, raw=raw, principal=principal, settings=settings))
+def _store(session, submission, principal) -> JobPublic:
+    return JobPublic.model_validate(jobs.store_submission(session, submission, principal=principal))
 
 
 @router.get("", response_model=JobsPublic)

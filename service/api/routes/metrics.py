@@ -12,8 +12,7 @@ from sqlalchemy.orm import Session
 
 from service import ingest, observability
 from service.api.auth import JobReporterDep, ViewerDep
-from service.api.deps import SessionDep, SettingsDep
-from service.api.routes.jobs import JobId
+from service.api.deps import JobId, SessionDep, SettingsDep
 from service.api.schemas import (
     MAX_RECORDS_PER_BATCH,
     MetricBatch,

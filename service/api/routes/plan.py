@@ -5,27 +5,27 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from fastapi.concurrency import run_in_threadpool
 
 from service.admission import PlanReport, plan_spec
 from service.api.auth import ViewerDep
-from service.api.routes.jobs import SPEC_BODY
-from service.spec import parse_spec_text
+from service.api.routes.jobs import SPEC_BODY, SPEC_RESPONSES
+from service.api.spec_body import handle_spec
 
 router = APIRouter(tags=["plan"])
 
 
-@router.post("/plan", response_model=PlanReport, openapi_extra=SPEC_BODY)
+@router.post("/plan", response_model=PlanReport, openapi_extra=SPEC_BODY, responses=SPEC_RESPONSES)
 async def plan(
     request: Request,
-    _: ViewerDep,
+    principal: ViewerDep,
     gpus: Annotated[int | None, Query(ge=1, le=10_000_000, description="For the inverse question: tokens seen by this many GPUs in `days`.")] = None,
     days: Annotated[float | None, Query(gt=0, le=36_500, description="Wall-clock days those GPUs run.")] = None,
     token_budget: Annotated[int | None, Query(ge=1, le=2**53, description="Tokens to train; default: the spec's.")] = None,
     deadline_days: Annotated[float | None, Query(gt=0, le=36_500, description="For the inverse question: GPUs needed to train `token_budget` by then.")] = None,
 ) -> PlanReport:
     """Parameters, memory per GPU, FLOPs, time and advice for a spec (JSON or YAML); stores nothing."""
-    raw = parse_spec_text(await request.body())
-    return await run_in_threadpool(
-        plan_spec, raw, request.app.state.settings, gpus=gpus, days=days, token_budget=token_budget, deadline_days=deadline_days
+    return await handle_spec(
+        request,
+        principal,
+        lambda raw: plan_spec(raw, request.app.state.settings, gpus=gpus, days=days, token_budget=token_budget, deadline_days=deadline_days),
     )

@@ -5,8 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from service.api.auth import OncallDep
-from service.api.deps import NotifierDep, SessionDep, SettingsDep
-from service.api.routes.jobs import JobId
+from service.api.deps import JobId, NotifierDep, SessionDep, SettingsDep
 from service.api.schemas import CheckpointPublic, JobPublic, RollbackCreate, RollbackPublic
 from service.checkpoints import CheckpointStorage
 from service.db import repo

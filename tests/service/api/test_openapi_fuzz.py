@@ -1,4 +1,9 @@
-"""Schemathesis over the published OpenAPI, against real Postgres: no input may cause a 5xx."""
+"""Schemathesis over the published OpenAPI with every check it has (`--checks all`), on SQLite.
+
+No generated input may cause a 5xx, and every answer must be documented: its status, content
+type, headers and body schema. A bounded number of examples per operation keeps it quick;
+FUZZ_CASES=500 for a deeper run (bench/api_robustness.py runs over 1,000 cases).
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,38 @@ import os
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import CHECKS, load_all_checks
 
 from service.api.app import create_app
 from service.settings import Settings
-from tests.conftest import ADMIN_TOKEN, auth
+from tests.conftest import ADMIN_TOKEN, _empty_tables, auth
 
-CASES_PER_OPERATION = int(os.environ.get("FUZZ_CASES", "25"))  # FUZZ_CASES=500 for a deeper run
+CASES_PER_OPERATION = int(os.environ.get("FUZZ_CASES", "4"))
+
+load_all_checks()
+ALL_CHECKS = CHECKS.get_all()
+# Where a body valid by its JSON Schema may still be refused, and rightly: a spec may break a
+# rule across fields (no JSON Schema says that heads divide the hidden size), and a trainer's
+# report is read strictly, where a JSON Schema integer may be written `1.0`. Every other check
+# holds there, and every check elsewhere.
+LENIENT_SCHEMA = {"POST /v1/jobs", "POST /v1/plan", "POST /v1/jobs/{job_id}/metrics", "POST /v1/jobs/{job_id}/checkpoints"}
+CHECKS_BUT_POSITIVE_ACCEPTANCE = [check for check in ALL_CHECKS if check.__name__ != "positive_data_acceptance"]
 
 
 @pytest.fixture
-def api_schema(pg_url, tmp_path):
-    app = create_app(Settings(database_url=pg_url, admin_token=ADMIN_TOKEN, state_dir=tmp_path))
+def api_schema(migrated_sqlite, tmp_path):
+    _empty_tables(migrated_sqlite)
+    # Generous rate: one principal sends every case, and a 429 would hide the handlers from it.
+    app = create_app(
+        Settings(
+            database_url=migrated_sqlite,
+            admin_token=ADMIN_TOKEN,
+            state_dir=tmp_path,
+            spec_rate_per_s=1e6,
+            spec_rate_burst=1_000_000,
+            spec_budget_s=120,  # wall-clock; a replayed case must meet the same answer on a busy machine
+        )
+    )
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
@@ -31,8 +56,8 @@ schema = schemathesis.pytest.from_fixture("api_schema")
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )
-def test_no_request_causes_a_server_error(case):
+def test_every_answer_is_documented_and_none_is_a_server_error(case):
     # The admin token opens every route, so generated inputs reach the handlers, not just auth.
-    response = case.call(headers=auth(ADMIN_TOKEN))
-    case.validate_response(response, checks=[not_a_server_error])
+    checks = CHECKS_BUT_POSITIVE_ACCEPTANCE if case.operation.label in LENIENT_SCHEMA else ALL_CHECKS
+    response = case.call_and_validate(headers=auth(ADMIN_TOKEN), checks=checks)
     assert response.status_code < 500, response.text
