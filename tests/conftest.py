@@ -29,6 +29,10 @@ ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 # generated tokens, which only development allows, so it opts in here, for itself and the
 # processes it starts. Tests about production ask for it by name.
 os.environ["PRETRAIN_ENVIRONMENT"] = "development"
+# Two workers share two cores, each starting trainers beside services: a torch process with more
+# OpenMP threads than it has cores to itself spins waiting for them (a 0.3 s step took 3-7 s).
+# One thread per process, unless the caller chose otherwise.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
