@@ -115,8 +115,16 @@ def clean_level(api: ApiClient, job_id: int, name: str) -> float:
     )
 
 
-def assert_caught_and_rolled_back_once(deployment: Deployment, job: dict[str, Any]) -> None:
-    """The shared verdict of the two garbage runs: caught, one rollback, resumed past it, finished."""
+def assert_caught_and_rolled_back_once(
+    deployment: Deployment, job: dict[str, Any], *, watchdog_was_down: bool = False
+) -> None:
+    """The shared verdict of the two garbage runs: caught, one rollback, resumed past it, finished.
+
+    The rollback goes to the newest checkpoint a margin before the onset. While the watchdog was
+    down, retention kept only what an episode open at its mark would need, and `keep_last`
+    pruned the rest as the trainer ran on (retention stays bounded during an outage): then the
+    newest one a margin before the onset that was not pruned.
+    """
     api, job_id = deployment.api, job["id"]
     log = events(api, job_id)
     spec = job["spec"]["watchdog"]
@@ -135,10 +143,13 @@ def assert_caught_and_rolled_back_once(deployment: Deployment, job: dict[str, An
     ]
     checkpoints = {c["id"]: c for c in api.checkpoints(job_id)}
     resumed = checkpoints[attempts[1]["resume_from_checkpoint_id"]]
+    pruned = [c for c in checkpoints.values() if (c["unusable_reason"] or "").startswith("pruned: keep_last")]
     before = [
         c["step"]
         for c in checkpoints.values()
-        if c["attempt"] == 0 and c["step"] <= onset - spec["rollback_margin_steps"]
+        if c["attempt"] == 0
+        and c["step"] <= onset - spec["rollback_margin_steps"]
+        and not (watchdog_was_down and c in pruned)
     ]
     assert resumed["attempt"] == 0 and resumed["step"] == max(before) < GARBAGE[0]
     # What attempt 0 saved past that point (its last save on SIGTERM included) is never offered again.
@@ -305,7 +316,7 @@ def test_controller_and_watchdog_restarted_mid_run_lose_nothing(deployment: Depl
 
     done = wait_for_state(deployment, job["id"], "succeeded")
 
-    assert_caught_and_rolled_back_once(deployment, done)
+    assert_caught_and_rolled_back_once(deployment, done, watchdog_was_down=True)
     log = events(api, job["id"])
     spikes = [e for e in kinds(log, "verdict.spike") if e["data"]["channel"] == "en"]
     assert len(spikes) == 1, "a redelivered record is not judged twice"

@@ -23,6 +23,7 @@ keeps the newest `keep_last` itself.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -33,7 +34,8 @@ import pickle
 import re
 import shutil
 import signal
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from multiprocessing.managers import SyncManager
 from pathlib import Path
@@ -457,8 +459,28 @@ def _results_queue_that_outlives_sigterm() -> None:
     if filesystem_async._results_queue is not None:
         return
     manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
-    manager.start(initializer=functools.partial(signal.signal, signal.SIGTERM, signal.SIG_IGN))
+    with _main_module_hidden():
+        manager.start(initializer=functools.partial(signal.signal, signal.SIGTERM, signal.SIG_IGN))
     filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager alive
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Start a spawned process without importing this process's main module into it.
+
+    A spawned child imports the parent's `__main__` (here `trainer.train`: torch and megatron,
+    2.5 s of CPU and of the first save's wall time) so that functions defined there unpickle.
+    The queue's manager runs nothing of ours; without the module's name and file to go by,
+    the child imports only what it unpickles.
+    """
+    main = sys.modules["__main__"]
+    saved = {name: main.__dict__.pop(name) for name in ("__spec__", "__file__") if name in main.__dict__}
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        del main.__spec__
+        main.__dict__.update(saved)
 
 
 def _delete(checkpoint: Path, *, attempt: int) -> bool:
