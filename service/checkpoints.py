@@ -49,13 +49,13 @@ def job_directory(job_id: int, job_name: str, settings: Settings) -> str:
 
 
 def report_path_problem(path: str, directory: str) -> str | None:
-    """Why a reported checkpoint `path` is not a directory under the job's `directory`; None
-    if it is. Judged on the text: the trainer's volume need not be mounted here."""
+    """Why a path a workload reports (a checkpoint, a tokenizer job's result) is not under the
+    job's `directory`; None if it is. Judged on the text: the volume need not be mounted here."""
     reported, root = PurePosixPath(path), PurePosixPath(directory)
     if ".." in reported.parts:
-        return f"{path!r} has a '..' segment; report the checkpoint directory under {directory}"
+        return f"{path!r} has a '..' segment; report a path under {directory}"
     if not reported.is_absolute() or reported == root or not reported.is_relative_to(root):
-        return f"{path!r} is not under this job's checkpoint directory {directory}"
+        return f"{path!r} is not under this job's directory {directory}"
     return None
 
 

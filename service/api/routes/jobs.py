@@ -6,8 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 
-from service import attempts, jobs
+from service import attempts, checkpoints, jobs
 from service.api.auth import JobReporterDep, OncallDep, SubmitterDep, ViewerDep
 from service.api.deps import MAX_ID, JobId, NotifierDep, SessionDep, SettingsDep
 from service.api.schemas import (
@@ -173,8 +174,16 @@ def list_events(
     response_model=JobPublic,
     responses={404: {"description": "No such job."}, 409: {"description": "Not a tokenizer job, finished, or another attempt's."}},
 )
-def report_result(job_id: JobId, body: JobResultReport, session: SessionDep, principal: JobReporterDep) -> JobPublic:
+def report_result(
+    job_id: JobId, body: JobResultReport, session: SessionDep, settings: SettingsDep, principal: JobReporterDep
+) -> JobPublic:
     """Store what a tokenizer job made (its own token): the path it wrote and its report."""
+    job = repo.get_job(session, job_id=job_id)
+    if (problem := checkpoints.report_path_problem(body.path, checkpoints.job_directory(job.id, job.name, settings))) is not None:
+        # The result is what a later job's `options.base` or `tokenizer.path` reads: this job's own.
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("body", "path"), "msg": problem, "input": body.path}]
+        )
     job = jobs.record_result(session, job_id=job_id, actor=principal.name, **body.model_dump())
     return JobPublic.model_validate(job)
 

@@ -8,16 +8,19 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from service import checkpoints
 from service.db.models import Event, Role
 from service.db.session import get_sessionmaker
 from service.tokens import mint_token
 from tests.conftest import auth
 
-RESULT = {
-    "attempt": 0,
-    "path": "/checkpoints/zh-tokenizer-1/tokenizer",
-    "report": {"layout": {"vocab_size": 1010, "padded_vocab_size": 1024}},
-}
+REPORT = {"layout": {"vocab_size": 1010, "padded_vocab_size": 1024}}
+
+
+def result(settings, job: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """The report of attempt 0 of `job`: the tokenizer it wrote into its own directory."""
+    path = f"{checkpoints.job_directory(job['id'], job['name'], settings)}/tokenizer"
+    return {"attempt": 0, "path": path, "report": REPORT} | changes
 
 
 def tokenizer_spec(**changes: Any) -> dict[str, Any]:
@@ -67,18 +70,18 @@ def test_an_invalid_tokenizer_spec_is_refused_with_field_paths(app_client, token
 
 def test_the_jobs_own_token_reports_its_result(app_client, settings, session, job):
     response = app_client.post(
-        f"/v1/jobs/{job['id']}/result", json=RESULT, headers=auth(job_token(settings, job["id"]))
+        f"/v1/jobs/{job['id']}/result", json=result(settings, job), headers=auth(job_token(settings, job["id"]))
     )
     assert response.status_code == 200, response.text
-    assert response.json()["result"] == RESULT
+    assert response.json()["result"] == result(settings, job)
     kinds = session.scalars(select(Event.kind).where(Event.job_id == job["id"])).all()
     assert "result.reported" in kinds
 
 
 def test_a_retried_report_replaces_the_first(app_client, settings, job):
     token = auth(job_token(settings, job["id"]))
-    app_client.post(f"/v1/jobs/{job['id']}/result", json=RESULT, headers=token)
-    again = RESULT | {"report": {"layout": {"vocab_size": 1}}}
+    app_client.post(f"/v1/jobs/{job['id']}/result", json=result(settings, job), headers=token)
+    again = result(settings, job, report={"layout": {"vocab_size": 1}})
     response = app_client.post(f"/v1/jobs/{job['id']}/result", json=again, headers=token)
     assert response.status_code == 200 and response.json()["result"]["report"] == again["report"]
 
@@ -92,7 +95,7 @@ def test_nobody_else_may_report_a_result(app_client, settings, tokens, job, who)
         token = job_token(settings, other["id"])
     else:
         token = tokens[who]
-    response = app_client.post(f"/v1/jobs/{job['id']}/result", json=RESULT, headers=auth(token))
+    response = app_client.post(f"/v1/jobs/{job['id']}/result", json=result(settings, job), headers=auth(token))
     assert response.status_code == 403
 
 
@@ -100,19 +103,40 @@ def test_a_result_for_another_attempt_or_a_pretrain_job_is_a_conflict(
     app_client, settings, tokens, tiny_spec, job
 ):
     token = auth(job_token(settings, job["id"]))
-    stale = app_client.post(f"/v1/jobs/{job['id']}/result", json=RESULT | {"attempt": 3}, headers=token)
+    stale = app_client.post(f"/v1/jobs/{job['id']}/result", json=result(settings, job, attempt=3), headers=token)
     assert stale.status_code == 409 and "attempt 0, not 3" in stale.json()["detail"]
 
     pretrain = app_client.post("/v1/jobs", json=tiny_spec, headers=auth(tokens["alice"])).json()
     response = app_client.post(
-        f"/v1/jobs/{pretrain['id']}/result", json=RESULT, headers=auth(tokens["admin"])
+        f"/v1/jobs/{pretrain['id']}/result", json=result(settings, pretrain), headers=auth(tokens["admin"])
     )
     assert response.status_code == 409 and "only tokenizer jobs" in response.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    "where",
+    ["../../etc", "/etc/passwd", "own/../../other-9/tokenizer", "own", "relative/tokenizer", "other"],
+)
+def test_a_result_outside_the_jobs_own_directory_is_refused_naming_the_path(app_client, settings, tokens, job, where):
+    """A later job reads a tokenizer job's result (options.base, tokenizer.path): it must be its own."""
+    own = checkpoints.job_directory(job["id"], job["name"], settings)
+    path = {
+        "own": own,  # the directory itself, not something in it
+        "other": f"{settings.checkpoint_root}/other-9/tokenizer",
+        "own/../../other-9/tokenizer": f"{own}/../../other-9/tokenizer",
+    }.get(where, where)
+    response = app_client.post(
+        f"/v1/jobs/{job['id']}/result", json=result(settings, job, path=path), headers=auth(job_token(settings, job["id"]))
+    )
+    assert response.status_code == 422, response.text
+    (problem,) = response.json()["detail"]
+    assert problem["loc"] == ["body", "path"] and own in problem["msg"]
+    assert app_client.get(f"/v1/jobs/{job['id']}", headers=auth(tokens["viewer"])).json()["result"] is None
+
+
 def test_a_malformed_result_is_refused(app_client, settings, job):
     token = auth(job_token(settings, job["id"]))
-    for body in ({"path": "/x", "report": {}}, RESULT | {"extra": 1}, RESULT | {"path": ""}):
+    for body in ({"path": "/x", "report": {}}, result(settings, job, extra=1), result(settings, job, path="")):
         response = app_client.post(f"/v1/jobs/{job['id']}/result", json=body, headers=token)
         assert response.status_code == 422, body
 
