@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -97,7 +98,7 @@ def spec_pool(workers: int) -> ProcessPoolExecutor:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(WORKER_MODULES)
             _pools[workers] = ProcessPoolExecutor(
-                workers, mp_context=context, initializer=os.nice, initargs=(WORKER_NICENESS,)
+                workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
             )
         return _pools[workers]
 
@@ -106,6 +107,22 @@ def warm_spec_pool(workers: int) -> None:
     """Start the spec workers now, so that the first specs sent do not wait for them."""
     pool = spec_pool(workers)
     wait([pool.submit(os.getpid) for _ in range(workers)])  # one process starts per task queued
+
+
+def _start_worker(server: int) -> None:
+    """First in each spec worker: a lower priority, and an end when the server ends.
+
+    concurrent.futures stops its workers when the server exits cleanly, but not when a signal
+    ends it (uvicorn re-raises SIGTERM once it has shut down; the kernel kills for memory): the
+    workers, children of the forkserver, would wait for work forever.
+    """
+    os.nice(WORKER_NICENESS)
+    threading.Thread(target=_exit_with, args=(os.pidfd_open(server),), name="server-watch", daemon=True).start()
+
+
+def _exit_with(server: int) -> None:
+    select.select([server], [], [])  # a process's pidfd is readable once it has ended
+    os._exit(0)
 
 
 def _discard_pool(workers: int) -> None:

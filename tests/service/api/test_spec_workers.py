@@ -10,10 +10,13 @@ import json
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -133,3 +136,35 @@ def test_a_worker_that_dies_is_replaced_by_a_fresh_pool(settings: Settings, toke
     with TestClient(create_app(lone)) as client:
         response = client.post("/v1/plan", json=tiny_spec, headers=auth(tokens["viewer"]))
     assert response.status_code == 200, response.text
+
+
+def test_the_workers_end_when_a_signal_ends_the_server():
+    # uvicorn re-raises SIGTERM after its shutdown, so the server never joins its pool: before,
+    # its workers (children of the forkserver) waited for work forever, one set per restart.
+    server = subprocess.run(
+        [sys.executable, "-c", KILLED_SERVER], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert server.returncode == -signal.SIGKILL, server.stderr
+    workers = [int(pid) for pid in server.stdout.split()]
+    assert len(workers) == 2
+    deadline = time.monotonic() + 120
+    while alive := [pid for pid in workers if Path(f"/proc/{pid}").exists() and not zombie(pid)]:
+        assert time.monotonic() < deadline, f"workers {alive} outlived their server"
+        time.sleep(0.2)
+
+
+# A server with a warm pool of two, killed by a signal: it prints its workers' pids first.
+KILLED_SERVER = """
+import os, signal
+from service.api.spec_body import spec_pool, warm_spec_pool
+warm_spec_pool(2)
+print(*spec_pool(2)._processes, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return False
