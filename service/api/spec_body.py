@@ -117,12 +117,24 @@ def _start_worker(server: int) -> None:
     workers, children of the forkserver, would wait for work forever.
     """
     os.nice(WORKER_NICENESS)
-    threading.Thread(target=_exit_with, args=(os.pidfd_open(server),), name="server-watch", daemon=True).start()
+    threading.Thread(target=_exit_with, args=(server,), name="server-watch", daemon=True).start()
 
 
 def _exit_with(server: int) -> None:
-    select.select([server], [], [])  # a process's pidfd is readable once it has ended
+    try:
+        select.select([os.pidfd_open(server)], [], [])  # readable once that process has ended
+    except (AttributeError, OSError):  # no pidfds (macOS, Linux before 5.3), or already gone
+        while _exists(server):
+            time.sleep(1)
     os._exit(0)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _discard_pool(workers: int) -> None:
