@@ -21,6 +21,7 @@ from fastapi import FastAPI
 
 from service import tasks
 from service.api.app import create_app
+from service.api.spec_body import warm_spec_pool
 from service.controller.loop import Controller, backend_for
 from service.db.session import get_sessionmaker
 from service.settings import Settings, get_settings
@@ -92,6 +93,7 @@ def serve(settings: Settings, *, host: str, port: int, say: Callable[[str], None
         app = embedded_api(settings)
     else:
         app = api(settings)
+    warm_spec_pool(settings.spec_workers)  # before the first spec, not while it waits
     uvicorn.run(app, host=host, port=port, log_level=settings.log_level)
 
 

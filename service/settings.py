@@ -162,8 +162,8 @@ class Settings(BaseSettings):
         4,
         ge=1,
         le=64,
-        description="Threads that parse and validate job specs, apart from those serving the "
-        "other routes, so that slow specs queue among themselves.",
+        description="Processes that parse and validate job specs, apart from the server's, so "
+        "that slow specs queue among themselves and never hold the event loop.",
     )
     spec_rate_per_s: float = Field(
         5.0,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -33,20 +32,19 @@ SpecFormat = Literal["json", "yaml"]
 
 
 class Budget:
-    """The time a request may spend parsing and validating; stopped early when the client goes."""
+    """The time a request may spend parsing and validating.
+
+    Its deadline is on `time.monotonic`, one clock for every process on Linux: a budget pickled
+    to a spec worker process keeps the deadline the request set.
+    """
 
     def __init__(self, seconds: float | None = None) -> None:
         self.seconds = seconds
         self._deadline = None if seconds is None else time.monotonic() + seconds
-        self._stopped = threading.Event()
 
     @property
     def remaining(self) -> float | None:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
-
-    def stop(self) -> None:
-        """Make the next `check` fail: nobody waits for this work any more."""
-        self._stopped.set()
 
     def spent(self) -> SpecInvalid:
         if self.seconds is None:
@@ -58,8 +56,8 @@ class Budget:
         )
 
     def check(self) -> None:
-        """SpecInvalid once the budget is spent or the work was stopped."""
-        if self._stopped.is_set() or (self._deadline is not None and time.monotonic() > self._deadline):
+        """SpecInvalid once the budget is spent."""
+        if self._deadline is not None and time.monotonic() > self._deadline:
             raise self.spent()
 
 

@@ -38,6 +38,10 @@ class SpecInvalid(ServiceError):
         count = f"{len(problems)} problems" if len(problems) != 1 else "1 problem"
         super().__init__(f"invalid job spec ({count}): " + "; ".join(map(str, problems)))
 
+    def __reduce__(self) -> tuple:
+        """Rebuilt from its problems, not its message: it comes back from spec worker processes."""
+        return type(self), (self.problems,)
+
 
 def format_loc(loc: Iterable[str | int]) -> str:
     """`["stages", 1, "seq_length"]` → `stages[1].seq_length`."""

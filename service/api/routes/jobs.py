@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request, status
@@ -57,7 +58,7 @@ async def submit_job(
     """Validate a job spec (JSON or YAML), store it with attempt 0, and return it."""
     # Admitted before the database is touched: authentication has already given its connection
     # back, so no connection waits on a spec being parsed and validated.
-    submission = await handle_spec(request, principal, lambda raw: jobs.admit_submission(raw, settings=settings))
+    submission = await handle_spec(request, principal, partial(jobs.admit_submission, settings=settings))
     job = await run_in_threadpool(_store, session, submission, principal)
     notifier.job_changed(job.id, "submitted")
     return job

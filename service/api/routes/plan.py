@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -27,5 +28,5 @@ async def plan(
     return await handle_spec(
         request,
         principal,
-        lambda raw: plan_spec(raw, request.app.state.settings, gpus=gpus, days=days, token_budget=token_budget, deadline_days=deadline_days),
+        partial(plan_spec, settings=request.app.state.settings, gpus=gpus, days=days, token_budget=token_budget, deadline_days=deadline_days),
     )
