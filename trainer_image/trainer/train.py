@@ -25,7 +25,7 @@ from megatron.core.distributed import finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from trainer import data, faults, model, outcome, parallel
+from trainer import children, data, faults, model, outcome, parallel
 from trainer.checkpoint import CheckpointManager
 from trainer.config import (
     TrainerConfig,
@@ -370,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.config:
         parser.error("--config is required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    children.end_with_this_process()  # a checkpoint writer never outlives a killed trainer
     rank = int(os.environ.get("RANK", "0"))
     result_path = outcome.result_path_of(args.config, args.override)
     trainer: Trainer | None = None
