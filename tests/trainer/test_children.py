@@ -1,12 +1,16 @@
-"""A process the trainer forks (dist_checkpointing's writers) dies when the trainer is killed."""
+"""What the trainer starts (checkpoint writers, the results queue's server) dies when it is killed."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+from tests.trainer.test_train import RUN_TIMEOUT_S, tiny_config
 
 # Forks a child that would sleep for a minute, prints its pid, then waits to be killed.
 PARENT = """
@@ -69,3 +73,41 @@ def test_without_the_hook_the_orphan_lives_on():
 def test_a_child_forked_from_another_thread_is_left_alone():
     # The death signal follows the forking thread, which may end long before the process.
     assert _child_after_parent_killed("hooked", forked_from="thread") is True
+
+
+def _processes_in(folder: Path) -> list[int]:
+    """Live processes whose working directory is `folder`: what a trainer started there."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry.name}/cwd") == str(folder) and _alive(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_a_trainer_killed_after_its_first_save_leaves_no_process_behind(tmp_path):
+    config = tiny_config(tmp_path, steps=400, checkpoint={"interval_steps": 2})
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "trainer.train", "--config", "config.json"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not (tmp_path / "ckpt" / "step-00000004").exists():
+            assert trainer.poll() is None and time.monotonic() < deadline, "no checkpoint was saved"
+            time.sleep(0.1)
+        started = _processes_in(tmp_path)
+        assert len(started) > 1  # the trainer and the server its saves go through
+        trainer.send_signal(signal.SIGKILL)
+        trainer.wait()
+        deadline = time.monotonic() + 5
+        while _processes_in(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _processes_in(tmp_path) == []
+    finally:
+        for pid in _processes_in(tmp_path):
+            os.kill(pid, signal.SIGKILL)

@@ -33,7 +33,6 @@ import os
 import pickle
 import re
 import shutil
-import signal
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.strategies import filesystem_async
 
+from trainer import children
 from trainer.model import unwrap
 from trainer.report import ingest_token, post_checkpoint
 
@@ -454,13 +454,14 @@ def _results_queue_that_outlives_sigterm() -> None:
     torchrun stops a worker by signalling its whole process group. The queue's manager
     process, which dist_checkpointing spawns at the first save, is in that group and would die
     of the SIGTERM while the trainer, which handles it, goes on to save a last checkpoint
-    through that very queue (BrokenPipeError). Only the process group's SIGKILL ends it now.
+    through that very queue (BrokenPipeError). Only the process group's SIGKILL ends it now,
+    or the trainer's death: a trainer killed outright takes it along (trainer.children).
     """
     if filesystem_async._results_queue is not None:
         return
     manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
     with _main_module_hidden():
-        manager.start(initializer=functools.partial(signal.signal, signal.SIGTERM, signal.SIG_IGN))
+        manager.start(initializer=functools.partial(children.start_server_deaf_to_sigterm, os.getpid()))
     filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager alive
 
 

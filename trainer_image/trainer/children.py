@@ -1,12 +1,15 @@
-"""Processes the trainer forks end with it.
+"""Processes the trainer starts end with it.
 
-dist_checkpointing's writer forks worker processes (the `fork` context) that carry the
-trainer's command line. A trainer killed mid-save (OOM killer, `kill -9`, a node agent) would
-leave them orphaned, still writing into a checkpoint nobody will publish and still holding the
-workload's lock, so the next attempt's trainer would share the machine with a dead one's
-writers. In a pod the container's end kills them too; everywhere else this does: each child
-forked from the main thread asks the kernel for SIGKILL when its parent dies (Linux
-`PR_SET_PDEATHSIG`). Other systems keep the default.
+A trainer killed outright (OOM killer, `kill -9`, a node agent) runs no clean-up, and two kinds
+of process it starts would outlive it: dist_checkpointing's writers, forked mid-save, which
+carry the trainer's command line, go on writing into a checkpoint nobody will publish and hold
+the workload's lock; and the checkpoint results queue's server (checkpoint.py), spawned at the
+first save and deaf to SIGTERM by design, which would wait forever. In a pod the container's end
+kills them all; everywhere else this does: each asks the kernel for SIGKILL when its parent
+dies (Linux `PR_SET_PDEATHSIG`). Other systems keep the default.
+
+The signal follows the *thread* that started the child, so only children started from the main
+thread ask for it; the trainer starts both kinds there.
 """
 
 from __future__ import annotations
@@ -18,34 +21,43 @@ import sys
 import threading
 
 PR_SET_PDEATHSIG = 1
+LINUX = sys.platform.startswith("linux")
 
 _registered = False
+_forking_from: dict[str, int | bool] = {}
 
 
 def end_with_this_process() -> None:
     """From now on, every child forked from the main thread is killed when this process dies."""
     global _registered
-    if _registered or not sys.platform.startswith("linux"):
+    if _registered or not LINUX:
         return
-    os.register_at_fork(before=_note_forking_thread, after_in_child=_die_with_parent)
+    os.register_at_fork(before=_note_forking_thread, after_in_child=_after_fork_in_child)
     _registered = True
 
 
-_forker: dict[str, int | bool] = {}
-
-
-def _note_forking_thread() -> None:
-    # The signal follows the forking *thread*: one forked from a thread that may end first
-    # would die with that thread, so only the main thread's children get it.
-    _forker["main"] = threading.current_thread() is threading.main_thread()
-    _forker["pid"] = os.getpid()
-
-
-def _die_with_parent() -> None:
-    if not _forker.get("main"):
+def die_with_parent(parent: int) -> None:
+    """In a child of `parent`: SIGKILL when it dies; exit at once if it already has."""
+    if not LINUX:
         return
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         return
-    if os.getppid() != _forker.get("pid"):  # the parent died before the request took hold
+    if os.getppid() != parent:  # it died before the request took hold
         os._exit(1)
+
+
+def start_server_deaf_to_sigterm(parent: int) -> None:
+    """Initializer of a server process the trainer spawns: SIGTERM ignored, SIGKILL with `parent`."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent(parent)
+
+
+def _note_forking_thread() -> None:
+    _forking_from["main"] = threading.current_thread() is threading.main_thread()
+    _forking_from["pid"] = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    if _forking_from.get("main"):
+        die_with_parent(int(_forking_from["pid"]))
