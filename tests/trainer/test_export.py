@@ -71,7 +71,7 @@ def tiny_config(tmp: Path, **model) -> dict:
 
 
 def run(command: list[str], cwd: Path, *, nproc: int = 1) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1" if nproc > 1 else "2"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         command, cwd=cwd, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
     )
