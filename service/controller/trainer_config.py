@@ -127,6 +127,12 @@ def render_trainer_config(
                 else BYTE_TOKENIZER
             ),
             "cache_dir": None,
+            "split": spec.data.split,
+            "reset_position_ids": spec.data.reset_position_ids,
+            "reset_attention_mask": spec.data.reset_attention_mask,
+            "eod_mask_loss": spec.data.eod_mask_loss,
+            "mmap_bin_files": spec.data.mmap_bin_files,
+            "trace_dir": None,
             "skip_ranges": _ranges(attempt.skip_ranges),
         },
         "checkpoint": _checkpoint(spec.checkpoint, job.id, job.name, resume_from, settings),

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from service.spec.fields import (
     IDENTIFIER_MAX_LENGTH,
+    Flag,
     IDENTIFIER_PATTERN,
     MAX_PATH_LENGTH,
     NonNegativeSteps,
@@ -61,6 +62,46 @@ class DataSource(Section):
         "ranges (steps of the run as first planned) in which this channel's samples are "
         "replaced by random tokens. Every plan of such a spec carries a warning.",
     )
+
+
+# Megatron-LM's default: 96.9% of each source's documents train, 3% are held out for evaluation.
+DEFAULT_SPLIT = "969,30,1"
+SPLIT_PATTERN = r"^\s*\d+(\.\d*)?(\s*,\s*\d+(\.\d*)?){0,2}\s*$"
+
+
+class DataSpec(Section):
+    """How every source's documents are split, packed into sequences and masked: Megatron's
+    options of the same names, with its defaults."""
+
+    split: str = Field(
+        DEFAULT_SPLIT,
+        max_length=64,
+        pattern=SPLIT_PATTERN,
+        description="train,valid,test shares of each source's documents (Megatron's --split). "
+        "Evaluation reads only valid documents, which are never trained on.",
+    )
+    reset_position_ids: Flag = Field(
+        False, description="Positions restart at 0 after each end-of-document token in a sequence."
+    )
+    reset_attention_mask: Flag = Field(
+        False, description="Tokens attend only within their own document in a packed sequence."
+    )
+    eod_mask_loss: Flag = Field(
+        False, description="No loss on the prediction made from an end-of-document token."
+    )
+    mmap_bin_files: Flag = Field(
+        True, description="Memory-map the sources' .bin files; false reads them on demand."
+    )
+
+    @field_validator("split")
+    @classmethod
+    def _train_share(cls, split: str) -> str:
+        shares = [float(share) for share in split.split(",")]
+        if shares[0] <= 0:
+            raise ValueError("the train share (the first) must be positive")
+        if len(shares) > 1 and shares[1] <= 0:
+            raise ValueError("the valid share (the second) must be positive: evaluation reads it")
+        return split
 
 
 def embedded_corpus_problems(loc: list[str | int], corpus: str) -> Iterator[Problem]:

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field
 
+from service.spec.data import DataSpec
 from service.spec.fields import (
     NAME_MAX_LENGTH,
     NAME_PATTERN,
@@ -68,6 +69,9 @@ class JobSpec(Section):
     schedule: ScheduleSpec = Field(description="Learning-rate schedule.")
     stages: list[StageSpec] = Field(min_length=1, description="Training stages, run in order.")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpointing.")
+    data: DataSpec = Field(
+        default_factory=DataSpec, description="How sources are split, packed and masked."
+    )
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Held-out evaluation.")
     watchdog: WatchdogSpec = Field(default_factory=WatchdogSpec, description="Loss anomaly policy.")
     allow_over_memory: Flag = Field(

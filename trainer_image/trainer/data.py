@@ -1,47 +1,68 @@
-"""Token streams per channel, mixed by stage weights, addressed by position alone.
+"""Training data on megatron-core's datasets: per source a `GPTDataset`, per stage a `BlendedDataset`.
 
-Every channel is one flat token stream: an embedded corpus (`embedded://code|en|zh`, built
-from what Python and jieba ship, tokenized once and cached on disk) or a Megatron `.bin/.idx`
-dataset (its documents concatenated, memory-mapped). The last ~1% of each stream is held out
-for evaluation and never sampled for training.
+Each channel reads a prepared `.bin/.idx` pair (`trainer.corpora`), one document a sequence,
+each ending in EOD. Megatron's semantics, exactly:
 
-Sample `j` of global batch `k` is a pure function of `(seed, k, j)` and the stage's weights:
-a counter-based hash picks its channel by weight and a window start uniformly in that
-channel's training region. There is no iterator state, so a resume at step `t` rebuilds
-exactly the batches the first attempt saw, whatever the data-parallel size, and a skip range
-(see `batch_index`) drops exactly the batches it names.
+* **split by document**: the pair's documents are cut into train/valid/test by `split` (e.g.
+  "969,30,1") as Megatron does, contiguous ranges of documents; training reads only the train
+  documents, evaluation only the valid ones, so no held-out document is ever trained on;
+* **without replacement within an epoch**: a source's training samples are a `GPTDataset`:
+  its documents shuffled and packed back to back across document boundaries into sequences of
+  `seq_length + 1` tokens, and those sequences shuffled; one epoch visits each once. Epoch `e`
+  is another `GPTDataset`, reshuffled with seed `seed + e` (and the stage's offset), so the
+  order never depends on how long the run is;
+* **blended by weight**: a stage's mixture is a `BlendedDataset` over its sources, whose
+  greedy index keeps every source's count within one sample of its weight at every prefix; it
+  is built for as many samples as asked and grown when more are needed, which changes no
+  sample already drawn (the greedy index has no look-ahead).
+
+Sample `n` of a stage is a pure function of `(seed, stage, n)`. Global batch `k` holds samples
+`(k - first) * B ... (k - first + 1) * B - 1`, where `first` is the batch index the stage began
+at, so a resume at step `t` at any data-parallel size rebuilds exactly the batches the first
+attempt saw, and a skip range (see `batch_index`) drops exactly the samples of the batches it
+names: they are never trained on, and the data after them is the data that would have come
+next. Corrupt ranges (demo and drill faults) replace one channel's samples in named batches.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
+import logging
 import math
-import os
-import sys
-import sysconfig
-import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
+from megatron.core.datasets.blended_dataset import BlendedDataset
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+from megatron.core.datasets.utils import Split
 
+from trainer.corpora import (
+    EMBEDDED_CORPORA,
+    SourceUnavailable,
+    embedded_documents,
+    encode_documents,
+    prepared_source,
+    write_indexed_dataset,
+)
 from trainer.ranges import batch_index, merge_ranges
 from trainer.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = [
+    "EMBEDDED_CORPORA",
     "Batch",
     "ChannelSpec",
+    "DataOptions",
     "MixtureDataset",
+    "SourceUnavailable",
     "batch_index",
     "counter_hash",
-    "embedded_cache_path",
-    "embedded_corpus",
     "embedded_documents",
     "encode_documents",
-    "indexed_stream",
-    "load_stream",
     "load_tokenizer",
     "merge_ranges",
     "micro_batches",
@@ -49,244 +70,40 @@ __all__ = [
     "write_indexed_dataset",
 ]
 
-DATA_VERSION = 1
-"""Bump when an embedded corpus's construction changes; it is part of every cache key."""
-EMBEDDED_CORPORA = ("code", "en", "zh")
-EMBEDDED_SCHEME = "embedded://"
-INDEXED_SCHEME = "indexed://"
-DEFAULT_CACHE_DIR = Path("~/.cache/pretrain-orchestrator/corpora")
-EVAL_FRACTION = 0.01
-"""Share of each stream's tail held out for evaluation (at least enough for the eval windows)."""
+log = logging.getLogger(__name__)
+# Megatron's builders log a dozen INFO lines for every epoch built, and warn that indices are not
+# cached on disk: they are built in memory on purpose (see `path_to_cache` below).
+logging.getLogger("megatron.core.datasets").setLevel(logging.ERROR)
 
-# Parts of the standard library that are generated tables, legacy or GUI code, or the `en`
-# corpus itself; leaving them out keeps `code` at a few MB of ordinary Python.
-_CODE_SKIP_DIRS = frozenset(
-    {
-        "site-packages",
-        "dist-packages",
-        "__pycache__",
-        "test",
-        "tests",
-        "idle_test",
-        "idlelib",
-        "encodings",
-        "pydoc_data",
-        "distutils",
-        "lib2to3",
-        "tkinter",
-        "turtledemo",
-        "ensurepip",
-    }
-)
-_ZH_SEED = 20240611
-_ZH_SENTENCES = 36_000
-_ZH_COMMA_PROBABILITY = 0.12
+DEFAULT_SPLIT = "969,30,1"
+"""Megatron-LM's default train/valid/test split of each source's documents."""
+_EPOCHS_CACHED = 2
+_STAGE_SEED_STRIDE = 1_000_003
+"""Stage `s` shuffles with `seed + s * stride + epoch`: a source used again in a later stage is
+drawn in another order rather than replayed from its first sample."""
+_MIN_BLEND = 1024
 
 
-# --------------------------------------------------------------------------- corpora
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+    """How sequences are cut and masked: Megatron's options of the same names."""
 
+    split: str = DEFAULT_SPLIT
+    reset_position_ids: bool = False
+    """Positions restart at 0 after each EOD inside a sequence."""
+    reset_attention_mask: bool = False
+    """Tokens attend only within their own document inside a packed sequence."""
+    eod_mask_loss: bool = False
+    """No loss on predicting from an EOD token."""
+    mmap_bin_files: bool = True
+    """Memory-map the `.bin` files (else read them on demand)."""
 
-def encode_documents(tokenizer: Tokenizer, documents: Sequence[str]) -> np.ndarray:
-    """Tokenize documents into one flat array, each document followed by `eos_id`."""
-    fast = getattr(tokenizer, "encode_documents", None)
-    if fast is not None:
-        return fast(documents)
-    dtype = _token_dtype(tokenizer.vocab_size)
-    pieces = [
-        np.asarray([*tokenizer.encode(doc), tokenizer.eos_id], dtype=dtype) for doc in documents
-    ]
-    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
-
-
-def embedded_documents(name: str) -> list[str]:
-    """The documents of one embedded corpus, in a fixed order."""
-    if name == "code":
-        return _code_documents()
-    if name == "en":
-        return _en_documents()
-    if name == "zh":
-        return _zh_documents()
-    raise ValueError(f"unknown embedded corpus {name!r}; expected one of {EMBEDDED_CORPORA}")
-
-
-def embedded_corpus(
-    name: str, tokenizer: Tokenizer, cache_dir: str | Path | None = None
-) -> np.ndarray:
-    """The token stream of an embedded corpus, memory-mapped from the on-disk cache.
-
-    The first call in a cache directory tokenizes and writes `<name>-<tokenizer>-v<N>-<src>.npy`
-    atomically (temporary file, then rename), so ranks racing to build it never read a
-    partial file; every later call only maps it.
-    """
-    path = embedded_cache_path(name, tokenizer, cache_dir)
-    if not path.exists():
-        tokens = encode_documents(tokenizer, embedded_documents(name))
-        _save_atomically(path, tokens)
-    return np.load(path, mmap_mode="r")
-
-
-def embedded_cache_path(name: str, tokenizer: Tokenizer, cache_dir: str | Path | None) -> Path:
-    """Where `embedded_corpus` caches a corpus: keyed by corpus, tokenizer and source version."""
-    if name not in EMBEDDED_CORPORA:
-        raise ValueError(f"unknown embedded corpus {name!r}; expected one of {EMBEDDED_CORPORA}")
-    source = _embedded_source_version(name)
-    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
-    folder = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
-    return folder / f"{name}-{tokenizer.name}-v{DATA_VERSION}-{digest}.npy"
-
-
-def _embedded_source_version(name: str) -> str:
-    if name == "zh":
-        import jieba
-
-        return f"jieba-{jieba.__version__}-{_ZH_SEED}-{_ZH_SENTENCES}"
-    return f"python-{sys.version.split()[0]}"
-
-
-def _save_atomically(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as stream:
-            np.save(stream, array)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _code_documents() -> list[str]:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    documents = []
-    for folder, subfolders, files in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if d not in _CODE_SKIP_DIRS)
-        for file in sorted(files):
-            if file.endswith(".py"):
-                raw = (Path(folder) / file).read_bytes()
-                documents.append(raw.decode("utf-8", errors="replace"))
-    return documents
-
-
-def _en_documents() -> list[str]:
-    from pydoc_data.topics import topics
-
-    return [topics[key] for key in sorted(topics)]
-
-
-def _zh_documents() -> list[str]:
-    """Sentences of 8-30 words drawn by frequency from jieba's dictionary, seeded."""
-    words, frequencies = _jieba_words()
-    rng = np.random.Generator(np.random.Philox(key=_ZH_SEED))
-    cdf = np.cumsum(frequencies, dtype=np.float64)
-    cdf /= cdf[-1]
-    sentence_lengths = rng.integers(8, 31, size=_ZH_SENTENCES)
-    word_ids = np.searchsorted(cdf, rng.random(int(sentence_lengths.sum())), side="right")
-    punctuation = np.where(rng.random(word_ids.size) < _ZH_COMMA_PROBABILITY, "，", "")
-    sentence_ends = np.cumsum(sentence_lengths)
-    punctuation = punctuation.astype(object)
-    punctuation[sentence_ends - 1] = "。"
-    pieces = np.empty(2 * word_ids.size, dtype=object)
-    pieces[0::2] = np.asarray(words, dtype=object)[np.minimum(word_ids, len(words) - 1)]
-    pieces[1::2] = punctuation
-    documents = []
-    sentence = 0
-    while sentence < _ZH_SENTENCES:
-        count = int(rng.integers(4, 17))
-        first = int(sentence_ends[sentence - 1]) if sentence else 0
-        last = int(sentence_ends[min(sentence + count, _ZH_SENTENCES) - 1])
-        documents.append("".join(pieces[2 * first : 2 * last]))
-        sentence += count
-    return documents
-
-
-def _jieba_words() -> tuple[list[str], np.ndarray]:
-    """Words of jieba's dict.txt (`word freq pos` per line) that are all CJK ideographs."""
-    import jieba
-
-    text = (Path(jieba.__file__).parent / "dict.txt").read_text(encoding="utf-8")
-    words, frequencies = [], []
-    for line in text.splitlines():
-        parts = line.split(" ")
-        if len(parts) >= 2 and all("\u4e00" <= ch <= "\u9fff" for ch in parts[0]):
-            words.append(parts[0])
-            frequencies.append(int(parts[1]))
-    return words, np.asarray(frequencies, dtype=np.float64)
-
-
-def _token_dtype(vocab_size: int) -> type[np.integer]:
-    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
-
-
-# --------------------------------------------------------------------------- indexed datasets
-
-
-def write_indexed_dataset(
-    prefix: str | Path, documents: Iterable[str], tokenizer: Tokenizer
-) -> Path:
-    """Write documents as a Megatron `<prefix>.bin/.idx` pair, each ending in eos."""
-    from megatron.core.datasets.indexed_dataset import (
-        IndexedDatasetBuilder,
-        get_bin_path,
-        get_idx_path,
-    )
-
-    prefix = Path(prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    dtype = _token_dtype(tokenizer.vocab_size)
-    builder = IndexedDatasetBuilder(get_bin_path(str(prefix)), dtype=dtype)
-    for document in documents:
-        tokens = encode_documents(tokenizer, [document]).astype(dtype)
-        builder.add_document(tokens, [tokens.size])
-    builder.finalize(get_idx_path(str(prefix)))
-    return prefix
-
-
-def indexed_stream(prefix: str | Path) -> np.ndarray:
-    """All documents of a Megatron `.bin/.idx` dataset as one flat memmap (no copy).
-
-    The index is read with megatron-core's `IndexedDataset`; its sequences lie back to back
-    in the `.bin`, so the stream is that file mapped from the first sequence on.
-    """
-    from megatron.core.datasets.indexed_dataset import IndexedDataset, get_bin_path
-
-    prefix = str(prefix)
-    if not IndexedDataset.exists(prefix):
-        raise FileNotFoundError(f"no {prefix}.bin/.idx pair")
-    dataset = IndexedDataset(prefix, mmap=True)
-    lengths = dataset.sequence_lengths
-    if len(lengths) == 0:
-        raise ValueError(f"indexed dataset {prefix} is empty")
-    dtype = np.dtype(dataset.index.dtype)
-    first, last = int(dataset.index.sequence_pointers[0]), int(dataset.index.sequence_pointers[-1])
-    total = int(lengths.sum(dtype=np.int64))
-    if last + int(lengths[-1]) * dtype.itemsize != first + total * dtype.itemsize:
-        raise ValueError(f"indexed dataset {prefix} is not contiguous in its .bin")
-    stream = np.memmap(get_bin_path(prefix), dtype=dtype, mode="r", offset=first, shape=(total,))
-    del dataset
-    return stream
-
-
-def load_stream(path: str, tokenizer: Tokenizer, cache_dir: str | Path | None = None) -> np.ndarray:
-    """A channel's token stream from `embedded://<name>`, `indexed:///<prefix>` or a prefix.
-
-    Indexed datasets must have been tokenized with the run's tokenizer; that is not checked
-    (it would read the whole corpus).
-    """
-    if path.startswith(EMBEDDED_SCHEME):
-        return embedded_corpus(path.removeprefix(EMBEDDED_SCHEME), tokenizer, cache_dir)
-    prefix = path.removeprefix(INDEXED_SCHEME)
-    for extension in (".bin", ".idx"):
-        prefix = prefix.removesuffix(extension)
-    return indexed_stream(prefix)
-
-
-# --------------------------------------------------------------------------- sampling
 
 Batch = dict[str, torch.Tensor]
 """`tokens` [B, S] int64, `labels` [B, S] int64 (tokens shifted left by one), `loss_mask`
-[B, S] float32 (all ones: windows never need padding), `channel` [B] int64: ids into the run's
-channel registry (`MixtureDataset.channel_names`), the same for every stage."""
+[B, S] float32, `position_ids` [B, S] int64, `channel` [B] int64: ids into the run's channel
+registry (`MixtureDataset.channel_names`), the same for every stage; with
+`reset_attention_mask`, also `attention_mask` [B, 1, S, S] bool (True hides)."""
 
 
 class ChannelSpec(NamedTuple):
@@ -327,7 +144,7 @@ def micro_batches(batch: Batch, micro_batch_size: int) -> list[Batch]:
 CORRUPT_KINDS = ("random", "newlines")
 
 # Purposes keep the hash streams of different decisions independent.
-_CHANNEL_DRAW, _WINDOW_START, _GARBAGE = 1, 2, 3
+_GARBAGE = 3
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -351,17 +168,11 @@ def counter_hash(*words: int | np.ndarray) -> np.ndarray:
 
 
 class MixtureDataset:
-    """One stage's mixture over the run's channels, with random access by (batch, slot).
+    """One stage's mixture over the run's channels, with random access by (batch, row).
 
-    Sample `j` of global batch `k`:
-      * channel: drawn by the stage's weights from `counter_hash(seed, 1, k, j)`;
-      * window start: `counter_hash(seed, 2, k, j) mod n`, uniform over the `n` windows of
-        `seq_length + 1` tokens that fit in that channel's training region;
-      * if `k` falls in one of that channel's `corrupt` ranges (`[start_batch, end_batch)`),
-        the window is replaced: kind `random` by ids uniform in `[0, vocab_size)` from
-        `counter_hash(seed, 3, k, j, position)` (the loss spikes), kind `newlines` by the
-        tokenizer's newline id repeated (the loss collapses): a deterministic bad stretch.
-    Eval windows come from each channel's held-out tail and do not depend on the seed.
+    `sources` are `(name, path, weight)`, optionally `+ (corrupt_ranges, corrupt_kind)`;
+    `channel_names` is the run's channel registry: every channel of every stage in order of
+    first appearance, so a channel's id does not change at a stage boundary.
     """
 
     def __init__(
@@ -374,12 +185,9 @@ class MixtureDataset:
         channel_names: Sequence[str] | None = None,
         cache_dir: str | Path | None = None,
         eval_samples_per_channel: int = 16,
+        options: DataOptions = DataOptions(),
+        stage_index: int = 0,
     ) -> None:
-        """`sources` are `(name, path, weight)`, optionally `+ (corrupt_ranges, corrupt_kind)`.
-
-        `channel_names` is the run's channel registry: every channel of every stage in order
-        of first appearance, so a channel's id does not change at a stage boundary.
-        """
         specs = [ChannelSpec(str(s[0]), str(s[1]), float(s[2]), *s[3:]) for s in sources]
         names = [spec.name for spec in specs]
         if not specs or len(set(names)) != len(names):
@@ -387,57 +195,143 @@ class MixtureDataset:
         self.channel_names = tuple(channel_names if channel_names is not None else names)
         if unknown := [n for n in names if n not in self.channel_names]:
             raise ValueError(f"channels {unknown} are missing from the channel registry")
-        weights = np.asarray([spec.weight for spec in specs], dtype=np.float64)
-        if (weights < 0).any() or not math.isfinite(weights.sum()) or weights.sum() <= 0:
-            raise ValueError(f"channel weights must be >= 0 with a positive sum, got {weights}")
+        weights = [spec.weight for spec in specs]
+        if not all(w > 0 and math.isfinite(w) for w in weights):
+            raise ValueError(f"channel weights must be positive and finite, got {weights}")
         if seq_length <= 0:
             raise ValueError(f"seq_length must be positive, got {seq_length}")
-        self.seq_length = seq_length
-        self.seed = seed % 2**64
-        self.vocab_size = tokenizer.vocab_size
-        self.eval_samples_per_channel = eval_samples_per_channel
-        self.specs = specs
-        self._cdf = np.cumsum(weights / weights.sum())
-        self._cdf[-1] = 1.0
-        self._ids = np.asarray([self.channel_names.index(n) for n in names], dtype=np.int64)
-        self._corrupt = [merge_ranges(spec.corrupt) for spec in specs]
         if unknown := {spec.corrupt_kind for spec in specs} - set(CORRUPT_KINDS):
             raise ValueError(f"corrupt kinds must be among {CORRUPT_KINDS}, got {sorted(unknown)}")
+        self.specs = specs
+        self.seq_length = seq_length
+        self.seed = int(seed)
+        self.vocab_size = tokenizer.vocab_size
         self.newline_id = tokenizer.encode("\n")[-1]
-        self._streams = [load_stream(spec.path, tokenizer, cache_dir) for spec in specs]
-        self._eval_start = np.asarray(
-            [self._split(spec.name, s) for spec, s in zip(specs, self._streams, strict=True)],
-            dtype=np.int64,
+        self.eval_samples_per_channel = eval_samples_per_channel
+        self.options = options
+        self._ids = np.asarray([self.channel_names.index(n) for n in names], dtype=np.int64)
+        self._corrupt = [merge_ranges(spec.corrupt) for spec in specs]
+        prefixes = [prepared_source(s.name, s.path, tokenizer, cache_dir) for s in specs]
+        self.config = GPTDatasetConfig(
+            random_seed=(self.seed + stage_index * _STAGE_SEED_STRIDE) % 2**32,
+            sequence_length=seq_length,
+            blend=(prefixes, weights),
+            split=options.split,
+            tokenizer=_TokenizerView(tokenizer),
+            reset_position_ids=options.reset_position_ids,
+            reset_attention_mask=options.reset_attention_mask,
+            eod_mask_loss=options.eod_mask_loss,
+            create_attention_mask=options.reset_attention_mask,
+            mmap_bin_files=options.mmap_bin_files,
+            # Not None (megatron would cache next to the data, which may be read-only, and have
+            # ranks other than 0 wait for rank 0's files): empty builds the indices in memory on
+            # every rank, identically, since they are a pure function of the seed.
+            path_to_cache="",
         )
-        self._window_counts = (self._eval_start - self.window + 1).astype(np.uint64)
+        self.sources = [
+            _Source(spec.name, prefix, self.config) for spec, prefix in zip(specs, prefixes, strict=True)
+        ]
+        self._weights = weights
+        self._blend: BlendedDataset | None = None
 
     @property
     def window(self) -> int:
         """Tokens per sample: `seq_length` inputs plus the one extra label."""
         return self.seq_length + 1
 
-    def _split(self, name: str, stream: np.ndarray) -> int:
-        eval_windows = max(self.eval_samples_per_channel, 1)
-        held_out = max(math.ceil(len(stream) * EVAL_FRACTION), eval_windows * self.window)
-        eval_start = len(stream) - held_out
-        if eval_start < self.window:
-            raise ValueError(
-                f"channel {name!r} has {len(stream)} tokens: too few for a training window of "
-                f"{self.window} besides {held_out} held-out tokens"
+    # --- training samples -----------------------------------------------------------------
+
+    def blend(self, samples: int) -> BlendedDataset:
+        """The stage's `BlendedDataset`, holding at least `samples` samples."""
+        if self._blend is None or len(self._blend) < samples:
+            size = max(_MIN_BLEND, samples, 2 * len(self._blend) if self._blend is not None else 0)
+            self._blend = BlendedDataset(
+                [source.train for source in self.sources], self._weights, size, self.config
             )
-        return eval_start
+        return self._blend
 
-    def train_region(self, name: str) -> tuple[int, int]:
-        """Half-open token range of the channel's stream that training windows come from."""
-        return 0, int(self._eval_start[self._local(name)])
+    def plan(self, first_sample: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """For samples `first_sample ...` of the stage: (index into this stage's sources,
+        sample index within that source's epochs)."""
+        blend = self.blend(first_sample + count)
+        window = slice(first_sample, first_sample + count)
+        return (
+            np.asarray(blend.dataset_index[window], dtype=np.int64),
+            np.asarray(blend.dataset_sample_index[window], dtype=np.int64),
+        )
 
-    def eval_region(self, name: str) -> tuple[int, int]:
-        """Half-open token range held out for evaluation: the stream's tail."""
-        local = self._local(name)
-        return int(self._eval_start[local]), len(self._streams[local])
+    def batch(
+        self, k: int, global_batch_size: int, *, first_batch: int = 0, rows: range | None = None
+    ) -> Batch:
+        """Rows `rows` (default all) of global batch `k`; the stage began at batch `first_batch`."""
+        if k < first_batch:
+            raise ValueError(f"batch index {k} is before the stage's first batch {first_batch}")
+        rows = range(global_batch_size) if rows is None else rows
+        local, samples = self.plan((k - first_batch) * global_batch_size + rows.start, len(rows))
+        items = []
+        for row, (c, sample) in zip(rows, zip(local, samples, strict=True), strict=True):
+            if any(a <= k < b for a, b in self._corrupt[c]):
+                items.append(self._garbage(c, k, row))
+            else:
+                items.append(self.sources[c].train[int(sample)])
+        return self._collate(items, self._ids[local])
 
-    def stream(self, name: str) -> np.ndarray:
-        return self._streams[self._local(name)]
+    def channel_counts(self, k: int, global_batch_size: int, *, first_batch: int = 0) -> np.ndarray:
+        """Samples of global batch `k` per channel of the run's registry (no sample is read)."""
+        local, _ = self.plan((k - first_batch) * global_batch_size, global_batch_size)
+        return np.bincount(self._ids[local], minlength=len(self.channel_names))
+
+    def _garbage(self, c: int, k: int, row: int) -> dict[str, torch.Tensor]:
+        if self.specs[c].corrupt_kind == "newlines":
+            window = np.full(self.window, self.newline_id, dtype=np.int64)
+        else:
+            offsets = np.arange(self.window, dtype=np.int64)
+            window = (counter_hash(self.seed, _GARBAGE, k, row, offsets) % np.uint64(self.vocab_size)).astype(np.int64)
+        tokens = torch.from_numpy(window)
+        item = {
+            "tokens": tokens[:-1].clone(),
+            "labels": tokens[1:].clone(),
+            "loss_mask": torch.ones(self.seq_length, dtype=torch.float32),
+            "position_ids": torch.arange(self.seq_length, dtype=torch.int64),
+        }
+        if self.options.reset_attention_mask:
+            causal = torch.ones(self.seq_length, self.seq_length, dtype=torch.bool).triu(1)
+            item["attention_mask"] = causal.unsqueeze(0)
+        return item
+
+    # --- held-out evaluation --------------------------------------------------------------
+
+    def eval_batch(self, samples_per_channel: int | None = None) -> Batch:
+        """The fixed held-out samples, channel by channel in this stage's source order: the
+        first `samples_per_channel` of each source's valid split, shuffled by the data seed
+        alone, so every stage and attempt of the job evaluates the same documents."""
+        wanted = self.eval_samples_per_channel if samples_per_channel is None else samples_per_channel
+        items, channel = [], []
+        for local, source in enumerate(self.sources):
+            held_out = source.held_out(self.seed)
+            count = min(wanted, len(held_out))
+            if count < wanted:
+                log.warning(
+                    "channel %s: its held-out documents make %d samples of %d tokens, not %d",
+                    source.channel, count, self.seq_length, wanted,
+                )  # fmt: skip
+            items.extend(held_out[i] for i in range(count))
+            channel.extend([int(self._ids[local])] * count)
+        return self._collate(items, np.asarray(channel, dtype=np.int64))
+
+    def eval_batches(self, micro_batch_size: int, samples_per_channel: int | None = None) -> Iterator[Batch]:
+        """`eval_batch` in micro-batches of `micro_batch_size` rows; the last may be short."""
+        batch = self.eval_batch(samples_per_channel)
+        for first in range(0, batch["tokens"].shape[0], micro_batch_size):
+            yield {key: value[first : first + micro_batch_size] for key, value in batch.items()}
+
+    def held_out_documents(self, name: str) -> np.ndarray:
+        """Document ids (in the channel's pair) that are held out: never trained on."""
+        source = self.sources[self._local(name)]
+        return np.concatenate([source.documents(Split.valid), source.documents(Split.test)])
+
+    def train_documents(self, name: str) -> np.ndarray:
+        return self.sources[self._local(name)].documents(Split.train)
 
     def _local(self, name: str) -> int:
         for local, spec in enumerate(self.specs):
@@ -445,65 +339,111 @@ class MixtureDataset:
                 return local
         raise KeyError(f"channel {name!r} is not in this stage")
 
-    def plan(self, k: int, slots: np.ndarray | Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Per slot of global batch `k`: (index into this stage's sources, window start)."""
-        slots = np.asarray(slots, dtype=np.int64)
-        draw = counter_hash(self.seed, _CHANNEL_DRAW, k, slots)
-        unit = (draw >> 11).astype(np.float64) * 2.0**-53
-        local = np.searchsorted(self._cdf, unit, side="right")
-        starts = counter_hash(self.seed, _WINDOW_START, k, slots) % self._window_counts[local]
-        return local, starts.astype(np.int64)
+    def _collate(self, items: list[dict[str, torch.Tensor]], channel: np.ndarray) -> Batch:
+        keys = ["tokens", "labels", "loss_mask", "position_ids"]
+        if self.options.reset_attention_mask:
+            keys.append("attention_mask")
+        batch = {key: torch.stack([item[key] for item in items]) for key in keys}
+        batch["tokens"] = batch["tokens"].long()
+        batch["labels"] = batch["labels"].long()
+        batch["loss_mask"] = batch["loss_mask"].float()
+        batch["channel"] = torch.from_numpy(np.ascontiguousarray(channel, dtype=np.int64))
+        return batch
 
-    def batch(self, k: int, global_batch_size: int) -> Batch:
-        """Global batch `k` with `global_batch_size` rows; row `j` depends only on (seed, k, j)."""
-        if k < 0:
-            raise ValueError(f"batch index must be >= 0, got {k}")
-        slots = np.arange(global_batch_size, dtype=np.int64)
-        local, starts = self.plan(k, slots)
-        windows = np.empty((global_batch_size, self.window), dtype=np.int64)
-        offsets = np.arange(self.window, dtype=np.int64)
-        for c in np.unique(local):
-            rows = np.flatnonzero(local == c)
-            if any(a <= k < b for a, b in self._corrupt[c]):
-                if self.specs[c].corrupt_kind == "newlines":
-                    windows[rows] = self.newline_id
-                else:
-                    garbage = counter_hash(self.seed, _GARBAGE, k, rows[:, None], offsets[None, :])
-                    windows[rows] = garbage % np.uint64(self.vocab_size)
-            else:
-                windows[rows] = self._streams[c][starts[rows, None] + offsets]
-        return self._to_batch(windows, self._ids[local])
 
-    def eval_windows(self, name: str, samples: int | None = None) -> np.ndarray:
-        """Start offsets of the channel's fixed eval windows, evenly spaced over its eval region."""
-        samples = self.eval_samples_per_channel if samples is None else samples
-        start, end = self.eval_region(name)
-        span = end - start - self.window
-        return start + (np.arange(samples, dtype=np.int64) * span) // max(samples - 1, 1)
+class _TokenizerView:
+    """What megatron's datasets read of a tokenizer: its EOD, vocabulary size and pad id."""
 
-    def eval_batch(self, samples_per_channel: int | None = None) -> Batch:
-        """Every fixed eval window, channel by channel in this stage's source order."""
-        offsets = np.arange(self.window, dtype=np.int64)
-        windows, channel = [], []
-        for local, spec in enumerate(self.specs):
-            starts = self.eval_windows(spec.name, samples_per_channel)
-            windows.append(self._streams[local][starts[:, None] + offsets].astype(np.int64))
-            channel.append(np.full(len(starts), self._ids[local], dtype=np.int64))
-        return self._to_batch(np.concatenate(windows), np.concatenate(channel))
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.eod = tokenizer.eos_id
+        self.vocab_size = tokenizer.vocab_size
+        self.unique_identifiers = {"class": type(self).__name__, "name": tokenizer.name}
+        pad = getattr(tokenizer, "pad_id", None)
+        if pad is not None:
+            self.pad = pad
 
-    def eval_batches(
-        self, micro_batch_size: int, samples_per_channel: int | None = None
-    ) -> Iterator[Batch]:
-        """`eval_batch` in micro-batches of `micro_batch_size` rows; the last may be short."""
-        batch = self.eval_batch(samples_per_channel)
-        for first in range(0, batch["tokens"].shape[0], micro_batch_size):
-            yield {key: value[first : first + micro_batch_size] for key, value in batch.items()}
 
-    def _to_batch(self, windows: np.ndarray, channel: np.ndarray) -> Batch:
-        tokens = torch.from_numpy(windows)
-        return {
-            "tokens": tokens[:, :-1].contiguous(),
-            "labels": tokens[:, 1:].contiguous(),
-            "loss_mask": torch.ones(tokens.shape[0], self.seq_length, dtype=torch.float32),
-            "channel": torch.from_numpy(np.ascontiguousarray(channel)),
-        }
+class _Source:
+    """One channel's pair, its documents split as Megatron splits them."""
+
+    def __init__(self, channel: str, prefix: str, config: GPTDatasetConfig) -> None:
+        self.channel = channel
+        self.prefix = prefix
+        self.config = config
+        self.indexed = IndexedDataset(prefix, mmap=config.mmap_bin_files)
+        self.train = _Epochs(self)
+        self._held_out: GPTDataset | None = None
+
+    def documents(self, split: Split) -> np.ndarray:
+        """The documents of one split: Megatron's rounding of the split matrix."""
+        bounds = self.config.split_matrix[split.value]
+        if bounds is None:
+            return np.zeros(0, dtype=np.int32)
+        count = self.indexed.sequence_lengths.shape[0]
+        begin, end = (int(round(b * float(count))) for b in bounds)
+        return np.arange(begin, end, dtype=np.int32)
+
+    def gpt_dataset(self, split: Split, seed: int) -> GPTDataset:
+        documents = self.documents(split)
+        if documents.size == 0:
+            raise SourceUnavailable(
+                self.channel, self.prefix,
+                f"split {self.config.split!r} leaves its {split.name} part no document "
+                f"(of {self.indexed.sequence_lengths.shape[0]})",
+            )  # fmt: skip
+        config = dataclasses.replace(self.config, random_seed=seed % 2**32)
+        dataset = GPTDataset(self.indexed, self.prefix, documents, None, split, config)
+        if len(dataset) == 0:
+            tokens = int(self.indexed.sequence_lengths[documents].sum())
+            raise SourceUnavailable(
+                self.channel, self.prefix,
+                f"its {split.name} documents hold {tokens} tokens: not one sample of "
+                f"{config.sequence_length + 1}",
+            )  # fmt: skip
+        return dataset
+
+    def held_out(self, seed: int) -> GPTDataset:
+        if self._held_out is None:
+            self._held_out = self.gpt_dataset(Split.valid, seed)
+        return self._held_out
+
+
+class _Epochs:
+    """A source's training samples, epoch after epoch, each epoch a reshuffled `GPTDataset`.
+
+    What the stage's `BlendedDataset` blends: it asks only for `__len__`, `__getitem__` and the
+    identity below.
+    """
+
+    index_split = Split.train
+    MAX_EPOCHS = 1 << 20
+
+    def __init__(self, source: _Source) -> None:
+        self.source = source
+        self._epochs: OrderedDict[int, GPTDataset] = OrderedDict()
+        self.epoch_length = len(self.epoch(0))
+        self.unique_identifiers = OrderedDict(
+            [("class", type(self).__name__), ("path", source.prefix), ("seed", source.config.random_seed)]
+        )
+
+    def epoch(self, number: int) -> GPTDataset:
+        if number not in self._epochs:
+            self._epochs[number] = self.source.gpt_dataset(
+                Split.train, self.source.config.random_seed + number
+            )
+            while len(self._epochs) > _EPOCHS_CACHED:
+                self._epochs.popitem(last=False)
+        self._epochs.move_to_end(number)
+        return self._epochs[number]
+
+    def __len__(self) -> int:
+        return self.epoch_length * self.MAX_EPOCHS
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        epoch, offset = divmod(int(index), self.epoch_length)
+        return self.epoch(epoch)[offset]
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(epoch, the sample's index in megatron's sample index) of sample `index`."""
+        epoch, offset = divmod(int(index), self.epoch_length)
+        return epoch, int(self.epoch(epoch).shuffle_index[offset])

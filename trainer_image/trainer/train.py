@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -63,6 +64,7 @@ class Trainer:
             self.model_config.grad_scale_func = self.optimizer.scale_loss
         self.step = 0
         self.tokens = 0
+        self.channel_tokens = [0] * len(self.channels)  # tokens trained on, per channel
         self.guard = StepGuard(config.train)
         self.reporter = MetricsReporter.from_config(config) if self.layout.reports else None
         self.checkpoints = CheckpointManager(config, self.layout)
@@ -83,6 +85,7 @@ class Trainer:
         return {
             "step": int(self.step),
             "tokens": int(self.tokens),
+            "channel_tokens": dict(zip(self.channels, self.channel_tokens, strict=True)),
             "rng": torch.get_rng_state(),
             "data_seed": int(self.config.data.seed),
             "step_guard": self.guard.state_dict(),
@@ -91,6 +94,8 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.tokens = int(state["tokens"])
+        saved = state.get("channel_tokens", {})  # checkpoints from before the counters: from 0
+        self.channel_tokens = [int(saved.get(name, 0)) for name in self.channels]
         torch.set_rng_state(state["rng"])
         if "step_guard" in state:  # checkpoints from before the guard start it afresh
             self.guard.load_state_dict(state["step_guard"])
@@ -127,7 +132,7 @@ class Trainer:
         """One optimizer step over a global batch; returns its metrics (global rank 0)."""
         config = self.config
         started = time.perf_counter()
-        stage_index, stage, _ = stage_at(self.step, config)
+        stage_index, stage, step_in_stage = stage_at(self.step, config)
         if stage_index != self.stage_index:
             model.set_rope_base(self.model, self._rope_base(stage))
             self.stage_index = stage_index
@@ -135,7 +140,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batch_index = data.batch_index(self.step, config.data.skip_ranges)
-        micro_batches = self._micro_batches(stage_index, batch_index)
+        first_batch = data.batch_index(self.step - step_in_stage, config.data.skip_ranges)
+        micro_batches = self._micro_batches(stage_index, batch_index, first_batch)
         for chunk in self.model:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
@@ -151,6 +157,12 @@ class Trainer:
             raise self.guard.diverged_error(self.step)
         step_tokens = config.batch.global_batch_size * stage.seq_length
         self.tokens += step_tokens
+        counts = self.dataset(stage_index).channel_counts(
+            batch_index, config.batch.global_batch_size, first_batch=first_batch
+        )
+        self.channel_tokens = [t + int(c) * stage.seq_length for t, c in zip(self.channel_tokens, counts, strict=True)]
+        for name, consumed in zip(self.channels, self.channel_tokens, strict=True):
+            metrics[f"data/tokens/{name}"] = float(consumed)
         elapsed = time.perf_counter() - started
         metrics["throughput/tokens_per_s"] = step_tokens / elapsed
         metrics["throughput/step_time_s"] = elapsed
@@ -189,14 +201,23 @@ class Trainer:
     def dataset(self, stage_index: int) -> data.MixtureDataset:
         if stage_index not in self.datasets:
             stage = self.config.stages[stage_index]
+            options = self.config.data
             self.datasets[stage_index] = data.MixtureDataset(
                 sources=[(s.channel, s.path, s.weight, s.corrupt, s.corrupt_kind) for s in stage.data],
                 channel_names=self.channels,
                 seq_length=stage.seq_length,
-                seed=self.config.data.seed,
+                seed=options.seed,
                 tokenizer=self.tokenizer,
-                cache_dir=self.config.data.cache_dir,
+                cache_dir=options.cache_dir,
                 eval_samples_per_channel=self.config.eval.samples_per_channel,
+                options=data.DataOptions(
+                    split=options.split,
+                    reset_position_ids=options.reset_position_ids,
+                    reset_attention_mask=options.reset_attention_mask,
+                    eod_mask_loss=options.eod_mask_loss,
+                    mmap_bin_files=options.mmap_bin_files,
+                ),
+                stage_index=stage_index,
             )
         return self.datasets[stage_index]
 
@@ -204,9 +225,36 @@ class Trainer:
         """This data-parallel rank's rows of a global batch."""
         return data.shard(batch, self.layout.data_rank, self.layout.data_size)
 
-    def _micro_batches(self, stage_index: int, batch_index: int) -> list[dict[str, torch.Tensor]]:
-        batch = self.dataset(stage_index).batch(batch_index, self.config.batch.global_batch_size)
-        return data.micro_batches(self.shard(batch), self.config.batch.micro_batch_size)
+    def _micro_batches(self, stage_index: int, batch_index: int, first_batch: int) -> list[dict[str, torch.Tensor]]:
+        """This data-parallel rank's rows of global batch `batch_index`, in micro-batches: only
+        those rows are read, and they are the rows a single process would give this rank."""
+        size = self.config.batch.global_batch_size
+        per_rank = size // self.layout.data_size
+        rows = range(self.layout.data_rank * per_rank, (self.layout.data_rank + 1) * per_rank)
+        dataset = self.dataset(stage_index)
+        batch = dataset.batch(batch_index, size, first_batch=first_batch, rows=rows)
+        if self.config.data.trace_dir and self.layout.tensor_rank == 0 and self.layout.is_first_stage:
+            self._trace(dataset, batch, batch_index, first_batch, rows)
+        return data.micro_batches(batch, self.config.batch.micro_batch_size)
+
+    def _trace(self, dataset: data.MixtureDataset, batch, batch_index: int, first_batch: int, rows: range) -> None:
+        """Append which samples this rank trains on at this step (config.data.trace_dir)."""
+        size = self.config.batch.global_batch_size
+        local, samples = dataset.plan((batch_index - first_batch) * size + rows.start, len(rows))
+        record = {
+            "step": self.step,
+            "stage": self.stage_index,
+            "batch_index": batch_index,
+            "rows": [rows.start, rows.stop],
+            "channels": [self.channels[int(c)] for c in batch["channel"]],
+            "samples": [int(s) for s in samples],
+            "epochs": [dataset.sources[int(c)].train.locate(int(s))[0] for c, s in zip(local, samples, strict=True)],
+            "token_sums": [int(t) for t in batch["tokens"].sum(dim=1)],
+        }
+        folder = Path(self.config.data.trace_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"rank-{self.layout.data_rank}.jsonl", "a", encoding="utf-8") as trace:
+            trace.write(json.dumps(record) + "\n")
 
     def forward_backward(
         self, micro_batches, seq_length: int, forward_only: bool = False, loss_factor: float = 1.0
@@ -259,13 +307,14 @@ class Trainer:
 def _forward_step(data_iterator, chunk, *, z_loss: float, loss_factor: float = 1.0):
     batch = next(data_iterator)
     tokens, labels = batch["tokens"], batch["labels"]
-    positions = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
+    positions = batch["position_ids"]  # restart after each EOD with reset_position_ids
+    mask = batch.get("attention_mask")  # per document with reset_attention_mask, else causal
     if z_loss > 0:
-        output = chunk(tokens, positions, None)
+        output = chunk(tokens, positions, mask)
         if model.unwrap(chunk).post_process:
             output = _loss_with_z_loss(output, labels, z_loss)
     else:
-        output = chunk(tokens, positions, None, labels=labels)
+        output = chunk(tokens, positions, mask, labels=labels)
     return output, partial(_loss_func, batch["loss_mask"], batch["channel"], loss_factor=loss_factor)
 
 

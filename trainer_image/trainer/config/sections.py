@@ -237,17 +237,37 @@ class StageConfig(Section):
 
 
 class DataConfig(Section):
-    """Tokenizer, sampling seed and data to skip."""
+    """Tokenizer, sampling seed, how sources are split and packed, and data to skip."""
 
     seed: int = 1234
     """Seed of the mixture sampler."""
     tokenizer: str = "byte"
     """'byte' or a path to a tokenizer."""
     cache_dir: str | None = None
-    """Where tokenized data is cached; null for a temporary directory."""
+    """Where embedded corpora are cached once tokenized; null for ~/.cache/pretrain-orchestrator."""
+    split: str = Field("969,30,1", pattern=r"^\s*\d+(\.\d*)?(\s*,\s*\d+(\.\d*)?){0,2}\s*$")
+    """Megatron's train,valid,test split of each source's documents: held-out (valid)
+    documents are evaluated on and never trained on."""
+    reset_position_ids: bool = False
+    """Positions restart at 0 after each end-of-document token inside a packed sequence."""
+    reset_attention_mask: bool = False
+    """Tokens attend only within their own document inside a packed sequence."""
+    eod_mask_loss: bool = False
+    """No loss on the prediction made from an end-of-document token."""
+    mmap_bin_files: bool = True
+    """Memory-map the sources' .bin files; false reads them on demand."""
+    trace_dir: str | None = None
+    """Where each data-parallel rank appends, per step, which samples it trained on
+    (`rank-<r>.jsonl`: batch index, per row its channel, source sample and token sum); null
+    writes nothing. For finding the documents behind a loss spike, and for tests."""
     skip_ranges: list[Range] = Field(default_factory=list)
     """Global batch-index ranges [start, end) never trained on (set by a rollback). Until a
     first skip, batch index = step; each step's record carries `data/batch_index`."""
+
+    def problems(self) -> Iterator[str]:
+        shares = [float(share) for share in self.split.split(",")]
+        if shares[0] <= 0:
+            yield f"split: {self.split!r} leaves training no documents"
 
 
 class CheckpointConfig(Section):

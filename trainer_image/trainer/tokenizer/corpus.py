@@ -1,7 +1,7 @@
 """Corpora for the tokenizer workshop, named by spec: an embedded corpus, a file or a folder.
 
 * `embedded:code`, `embedded:en`, `embedded:zh` (or `embedded://zh`, as in trainer configs):
-  the trainer's embedded corpora, the same documents `trainer.data` tokenizes;
+  the trainer's embedded corpora, the same documents `trainer.corpora` tokenizes;
 * a `.jsonl` file: one document a line, its `"text"` field;
 * any other file: one document, read as UTF-8 (bad bytes become U+FFFD);
 * a folder: every file below it, in sorted path order, read as above (hidden files skipped).
@@ -110,7 +110,7 @@ def _file_documents(path: Path) -> list[str]:
 @cache
 def embedded(name: str) -> tuple[str, ...]:
     """The documents of the trainer's embedded corpus `name`, built once per process."""
-    from trainer.data import EMBEDDED_CORPORA, embedded_documents
+    from trainer.corpora import EMBEDDED_CORPORA, embedded_documents
 
     if name not in EMBEDDED_CORPORA:
         raise ValueError(f"unknown embedded corpus {name!r}; expected one of {EMBEDDED_CORPORA}")
