@@ -9,9 +9,9 @@ from pydantic import Field, field_validator
 
 from service.spec.fields import (
     IDENTIFIER_MAX_LENGTH,
-    Flag,
     IDENTIFIER_PATTERN,
     MAX_PATH_LENGTH,
+    Flag,
     NonNegativeSteps,
     PositiveFloat,
     PositiveSteps,
