@@ -81,7 +81,7 @@ def source_size(path: str, *, data_root: str, byte_tokenizer: bool) -> SourceSiz
             return replace(_embedded(name, byte_tokenizer), key=f"embedded://{name}")
     if "://" in path and not path.startswith(INDEXED_SCHEME):
         scheme = path.split("://", 1)[0]
-        return _unknown(f"{scheme}:// sources are not read by the service; their size is unknown")
+        return _unknown(f"{scheme}:// is not read by the service")
     prefix = local_prefix(path, data_root)
     return replace(_local(prefix), key=prefix)
 
@@ -93,9 +93,9 @@ def _local(prefix: str) -> SourceSize:
             return sidecar
         documents, tokens = index_size(prefix + ".idx")
     except FileNotFoundError:
-        return _unknown(f"no {prefix}.idx readable by the service; size unknown")
+        return _unknown(f"no {prefix}.idx readable by the service")
     except (OSError, IndexUnreadable) as exc:
-        return _unknown(f"{prefix}.idx could not be read ({exc}); size unknown")
+        return _unknown(f"{prefix}.idx could not be read: {exc}")
     return SourceSize(tokens, documents, "index", f"sequence lengths summed from {prefix}.idx")
 
 
@@ -109,7 +109,7 @@ def local_prefix(path: str, data_root: str) -> str:
 
 def _embedded(name: str, byte_tokenizer: bool) -> SourceSize:
     if not byte_tokenizer:
-        return _unknown("embedded corpora are sized for the byte tokenizer only; size unknown")
+        return _unknown("embedded corpora are sized for the byte tokenizer only")
     if name not in BYTE_TOKENIZER_SIZES:
         return _unknown(f"unknown embedded corpus {name!r}")
     documents, tokens = BYTE_TOKENIZER_SIZES[name]

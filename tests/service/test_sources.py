@@ -151,3 +151,20 @@ def test_the_epoch_limit_is_bounded(tiny_spec: dict, tmp_path: Path) -> None:
     for bad in (0, 101, "4"):
         with pytest.raises(SpecInvalid, match="max_source_epochs"):
             planned({**tiny_spec, "max_source_epochs": bad}, tmp_path / "data")
+
+
+def test_pretrainctl_plan_prints_the_data_table(tiny_spec: dict, tmp_path: Path, capsys) -> None:
+    from pretrainctl.output import show_plan
+
+    data_root = tmp_path / "data"
+    megatron_pair(data_root / "small", [[list(range(1000))] for _ in range(10)])
+    tiny_spec["stages"][0]["data"] = [
+        {"channel": "small", "path": "small", "weight": 0.25},
+        {"channel": "web", "path": "s3://corpus/web", "weight": 0.75},
+    ]
+    show_plan(planned(tiny_spec, data_root))
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split()[:5] == ["pretrain", "small", "25.0%", "65.5K", "of"] and "= 6.55 epochs" in line for line in lines)
+    assert any(line.split()[:2] == ["pretrain", "web"] and "? (s3:// is not read by the service)" in line for line in lines)
+    assert any(line.split()[:2] == ["run", "small"] and "6.55 epochs  OVER LIMIT" in line for line in lines)
+    assert any(line.startswith("warning") and "max_source_epochs 4" in line for line in lines)
