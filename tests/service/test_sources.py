@@ -168,3 +168,10 @@ def test_pretrainctl_plan_prints_the_data_table(tiny_spec: dict, tmp_path: Path,
     assert any(line.split()[:2] == ["pretrain", "web"] and "? (s3:// is not read by the service)" in line for line in lines)
     assert any(line.split()[:2] == ["run", "small"] and "6.55 epochs  OVER LIMIT" in line for line in lines)
     assert any(line.startswith("warning") and "max_source_epochs 4" in line for line in lines)
+
+
+def test_a_plan_stored_before_the_data_accounting_still_loads(tiny_spec: dict, tmp_path: Path) -> None:
+    from service.jobspec import load_plan
+
+    stored = {k: v for k, v in planned(tiny_spec, tmp_path / "data").items() if k != "data"}
+    assert load_plan(stored).data is None
