@@ -71,3 +71,19 @@ def test_no_such_job_is_404_and_a_tokenizer_job_409(app_client, tokens):
 def test_the_route_is_documented_with_every_status(app_client):
     operation = app_client.get("/openapi.json").json()["paths"]["/v1/jobs/{job_id}/data"]["get"]
     assert {"200", "401", "403", "404", "409", "422"} <= set(operation["responses"])
+
+
+def test_the_plan_and_the_stored_job_carry_the_data_section(app_client, tokens, tiny_spec, job):
+    tiny_spec["stages"][1]["data"][2]["path"] = "s3://corpus/zh"
+    data = app_client.post("/v1/plan", json={**tiny_spec, "name": "other"}, headers=auth(tokens["viewer"])).json()["data"]
+    assert set(data) == {"max_source_epochs", "tokens", "stages", "sources"}
+    assert set(data["stages"][0]) == {"stage", "tokens", "sources"}
+    assert set(data["stages"][0]["sources"][0]) == {
+        "channel", "path", "weight", "tokens_planned", "size_tokens", "size_basis", "size_note", "epochs"
+    }
+    assert set(data["sources"][0]) == {"path", "channels", "tokens_planned", "size_tokens", "epochs", "over_limit"}
+    s3 = data["stages"][1]["sources"][2]
+    assert (s3["size_tokens"], s3["epochs"], s3["size_basis"]) == (None, None, "unknown")
+    stored = app_client.get(f"/v1/jobs/{job[0]}", headers=auth(tokens["viewer"])).json()["plan"]["data"]
+    assert [s["path"] for s in stored["sources"]] == ["embedded://code", "embedded://en", "embedded://zh"]
+    assert all(s["epochs"] is not None and not s["over_limit"] for s in stored["sources"])
