@@ -115,16 +115,14 @@ class ServiceCollector:
             newest[job_id] = max(newest.get(job_id, (attempt, step)), (attempt, step))
             if value is not None:
                 reported.setdefault(job_id, []).append((channel, value))
-        jobs = session.scalars(select(Job).where(Job.id.in_(list(newest)))).all() if newest else []
-        for job in jobs:
-            key = [str(job.id), job.name]
-            for channel, value in reported.get(job.id, []):
+        jobs = session.execute(select(Job.id, Job.name, Job.spec_hash).where(Job.id.in_(list(newest)))) if newest else []
+        for job_id, job_name, spec_hash in jobs:
+            key = [str(job_id), job_name]
+            for channel, value in reported.get(job_id, []):
                 consumed.add_metric([*key, channel], value)
-            spec, derivation = job.spec, job.derivation
-            if isinstance(spec, JobSpec) and derivation is not None:
-                mixes = data_accounting.stage_mixes(spec, derivation.stages)
-                for channel, tokens in data_accounting.expected_tokens(mixes, newest[job.id][1] + 1).items():
-                    expected.add_metric([*key, channel], tokens)
+            mixes = _stage_mixes(session, job_id, spec_hash)
+            for channel, tokens in data_accounting.expected_tokens(mixes, newest[job_id][1] + 1).items():
+                expected.add_metric([*key, channel], tokens)
         yield from (consumed, expected)
 
     def _verdicts(self, session: Session):
@@ -196,6 +194,24 @@ class ServiceCollector:
                 newest = newest if newest.tzinfo else newest.replace(tzinfo=UTC)
                 lag.add_metric([str(job_id), job_name], max(0.0, (now - newest).total_seconds()))
         yield lag
+
+
+# A job's stage mixes by (id, spec hash): a scrape parses a live job's spec once, not every time.
+_MIXES: dict[tuple[int, str], list] = {}
+_MIXES_KEPT = 4096
+
+
+def _stage_mixes(session: Session, job_id: int, spec_hash: str) -> list:
+    mixes = _MIXES.get((job_id, spec_hash))
+    if mixes is None:
+        job = session.get(Job, job_id)
+        spec, derivation = job.spec, job.derivation
+        pretraining = isinstance(spec, JobSpec) and derivation is not None
+        mixes = data_accounting.stage_mixes(spec, derivation.stages) if pretraining else []
+        if len(_MIXES) >= _MIXES_KEPT:
+            _MIXES.clear()
+        _MIXES[(job_id, spec_hash)] = mixes
+    return mixes
 
 
 def _live_jobs(session: Session) -> list[tuple[str, str]]:
