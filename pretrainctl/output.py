@@ -82,6 +82,25 @@ def show_data_plan(data: dict[str, Any] | None) -> None:
         click.echo(f"  {'run':<{stage_width}}  {channels:<{channel_width}}  {'':>6}  {_tokens(total['tokens_planned']):>7}: {epochs}  ({total['path']})")
 
 
+def show_job_data(account: dict[str, Any]) -> None:
+    """`pretrainctl data`: per channel, planned against consumed tokens and the two mixes."""
+    at = "no tokens reported yet" if account["step"] is None else f"at step {account['step']} (attempt {account['attempt']})"
+    click.echo(f"job {account['job_id']}: {_tokens(account['tokens_planned'])} tokens planned; {at}")
+    click.echo(f"  {'channel':<12} {'planned':>8} {'by now':>8} {'consumed':>8} {'mix plan':>8} {'mix real':>8} {'epochs':>7}")
+    for channel in account["channels"]:
+        def count(value: int | None) -> str:
+            return "-" if value is None else _tokens(value)
+
+        def share(value: float | None) -> str:
+            return "-" if value is None else f"{value:.1%}"
+
+        epochs = "-" if channel["epochs_consumed"] is None else f"{channel['epochs_consumed']:.3f}"
+        click.echo(
+            f"  {channel['channel']:<12} {count(channel['tokens_planned']):>8} {count(channel['tokens_expected']):>8} "
+            f"{count(channel['tokens_consumed']):>8} {share(channel['share_planned']):>8} {share(channel['share_consumed']):>8} {epochs:>7}"
+        )
+
+
 def _size(source: dict[str, Any]) -> str:
     if source["size_tokens"] is None:
         return f"? ({source['size_note']})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pretrainctl.output import show_job_data
 from service.db.models import Role
 from service.db.session import get_sessionmaker
 from service.tokens import mint_token
@@ -28,7 +29,7 @@ def job(app_client, tokens, tiny_spec, settings):
     return job_id, token
 
 
-def test_planned_against_consumed_per_channel(app_client, tokens, job):
+def test_planned_against_consumed_per_channel(app_client, tokens, job, capsys):
     job_id, trainer = job
     before = app_client.get(f"/v1/jobs/{job_id}/data", headers=auth(tokens["viewer"]))
     assert before.status_code == 200, before.text
@@ -56,6 +57,11 @@ def test_planned_against_consumed_per_channel(app_client, tokens, job):
     assert code["tokens_planned"] == round(128 * STEP_TOKENS * 0.4 + 32 * STEP_TOKENS * 0.5)
     assert en["paths"] == ["embedded://en"] and en["size_tokens"] == 466_196
     assert en["epochs_consumed"] == pytest.approx(104_000 / 466_196)
+
+    show_job_data(data)  # `pretrainctl data`
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"job {job_id}: 327.7K tokens planned; at step 139 (attempt 0)"
+    assert lines[4].split() == ["zh", "65.5K", "57.3K", "65.0K", "20.0%", "22.7%", "0.017"]
 
 
 def test_no_such_job_is_404_and_a_tokenizer_job_409(app_client, tokens):
