@@ -102,8 +102,8 @@ def admit(
     `require_plan` refuses a tokenizer job, which has no plan, instead of admitting it without
     one. `gpus`/`days` and `deadline_days` add the plan's inverse answers.
     """
-    settings = settings or get_settings()
-    validated = validate_spec(raw, path_policy(settings))
+    policy = path_policy(settings or get_settings())
+    validated = validate_spec(raw, policy)
     if isinstance(validated, ValidatedTokenizerSpec):
         if require_plan:
             raise SpecInvalid([_no_plan_for_a_tokenizer_job(validated)])
@@ -114,7 +114,7 @@ def admit(
         days=days,
         token_budget=token_budget,
         deadline_days=deadline_days,
-        source_sizes=sizes_for(validated.spec, data_root=settings.data_root),
+        source_sizes=sizes_for(validated.spec, policy),
     )
     problems = memory_problems(validated, plan)
     if problems and over_memory is OverMemory.REFUSE:

@@ -36,6 +36,7 @@ import numpy as np
 from service.embedded_sizes import BASIS as EMBEDDED_BASIS
 from service.embedded_sizes import BYTE_TOKENIZER_SIZES
 from service.spec.data import EMBEDDED_CORPUS_PREFIXES
+from service.spec.paths import PathPolicy
 
 if TYPE_CHECKING:
     from service.spec.job import JobSpec
@@ -73,8 +74,15 @@ class IndexUnreadable(ValueError):
     """A `.idx` that is not a Megatron index this reader understands."""
 
 
-def source_size(path: str, *, data_root: str, byte_tokenizer: bool) -> SourceSize:
-    """The size of one spec data source; `byte_tokenizer`: the job uses the default tokenizer."""
+def source_size(
+    path: str, *, data_root: str, byte_tokenizer: bool, policy: PathPolicy | None = None
+) -> SourceSize:
+    """The size of one spec data source; `byte_tokenizer`: the job uses the default tokenizer.
+
+    With a `policy`, the sidecar and the index are read only where they lie under its roots
+    once symlinks are resolved: the spec's path passed the same check, but `<prefix>.idx` is
+    another file, and a link there must not make the service read outside the roots.
+    """
     for prefix in EMBEDDED_CORPUS_PREFIXES:
         if path.startswith(prefix):
             name = path[len(prefix) :]
@@ -83,10 +91,14 @@ def source_size(path: str, *, data_root: str, byte_tokenizer: bool) -> SourceSiz
         scheme = path.split("://", 1)[0]
         return _unknown(f"{scheme}:// is not read by the service")
     prefix = local_prefix(path, data_root)
-    return replace(_local(prefix), key=prefix)
+    return replace(_local(prefix, policy), key=prefix)
 
 
-def _local(prefix: str) -> SourceSize:
+def _local(prefix: str, policy: PathPolicy | None) -> SourceSize:
+    if policy is not None:
+        for extension in (".json", ".idx"):
+            if (reason := policy.problem(prefix + extension, base=policy.data_root)) is not None:
+                return _unknown(f"not read: {reason}")
     try:
         sidecar = _read_sidecar(prefix + ".json")
         if sidecar is not None:
@@ -209,11 +221,14 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-def sizes_for(spec: JobSpec, *, data_root: str) -> dict[str, SourceSize]:
-    """The size of every data source a pretraining spec names, by its path in the spec."""
+def sizes_for(spec: JobSpec, policy: PathPolicy) -> dict[str, SourceSize]:
+    """The size of every data source a pretraining spec names, by its path in the spec, read
+    only under the policy's roots."""
     byte_tokenizer = spec.tokenizer is None
     return {
-        source.path: source_size(source.path, data_root=data_root, byte_tokenizer=byte_tokenizer)
+        source.path: source_size(
+            source.path, data_root=policy.data_root, byte_tokenizer=byte_tokenizer, policy=policy
+        )
         for stage in spec.stages
         for source in stage.data
     }

@@ -175,3 +175,15 @@ def test_a_plan_stored_before_the_data_accounting_still_loads(tiny_spec: dict, t
 
     stored = {k: v for k, v in planned(tiny_spec, tmp_path / "data").items() if k != "data"}
     assert load_plan(stored).data is None
+
+
+def test_an_index_linked_from_outside_the_roots_is_not_read(tiny_spec: dict, tmp_path: Path) -> None:
+    outside = megatron_pair(tmp_path / "outside" / "secret", [[[1, 2, 3]]])
+    data_root = tmp_path / "data"
+    data_root.mkdir()
+    (data_root / "inside.idx").symlink_to(f"{outside}.idx")  # the prefix itself is not a link
+    tiny_spec["stages"][0]["data"] = [{"channel": "en", "path": "inside", "weight": 1}]
+
+    [source] = planned(tiny_spec, data_root)["data"]["stages"][0]["sources"]
+    assert (source["size_tokens"], source["size_basis"]) == (None, "unknown")
+    assert "outside the allowed roots" in source["size_note"]
