@@ -15,7 +15,7 @@ import click
 from pretrainctl import server
 from pretrainctl.client import ApiClient, ApiError
 from pretrainctl.config import ClientSettings
-from pretrainctl.output import exit_on_api_error, print_data
+from pretrainctl.output import exit_on_api_error, print_data, show_job_data
 
 # The server's enums as the wire carries them (tests/pretrainctl check that they agree).
 JOB_STATES = ("pending", "running", "paused", "cancelling", "succeeded", "failed", "cancelled")
@@ -163,6 +163,17 @@ def _show_job(job: dict[str, Any]) -> None:
         click.echo(f"  attempt {attempt['number']}  {attempt['state']:<10} {attempt['reason']}")
     for warning in job["warnings"]:
         click.echo(f"  warning    {'.'.join(map(str, warning['loc']))}: {warning['msg']}")
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def data(ctx: click.Context, job_id: int, as_json: bool) -> None:
+    """Tokens per data channel: planned, expected by the newest step, consumed, and the mixes."""
+    with api(ctx) as client:
+        account = client.job_data(job_id)
+    print_data(account, as_json, show_job_data)
 
 
 @cli.command("list")

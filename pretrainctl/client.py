@@ -96,6 +96,9 @@ class ApiClient:
             "GET", f"/v1/jobs/{job_id}/metrics", params={k: v for k, v in params.items() if v is not None}
         )
 
+    def job_data(self, job_id: int) -> dict[str, Any]:
+        return self._call("GET", f"/v1/jobs/{job_id}/data")
+
     def checkpoints(self, job_id: int) -> list[dict[str, Any]]:
         return self._call("GET", f"/v1/jobs/{job_id}/checkpoints")
 

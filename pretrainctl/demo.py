@@ -129,6 +129,11 @@ def conclusion(result: DemoResult) -> list[str]:
             f"{_fmt(job['final_eval_loss'])} vs {_fmt(base['final_eval_loss'])} "
             f"({_pct(result.summary['final_eval_loss_relative_difference'])})"
         )
+    if mix := job.get("data_mix"):
+        shares = ", ".join(
+            f"{channel} {_share(shares['planned'])}/{_share(shares['consumed'])}" for channel, shares in mix.items()
+        )
+        lines.append(f"   data mix planned/consumed: {shares}")
     lines.append(f"== report: {result.report_path}")
     if not result.ok:
         lines.append("!! the demo did not show an automatic rollback followed by a finished run")
@@ -311,3 +316,7 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.1%}"
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"

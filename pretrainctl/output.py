@@ -49,6 +49,7 @@ def show_plan(plan: dict[str, Any]) -> None:
     click.echo(f"compute      {compute['flops']:.3e} FLOPs (6ND {compute['flops_6nd']:.3e}), {compute['gpu_hours']:,.0f} GPU-hours, {compute['days']:.1f} days at MFU {compute['mfu']:.0%}")
     for stage in plan["stages"]:
         click.echo(f"stage        {stage['name']}: {stage['train_iters']:,} iters ({stage['warmup_iters']:,} warmup) at seq {stage['seq_length']:,}")
+    show_data_plan(plan.get("data"))
     click.echo(f"advice       critical batch {advice['critical_batch_tokens']:,.0f} tokens vs {advice['batch_tokens']:,} in the spec; compute-optimal {advice['compute_optimal_tokens']:.3e} tokens")
     inverse = plan.get("inverse") or {}
     if budget := inverse.get("tokens_for_budget"):
@@ -61,3 +62,54 @@ def show_plan(plan: dict[str, Any]) -> None:
         click.echo(f"warning      {warning}")
     for problem in plan["problems"]:
         click.echo(f"REFUSED      {'.'.join(map(str, problem['loc']))}: {problem['msg']}")
+
+
+def show_data_plan(data: dict[str, Any] | None) -> None:
+    """Per stage and source: tokens planned, the source's size and the epochs; then the run."""
+    if not data:
+        return
+    click.echo(f"data         tokens planned per source, its size and the epochs (warns over {data['max_source_epochs']:g})")
+    stage_width = max(len(stage["stage"]) for stage in data["stages"])
+    channel_width = max(len(",".join(total["channels"])) for total in data["sources"])
+    for stage in data["stages"]:
+        for source in stage["sources"]:
+            planned = _tokens(source["tokens_planned"])
+            click.echo(f"  {stage['stage']:<{stage_width}}  {source['channel']:<{channel_width}}  {source['weight']:>6.1%}  {planned:>7} of {_size(source)}")
+    for total in data["sources"]:
+        mark = "  OVER LIMIT" if total["over_limit"] else ""
+        epochs = "size unknown" if total["epochs"] is None else f"{total['epochs']:.2f} epochs{mark}"
+        channels = ",".join(total["channels"])
+        click.echo(f"  {'run':<{stage_width}}  {channels:<{channel_width}}  {'':>6}  {_tokens(total['tokens_planned']):>7}: {epochs}  ({total['path']})")
+
+
+def show_job_data(account: dict[str, Any]) -> None:
+    """`pretrainctl data`: per channel, planned against consumed tokens and the two mixes."""
+    at = "no tokens reported yet" if account["step"] is None else f"at step {account['step']} (attempt {account['attempt']})"
+    click.echo(f"job {account['job_id']}: {_tokens(account['tokens_planned'])} tokens planned; {at}")
+    click.echo(f"  {'channel':<12} {'planned':>8} {'by now':>8} {'consumed':>8} {'mix plan':>8} {'mix real':>8} {'epochs':>7}")
+    for channel in account["channels"]:
+        def count(value: int | None) -> str:
+            return "-" if value is None else _tokens(value)
+
+        def share(value: float | None) -> str:
+            return "-" if value is None else f"{value:.1%}"
+
+        epochs = "-" if channel["epochs_consumed"] is None else f"{channel['epochs_consumed']:.3f}"
+        click.echo(
+            f"  {channel['channel']:<12} {count(channel['tokens_planned']):>8} {count(channel['tokens_expected']):>8} "
+            f"{count(channel['tokens_consumed']):>8} {share(channel['share_planned']):>8} {share(channel['share_consumed']):>8} {epochs:>7}"
+        )
+
+
+def _size(source: dict[str, Any]) -> str:
+    if source["size_tokens"] is None:
+        return f"? ({source['size_note']})"
+    return f"{_tokens(source['size_tokens'])} ({source['size_basis']}) = {source['epochs']:.2f} epochs"
+
+
+def _tokens(count: int) -> str:
+    """1,234 → 1.2K, 3.4e9 → 3.4B: token counts at a glance."""
+    for bound, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if count >= bound:
+            return f"{count / bound:.1f}{suffix}"
+    return str(count)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pretrainctl.client import ApiClient
+from pretrainctl.client import ApiClient, ApiError
 
 LOSS_PREFIX = "loss/"
 EVAL_LOSS_PREFIX = "eval/loss/"
@@ -35,6 +35,8 @@ class RunData:
     job: dict[str, Any]
     events: list[dict[str, Any]]
     points: list[dict[str, Any]]
+    # GET /v1/jobs/{id}/data: tokens per channel, planned against consumed (None: not served).
+    data: dict[str, Any] | None = None
 
     def series(self, name: str, attempt: int) -> list[tuple[int, float]]:
         """(step, value) of one metric of one attempt, finite values only, by step."""
@@ -89,6 +91,9 @@ class Summary:
     final_eval_loss: float | None = None
     final_eval_ppl: dict[str, float] = field(default_factory=dict)
     verdicts: dict[str, int] = field(default_factory=dict)
+    # channel -> {"planned": share of the plan's tokens by the last step, "consumed": share of
+    # the tokens the trainer reported consumed}; empty when the job reported none.
+    data_mix: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -106,7 +111,13 @@ def collect(client: ApiClient, job_id: int) -> RunData:
             break
         after = page["data"][-1]["id"]
     points = client.metrics(job_id, limit=100_000, max_points=MAX_POINTS_PER_SERIES)
-    return RunData(job=job, events=events, points=points)
+    try:
+        data = client.job_data(job_id)
+    except ApiError as exc:  # a server from before the data accounting
+        if exc.status_code not in (404, 409):
+            raise
+        data = None
+    return RunData(job=job, events=events, points=points, data=data)
 
 
 def summarize(run: RunData) -> Summary:
@@ -144,6 +155,11 @@ def summarize(run: RunData) -> Summary:
         final_eval_loss=eval_loss[-1][1] if eval_loss else None,
         final_eval_ppl=final_eval_ppl,
         verdicts=verdicts,
+        data_mix={
+            channel["channel"]: {"planned": channel["share_planned"], "consumed": channel["share_consumed"]}
+            for channel in (run.data or {}).get("channels", [])
+            if channel["tokens_consumed"] is not None
+        },
     )
 
 
@@ -308,6 +324,7 @@ def render_html(run: RunData, *, baseline: RunData | None = None, title: str | N
         for channel in run.channels()
     ]
     sections.append("<h2>Eval perplexity per channel</h2>" + "".join(ppl_charts))
+    sections.append(_data_section(run.data))
     sections.append(_events_section(run.events))
     sections.append(_plan_section(run.job))
     heading = title or f"Job {run.job['id']} · {run.job['name']}"
@@ -378,6 +395,47 @@ def _events_section(events: Sequence[dict[str, Any]]) -> str:
         "<h2>Event log</h2><table><tr><th>time</th><th>attempt</th><th>event</th><th>actor</th><th>why</th></tr>"
         + "".join(rows) + "</table>"
     )
+
+
+def _data_section(data: dict[str, Any] | None) -> str:
+    """Planned against consumed tokens and mix per channel, and the epochs of each source."""
+    if not data:
+        return ""
+    at = f" by step {data['step']} (attempt {data['attempt']})" if data.get("step") is not None else ""
+    head = (
+        "<tr><th>channel</th><th>planned, whole run</th><th>planned by now</th><th>consumed</th>"
+        "<th>planned mix</th><th>realised mix</th><th>epochs consumed</th></tr>"
+    )
+    rows = []
+    for channel in data["channels"]:
+        cells = (
+            channel["channel"],
+            _count(channel["tokens_planned"]),
+            _count(channel["tokens_expected"]),
+            _count(channel["tokens_consumed"]) if channel["tokens_consumed"] is not None else "not reported",
+            _share(channel["share_planned"]),
+            _share(channel["share_consumed"]),
+            _fmt(channel["epochs_consumed"], ".3f"),
+        )
+        rows.append("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells) + "</tr>")
+    sources = []
+    for source in (data.get("plan") or {}).get("sources", []):
+        epochs = "size unknown" if source["epochs"] is None else f"{source['epochs']:.3f} epochs planned"
+        mark = " (over max_source_epochs)" if source["over_limit"] else ""
+        sources.append(f"<li>{html.escape(source['path'])}: {_count(source['size_tokens'])} tokens, {html.escape(epochs + mark)}</li>")
+    listing = f"<p>Sources over the run:</p><ul>{''.join(sources)}</ul>" if sources else ""
+    return (
+        f"<h2>Data: planned vs consumed per source{html.escape(at)}</h2>"
+        f"<table>{head}{''.join(rows)}</table>{listing}"
+    )
+
+
+def _count(value: int | None) -> str:
+    return "n/a" if value is None else f"{value:,}"
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
 
 
 def _plan_section(job: dict[str, Any]) -> str:

@@ -46,12 +46,20 @@ DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 JOB_VALUES = "query_result(max by (job_id, name) (max_over_time(pretrain_step[$__range])))"
 JOB_REGEX = '/job_id="(?<value>[^"]+)".*name="(?<text>[^"]+)"/'
 LIVE = 'job_id=~"$job"'
+# A query's series drawn dashed: what was planned, beside what happened.
+DASHED = [model.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]})]
 
 
 def per_job(metric: str, *labels: str, where: str = "") -> str:
     """The series of the picked jobs, one per job (and per `labels`) whatever the replicas."""
     selector = f"{metric}{{{LIVE}{', ' + where if where else ''}}}"
     return f"max by ({', '.join(['job_id', 'name', *labels])}) ({selector})"
+
+
+def share(metric: str) -> str:
+    """Each channel's share of a per-channel total, per job: the mix."""
+    channels = per_job(metric, "channel")
+    return f"{channels} / ignoring (channel) group_left sum by (job_id, name) ({channels})"
 
 
 def increases(counter: str, *labels: str, matchers: str = "") -> str:
@@ -350,6 +358,24 @@ def throughput() -> dashboard.Dashboard:
                 query(per_job("pretrain_tokens"), "{{name}}"),
                 unit="short",
             ),
+            line_panel(
+                "Tokens consumed per source",
+                "Tokens each data channel has fed the job (the trainer's `data/tokens/<channel>`), dashed: what "
+                "the plan takes from it by the same step. `GET /v1/jobs/{id}/data` has the sizes and epochs.",
+                query(per_job("pretrain_data_tokens", "channel"), "{{name}} · {{channel}}", "A"),
+                query(per_job("pretrain_data_tokens_planned", "channel"), "{{name}} · {{channel}} planned", "B"),
+                unit="short",
+            ).override_by_query("B", DASHED),
+            line_panel(
+                "Planned vs realised mix",
+                "Each channel's share of the tokens consumed so far, against its share of what the plan takes "
+                "by the same step (dashed); they part when a source runs short or the sampler drifts.",
+                query(share("pretrain_data_tokens"), "{{name}} · {{channel}}", "A"),
+                query(share("pretrain_data_tokens_planned"), "{{name}} · {{channel}} planned", "B"),
+                unit="percentunit",
+            )
+            .min(0)
+            .override_by_query("B", DASHED),
         ],
     )
 

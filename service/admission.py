@@ -16,6 +16,7 @@ from pydantic import Field
 
 from service.planner import Plan, memory_problems, plan_job
 from service.settings import Settings, get_settings
+from service.sources import sizes_for
 from service.spec import (
     PathPolicy,
     Problem,
@@ -101,13 +102,19 @@ def admit(
     `require_plan` refuses a tokenizer job, which has no plan, instead of admitting it without
     one. `gpus`/`days` and `deadline_days` add the plan's inverse answers.
     """
-    validated = validate_spec(raw, path_policy(settings or get_settings()))
+    policy = path_policy(settings or get_settings())
+    validated = validate_spec(raw, policy)
     if isinstance(validated, ValidatedTokenizerSpec):
         if require_plan:
             raise SpecInvalid([_no_plan_for_a_tokenizer_job(validated)])
         return Admission(validated=validated, plan=None, problems=[])
     plan = plan_job(
-        validated, gpus=gpus, days=days, token_budget=token_budget, deadline_days=deadline_days
+        validated,
+        gpus=gpus,
+        days=days,
+        token_budget=token_budget,
+        deadline_days=deadline_days,
+        source_sizes=sizes_for(validated.spec, policy),
     )
     problems = memory_problems(validated, plan)
     if problems and over_memory is OverMemory.REFUSE:

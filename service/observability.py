@@ -20,10 +20,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from service import data_accounting
 from service.db.models import Attempt, Event, Job, JobState, LatestMetric, utcnow
 from service.lifecycle import ACTIVE_JOB_STATES
+from service.spec import JobSpec
 
-# Latest values exported per live job: the channel losses, eval PPL and throughput.
+# Latest values exported per live job: the channel losses, eval PPL and throughput (tokens
+# consumed per channel, `data/tokens/<channel>`, have their own family: `_data`).
 EXPORTED_PREFIXES = ("loss", "eval/ppl", "throughput/", "grad_norm", "lr")
 # The detector's verdict kinds and the rollback triggers: a live job exports each from zero,
 # so the first one shows as an increase (Prometheus sees no increase in a series born at 1).
@@ -41,6 +44,7 @@ class ServiceCollector:
         with self.sessions() as session:
             yield from self._jobs(session)
             yield from self._latest(session)
+            yield from self._data(session)
             yield from self._verdicts(session)
             yield from self._rollbacks(session)
             yield from self._skipped_steps(session)
@@ -91,6 +95,35 @@ class ServiceCollector:
         for job, (_, count) in seen.items():
             tokens.add_metric(list(job), count)
         yield from (loss, ppl, other, step, tokens)
+
+    def _data(self, session: Session):
+        """Tokens consumed per channel (the trainer's `data/tokens/<channel>`), and what the plan
+        expected of each by the same step: the realised mix against the planned one."""
+        labels = ["job_id", "name", "channel"]
+        consumed = GaugeMetricFamily(
+            "pretrain_data_tokens", "Tokens a live job has consumed from a data channel.", labels=labels
+        )
+        expected = GaugeMetricFamily(
+            "pretrain_data_tokens_planned",
+            "Tokens the plan takes from a data channel up to a live job's newest reported step.",
+            labels=labels,
+        )
+        live = {job_id for job_id, in session.execute(select(Job.id).where(Job.state.in_(ACTIVE_JOB_STATES)))}
+        newest: dict[int, tuple[int, int]] = {}
+        reported: dict[int, list[tuple[str, float]]] = {}
+        for job_id, channel, value, attempt, step in data_accounting.consumed_rows(session, sorted(live)):
+            newest[job_id] = max(newest.get(job_id, (attempt, step)), (attempt, step))
+            if value is not None:
+                reported.setdefault(job_id, []).append((channel, value))
+        jobs = session.execute(select(Job.id, Job.name, Job.spec_hash).where(Job.id.in_(list(newest)))) if newest else []
+        for job_id, job_name, spec_hash in jobs:
+            key = [str(job_id), job_name]
+            for channel, value in reported.get(job_id, []):
+                consumed.add_metric([*key, channel], value)
+            mixes = _stage_mixes(session, job_id, spec_hash)
+            for channel, tokens in data_accounting.expected_tokens(mixes, newest[job_id][1] + 1).items():
+                expected.add_metric([*key, channel], tokens)
+        yield from (consumed, expected)
 
     def _verdicts(self, session: Session):
         verdicts = CounterMetricFamily("pretrain_verdicts", "Watchdog verdicts on a live job, by kind.", labels=["job_id", "name", "kind"])
@@ -161,6 +194,24 @@ class ServiceCollector:
                 newest = newest if newest.tzinfo else newest.replace(tzinfo=UTC)
                 lag.add_metric([str(job_id), job_name], max(0.0, (now - newest).total_seconds()))
         yield lag
+
+
+# A job's stage mixes by (id, spec hash): a scrape parses a live job's spec once, not every time.
+_MIXES: dict[tuple[int, str], list] = {}
+_MIXES_KEPT = 4096
+
+
+def _stage_mixes(session: Session, job_id: int, spec_hash: str) -> list:
+    mixes = _MIXES.get((job_id, spec_hash))
+    if mixes is None:
+        job = session.get(Job, job_id)
+        spec, derivation = job.spec, job.derivation
+        pretraining = isinstance(spec, JobSpec) and derivation is not None
+        mixes = data_accounting.stage_mixes(spec, derivation.stages) if pretraining else []
+        if len(_MIXES) >= _MIXES_KEPT:
+            _MIXES.clear()
+        _MIXES[(job_id, spec_hash)] = mixes
+    return mixes
 
 
 def _live_jobs(session: Session) -> list[tuple[str, str]]:

@@ -8,7 +8,8 @@ grouped-query attention and SwiGLU; the FLOP count follows Megatron-LM's
 (Chinchilla loss), MiniCPM (critical batch size) and Llama 3 (compute-optimal tokens).
 
 One module per part of the plan: params, memory, compute, advice (scaling laws), inverse
-(questions read backwards), plan (`plan_job`, the entry point) and fit (`memory_problems`, what
+(questions read backwards), data (tokens planned per source and the epochs they are of its
+size; the sizes are read by `service.sources` and passed in), plan (`plan_job`, the entry point) and fit (`memory_problems`, what
 refuses a plan that does not fit). Every public name is re-exported here.
 
 Modelling choices, each stated once here and used everywhere in the package:
@@ -57,6 +58,7 @@ from service.planner.compute import (
     flops_per_token,
     split_warmup,
 )
+from service.planner.data import DataPlan, SourcePlan, SourceTotal, StageData
 from service.planner.fit import LONG_SEQUENCE, MAX_SUGGESTED_FIXES, memory_problems
 from service.planner.inverse import GpusForDeadline, Inverse, TokensForBudget
 from service.planner.memory import (
@@ -87,6 +89,7 @@ __all__ = [
     "CHINCHILLA_BETA",
     "CHINCHILLA_E",
     "Compute",
+    "DataPlan",
     "FIT_FRACTION",
     "GENERAL_WORDS",
     "GIB",
@@ -115,6 +118,9 @@ __all__ = [
     "Params",
     "Plan",
     "SECONDS_PER_DAY",
+    "SourcePlan",
+    "SourceTotal",
+    "StageData",
     "StageEstimate",
     "StageMemory",
     "TokensForBudget",

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from collections.abc import Mapping
+
+from pydantic import BaseModel, Field
 
 from service.planner.advice import Advice, advise
 from service.planner.compute import Compute, StageEstimate, estimate_compute, estimate_stages
+from service.planner.data import DataPlan, plan_data
 from service.planner.inverse import Inverse, answer_inverse
 from service.planner.memory import FIT_FRACTION, Memory, estimate_memory
 from service.planner.params import Params, Vocab, count_params, vocab_for
+from service.sources import SourceSize
 from service.spec import ValidatedSpec
 
 # Fewer spare embedding rows than this leaves little room for tokens added in later alignment.
@@ -25,6 +29,10 @@ class Plan(BaseModel):
     stages: list[StageEstimate]
     advice: Advice
     inverse: Inverse
+    # None in plans stored before the data accounting existed.
+    data: DataPlan | None = Field(
+        None, description="Tokens planned per stage and data source, sizes and epochs."
+    )
     warnings: list[str]
 
 
@@ -35,8 +43,13 @@ def plan_job(
     days: float | None = None,
     token_budget: int | None = None,
     deadline_days: float | None = None,
+    source_sizes: Mapping[str, SourceSize] | None = None,
 ) -> Plan:
-    """The plan of a validated spec; `gpus`/`days` and `deadline_days` add inverse answers."""
+    """The plan of a validated spec; `gpus`/`days` and `deadline_days` add inverse answers.
+
+    `source_sizes` (by spec path, from `service.sources`) sizes the data sources; without it
+    every size is unknown and the data plan has no epochs.
+    """
     for name, value in (
         ("gpus", gpus),
         ("days", days),
@@ -65,6 +78,8 @@ def plan_job(
             f"memory estimate {memory.per_gpu_gib:.1f} GiB exceeds {FIT_FRACTION:.0%} of "
             f"{memory.capacity_gib:g} GiB; accepted because allow_over_memory is set"
         )
+    data, data_warnings = plan_data(validated, source_sizes or {})
+    warnings += data_warnings
     return Plan(
         params=params,
         vocab=vocab,
@@ -80,5 +95,6 @@ def plan_job(
             token_budget=token_budget,
             deadline_days=deadline_days,
         ),
+        data=data,
         warnings=warnings,
     )

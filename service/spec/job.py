@@ -28,6 +28,11 @@ JOB_KINDS = (PRETRAIN_KIND, TOKENIZER_KIND)
 # Below these the estimated days and the critical batch size are no longer finite numbers.
 MIN_MFU = 0.001
 MIN_TARGET_LOSS = 0.01
+# Muennighoff et al. 2023 ("Scaling Data-Constrained Language Models"): up to about 4 epochs
+# of repeated data are nearly as good as new; past that returns fall fast, and past ~16 they
+# are about nil. A limit above 100 epochs would warn of nothing.
+DEFAULT_MAX_SOURCE_EPOCHS = 4.0
+MAX_SOURCE_EPOCHS_BOUND = 100
 
 
 class JobSpec(Section):
@@ -83,4 +88,10 @@ class JobSpec(Section):
     target_loss: real(ge=MIN_TARGET_LOSS, le=20) | None = Field(
         None,
         description="Final training loss aimed for; the planner sizes the critical batch from it.",
+    )
+    max_source_epochs: real(gt=0, le=MAX_SOURCE_EPOCHS_BOUND) = Field(
+        DEFAULT_MAX_SOURCE_EPOCHS,
+        description="The plan warns when the run takes more than this many epochs of a data "
+        "source whose size it knows (Muennighoff et al. 2023: past ~4 epochs, repeated tokens "
+        "are worth rapidly less than new ones).",
     )

@@ -1,5 +1,5 @@
 """What a trainer reports, as the dashboards expect it: three channels, optimizer and throughput
-metrics every step, an eval every ten steps, and on request a bad `zh` shard that diverges."""
+metrics and tokens consumed per channel every step, an eval every ten steps, and on request a bad `zh` shard that diverges."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 
 CHANNELS = ("code", "en", "zh")
 TOKENS_PER_STEP = 2048
+WEIGHTS = {"code": 0.4, "en": 0.4, "zh": 0.2}  # examples/tiny-cpu.yaml's first stage
 
 
 def records(job_id: int, steps: range, *, attempt: int = 0, bad_from: int | None = None) -> list[dict]:
@@ -25,6 +26,11 @@ def records(job_id: int, steps: range, *, attempt: int = 0, bad_from: int | None
                 "throughput/tokens_per_s": 2400.0 + step % 7,
                 "throughput/step_time_s": TOKENS_PER_STEP / 2400.0,
                 "throughput/mfu": 0.41,
+                # Tokens consumed per channel so far (steps 0..step), a little off the weights.
+                **{
+                    f"data/tokens/{name}": float(round((step + 1) * TOKENS_PER_STEP * weight * (1 + 0.01 * (i - 1))))
+                    for i, (name, weight) in enumerate(WEIGHTS.items())
+                },
             }
         )
         reported.append({**common, "phase": "stable", "metrics": metrics})

@@ -64,6 +64,7 @@ def test_demo_catches_the_garbage_rolls_back_and_finishes(tmp_path, monkeypatch)
     assert "a1 step" in shown  # the resumed attempt's progress was displayed
     page = (tmp_path / "out" / "report.html").read_text()
     assert "en: garbage injected [24, 32)" in page and "attempt 1" in page
+    assert "Data: planned vs consumed per source" in page
     assert any("rollback by watchdog" in line for line in lines)
 
 

@@ -106,3 +106,29 @@ def test_a_chart_leaves_out_non_finite_points_and_a_log_axis_leaves_out_non_posi
 
 def test_a_chart_without_points_says_so():
     assert "no data" in svg_chart([run_report.Series("a", [], "#000")], title="t", y_label="y")
+
+
+def test_report_shows_planned_against_consumed_mix_per_source(rolled_back_run):
+    rolled_back_run.data = {
+        "job_id": 7, "attempt": 1, "step": 39, "tokens_planned": 81920, "tokens_expected": 81920, "tokens_consumed": 81000,
+        "channels": [
+            {"channel": "en", "paths": ["embedded://en"], "tokens_planned": 40960, "tokens_expected": 40960, "tokens_consumed": 41500,
+             "share_planned": 0.5, "share_consumed": 41500 / 81000, "size_tokens": 466196, "epochs_consumed": 41500 / 466196},
+            {"channel": "code", "paths": ["embedded://code"], "tokens_planned": 40960, "tokens_expected": 40960, "tokens_consumed": 39500,
+             "share_planned": 0.5, "share_consumed": 39500 / 81000, "size_tokens": None, "epochs_consumed": None},
+        ],
+        "plan": {"sources": [{"path": "embedded://en", "channels": ["en"], "tokens_planned": 40960, "size_tokens": 466196,
+                              "epochs": 0.0879, "over_limit": False}]},
+    }  # fmt: skip
+    assert summarize(rolled_back_run).data_mix == {
+        "en": {"planned": 0.5, "consumed": 41500 / 81000}, "code": {"planned": 0.5, "consumed": 39500 / 81000}
+    }
+    page = run_report.render_html(rolled_back_run)
+    section = page.split("<h2>Data: planned vs consumed per source by step 39 (attempt 1)</h2>")[1].split("<h2>")[0]
+    assert "<td>en</td><td>40,960</td><td>40,960</td><td>41,500</td><td>50.0%</td><td>51.2%</td><td>0.089</td>" in section
+    assert "<td>code</td>" in section and "embedded://en: 466,196 tokens, 0.088 epochs planned" in section
+
+
+def test_report_without_data_accounting_leaves_the_section_out(rolled_back_run):
+    assert "planned vs consumed" not in run_report.render_html(rolled_back_run)
+    assert summarize(rolled_back_run).data_mix == {}

@@ -123,3 +123,23 @@ def test_after_a_rollback_the_new_attempt_is_the_newest_even_at_an_earlier_step(
     assert exported[("pretrain_tokens", this)] == 2500  # the new attempt's, though its step is earlier
     # eval/ppl has no attempt-1 point yet: its newest is attempt 0's, as before the summary table.
     assert exported[("pretrain_eval_ppl", this | {("channel", "all")})] == 90.0
+
+
+def test_tokens_consumed_per_channel_and_what_the_plan_expected_by_then(settings, tiny_spec):
+    sessions = get_sessionmaker(settings.resolved_database_url)
+    with sessions() as session:
+        job = jobs.submit_job(session, raw=tiny_spec, principal=ALICE)
+        other = jobs.submit_job(session, raw={**tiny_spec, "name": "quiet"}, principal=ALICE)  # reports nothing
+        ingest.store_metrics(session, job_id=job.id, records=[
+            record(job.id, 8, loss=3.0, **{"data/tokens/code": 7000.0, "data/tokens/en": 7400.0}),
+            record(job.id, 9, loss=3.0, **{"data/tokens/code": 8000.0, "data/tokens/en": 8500.0, "data/tokens/zh": 4000.0}),
+        ])  # fmt: skip
+    statements, exported = scrape_statements(sessions)
+
+    assert not [statement for statement in statements if "metric_points" in statement]
+    this = {"job_id": str(job.id), "name": "tiny-cpu"}
+    consumed = {labels: value for (name, labels), value in exported.items() if name == "pretrain_data_tokens"}
+    assert consumed == {frozenset({**this, "channel": c}.items()): v for c, v in (("code", 8000), ("en", 8500), ("zh", 4000))}
+    planned = {dict(labels)["channel"]: value for (name, labels), value in exported.items() if name == "pretrain_data_tokens_planned"}
+    assert planned == {"code": 10 * 2048 * 0.4, "en": 10 * 2048 * 0.4, "zh": 10 * 2048 * 0.2}  # steps 0..9
+    assert not [labels for (name, labels), _ in exported.items() if ("job_id", str(other.id)) in labels and "data" in name]

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
-from service import attempts, checkpoints, jobs
+from service import attempts, checkpoints, data_accounting, jobs
 from service.api.auth import JobReporterDep, OncallDep, SubmitterDep, ViewerDep
 from service.api.deps import MAX_ID, JobId, NotifierDep, SessionDep, SettingsDep
 from service.api.schemas import (
@@ -99,6 +99,16 @@ def list_jobs(
 def get_job(job_id: JobId, session: SessionDep, _: ViewerDep) -> JobPublic:
     """One job with its attempts, derived fields and plan."""
     return JobPublic.model_validate(repo.get_job(session, job_id=job_id))
+
+
+@router.get(
+    "/{job_id}/data",
+    response_model=data_accounting.JobDataAccount,
+    responses={404: {"description": "No such job."}, 409: {"description": "Not a pretraining job: it trains on no data."}},
+)
+def get_job_data(job_id: JobId, session: SessionDep, _: ViewerDep) -> data_accounting.JobDataAccount:
+    """Tokens per data channel: planned over the run, expected by the newest step, consumed as the trainer reported."""
+    return data_accounting.account(session, repo.get_job(session, job_id=job_id))
 
 
 @router.post(

@@ -6,11 +6,13 @@ import pytest
 from sqlalchemy import update
 
 from service import jobs
+from service.admission import path_policy
 from service.db import repo
 from service.db.models import Job, Role
 from service.db.session import get_sessionmaker
 from service.jobspec import SPEC_VERSION, StoredSpecUnreadable
 from service.planner import plan_job
+from service.sources import sizes_for
 from service.spec import JobSpec, TokenizerJobSpec, WatchdogSpec, validate_spec
 from service.tokens import Principal
 
@@ -34,7 +36,8 @@ def test_a_submitted_job_reads_back_as_the_models_admission_made(settings, sessi
     assert stored.spec == validated.spec
     assert stored.derivation.model == validated.model
     assert stored.derivation.total_train_iters == validated.derived.total_train_iters
-    assert stored.memory_plan == plan_job(validated)
+    assert stored.memory_plan == plan_job(validated, source_sizes=sizes_for(validated.spec, path_policy(settings)))
+    assert stored.memory_plan.data is not None and stored.memory_plan.data.sources[0].size_tokens is not None
     assert stored.watchdog == validated.spec.watchdog
     assert stored.spec is stored.spec  # parsed once per row
 
