@@ -68,7 +68,11 @@ def show_data_plan(data: dict[str, Any] | None) -> None:
     """Per stage and source: tokens planned, the source's size and the epochs; then the run."""
     if not data:
         return
-    click.echo(f"data         tokens planned per source, its size and the epochs (warns over {data['max_source_epochs']:g})")
+    trained = data.get("train_share", 1.0)
+    click.echo(
+        f"data         tokens planned per source, its size and the epochs of its {trained:.1%} trained on "
+        f"(warns over {data['max_source_epochs']:g})"
+    )
     stage_width = max(len(stage["stage"]) for stage in data["stages"])
     channel_width = max(len(",".join(total["channels"])) for total in data["sources"])
     for stage in data["stages"]:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from service.db.models import Job, LatestMetric
 from service.errors import Conflict
 from service.planner import DataPlan
+from service.planner.data import data_train_share
 from service.spec import JobSpec
 from service.spec.stages import StagePlan
 
@@ -42,7 +43,9 @@ class ChannelAccount(BaseModel):
     share_planned: float | None = Field(description="tokens_expected / all channels' tokens_expected: the planned mix by now.")
     share_consumed: float | None = Field(description="tokens_consumed / all channels' tokens_consumed: the realised mix.")
     size_tokens: int | None = Field(description="The source's size when the channel reads one source of known size.")
-    epochs_consumed: float | None = Field(description="tokens_consumed / size_tokens.")
+    epochs_consumed: float | None = Field(
+        description="tokens_consumed / (size_tokens × the split's train share): epochs of what is trained on."
+    )
 
 
 class JobDataAccount(BaseModel):
@@ -113,6 +116,7 @@ def account(session: Session, job: Job) -> JobDataAccount:
     plan = job.memory_plan.data if job.memory_plan is not None else None
     paths = _paths(spec)
     sizes = _single_source_sizes(plan, paths)
+    share = data_train_share(spec.data.split)
     channels = list(planned) + sorted(set(consumed) - set(planned))
     expected_total = sum(expected.values()) if expected else 0
     consumed_total = sum(consumed.values())
@@ -130,7 +134,7 @@ def account(session: Session, job: Job) -> JobDataAccount:
                 share_planned=expected.get(channel, 0) / expected_total if expected and expected_total else None,
                 share_consumed=used / consumed_total if used is not None and consumed_total else None,
                 size_tokens=size,
-                epochs_consumed=used / size if used is not None and size else None,
+                epochs_consumed=used / (size * share) if used is not None and size else None,
             )
         )
     return JobDataAccount(

@@ -8,8 +8,9 @@ same place, whatever channel names them. A source past `max_source_epochs` over 
 flagged and warned about (Muennighoff et al. 2023: repeated tokens lose their worth past
 about four epochs).
 
-The size counts the whole source, EOD tokens included; data held out of training (a
-validation split, the held-out PPL documents) makes the real epochs slightly higher.
+The size counts the whole source, EOD tokens included; epochs are of its training share, the
+spec's `data.split` train part (the trainer splits by document, so this is the share of
+documents, taken as the share of tokens).
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ class SourcePlan(BaseModel):
         "lengths, the embedded corpora's table, or unknown."
     )
     size_note: str = Field(description="Why the size is unknown, or what it was counted from.")
-    epochs: float | None = Field(description="tokens_planned / size_tokens; null when the size is unknown.")
+    epochs: float | None = Field(
+        description="tokens_planned / (size_tokens × the split's train share); null when the size is unknown."
+    )
 
 
 class StageData(BaseModel):
@@ -62,6 +65,7 @@ class DataPlan(BaseModel):
     """Tokens planned per stage and source, sizes, epochs, and the run's total per source."""
 
     max_source_epochs: float = Field(description="The spec's limit on epochs of one source.")
+    train_share: float = Field(1.0, description="The share of each source trained on: data.split's train part.")
     tokens: int = Field(description="Tokens trained over the run, all stages.")
     stages: list[StageData]
     sources: list[SourceTotal]
@@ -77,6 +81,7 @@ def plan_data(validated: ValidatedSpec, sizes: Mapping[str, SourceSize]) -> tupl
     """The data plan and its warnings; `sizes` maps each spec source path to its size (a path
     missing from it is of unknown size)."""
     spec = validated.spec
+    train_share = data_train_share(spec.data.split)
     stages: list[StageData] = []
     totals: dict[str, SourceTotal] = {}
     by_stage: dict[str, list[str]] = {}
@@ -96,7 +101,7 @@ def plan_data(validated: ValidatedSpec, sizes: Mapping[str, SourceSize]) -> tupl
                     size_tokens=size.tokens,
                     size_basis=size.basis,
                     size_note=size.note,
-                    epochs=_epochs(tokens, size.tokens),
+                    epochs=_epochs(tokens, size.tokens, train_share),
                 )
             )
             key = source_key(source.path, size)
@@ -108,13 +113,13 @@ def plan_data(validated: ValidatedSpec, sizes: Mapping[str, SourceSize]) -> tupl
             )
             total.tokens_planned += tokens
             if size.tokens:
-                by_stage.setdefault(key, []).append(f"{stage.name} {tokens / size.tokens:.2f}")
+                by_stage.setdefault(key, []).append(f"{stage.name} {_epochs(tokens, size.tokens, train_share):.2f}")
             if source.channel not in total.channels:
                 total.channels.append(source.channel)
         stages.append(StageData(stage=stage.name, tokens=planned.tokens_trained, sources=sources))
     warnings = []
     for key, total in totals.items():
-        total.epochs = _epochs(total.tokens_planned, total.size_tokens)
+        total.epochs = _epochs(total.tokens_planned, total.size_tokens, train_share)
         total.over_limit = total.epochs is not None and total.epochs > spec.max_source_epochs
         if total.over_limit:
             warnings.append(_over_limit(total, by_stage.get(key, []), spec.max_source_epochs))
@@ -122,6 +127,7 @@ def plan_data(validated: ValidatedSpec, sizes: Mapping[str, SourceSize]) -> tupl
             warnings.append(f"data source {total.path!r} (channel {', '.join(total.channels)}) holds no tokens")
     plan = DataPlan(
         max_source_epochs=spec.max_source_epochs,
+        train_share=train_share,
         tokens=sum(stage.tokens for stage in stages),
         stages=stages,
         sources=list(totals.values()),
@@ -129,9 +135,15 @@ def plan_data(validated: ValidatedSpec, sizes: Mapping[str, SourceSize]) -> tupl
     return plan, warnings
 
 
-def _epochs(tokens: int, size: int | None) -> float | None:
-    """Epochs of a source; None when its size is unknown or zero (nothing to divide by)."""
-    return tokens / size if size else None
+def _epochs(tokens: int, size: int | None, train_share: float) -> float | None:
+    """Epochs of a source's training share; None when its size is unknown or zero."""
+    return tokens / (size * train_share) if size else None
+
+
+def data_train_share(split: str) -> float:
+    """The train part of a Megatron split string, normalised: "969,30,1" -> 0.969."""
+    shares = [float(share) for share in split.split(",")]
+    return shares[0] / sum(shares)
 
 
 def _over_limit(total: SourceTotal, by_stage: list[str], limit: float) -> str:

@@ -127,14 +127,17 @@ def test_epochs_of_a_tiny_prepared_source_and_the_warning(tiny_spec: dict, tmp_p
     first, anneal = data["stages"]
     small, web = first["sources"]
     assert small["tokens_planned"] == round(first["tokens"] * 0.25)
-    assert (small["size_tokens"], small["size_basis"], small["epochs"]) == (10_000, "index", small["tokens_planned"] / 10_000)
+    # Epochs are of the training share: the split's train part (Megatron's default 96.9%).
+    assert data["train_share"] == pytest.approx(0.969)
+    assert (small["size_tokens"], small["size_basis"]) == (10_000, "index")
+    assert small["epochs"] == pytest.approx(small["tokens_planned"] / (10_000 * 0.969))
     assert (web["size_tokens"], web["epochs"], web["size_basis"]) == (None, None, "unknown")
     assert anneal["sources"][0]["tokens_planned"] == anneal["tokens"]
     # One source under two channels and two spellings: one total over the run.
     total = next(s for s in data["sources"] if s["path"] == "small")
     assert total["channels"] == ["small", "again"]
     assert total["tokens_planned"] == small["tokens_planned"] + anneal["tokens"]
-    assert total["epochs"] == pytest.approx(total["tokens_planned"] / 10_000) == pytest.approx(13.1072)
+    assert total["epochs"] == pytest.approx(total["tokens_planned"] / 9_690) == pytest.approx(13.1072 / 0.969)
     assert total["over_limit"]
     assert data["max_source_epochs"] == 4
     [warning] = [w for w in plan["warnings"] if "max_source_epochs" in w]
@@ -164,9 +167,9 @@ def test_pretrainctl_plan_prints_the_data_table(tiny_spec: dict, tmp_path: Path,
     ]
     show_plan(planned(tiny_spec, data_root))
     lines = capsys.readouterr().out.splitlines()
-    assert any(line.split()[:5] == ["pretrain", "small", "25.0%", "65.5K", "of"] and "= 6.55 epochs" in line for line in lines)
+    assert any(line.split()[:5] == ["pretrain", "small", "25.0%", "65.5K", "of"] and "= 6.76 epochs" in line for line in lines)
     assert any(line.split()[:2] == ["pretrain", "web"] and "? (s3:// is not read by the service)" in line for line in lines)
-    assert any(line.split()[:2] == ["run", "small"] and "6.55 epochs  OVER LIMIT" in line for line in lines)
+    assert any(line.split()[:2] == ["run", "small"] and "6.76 epochs  OVER LIMIT" in line for line in lines)
     assert any(line.startswith("warning") and "max_source_epochs 4" in line for line in lines)
 
 

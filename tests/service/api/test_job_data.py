@@ -56,7 +56,7 @@ def test_planned_against_consumed_per_channel(app_client, tokens, job, capsys):
     assert zh["share_planned"] == pytest.approx(0.2)
     assert code["tokens_planned"] == round(128 * STEP_TOKENS * 0.4 + 32 * STEP_TOKENS * 0.5)
     assert en["paths"] == ["embedded://en"] and en["size_tokens"] == 466_196
-    assert en["epochs_consumed"] == pytest.approx(104_000 / 466_196)
+    assert en["epochs_consumed"] == pytest.approx(104_000 / (466_196 * 0.969))  # of the train share
 
     show_job_data(data)  # `pretrainctl data`
     lines = capsys.readouterr().out.splitlines()
@@ -82,7 +82,7 @@ def test_the_route_is_documented_with_every_status(app_client):
 def test_the_plan_and_the_stored_job_carry_the_data_section(app_client, tokens, tiny_spec, job):
     tiny_spec["stages"][1]["data"][2]["path"] = "s3://corpus/zh"
     data = app_client.post("/v1/plan", json={**tiny_spec, "name": "other"}, headers=auth(tokens["viewer"])).json()["data"]
-    assert set(data) == {"max_source_epochs", "tokens", "stages", "sources"}
+    assert set(data) == {"max_source_epochs", "train_share", "tokens", "stages", "sources"}
     assert set(data["stages"][0]) == {"stage", "tokens", "sources"}
     assert set(data["stages"][0]["sources"][0]) == {
         "channel", "path", "weight", "tokens_planned", "size_tokens", "size_basis", "size_note", "epochs"
