@@ -124,3 +124,12 @@ def test_a_resume_at_another_data_parallel_size_trains_the_identical_batches(one
     assert sorted(resumed) == list(range(one_epoch["half"], one_epoch["steps"]))
     assert len(list((tmp_path / "trace").glob("rank-*.jsonl"))) == 2  # two ranks each read half
     assert all(resumed[step] == first[step] for step in resumed)
+
+
+def test_a_source_the_trainer_cannot_open_ends_the_run_as_bad_config_naming_it(tmp_path, corpus):
+    missing = [*corpus[:2], ("gamma", str(tmp_path / "nowhere" / "gamma"), 0.2)]
+    result = run_trainer(tmp_path, config_for(tmp_path, missing, 4), check=False)
+    assert result.returncode == 2  # bad_config: not worth another attempt
+    [ending] = [json.loads(line) for line in (tmp_path / "result.jsonl").read_text().splitlines()]
+    assert ending["outcome"] == "bad_config"
+    assert "data source 'gamma'" in ending["message"] and "nowhere/gamma.bin" in ending["message"]

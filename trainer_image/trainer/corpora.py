@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.config.base import ConfigError
 from trainer.tokenizer import Tokenizer
 
 __all__ = [
@@ -47,8 +48,11 @@ DEFAULT_CACHE_DIR = Path("~/.cache/pretrain-orchestrator/corpora")
 SIDECAR_FORMAT = "pretrain-data/1"
 
 
-class SourceUnavailable(RuntimeError):
-    """A channel's data cannot be opened: missing, unsupported, or made with another tokenizer."""
+class SourceUnavailable(ConfigError):
+    """A channel's data cannot be opened: missing, unsupported, or made with another tokenizer.
+
+    A configuration error (the run ends `bad_config`): another attempt would meet it again.
+    """
 
     def __init__(self, channel: str, path: str, reason: str) -> None:
         super().__init__(f"data source {channel!r} ({path}): {reason}")

@@ -201,7 +201,9 @@ def test_qwen2_7b_example_keeps_bf16_and_its_wsd_decay():
         "distributed_optimizer": True,
     }
     assert rendered["train"]["peak_tflops"] == 989.0
-    assert rendered["data"]["tokenizer"] == "s3://pretrain-artifacts/tokenizers/qwen2"
+    # Relative paths land under the data root, where the trainer pods mount the data volume.
+    assert rendered["data"]["tokenizer"] == "/data/tokenizers/qwen2"
+    assert rendered["stages"][0]["data"][0]["path"] == "/data/corpus/v3/web-en"
     assert [s["rope_base"] for s in rendered["stages"]] == [10000.0, 1e6, 1e6]
     assert rendered["model"]["vocab_size"] == job["plan"]["vocab"]["allocated"] == 152064
     assert rendered["optimizer"]["z_loss"] == 1e-4
