@@ -50,6 +50,7 @@ QUICK: dict[str, list[str]] = {
     "detector_trainer": ["--rounds", "1"],
     "chaos": ["--trials", "2"],
     "scrape": ["--large", "100000", "--runs", "5"],
+    "data_loader": ["--rounds", "2", "--batches", "10", "--steps", "1"],
 }
 
 # Why a non-Python script in bench/ is not run here.
