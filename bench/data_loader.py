@@ -45,6 +45,7 @@ def loader_seconds(seq: int, batch: int, batches: int, rounds: int, cache: Path)
 def step_seconds(seq: int, batch: int, steps: int, rounds: int) -> list[float]:
     """Seconds of `Trainer.train_step` at bench/trainer_cpu.py's model and shape."""
     import trainer_cpu
+
     from trainer.train import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
