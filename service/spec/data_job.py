@@ -11,6 +11,7 @@ from service.spec.data import CorpusPath, embedded_corpus_problems
 from service.spec.field_errors import problems_from_validation_error
 from service.spec.fields import (
     IDENTIFIER_MAX_LENGTH,
+    IDENTIFIER_PATTERN,
     NAME_MAX_LENGTH,
     NAME_PATTERN,
     Section,
@@ -22,8 +23,6 @@ from service.spec.paths import PathPolicy, data_job_path_problems
 from service.spec.problems import Problem, SpecInvalid
 
 BYTE_TOKENIZER = "byte"
-# The pair's file name: letters, digits, '.', '_' and '-', never a path.
-OUTPUT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
 class DataResourcesSpec(Section):
@@ -61,8 +60,9 @@ class DataJobSpec(Section):
     output: str = Field(
         "data",
         max_length=IDENTIFIER_MAX_LENGTH,
-        pattern=OUTPUT_PATTERN,
-        description="The pair's file name (`<output>.bin/.idx/.json`) in the job's data folder.",
+        pattern=IDENTIFIER_PATTERN,
+        description="The pair's file name (`<output>.bin/.idx/.json`) in the job's data folder: "
+        "a name, never a path.",
     )
     tokenizer: SpecPath = Field(
         BYTE_TOKENIZER,
