@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
+from tests.pretrainctl.test_cli import clean_env, pretrainctl
 from tests.service.controller.test_local_backend import embedded, kinds, wait_for  # noqa: F401
 
 
@@ -22,7 +25,11 @@ def test_a_data_job_prepares_its_pair_and_stores_the_sidecar_as_its_result(embed
         "workers": 1,
         "resources": {"cpu": 1, "memory_gib": 1},
     }
-    job = client.post("/v1/jobs", json=spec).json()
+    (root / "data.yaml").write_text(yaml.safe_dump(spec))
+    env = clean_env(PRETRAIN_API_URL=str(client.base_url))
+    submitted = pretrainctl("submit", "data.yaml", "--json", cwd=root, env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    job = json.loads(submitted.stdout)
 
     done = wait_for(client, job["id"], lambda j: j["state"] == "succeeded", "succeeded")
 
@@ -43,3 +50,15 @@ def test_a_data_job_prepares_its_pair_and_stores_the_sidecar_as_its_result(embed
     assert points and points[-1]["value"] == sidecar["tokens"]
     (log,) = (root / ".pretrain" / "workloads").glob(f"*-{job['id']}-a0/data.log")
     assert "reported the result" in log.read_text()
+
+    # The verbs that work for tokenizer jobs work for data jobs.
+    shown = pretrainctl("get", str(job["id"]), cwd=root, env=env)
+    assert shown.returncode == 0 and "(data)" in shown.stdout, shown.stderr
+    assert f"prepared   50 documents, {sidecar['tokens']:,} tokens (uint16)" in shown.stdout
+    logs = pretrainctl("logs", str(job["id"]), cwd=root, env=env)
+    assert logs.returncode == 0 and "prepared" in logs.stdout and "1 empty skipped" in logs.stdout
+    followed = pretrainctl("follow", str(job["id"]), cwd=root, env=env)
+    assert followed.returncode == 0 and "tokens/s" in followed.stdout and "(100%)" in followed.stdout
+    rendered = pretrainctl("render", "data.yaml", cwd=root, env=env)
+    assert rendered.returncode == 0, rendered.stderr
+    assert "trainer.prepare" in rendered.stdout and "kind: Job" in rendered.stdout
