@@ -106,7 +106,7 @@ def run_data_job(config: Mapping[str, Any]) -> dict[str, Any]:
         output      the pair's prefix: writes PREFIX.bin, PREFIX.idx, PREFIX.json (required)
         tokenizer   "byte", or a Hugging Face tokenizer.json (or its folder)   ("byte")
         text_field  the JSONL (and Parquet) field holding each document       ("text")
-        workers     processes tokenizing at once                              (CPU count)
+        workers     processes tokenizing at once          (RAYON_NUM_THREADS, else the CPUs)
         job         {"id", "attempt"}: whose progress this is                 ({"id": "prepare"})
         metrics     {"url", "token", "jsonl_path", "timeout_s"}: where progress goes;
                     the token may come from PRETRAIN_INGEST_TOKEN instead     ({})
@@ -197,7 +197,7 @@ def _options(config: Mapping[str, Any]) -> dict[str, Any]:
         raise PrepareError("inputs must be a non-empty list of files, folders or embedded:NAME")
     if not config.get("output"):
         raise PrepareError("a data job needs 'output', the prefix of the .bin/.idx pair")
-    workers = config.get("workers") or os.cpu_count() or 1
+    workers = config.get("workers") or _cores()
     if not isinstance(workers, int) or workers < 1:
         raise PrepareError(f"workers must be a positive integer, got {workers!r}")
     field = config.get("text_field") or "text"
@@ -293,7 +293,7 @@ def _run_units(
         for unit in units:
             yield _tokenize_unit(unit, *job)
         return
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, _cores() // workers)
     context = multiprocessing.get_context("spawn")  # no tokenizer thread pool forked mid-use
     with context.Pool(
         min(workers, len(units)),
@@ -305,6 +305,18 @@ def _run_units(
         # is the first in input order, the same one for any number of workers.
         for result in pending:
             yield result.get()
+
+
+def _cores() -> int:
+    """The cores this job may use: RAYON_NUM_THREADS where set (a pod's CPU limit: a pod sees
+    its node's cores), else the ones this process may run on."""
+    given = os.environ.get("RAYON_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 _WORKER: dict[str, Any] = {}
