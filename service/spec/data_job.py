@@ -54,7 +54,7 @@ class DataJobSpec(Section):
     inputs: list[CorpusPath] = Field(
         min_length=1,
         description="JSONL files (one object a line), text files (one document each), Parquet "
-        "files (where the trainer image has pyarrow), folders of those, or `embedded:NAME`; "
+        "files (text_field a column), folders of those, or `embedded:NAME`; "
         "relative paths are under the data root. Prepared in this order.",
     )
     output: str = Field(

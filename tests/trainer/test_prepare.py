@@ -195,13 +195,28 @@ def test_a_run_killed_mid_write_leaves_no_pair_at_the_prefix(tmp_path):
     assert result["report"]["documents"] == 20_000
 
 
-def test_parquet_without_pyarrow_is_an_error_that_says_so(tmp_path):
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        path = tmp_path / "t.parquet"
-        path.write_bytes(b"PAR1")
-        with pytest.raises(PrepareError, match="needs pyarrow"):
-            run_data_job(config([str(path)], tmp_path / "p"))
-    else:
-        pytest.skip("pyarrow is installed")
+def test_parquet_row_groups_are_split_among_workers_and_read_in_order(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(prepare, "MIN_SPLIT_BYTES", 512)  # a unit or two of row groups each
+    texts = [f"{CHINESE * (i % 5)} parquet row {i}" for i in range(400)]
+    texts[7], texts[300] = "", None
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"id": list(range(400)), "body": texts}), path, row_group_size=50)
+
+    one = run_data_job(config([str(path)], tmp_path / "p1", text_field="body", workers=1))
+    two = run_data_job(config([str(path)], tmp_path / "p2", text_field="body", workers=2))
+
+    assert two["stats"]["units"] > 1 and two["stats"]["empty_documents"] == 2
+    for suffix in (".bin", ".idx"):
+        assert (tmp_path / f"p1{suffix}").read_bytes() == (tmp_path / f"p2{suffix}").read_bytes()
+    tokenizer = load_tokenizer("byte")
+    assert [tokenizer.decode(d[:-1]) for d in read_back(tmp_path / "p2")] == [t for t in texts if t]
+    assert one["report"]["documents"] == 398
+
+    with pytest.raises(PrepareError, match="no column 'text'"):
+        run_data_job(config([str(path)], tmp_path / "p3"))
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(PrepareError, match="not a Parquet file"):
+        run_data_job(config([str(tmp_path / "bad.parquet")], tmp_path / "p4"))

@@ -2,12 +2,12 @@
 
 `python -m trainer.prepare --config FILE` (what a `kind: data` job runs) or
 `run_data_job(config)`. Inputs are JSONL files (one `{"text": ...}` object a line; the field
-is configurable), plain text files (one document each), Parquet files (a text column; only
-where `pyarrow` is installed), `embedded:code|en|zh`, or folders of such files (every file
+is configurable), plain text files (one document each), Parquet files (the same field as a
+column; `pyarrow`, in the trainer extra, reads them), `embedded:code|en|zh`, or folders of such files (every file
 under them that is not hidden, in path order).
 
-The work is split by file, and large JSONL files by byte ranges that start at line starts,
-into units that `workers` processes tokenize in parallel, each into raw token ids and document
+The work is split by file, large JSONL files by byte ranges that start at line starts, and
+large Parquet files by row groups, into units that `workers` processes tokenize in parallel, each into raw token ids and document
 lengths in a temporary folder beside the output (workers import neither megatron nor torch).
 The parts are written into one pair in input order (`IndexedDatasetBuilder`), so the pair is
 the same, byte for byte, for any number of workers. Every document is one sequence ending with the tokenizer's eos (Megatron's EOD);
@@ -72,13 +72,15 @@ class PrepareError(ValueError):
 
 @dataclass(frozen=True)
 class Unit:
-    """One piece of work: a whole input, or the lines of a JSONL file in [start, end)."""
+    """One piece of work: a whole input, the lines of a JSONL file in bytes [start, end), or
+    the row groups [groups[0], groups[1]) of a Parquet file."""
 
     index: int
     source: str  # a file path, or `embedded:NAME`
     kind: str  # "jsonl", "text", "parquet", "embedded"
     start: int = 0
     end: int = -1  # -1: to the end
+    groups: tuple[int, int] | None = None  # Parquet row groups; None: all
 
     @property
     def size(self) -> int:
@@ -245,6 +247,13 @@ def plan_units(inputs: Sequence[str], workers: int) -> list[Unit]:
             bounds = _line_bounds(Path(source), size, piece)
             for start, end in zip(bounds, bounds[1:], strict=False):
                 units.append(Unit(len(units), source, kind, start, end))
+        elif kind == "parquet" and size > piece and (groups := _row_groups(source)) > 1:
+            # Whole row groups a unit; its share of the file's bytes stands for its progress.
+            per = max(1, round(groups * piece / size))
+            for first in range(0, groups, per):
+                last = min(first + per, groups)
+                start, end = size * first // groups, size * last // groups
+                units.append(Unit(len(units), source, kind, start, end, (first, last)))
         else:
             units.append(Unit(len(units), source, kind, 0, size))
     return units
@@ -252,6 +261,17 @@ def plan_units(inputs: Sequence[str], workers: int) -> list[Unit]:
 
 def _embedded_name(spec: str) -> str:
     return next(spec[len(p) :] for p in EMBEDDED_PREFIXES if spec.startswith(p))
+
+
+def _row_groups(path: str) -> int:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        return 1  # read whole, where the missing pyarrow is reported
+    try:
+        return pq.ParquetFile(path).num_row_groups
+    except Exception:  # read whole, where what is wrong with it is reported with its path
+        return 1
 
 
 def _kind(path: Path) -> str:
@@ -390,7 +410,7 @@ def _documents(unit: Unit, field: str) -> Iterator[str]:
         except UnicodeDecodeError as error:
             raise PrepareError(f"{unit.source}: not UTF-8 text ({error})") from None
     elif unit.kind == "parquet":
-        yield from _parquet_documents(unit.source, field)
+        yield from _parquet_documents(unit, field)
     else:
         yield from _jsonl_documents(unit, field)
 
@@ -435,7 +455,9 @@ def _line_number(unit: Unit, number: int) -> int:
     return before + number
 
 
-def _parquet_documents(path: str, field: str) -> Iterator[str]:
+def _parquet_documents(unit: Unit, field: str) -> Iterator[str]:
+    """The `field` column of the unit's row groups; a null is an empty document."""
+    path = unit.source
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -443,12 +465,18 @@ def _parquet_documents(path: str, field: str) -> Iterator[str]:
             f"{path}: reading Parquet needs pyarrow, which is not installed; convert it to "
             "JSONL or install pyarrow"
         ) from None
-    parquet = pq.ParquetFile(path)
-    if field not in parquet.schema_arrow.names:
-        raise PrepareError(f"{path}: no column {field!r} (columns: {parquet.schema_arrow.names})")
-    row = 0
-    for batch in parquet.iter_batches(columns=[field]):
-        for value in batch.column(0).to_pylist():
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as error:  # pyarrow's own errors (ArrowInvalid, ...) are not ValueErrors
+        raise PrepareError(f"{path}: not a Parquet file ({error})") from None
+    names = parquet.schema_arrow.names
+    if field not in names:
+        raise PrepareError(f"{path}: no column {field!r} (columns: {names})")
+    first, last = unit.groups or (0, parquet.num_row_groups)
+    row = sum(parquet.metadata.row_group(g).num_rows for g in range(first))
+    for group in range(first, last):
+        column = parquet.read_row_group(group, columns=[field]).column(0)
+        for value in column.to_pylist():
             row += 1
             if value is None:
                 yield ""
