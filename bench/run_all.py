@@ -47,6 +47,7 @@ QUICK: dict[str, list[str]] = {
     "detector": ["--streams", "40", "--tuned", "20", "--per-scenario", "1", "--repeat", "1"],
     "watchdog": ["--requests", "2", "--rounds", "1", "--trials", "5"],
     "tokenizer": ["--repeat", "1", "--vocab", "32000", "--max-mb-per-channel", "1"],
+    "data_prep": ["--mb", "5", "--repeat", "1"],
     "detector_trainer": ["--rounds", "1"],
     "chaos": ["--trials", "2"],
     "scrape": ["--large", "100000", "--runs", "5"],

@@ -159,6 +159,9 @@ def _show_job(job: dict[str, Any]) -> None:
         layout = (result.get("report") or {}).get("layout") or {}
         if {"vocab_size", "padded_vocab_size"} <= set(layout):
             click.echo(f"  vocabulary {layout['vocab_size']:,} ids, padded to {layout['padded_vocab_size']:,}")
+        report = result.get("report") or {}
+        if {"documents", "tokens", "tokenizer"} <= set(report):  # a data job's sidecar
+            click.echo(f"  prepared   {report['documents']:,} documents, {report['tokens']:,} tokens ({report.get('dtype')}) with tokenizer {report['tokenizer']}")
     for attempt in job["attempts"]:
         click.echo(f"  attempt {attempt['number']}  {attempt['state']:<10} {attempt['reason']}")
     for warning in job["warnings"]:
@@ -294,7 +297,7 @@ def _show_event(e: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def logs(ctx: click.Context, job_id: int, attempt: int | None, tail: int | None, as_json: bool) -> None:
-    """Print the trainer log of a job's attempt."""
+    """Print the log of a job's attempt (the trainer's, or a tokenizer or data job's)."""
     with api(ctx) as client:
         found = client.logs(job_id, attempt=attempt, tail=tail)
     print_data(found, as_json, lambda f: click.echo(f["text"], nl=not f["text"].endswith("\n")))
@@ -344,6 +347,12 @@ def follow(ctx: click.Context, job_id: int, interval: float, as_json: bool) -> N
                 by_step.setdefault(point["step"], {})[point["name"]] = point["value"] if point["value"] is not None else point["nonfinite"]
             for step in sorted(by_step):
                 values = by_step[step]
+                if "prep/tokens" in values:  # a data job's progress: step is input bytes done
+                    total = values.get("prep/bytes_total") or 0
+                    share = f" ({100 * step / total:.0f}%)" if total else ""
+                    say({"step": step, "metrics": values}, f"bytes {step:>12,}{share}  documents {values.get('prep/documents', 0):,.0f}  tokens {values['prep/tokens']:,.0f}  {values.get('prep/tokens_per_s', 0):,.0f} tokens/s")
+                    next_step = step + 1
+                    continue
                 if "loss" not in values:
                     continue
                 channels = "  ".join(

@@ -21,6 +21,7 @@ from service.spec import (
     PathPolicy,
     Problem,
     SpecInvalid,
+    ValidatedDataSpec,
     ValidatedSpec,
     ValidatedTokenizerSpec,
     validate_spec,
@@ -47,8 +48,8 @@ class PlanReport(Plan):
 class Admission:
     """A spec that passed admission: validated, planned (pretraining only) and derived."""
 
-    validated: ValidatedSpec | ValidatedTokenizerSpec
-    # None for a tokenizer job: it runs on one CPU machine, with nothing to plan.
+    validated: ValidatedSpec | ValidatedTokenizerSpec | ValidatedDataSpec
+    # None for a tokenizer or data job: it runs on one CPU machine, with nothing to plan.
     plan: Plan | None
     # Memory problems, non-empty only when admitted with OverMemory.REPORT.
     problems: list[Problem]
@@ -104,9 +105,9 @@ def admit(
     """
     policy = path_policy(settings or get_settings())
     validated = validate_spec(raw, policy)
-    if isinstance(validated, ValidatedTokenizerSpec):
+    if isinstance(validated, ValidatedTokenizerSpec | ValidatedDataSpec):
         if require_plan:
-            raise SpecInvalid([_no_plan_for_a_tokenizer_job(validated)])
+            raise SpecInvalid([_no_plan_for_a_batch_job(validated)])
         return Admission(validated=validated, plan=None, problems=[])
     plan = plan_job(
         validated,
@@ -141,11 +142,11 @@ def path_policy(settings: Settings) -> PathPolicy:
     )
 
 
-def _no_plan_for_a_tokenizer_job(validated: ValidatedTokenizerSpec) -> Problem:
+def _no_plan_for_a_batch_job(validated: ValidatedTokenizerSpec | ValidatedDataSpec) -> Problem:
     resources = validated.spec.resources
     return Problem(
         loc=["kind"],
-        msg="a tokenizer job has no memory or compute plan: it runs on one CPU "
+        msg=f"a {validated.spec.kind} job has no memory or compute plan: it runs on one CPU "
         f"machine with resources.cpu {resources.cpu} and resources.memory_gib "
         f"{resources.memory_gib:g}; the spec is valid, submit it as it is",
     )

@@ -23,7 +23,7 @@ from service.db.models import (
 )
 from service.errors import Conflict, Forbidden
 from service.settings import Settings
-from service.spec import TOKENIZER_KIND, SpecInvalid
+from service.spec import BATCH_KINDS, SpecInvalid
 from service.tokens import Principal
 
 
@@ -165,13 +165,15 @@ def record_result(
     report: dict[str, Any],
     actor: str,
 ) -> Job:
-    """Store what a tokenizer job's attempt made; a retried report of it replaces the first.
+    """Store what a tokenizer or data job's attempt made; a retried report replaces the first.
 
     The workload reports before it exits, so by the time it has succeeded the result is here.
     """
     job = repo.get_job(session, job_id=job_id, for_update=True)
-    if job.kind != TOKENIZER_KIND:
-        raise Conflict(f"job {job_id} is a {job.kind} job; only tokenizer jobs report a result")
+    if job.kind not in BATCH_KINDS:
+        raise Conflict(
+            f"job {job_id} is a {job.kind} job; only tokenizer and data jobs report a result"
+        )
     if lifecycle.is_terminal(job.state):
         raise Conflict(f"job {job_id} is already {job.state}")
     current = job.attempts[-1].number

@@ -18,13 +18,13 @@ from pydantic import Field, TypeAdapter
 
 from service.planner import Plan
 from service.presets import ModelArch
-from service.spec import Derived, JobSpec, TokenizerJobSpec
+from service.spec import DataJobSpec, Derived, JobSpec, TokenizerJobSpec
 
 SPEC_VERSION = 1
 """Schema version of the spec documents this service writes (jobs.spec_version)."""
 
-AnyJobSpec = Annotated[JobSpec | TokenizerJobSpec, Field(discriminator="kind")]
-_ANY_JOB_SPEC: TypeAdapter[JobSpec | TokenizerJobSpec] = TypeAdapter(AnyJobSpec)
+AnyJobSpec = Annotated[JobSpec | TokenizerJobSpec | DataJobSpec, Field(discriminator="kind")]
+_ANY_JOB_SPEC: TypeAdapter[JobSpec | TokenizerJobSpec | DataJobSpec] = TypeAdapter(AnyJobSpec)
 
 
 class StoredSpecUnreadable(ValueError):
@@ -37,7 +37,9 @@ class Derivation(Derived):
     model: ModelArch = Field(description="The resolved architecture: preset merged with overrides.")
 
 
-def load_spec(document: dict[str, Any], *, version: int) -> JobSpec | TokenizerJobSpec:
+def load_spec(
+    document: dict[str, Any], *, version: int
+) -> JobSpec | TokenizerJobSpec | DataJobSpec:
     """The typed spec of a stored document, by the version it was stored with."""
     if version != SPEC_VERSION:
         raise StoredSpecUnreadable(

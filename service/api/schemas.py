@@ -59,7 +59,9 @@ class JobPublic(BaseModel):
     result: dict[str, Any] | None = Field(
         None,
         description="What the finished job made, as its workload reported it; tokenizer jobs: "
-        "{attempt, path, report}, the tokenizer's directory and the library's report. Null until then.",
+        "{attempt, path, report}, the tokenizer's directory and the library's report; data jobs: the "
+        ".bin/.idx pair's prefix and its sidecar (tokenizer fingerprint, documents, tokens, dtype). "
+        "Null until then.",
     )
     attempts: list[AttemptPublic]
     created_at: datetime
@@ -161,7 +163,7 @@ class JobResultReport(BaseModel):
 
     attempt: int = Field(ge=0, le=1_000_000, description="The attempt reporting.")
     path: str = Field(min_length=1, max_length=4096, pattern=NO_NUL, description="Where the output was written.")
-    report: dict[str, Any] = Field(description="The workload's report, as it made it (tokenizer jobs: layout, expansion, compression).")
+    report: dict[str, Any] = Field(description="The workload's report, as it made it (tokenizer jobs: layout, expansion, compression; data jobs: the sidecar).")
 
 
 class CheckpointPublic(BaseModel):

@@ -45,7 +45,7 @@ from service.db.models import (
 )
 from service.errors import Conflict
 from service.settings import Settings
-from service.spec import PRETRAIN_KIND, TOKENIZER_KIND
+from service.spec import BATCH_KINDS, PRETRAIN_KIND
 from service.tokens import mint_token
 from service.watchdog.rollback import RollbackRequest, roll_back
 
@@ -159,7 +159,7 @@ class Controller:
             attempt_state=current.state,
             pod_failure_retries=retries,
             max_pod_failure_retries=self.settings.max_pod_failure_retries,
-            awaits_result=job.kind == TOKENIZER_KIND and job.result is None,
+            awaits_result=job.kind in BATCH_KINDS and job.result is None,
         )
 
     def _apply(self, session: Session, job: Job, action: rc.Action) -> _Next:

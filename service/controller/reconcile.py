@@ -49,7 +49,7 @@ class Desired:
     attempt_state: str  # AttemptState value of the newest attempt
     pod_failure_retries: int  # attempts opened so far because pods failed
     max_pod_failure_retries: int
-    # A job whose workload reports a result before it exits (tokenizer), with none stored yet.
+    # A job whose workload reports a result before it exits (tokenizer, data), none stored yet.
     awaits_result: bool = False
 
 

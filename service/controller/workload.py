@@ -1,7 +1,7 @@
 """One builder for what an attempt runs: the controller at launch, submit and the review.
 
 `build_workload` turns a job row (its typed spec, derivation and plan) and one of its attempts
-into the backend-neutral `Workload` (or `TokenizerWorkload`). The review
+into the backend-neutral `Workload` (or `TokenizerWorkload`, `DataWorkload`). The review
 (`manifests.render_for_review`) builds through it too, from an `unsaved_job`, so what it shows
 is what the controller launches. `render_for_backend` renders a workload the way the installed
 backend will (PyTorchJob manifests on Kubernetes; the local backend runs the trainer config as
@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.controller.data_config import render_data_config
 from service.controller.manifests import (
     REVIEW_JOB_ID,
     REVIEW_TOKEN,
+    DataWorkload,
     TokenizerWorkload,
     Workload,
     render_manifests,
@@ -27,7 +29,7 @@ from service.controller.trainer_config import render_trainer_config
 from service.db.models import Attempt, Job
 from service.jobspec import SPEC_VERSION
 from service.settings import Settings
-from service.spec import Problem, TokenizerJobSpec
+from service.spec import DataJobSpec, Problem, TokenizerJobSpec
 
 
 def build_workload(
@@ -37,7 +39,7 @@ def build_workload(
     *,
     resume_from: str | None = None,
     ingest_token: str | None = None,
-) -> Workload | TokenizerWorkload:
+) -> Workload | TokenizerWorkload | DataWorkload:
     """The attempt's workload; ValueError (often a `RenderError` naming the field) if it cannot be.
 
     `resume_from` is the path of the attempt's resume checkpoint (a stored path the caller looks
@@ -50,6 +52,17 @@ def build_workload(
             job_name=job.name,
             attempt=attempt.number,
             tokenizer_config=render_tokenizer_config(job, settings),
+            ingest_token=ingest_token,
+            ingest_url=settings.ingest_url,
+            cpu=spec.resources.cpu,
+            memory_gib=spec.resources.memory_gib,
+        )
+    if isinstance(spec, DataJobSpec):
+        return DataWorkload(
+            job_id=job.id,
+            job_name=job.name,
+            attempt=attempt.number,
+            data_config=render_data_config(job, attempt.number, settings),
             ingest_token=ingest_token,
             ingest_url=settings.ingest_url,
             cpu=spec.resources.cpu,
@@ -100,11 +113,13 @@ def unsaved_attempt(number: int = 0) -> Attempt:
     return Attempt(number=number, skip_ranges=[], lr_scale=1.0)
 
 
-def render_for_backend(workload: Workload | TokenizerWorkload, settings: Settings) -> None:
+def render_for_backend(
+    workload: Workload | TokenizerWorkload | DataWorkload, settings: Settings
+) -> None:
     """Render the workload as the installed backend will; ValueError if it cannot."""
     if settings.backend != "kubernetes":
         return  # the local backend writes the config as built and runs it
-    if isinstance(workload, TokenizerWorkload):
+    if isinstance(workload, TokenizerWorkload | DataWorkload):
         render_tokenizer_manifests(workload, settings)
     else:
         render_manifests(workload, settings)

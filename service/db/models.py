@@ -34,7 +34,7 @@ from service.jobspec import (
     load_spec,
 )
 from service.planner import Plan
-from service.spec import JobSpec, TokenizerJobSpec, WatchdogSpec
+from service.spec import DataJobSpec, JobSpec, TokenizerJobSpec, WatchdogSpec
 
 # Stable constraint names so Alembic migrations agree on SQLite and Postgres.
 NAMING_CONVENTION = {
@@ -174,7 +174,7 @@ class Job(Base):
     )
 
     @property
-    def spec(self) -> JobSpec | TokenizerJobSpec:
+    def spec(self) -> JobSpec | TokenizerJobSpec | DataJobSpec:
         """The spec as admission validated it, read from the stored JSON once."""
         return self._typed("spec", self.spec_document, lambda d: load_spec(d, version=self.spec_version))
 

@@ -9,7 +9,7 @@ the numbers involved, then the warnings in `warning_rules.WARNINGS`.
 The sections of a pretraining `JobSpec` (job) live by concern: model (and its preset
 resolution), resources, layout (parallelism, precision, recompute), training (batch, optimizer,
 schedule), stages, data, supervision (checkpoints, evaluation, watchdog). A `kind: tokenizer`
-spec has its own schema and rules (tokenizer). Every public name is re-exported here, so
+spec has its own schema and rules (tokenizer), and so has a `kind: data` spec (data_job). Every public name is re-exported here, so
 `from service.spec import X` is the one import callers need.
 """
 
@@ -22,6 +22,12 @@ from service.spec.data import (
     CorpusName,
     CorpusPath,
     DataSource,
+)
+from service.spec.data_job import (
+    DataJobSpec,
+    DataResourcesSpec,
+    ValidatedDataSpec,
+    validate_data_spec,
 )
 from service.spec.fields import (
     IDENTIFIER_MAX_LENGTH,
@@ -38,7 +44,14 @@ from service.spec.fields import (
     PositiveFloat,
     PositiveInt,
 )
-from service.spec.job import JOB_KINDS, PRETRAIN_KIND, TOKENIZER_KIND, JobSpec
+from service.spec.job import (
+    BATCH_KINDS,
+    DATA_KIND,
+    JOB_KINDS,
+    PRETRAIN_KIND,
+    TOKENIZER_KIND,
+    JobSpec,
+)
 from service.spec.layout import (
     Dtype,
     LossScaleSpec,
@@ -90,6 +103,10 @@ __all__ = [
     "CheckpointSpec",
     "CorpusName",
     "CorpusPath",
+    "BATCH_KINDS",
+    "DATA_KIND",
+    "DataJobSpec",
+    "DataResourcesSpec",
     "DataSource",
     "Derived",
     "Dtype",
@@ -144,12 +161,14 @@ __all__ = [
     "TokenizerResourcesSpec",
     "TokenizerSpec",
     "VOCAB_PADDING_MULTIPLE",
+    "ValidatedDataSpec",
     "ValidatedSpec",
     "ValidatedTokenizerSpec",
     "WEIGHT_SUM_TOLERANCE",
     "WatchdogSpec",
     "format_loc",
     "parse_spec_text",
+    "validate_data_spec",
     "validate_spec",
     "validate_tokenizer_spec",
 ]

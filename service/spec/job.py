@@ -24,7 +24,10 @@ from service.spec.training import BatchSpec, OptimizerSpec, ScheduleSpec
 
 PRETRAIN_KIND = "pretrain"
 TOKENIZER_KIND = "tokenizer"
-JOB_KINDS = (PRETRAIN_KIND, TOKENIZER_KIND)
+DATA_KIND = "data"
+JOB_KINDS = (PRETRAIN_KIND, TOKENIZER_KIND, DATA_KIND)
+# Kinds that run one CPU workload with nothing to plan, and report a result before they exit.
+BATCH_KINDS = (TOKENIZER_KIND, DATA_KIND)
 # Below these the estimated days and the critical batch size are no longer finite numbers.
 MIN_MFU = 0.001
 MIN_TARGET_LOSS = 0.01
@@ -46,7 +49,7 @@ class JobSpec(Section):
     kind: Literal["pretrain"] = Field(
         "pretrain",
         description="What the job does: pretrain (this spec); `tokenizer` takes a "
-        "TokenizerJobSpec instead.",
+        "TokenizerJobSpec instead, `data` a DataJobSpec.",
     )
     model: ModelSpec = Field(description="Architecture: a preset, explicit fields, or both.")
     tokenizer: TokenizerSpec | None = Field(None, description="Tokenizer the data is encoded with.")

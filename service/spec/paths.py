@@ -1,7 +1,7 @@
 """Where a spec may point: a path under a root the install allows, or a supported scheme.
 
 Every path a job reads or writes (data sources, corpora, report corpora, the tokenizer,
-checkpoint storage, an expand's base) is checked here, because the service and its trainer
+checkpoint storage, an expand's base, a data job's inputs) is checked here, because the service and its trainer
 pods read what these name and show what they read to every viewer: `/etc/passwd` as a
 corpus became a vocabulary holding `root`. A path is accepted when it
 
@@ -27,6 +27,7 @@ from service.spec.data import EMBEDDED_CORPUS_PREFIXES
 from service.spec.problems import Problem, problem
 
 if TYPE_CHECKING:
+    from service.spec.data_job import DataJobSpec
     from service.spec.job import JobSpec
     from service.spec.tokenizer import TokenizerJobSpec
 
@@ -103,6 +104,15 @@ def tokenizer_path_problems(spec: TokenizerJobSpec, policy: PathPolicy) -> Itera
         yield from _checked_corpus(["options", "report_corpora", name], corpus, policy)
     if spec.options.base is not None:
         yield from _checked(["options", "base"], spec.options.base, policy.checkpoint_root, policy)
+
+
+def data_job_path_problems(spec: DataJobSpec, policy: PathPolicy) -> Iterator[Problem]:
+    """The data job's inputs and tokenizer (its output is the service's own choice,
+    `<checkpoint_root>/<name>-<id>/data/<output>`)."""
+    for index, source in enumerate(spec.inputs):
+        yield from _checked_corpus(["inputs", index], source, policy)
+    if spec.tokenizer != "byte":
+        yield from _checked(["tokenizer"], spec.tokenizer, policy.checkpoint_root, policy)
 
 
 def _checked_corpus(loc: list[str | int], corpus: str, policy: PathPolicy) -> Iterator[Problem]:

@@ -8,8 +8,9 @@ from pydantic import BaseModel, Field, ValidationError
 
 from service.presets import ModelArch
 from service.spec.context import Context
+from service.spec.data_job import ValidatedDataSpec, validate_data_spec
 from service.spec.field_errors import problems_from_validation_error
-from service.spec.job import JOB_KINDS, PRETRAIN_KIND, TOKENIZER_KIND, JobSpec
+from service.spec.job import DATA_KIND, JOB_KINDS, PRETRAIN_KIND, TOKENIZER_KIND, JobSpec
 from service.spec.model import resolve_model
 from service.spec.paths import PathPolicy, job_path_problems
 from service.spec.problems import Problem, SpecInvalid, body_problem, kind_of
@@ -74,11 +75,12 @@ def _derive(context: Context) -> Derived:
 
 def validate_spec(
     raw: dict, paths: PathPolicy | None = None
-) -> ValidatedSpec | ValidatedTokenizerSpec:
+) -> ValidatedSpec | ValidatedTokenizerSpec | ValidatedDataSpec:
     """Parse and check a spec mapping; SpecInvalid lists every problem found.
 
     `kind` picks the schema: `pretrain` (the default, a JobSpec) or `tokenizer` (a
-    TokenizerJobSpec, returned as a ValidatedTokenizerSpec). With `paths` (admission always
+    TokenizerJobSpec, returned as a ValidatedTokenizerSpec) or `data` (a DataJobSpec, returned
+    as a ValidatedDataSpec). With `paths` (admission always
     passes the install's), every path must be one the install allows (`paths.PathPolicy`).
     """
     if not isinstance(raw, dict):
@@ -86,6 +88,8 @@ def validate_spec(
     kind = raw.get("kind", PRETRAIN_KIND)
     if kind == TOKENIZER_KIND:
         return validate_tokenizer_spec(raw, paths)
+    if kind == DATA_KIND:
+        return validate_data_spec(raw, paths)
     if isinstance(kind, str) and kind not in JOB_KINDS:
         raise SpecInvalid(
             [

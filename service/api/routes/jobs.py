@@ -183,15 +183,16 @@ def list_events(
 @router.post(
     "/{job_id}/result",
     response_model=JobPublic,
-    responses={404: {"description": "No such job."}, 409: {"description": "Not a tokenizer job, finished, or another attempt's."}},
+    responses={404: {"description": "No such job."}, 409: {"description": "Not a tokenizer or data job, finished, or another attempt's."}},
 )
 def report_result(
     job_id: JobId, body: JobResultReport, session: SessionDep, settings: SettingsDep, principal: JobReporterDep
 ) -> JobPublic:
-    """Store what a tokenizer job made (its own token): the path it wrote and its report."""
+    """Store what a tokenizer or data job made (its own token): the path it wrote and its report."""
     job = repo.get_job(session, job_id=job_id)
     if (problem := checkpoints.report_path_problem(body.path, checkpoints.job_directory(job.id, job.name, settings))) is not None:
-        # The result is what a later job's `options.base` or `tokenizer.path` reads: this job's own.
+        # The result is what a later job's `options.base`, `tokenizer.path` or data source reads:
+        # this job's own.
         raise RequestValidationError(
             [{"type": "value_error", "loc": ("body", "path"), "msg": problem, "input": body.path}]
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from service.controller.manifests import TokenizerWorkload, Workload
+from service.controller.manifests import AnyWorkload
 from service.controller.reconcile import WorkloadStatus
 
 
@@ -17,13 +17,13 @@ class PermanentBackendError(Exception):
 
 
 class Backend(Protocol):
-    """`kind` is the job's kind (`pretrain`, `tokenizer`): what sort of workload to look for."""
+    """`kind` is the job's kind (`pretrain`, `tokenizer`, `data`): what sort of workload to look for."""
 
     def observe(self, job_id: int, *, kind: str = "pretrain") -> dict[int, WorkloadStatus]:
         """This job's workloads by attempt number, as they are now."""
         ...
 
-    def create(self, workload: Workload | TokenizerWorkload) -> bool:
+    def create(self, workload: AnyWorkload) -> bool:
         """Create the workload unless it exists; True if this call created it."""
         ...
 

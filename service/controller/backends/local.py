@@ -10,7 +10,8 @@ learns how it ended even if it was not watching.
 
 A tokenizer job's attempt is the same kind of folder running the command its batch Job runs on
 Kubernetes (`manifests.tokenizer_command`): the tokenizer library's job, whose result the
-workload reports to the API before it exits; its log is `tokenizer.log`.
+workload reports to the API before it exits; its log is `tokenizer.log`. A data job's attempt
+is the same, running the trainer's data preparation (`trainer.prepare`, its log `data.log`).
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ from service.controller import outcome as outcomes
 from service.controller.backends import launcher
 from service.controller.manifests import (
     TOKEN_ENV,
-    TOKENIZER_CONFIG_FILE,
+    AnyWorkload,
+    BatchWorkload,
+    DataWorkload,
     TokenizerWorkload,
     Workload,
-    tokenizer_command,
+    batch_command,
+    batch_config_file,
+    batch_config_json,
     workload_name,
 )
 from service.controller.reconcile import Phase, WorkloadStatus
@@ -48,6 +53,7 @@ STOP_GRACE_S = 20.0
 STOP_FILE = "stop-requested"
 TRAINER_LOG = "trainer.log"
 TOKENIZER_LOG = "tokenizer.log"
+DATA_LOG = "data.log"
 # The most of a log `logs` returns: its end, where what went wrong is.
 MAX_LOG_BYTES = 1 << 20
 # Where the trainer appends its outcome lines (`job.result_path` in the config it is given).
@@ -83,7 +89,7 @@ class LocalBackend:
                 statuses[meta["attempt"]] = status
         return statuses
 
-    def create(self, workload: Workload | TokenizerWorkload) -> bool:
+    def create(self, workload: AnyWorkload) -> bool:
         """Start the workload unless a launch of it already started; True if this call started it.
 
         Safe against a controller killed anywhere in here. Under the workload's lock, nothing
@@ -98,8 +104,8 @@ class LocalBackend:
         with _launch_lock(folder) as free:
             if not free or _ran(folder):
                 return False
-            if isinstance(workload, TokenizerWorkload):
-                self._start_tokenizer(folder, name, workload)
+            if isinstance(workload, TokenizerWorkload | DataWorkload):
+                self._start_batch(folder, name, workload)
             else:
                 self._start_trainer(folder, name, workload)
         return True
@@ -122,12 +128,11 @@ class LocalBackend:
         env = trainer_environment(given, passthrough=self.passthrough_env)
         _launch(folder, {"job_id": workload.job_id, "attempt": workload.attempt, "name": name}, trainer, env)
 
-    def _start_tokenizer(self, folder: Path, name: str, workload: TokenizerWorkload) -> None:
-        config_path = folder / TOKENIZER_CONFIG_FILE
-        config_path.write_text(json.dumps(workload.tokenizer_config, indent=1))
-        command = tokenizer_command(
-            workload, python=sys.executable, config_path=str(config_path)
-        )
+    def _start_batch(self, folder: Path, name: str, workload: BatchWorkload) -> None:
+        config_path = folder / batch_config_file(workload)
+        config_path.write_text(batch_config_json(workload))
+        command = batch_command(workload, python=sys.executable, config_path=str(config_path))
+        kind = "data" if isinstance(workload, DataWorkload) else "tokenizer"
         # The token reaches the process as it reaches a pod, as PRETRAIN_INGEST_TOKEN
         # (manifests.TOKEN_ENV) in its environment, and is written to no file.
         env = trainer_environment({TOKEN_ENV: workload.ingest_token or ""}, passthrough=self.passthrough_env)
@@ -135,8 +140,8 @@ class LocalBackend:
             "job_id": workload.job_id,
             "attempt": workload.attempt,
             "name": name,
-            "kind": "tokenizer",
-            "log": TOKENIZER_LOG,
+            "kind": kind,
+            "log": DATA_LOG if kind == "data" else TOKENIZER_LOG,
         }
         _launch(folder, meta, command, env=env)
 
@@ -188,8 +193,8 @@ class LocalBackend:
 
     def _status(self, folder: Path, meta: dict) -> WorkloadStatus | None:
         name, attempt = meta["name"], meta["attempt"]
-        tokenizer = meta.get("kind") == "tokenizer"
-        what = "tokenizer job" if tokenizer else "trainer"
+        batch = meta.get("kind") in ("tokenizer", "data")
+        what = f"{meta['kind']} job" if batch else "trainer"
         exit_file = folder / launcher.EXIT_CODE_FILE
         if exit_file.exists():
             code = int(exit_file.read_text().strip() or "1")
@@ -209,8 +214,8 @@ class LocalBackend:
         if (folder / STOP_FILE).exists():
             return WorkloadStatus(name, attempt, Phase.FAILED, reason="stopping on request")
         if _lock_held(folder):
-            # A trainer runs once it reports; a tokenizer job reports only at the end.
-            started = tokenizer or (folder / "metrics.jsonl").exists()
+            # A trainer runs once it reports; a tokenizer or data job is running once started.
+            started = batch or (folder / "metrics.jsonl").exists()
             return WorkloadStatus(name, attempt, Phase.RUNNING if started else Phase.PENDING)
         if (folder / launcher.PID_FILE).exists():
             # Ended without its launcher there to record the exit code: its own word, if any.

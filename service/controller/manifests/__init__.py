@@ -2,19 +2,28 @@
 
 `workloads`: what an attempt runs and what its objects are called; `pod`: what every
 attempt's objects share (metadata, the token Secret, volumes, tolerations); `pytorchjob`: a
-training attempt's PyTorchJob and ConfigMap; `batch_job`: a tokenizer attempt's batch Job;
+training attempt's PyTorchJob and ConfigMap; `batch_job`: a tokenizer or data attempt's batch Job;
 `review`: the manifests a spec would launch, as YAML for a person (`pretrainctl render`).
 """
 
 from service.controller.manifests.batch_job import (
     BATCH_JOB_API_VERSION,
     BATCH_JOB_KIND,
+    DATA_CONFIG_FILE,
+    DATA_CONFIG_PATH,
+    DATA_CONTAINER_NAME,
+    DATA_LABELS,
     RESULT_FILE,
     TOKENIZER_CONFIG_FILE,
     TOKENIZER_CONFIG_PATH,
     TOKENIZER_CONTAINER_NAME,
     TOKENIZER_LABELS,
     TOKENIZER_TTL_AFTER_FINISHED_S,
+    batch_command,
+    batch_config_file,
+    batch_config_json,
+    data_command,
+    render_data_manifests,
     render_tokenizer_manifests,
     tokenizer_command,
 )
@@ -43,6 +52,8 @@ from service.controller.manifests.review import (
 from service.controller.manifests.workloads import (
     MAX_WORKLOAD_NAME_LENGTH,
     AnyWorkload,
+    BatchWorkload,
+    DataWorkload,
     TokenizerWorkload,
     Workload,
     config_map_name,
@@ -58,6 +69,10 @@ __all__ = [
     "CONFIG_FILE",
     "CONFIG_PATH",
     "CONTAINER_NAME",
+    "DATA_CONFIG_FILE",
+    "DATA_CONFIG_PATH",
+    "DATA_CONTAINER_NAME",
+    "DATA_LABELS",
     "GPU_RESOURCE",
     "KUEUE_QUEUE_LABEL",
     "MASTER_PORT",
@@ -80,10 +95,17 @@ __all__ = [
     "TOKEN_KEY",
     "TRAINER_COMMAND",
     "AnyWorkload",
+    "BatchWorkload",
+    "DataWorkload",
     "TokenizerWorkload",
     "Workload",
+    "batch_command",
+    "batch_config_file",
+    "batch_config_json",
     "config_map_name",
+    "data_command",
     "render_for_review",
+    "render_data_manifests",
     "render_manifests",
     "render_tokenizer_manifests",
     "secret_name",

@@ -1,9 +1,11 @@
-"""The tokenizer's attempt on Kubernetes: a batch/v1 Job on one CPU pod, its ConfigMap and Secret."""
+"""A tokenizer or data job's attempt on Kubernetes: a batch/v1 Job on one CPU pod, its ConfigMap
+and Secret. The two differ only in the module they run, the config file and the names."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client as k8s
@@ -22,6 +24,8 @@ from service.controller.manifests.pod import (
     toleration,
 )
 from service.controller.manifests.workloads import (
+    BatchWorkload,
+    DataWorkload,
     TokenizerWorkload,
     config_map_name,
     workload_labels,
@@ -46,19 +50,68 @@ _TOKENIZER_SCRIPT = (
     'mv "$3/result.json.tmp" "$3/result.json"; '
     'exec "$1" -m trainer.job_result "$3/result.json" --url "$4" --job "$5" --attempt "$6"'
 )
+DATA_CONTAINER_NAME = "data"
+DATA_CONFIG_FILE = "data.json"
+DATA_CONFIG_PATH = f"{CONFIG_DIR}/{DATA_CONFIG_FILE}"
+DATA_LABELS = {"app.kubernetes.io/name": "pretrain-data", "pretrain.io/kind": "data"}
+# The same, running the trainer's data preparation (`trainer.prepare`), which prints its result.
+_DATA_SCRIPT = (
+    'set -e; mkdir -p "$3"; '
+    '"$1" -m trainer.prepare --config "$2" > "$3/result.json.tmp"; '
+    'mv "$3/result.json.tmp" "$3/result.json"; '
+    'exec "$1" -m trainer.job_result "$3/result.json" --url "$4" --job "$5" --attempt "$6"'
+)
 
 
-def tokenizer_command(workload: TokenizerWorkload, *, python: str, config_path: str) -> list[str]:
-    """The tokenizer workload's command: run the job, keep its result, report it to the API.
+@dataclass(frozen=True)
+class _BatchKind:
+    """What differs between the batch workloads: what they are called and what they run."""
+
+    what: str
+    container: str
+    config_file: str
+    labels: dict[str, str]
+    script: str
+
+
+_TOKENIZER = _BatchKind(
+    "tokenizer", TOKENIZER_CONTAINER_NAME, TOKENIZER_CONFIG_FILE, TOKENIZER_LABELS, _TOKENIZER_SCRIPT
+)
+_DATA = _BatchKind("data", DATA_CONTAINER_NAME, DATA_CONFIG_FILE, DATA_LABELS, _DATA_SCRIPT)
+
+
+def _batch_kind(workload: BatchWorkload) -> _BatchKind:
+    return _DATA if isinstance(workload, DataWorkload) else _TOKENIZER
+
+
+def _config(workload: BatchWorkload) -> dict[str, Any]:
+    if isinstance(workload, DataWorkload):
+        return workload.data_config
+    return workload.tokenizer_config
+
+
+def batch_config_file(workload: BatchWorkload) -> str:
+    """The file name of the workload's config (`tokenizer.json`, `data.json`)."""
+    return _batch_kind(workload).config_file
+
+
+def batch_config_json(workload: BatchWorkload) -> str:
+    """The workload's config as its file holds it."""
+    return json.dumps(_config(workload), indent=2) + "\n"
+
+
+def batch_command(workload: BatchWorkload, *, python: str, config_path: str) -> list[str]:
+    """The batch workload's command: run its job, keep its result, report it to the API.
 
     It exits 0 only once the service has taken the result, so a succeeded workload always has
     its result on record; the local backend runs the same command with its own Python.
     """
+    kind = _batch_kind(workload)
     return [
         "sh",
         "-c",
-        _TOKENIZER_SCRIPT,
-        "tokenizer-job",
+        kind.script,
+        f"{kind.what}-job",
         python,
         config_path,
         workload.output_dir,
@@ -68,51 +121,75 @@ def tokenizer_command(workload: TokenizerWorkload, *, python: str, config_path: 
     ]
 
 
+def tokenizer_command(workload: TokenizerWorkload, *, python: str, config_path: str) -> list[str]:
+    """The tokenizer workload's command: run the job, keep its result, report it to the API.
+
+    It exits 0 only once the service has taken the result, so a succeeded workload always has
+    its result on record; the local backend runs the same command with its own Python.
+    """
+    return batch_command(workload, python=python, config_path=config_path)
+
+
+def data_command(workload: DataWorkload, *, python: str, config_path: str) -> list[str]:
+    """The data workload's command: prepare the pair, keep the result, report it to the API."""
+    return batch_command(workload, python=python, config_path=config_path)
+
+
 def render_tokenizer_manifests(
-    workload: TokenizerWorkload, settings: Settings, *, owner_uid: str | None = None
+    workload: BatchWorkload, settings: Settings, *, owner_uid: str | None = None
 ) -> dict[str, dict[str, Any]]:
-    """The attempt's batch/v1 Job, ConfigMap and Secret as plain JSON mappings.
+    """The attempt's batch/v1 Job, ConfigMap and Secret as plain JSON mappings (a data
+    workload's too: `render_data_manifests` is this).
 
     As with a PyTorchJob: create the Job first, then render again with its `metadata.uid` as
     `owner_uid`, so that the ConfigMap and Secret go when it is deleted.
     """
+    kind = _batch_kind(workload)
     if workload.cpu < 1 or workload.memory_gib <= 0:
         raise ValueError(
-            f"a tokenizer workload needs CPU and memory, got cpu {workload.cpu}, "
+            f"a {kind.what} workload needs CPU and memory, got cpu {workload.cpu}, "
             f"memory_gib {workload.memory_gib}"
         )
     owners = owned_by(BATCH_JOB_API_VERSION, BATCH_JOB_KIND, workload.name, owner_uid)
     config = k8s.V1ConfigMap(
         api_version="v1",
         kind="ConfigMap",
-        metadata=metadata(workload, settings, config_map_name(workload), owners, TOKENIZER_LABELS),
-        data={TOKENIZER_CONFIG_FILE: json.dumps(workload.tokenizer_config, indent=2) + "\n"},
+        metadata=metadata(workload, settings, config_map_name(workload), owners, kind.labels),
+        data={kind.config_file: batch_config_json(workload)},
         immutable=True,
     )
     objects = {
         "job": _batch_job(workload, settings),
         "configmap": config,
-        "secret": token_secret(workload, settings, owners, TOKENIZER_LABELS),
+        "secret": token_secret(workload, settings, owners, kind.labels),
     }
-    return {kind: serializer().sanitize_for_serialization(obj) for kind, obj in objects.items()}
+    return {key: serializer().sanitize_for_serialization(obj) for key, obj in objects.items()}
 
 
-def _batch_job(workload: TokenizerWorkload, settings: Settings) -> k8s.V1Job:
+render_data_manifests = render_tokenizer_manifests
+
+
+def _batch_job(workload: BatchWorkload, settings: Settings) -> k8s.V1Job:
+    kind = _batch_kind(workload)
     volumes = [
         k8s.V1Volume(
-            name="tokenizer-config",
+            name=f"{kind.what}-config",
             config_map=k8s.V1ConfigMapVolumeSource(name=config_map_name(workload)),
         )
     ]
-    mounts = [k8s.V1VolumeMount(name="tokenizer-config", mount_path=CONFIG_DIR, read_only=True)]
+    mounts = [
+        k8s.V1VolumeMount(name=f"{kind.what}-config", mount_path=CONFIG_DIR, read_only=True)
+    ]
     for extra_volumes, extra_mounts in (storage(settings), scratch()):
         volumes += extra_volumes
         mounts += extra_mounts
     amounts = {"cpu": str(workload.cpu), "memory": f"{math.ceil(workload.memory_gib * 1024)}Mi"}
     container = k8s.V1Container(
-        name=TOKENIZER_CONTAINER_NAME,
+        name=kind.container,
         image=settings.trainer_image,
-        command=tokenizer_command(workload, python="python", config_path=TOKENIZER_CONFIG_PATH),
+        command=batch_command(
+            workload, python="python", config_path=f"{CONFIG_DIR}/{kind.config_file}"
+        ),
         env=[
             # The tokenizers library sizes its thread pool by the node's cores, not the limit.
             k8s.V1EnvVar(name="RAYON_NUM_THREADS", value=str(workload.cpu)),
@@ -126,11 +203,11 @@ def _batch_job(workload: TokenizerWorkload, settings: Settings) -> k8s.V1Job:
         termination_message_policy="FallbackToLogsOnError",
         security_context=container_security_context(),
     )
-    labels = workload_labels(workload) | TOKENIZER_LABELS
+    labels = workload_labels(workload) | kind.labels
     return k8s.V1Job(
         api_version=BATCH_JOB_API_VERSION,
         kind=BATCH_JOB_KIND,
-        metadata=metadata(workload, settings, workload.name, extra_labels=TOKENIZER_LABELS),
+        metadata=metadata(workload, settings, workload.name, extra_labels=kind.labels),
         spec=k8s.V1JobSpec(
             # Retries belong to the controller, as for PyTorchJobs: one pod, never restarted.
             backoff_limit=0,

@@ -9,7 +9,7 @@ import yaml
 from service.admission import OverMemory, admit
 from service.controller.manifests.batch_job import render_tokenizer_manifests
 from service.controller.manifests.pytorchjob import render_manifests
-from service.controller.manifests.workloads import TokenizerWorkload
+from service.controller.manifests.workloads import DataWorkload, TokenizerWorkload
 from service.settings import Settings
 from service.spec import parse_spec_text
 
@@ -49,7 +49,7 @@ def render_for_review(
     workload = build_workload(
         job, unsaved_attempt(attempt), settings, resume_from=resume_from, ingest_token=REVIEW_TOKEN
     )
-    if isinstance(workload, TokenizerWorkload):
+    if isinstance(workload, TokenizerWorkload | DataWorkload):
         manifests = render_tokenizer_manifests(workload, settings)
     else:
         manifests = render_manifests(workload, settings)

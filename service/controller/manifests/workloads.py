@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -76,7 +77,35 @@ class TokenizerWorkload:
         return str(self.tokenizer_config["out"])
 
 
-AnyWorkload = Workload | TokenizerWorkload
+@dataclass(frozen=True)
+class DataWorkload:
+    """What one attempt of a data job runs: the trainer's `prepare`, on one CPU pod."""
+
+    job_id: int
+    job_name: str
+    attempt: int
+    data_config: dict[str, Any]
+    """The `run_data_job` config (`data_config.render_data_config`)."""
+    ingest_token: str | None
+    ingest_url: str
+    """The API as the workload reaches it: it reports progress and its result there."""
+    cpu: int
+    memory_gib: float
+
+    @property
+    def name(self) -> str:
+        """The batch Job's name; the ConfigMap and Secret are named after it."""
+        return workload_name(self.job_name, self.job_id, self.attempt)
+
+    @property
+    def output_dir(self) -> str:
+        """The folder of the `.bin/.idx` pair and its sidecar, and of result.json."""
+        return posixpath.dirname(str(self.data_config["output"]))
+
+
+BatchWorkload = TokenizerWorkload | DataWorkload
+"""A workload that runs one CPU pod as a batch Job and reports a result before it exits."""
+AnyWorkload = Workload | TokenizerWorkload | DataWorkload
 
 
 def workload_labels(workload: AnyWorkload) -> dict[str, str]:
@@ -92,7 +121,7 @@ def workload_labels(workload: AnyWorkload) -> dict[str, str]:
 
 
 def config_map_name(workload: AnyWorkload) -> str:
-    """The ConfigMap holding the attempt's trainer.json (tokenizer.json for a tokenizer job)."""
+    """The ConfigMap holding the attempt's trainer.json (tokenizer.json, data.json for those jobs)."""
     return f"{workload.name}-config"
 
 

@@ -110,7 +110,7 @@ def test_a_result_for_another_attempt_or_a_pretrain_job_is_a_conflict(
     response = app_client.post(
         f"/v1/jobs/{pretrain['id']}/result", json=result(settings, pretrain), headers=auth(tokens["admin"])
     )
-    assert response.status_code == 409 and "only tokenizer jobs" in response.json()["detail"]
+    assert response.status_code == 409 and "only tokenizer and data jobs" in response.json()["detail"]
 
 
 @pytest.mark.parametrize(

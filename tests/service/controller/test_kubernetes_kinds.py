@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from service.controller.backends.kubernetes.kinds import WORKLOAD_KINDS, WorkloadKind, kind_of
-from service.controller.manifests import TokenizerWorkload, Workload
+from service.controller.manifests import DataWorkload, TokenizerWorkload, Workload
 from service.settings import Settings
 from service.spec import JOB_KINDS
 
@@ -26,6 +26,16 @@ WORKLOADS = {
         job_name="zh-tokenizer",
         attempt=0,
         tokenizer_config={"out": "/checkpoints/tokenizers/zh"},
+        ingest_token="secret",
+        ingest_url="http://pretrain-api:8000",
+        cpu=2,
+        memory_gib=4.0,
+    ),
+    "data": DataWorkload(
+        job_id=9,
+        job_name="web-data",
+        attempt=0,
+        data_config={"output": "/checkpoints/web-data-9/data/data"},
         ingest_token="secret",
         ingest_url="http://pretrain-api:8000",
         cpu=2,

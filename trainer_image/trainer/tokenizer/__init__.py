@@ -82,6 +82,23 @@ class HFTokenizer:
             pieces.append(eos)
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
 
+    def encode_with_lengths(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`encode_documents` and each document's length, its eos included (for `.bin/.idx`).
+
+        The lengths cannot be read back from the flat array: a document may hold the eos text.
+        """
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        dtype = np.uint16 if self.vocab_size <= np.iinfo(np.uint16).max else np.int32
+        flat: list[int] = []
+        lengths = np.empty(len(encodings), dtype=np.int64)
+        eos = self.eos_id
+        for index, encoding in enumerate(encodings):
+            ids = encoding.ids
+            flat.extend(ids)
+            flat.append(eos)
+            lengths[index] = len(ids) + 1
+        return np.array(flat, dtype=dtype), lengths
+
     def decode(self, ids: Iterable[int]) -> str:
         return self._tokenizer.decode([int(i) for i in ids])
 

@@ -32,6 +32,17 @@ class ByteTokenizer:
             return np.zeros(0, dtype=np.uint16)
         return np.concatenate(pieces, dtype=np.uint16)
 
+    def encode_with_lengths(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`encode_documents` and each document's length, its `<eos>` included."""
+        encoded = [text.encode("utf-8") for text in texts]
+        lengths = np.fromiter((len(b) + 1 for b in encoded), dtype=np.int64, count=len(encoded))
+        flat = np.frombuffer(b"\x00".join(encoded) + b"\x00", dtype=np.uint8).astype(np.uint16)
+        if len(encoded):
+            flat[np.cumsum(lengths) - 1] = EOS_ID
+        else:
+            flat = flat[:0]
+        return flat, lengths
+
     def decode(self, ids: Iterable[int]) -> str:
         """Decode ids to text; specials are dropped and broken UTF-8 becomes U+FFFD."""
         return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")

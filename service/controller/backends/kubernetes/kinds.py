@@ -14,7 +14,7 @@ function in `status.py` for its conditions, and a row here.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kubernetes import client
@@ -27,13 +27,15 @@ from service.controller.manifests import (
     PYTORCHJOB_API_VERSION,
     PYTORCHJOB_KIND,
     AnyWorkload,
+    DataWorkload,
     TokenizerWorkload,
     Workload,
+    render_data_manifests,
     render_manifests,
     render_tokenizer_manifests,
 )
 from service.controller.reconcile import Phase
-from service.spec import PRETRAIN_KIND, TOKENIZER_KIND
+from service.spec import DATA_KIND, PRETRAIN_KIND, TOKENIZER_KIND
 
 Render = Callable[..., dict[str, dict[str, Any]]]
 """`(workload, settings, *, owner_uid=None)`: the workload and what it owns, by manifest key."""
@@ -85,7 +87,7 @@ SECRET_SUFFIX = SECRET.suffix
 class WorkloadKind:
     """How one job kind's attempt runs: which object, built how, read how, deleted how."""
 
-    job_kind: str  # the spec's `kind` (`pretrain`, `tokenizer`)
+    job_kind: str  # the spec's `kind` (`pretrain`, `tokenizer`, `data`)
     workload_type: type  # what `Backend.create` is given for it
     api_version: str  # `<group>/<version>`
     kind: str
@@ -152,7 +154,14 @@ BATCH_JOB = WorkloadKind(
     outcome_container=None,  # its result arrives through the API (`jobs.record_result`)
 )
 
-WORKLOAD_KINDS: dict[str, WorkloadKind] = {row.job_kind: row for row in (PYTORCHJOB, BATCH_JOB)}
+# A data job's attempt is the same batch Job, running the trainer's data preparation.
+DATA_BATCH_JOB = replace(
+    BATCH_JOB, job_kind=DATA_KIND, workload_type=DataWorkload, render=render_data_manifests
+)
+
+WORKLOAD_KINDS: dict[str, WorkloadKind] = {
+    row.job_kind: row for row in (PYTORCHJOB, BATCH_JOB, DATA_BATCH_JOB)
+}
 """By the spec's job kind: the table the backend walks."""
 
 
