@@ -220,3 +220,27 @@ def test_parquet_row_groups_are_split_among_workers_and_read_in_order(tmp_path, 
     (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(PrepareError, match="not a Parquet file"):
         run_data_job(config([str(tmp_path / "bad.parquet")], tmp_path / "p4"))
+
+
+def test_a_prepared_pair_trains_and_a_run_with_another_tokenizer_refuses_it(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from trainer.corpora import SourceUnavailable
+    from trainer.data import MixtureDataset
+
+    lines = [json.dumps({"text": f"document {i}: " + "words and more words " * (i % 7 + 1)}) for i in range(300)]
+    (tmp_path / "web.jsonl").write_text("\n".join(lines) + "\n")
+    run_data_job(config([str(tmp_path / "web.jsonl")], tmp_path / "out" / "web", workers=2))
+    prefix = str(tmp_path / "out" / "web")
+
+    stage = MixtureDataset([("web", prefix, 1.0)], seq_length=16, seed=3, tokenizer=load_tokenizer("byte"))
+    text = load_tokenizer("byte").decode(stage.batch(0, 4)["tokens"].flatten().tolist())
+    assert "words" in text
+
+    rust = Tokenizer(models.BPE(unk_token="<unk>"))
+    rust.pre_tokenizer = pre_tokenizers.ByteLevel()
+    rust.train_from_iterator(["words and more words"] * 20, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<|endoftext|>"]))
+    rust.save(str(tmp_path / "tokenizer.json"))
+    other = load_tokenizer(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(SourceUnavailable, match=f"prepared with tokenizer 'byte', but this run uses '{other.name}'"):
+        MixtureDataset([("web", prefix, 1.0)], seq_length=16, seed=3, tokenizer=other)

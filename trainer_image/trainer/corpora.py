@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import sysconfig
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -142,6 +143,7 @@ def write_indexed_dataset(
     """Write documents as a Megatron `<prefix>.bin/.idx` pair (each ending in eos) and its sidecar."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
+    started = time.perf_counter()
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tokenizer.vocab_size)
@@ -161,6 +163,7 @@ def write_indexed_dataset(
         "tokens": tokens,
         "dtype": np.dtype(dtype).name,
         "inputs": list(inputs),
+        "seconds": round(time.perf_counter() - started, 3),
     }
     Path(f"{prefix}.json").write_text(json.dumps(sidecar, indent=2), encoding="utf-8")
     return prefix

@@ -43,9 +43,10 @@ from typing import Any
 
 import numpy as np
 
+from trainer.corpora import SIDECAR_FORMAT  # numpy and the tokenizers only: no torch in workers
+
 log = logging.getLogger(__name__)
 
-SIDECAR_FORMAT = "pretrain-data/1"
 SIDECAR_KEYS = (
     "format", "tokenizer", "vocab_size", "eod_id", "documents", "tokens", "dtype", "inputs",
     "seconds",
