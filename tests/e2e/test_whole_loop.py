@@ -120,10 +120,12 @@ def assert_caught_and_rolled_back_once(
 ) -> None:
     """The shared verdict of the two garbage runs: caught, one rollback, resumed past it, finished.
 
-    The rollback goes to the newest checkpoint a margin before the onset. While the watchdog was
-    down, retention kept only what an episode open at its mark would need, and `keep_last`
-    pruned the rest as the trainer ran on (retention stays bounded during an outage): then the
-    newest one a margin before the onset that was not pruned.
+    The rollback goes to the newest checkpoint a margin before the onset of the verdict that
+    triggered it (the first divergence: on `en` or on the total loss, whichever the detector
+    confirms first; the two onsets may differ by a step, which the margin absorbs). While the
+    watchdog was down, retention kept only what an episode open at its mark would need, and
+    `keep_last` pruned the rest as the trainer ran on (retention stays bounded during an
+    outage): then the newest one a margin before the onset that was not pruned.
     """
     api, job_id = deployment.api, job["id"]
     log = events(api, job_id)
@@ -131,10 +133,12 @@ def assert_caught_and_rolled_back_once(
 
     divergences = [e for e in kinds(log, "verdict.divergence") if e["data"]["channel"] == "en"]
     assert len(divergences) == 1, f"one divergence verdict on en, got {divergences}"
-    onset = divergences[0]["data"]["onset"]
-    assert divergences[0]["attempt"] == 0 and GARBAGE[0] <= onset < GARBAGE[1]
+    assert divergences[0]["attempt"] == 0 and GARBAGE[0] <= divergences[0]["data"]["onset"] < GARBAGE[1]
     rollbacks = kinds(log, "job.rolled_back")
     assert [(e["actor"], e["attempt"]) for e in rollbacks] == [("watchdog", 1)]
+    onset = rollbacks[0]["data"]["onset_step"]  # the triggering verdict's
+    assert rollbacks[0]["data"]["evidence"]["onset"] == onset
+    assert GARBAGE[0] - spec["rollback_margin_steps"] < onset < GARBAGE[1], "the onset is far from the garbage"
 
     attempts = api.attempts(job_id)
     assert [(a["number"], a["state"], a["reason"]) for a in attempts] == [
