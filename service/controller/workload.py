@@ -80,6 +80,7 @@ def build_workload(
         gpus_per_node=spec.resources.gpus_per_node,
         gpu_type=spec.resources.gpu_type,
         gpu_memory_gib=spec.resources.gpu_memory_gib,
+        env_secrets=(spec.data.credentials_secret,) if spec.data.credentials_secret else (),
     )
 
 

@@ -92,6 +92,15 @@ class DataSpec(Section):
     mmap_bin_files: Flag = Field(
         True, description="Memory-map the sources' .bin files; false reads them on demand."
     )
+    credentials_secret: str | None = Field(
+        None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="For s3:// sources: the name of a Kubernetes Secret in the jobs' namespace "
+        "whose keys become the trainer pods' environment (AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION…). Never the credentials "
+        "themselves. The local backend passes PRETRAIN_TRAINER_PASSTHROUGH_ENV instead.",
+    )
 
     @field_validator("split")
     @classmethod

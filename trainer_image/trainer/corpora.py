@@ -1,8 +1,9 @@
 """Where a channel's tokens come from: a prepared Megatron `.bin/.idx` pair, one document a sequence.
 
 A source is `embedded://code|en|zh` (text that ships with Python and jieba, tokenized once per
-tokenizer into a cached pair) or the prefix of a pair on a mounted volume (`indexed://` in front
-is allowed, as is a `.bin`/`.idx` suffix). Every document ends with the tokenizer's eos, the EOD
+tokenizer into a cached pair), the prefix of a pair on a mounted volume (`indexed://` in front
+is allowed, as is a `.bin`/`.idx` suffix), or `s3://bucket/prefix` (read through megatron-core's
+object-storage support: the index cached locally, the `.bin` read on demand in chunks). Every document ends with the tokenizer's eos, the EOD
 Megatron's datasets pack across. A pair made by the data preparation job has a sidecar
 `<prefix>.json` (`pretrain-data/1`) naming the tokenizer it was made with; a run with another
 tokenizer refuses it instead of training on ids that mean something else.
@@ -44,7 +45,8 @@ DATA_VERSION = 2
 EMBEDDED_CORPORA = ("code", "en", "zh")
 EMBEDDED_SCHEME = "embedded://"
 INDEXED_SCHEME = "indexed://"
-OBJECT_STORE_SCHEMES = ("s3://", "msc://")
+S3_SCHEME = "s3://"
+OBJECT_STORE_SCHEMES = (S3_SCHEME, "msc://")
 DEFAULT_CACHE_DIR = Path("~/.cache/pretrain-orchestrator/corpora")
 SIDECAR_FORMAT = "pretrain-data/1"
 
@@ -75,10 +77,7 @@ def prepared_source(channel: str, path: str, tokenizer: Tokenizer, cache_dir: st
             raise SourceUnavailable(channel, path, f"no embedded corpus {name!r}; one of {EMBEDDED_CORPORA}")
         return str(embedded_dataset(name, tokenizer, cache_dir))
     if path.startswith(OBJECT_STORE_SCHEMES):
-        raise SourceUnavailable(
-            channel, path, "object-store sources are not readable by this trainer build; mount the "
-            "prepared .bin/.idx on a volume and name its path",
-        )  # fmt: skip
+        return _object_store_source(channel, path, tokenizer)
     prefix = path.removeprefix(INDEXED_SCHEME)
     for extension in (".bin", ".idx"):
         prefix = prefix.removesuffix(extension)
@@ -92,6 +91,66 @@ def prepared_source(channel: str, path: str, tokenizer: Tokenizer, cache_dir: st
             f"uses {tokenizer.name!r}: prepare it again with the run's tokenizer",
         )  # fmt: skip
     return prefix
+
+
+def _object_store_source(channel: str, path: str, tokenizer: Tokenizer) -> str:
+    """An `s3://bucket/prefix` pair, checked where it lies: both objects there, and its sidecar
+    (when it has one) naming the run's tokenizer. Credentials and endpoint come from the
+    environment as boto3 reads it (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL…;
+    on Kubernetes from the Secret the spec names in data.credentials_secret), never the spec."""
+    if not path.startswith(S3_SCHEME):
+        raise SourceUnavailable(channel, path, "only s3:// object storage is supported")
+    prefix = path
+    for extension in (".bin", ".idx"):
+        prefix = prefix.removesuffix(extension)
+    client = s3_client()
+    bucket, key = _bucket_and_key(prefix)
+    for extension in (".bin", ".idx"):
+        try:
+            client.head_object(Bucket=bucket, Key=f"{key}{extension}")
+        except Exception as error:  # botocore's ClientError, NoCredentialsError, EndpointConnectionError…
+            raise SourceUnavailable(channel, path, f"cannot read {prefix}{extension}: {error}") from error
+    try:
+        body = client.get_object(Bucket=bucket, Key=f"{key}.json")["Body"].read()
+    except Exception:  # no sidecar: a pair prepared elsewhere
+        return prefix
+    sidecar = json.loads(body)
+    if sidecar.get("format") == SIDECAR_FORMAT and sidecar.get("tokenizer") != tokenizer.name:
+        raise SourceUnavailable(
+            channel, path, f"prepared with tokenizer {sidecar.get('tokenizer')!r}, but this run "
+            f"uses {tokenizer.name!r}: prepare it again with the run's tokenizer",
+        )  # fmt: skip
+    return prefix
+
+
+def s3_client():
+    """A boto3 S3 client configured from the environment, as megatron-core's readers make theirs."""
+    import boto3
+
+    return boto3.client("s3")
+
+
+def download_index(prefix: str, cache_dir: str | Path) -> Path:
+    """Copy an object-store pair's `.idx` into `cache_dir` where megatron-core looks for it.
+
+    megatron-core downloads it on global rank 0 only and has every other rank assert that the
+    file is there, which holds only after a barrier and on rank 0's node. So every other
+    process fetches its own copy first (boto3 writes a temporary file and renames it): no rank
+    waits on another, on one node or many.
+    """
+    import torch.distributed as dist
+
+    bucket, key = _bucket_and_key(f"{prefix}.idx")
+    local = Path(cache_dir) / bucket / key
+    if dist.is_initialized() and dist.get_rank() != 0:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        s3_client().download_file(bucket, key, str(local))
+    return local
+
+
+def _bucket_and_key(path: str) -> tuple[str, str]:
+    bucket, _, key = path.removeprefix(S3_SCHEME).partition("/")
+    return bucket, key
 
 
 def read_sidecar(prefix: str | Path) -> dict | None:

@@ -39,11 +39,15 @@ import torch
 from megatron.core.datasets.blended_dataset import BlendedDataset
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset
+from megatron.core.datasets.object_storage_utils import ObjectStorageConfig
 from megatron.core.datasets.utils import Split
 
 from trainer.corpora import (
+    DEFAULT_CACHE_DIR,
     EMBEDDED_CORPORA,
+    S3_SCHEME,
     SourceUnavailable,
+    download_index,
     embedded_documents,
     encode_documents,
     prepared_source,
@@ -82,6 +86,13 @@ _STAGE_SEED_STRIDE = 1_000_003
 """Stage `s` shuffles with `seed + s * stride + epoch`: a source used again in a later stage is
 drawn in another order rather than replayed from its first sample."""
 _MIN_BLEND = 1024
+S3_CHUNK_BYTES = 64 * 1024 * 1024
+"""Bytes of an object-store `.bin` fetched per request (megatron's default is 256 MiB)."""
+
+
+def _index_cache(cache_dir: str | Path | None) -> Path:
+    """Where object-store sources' `.idx` files are cached: beside the embedded corpora's pairs."""
+    return Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser() / "object-store-index"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,7 +240,8 @@ class MixtureDataset:
             path_to_cache="",
         )
         self.sources = [
-            _Source(spec.name, prefix, self.config) for spec, prefix in zip(specs, prefixes, strict=True)
+            _Source(spec.name, prefix, self.config, _index_cache(cache_dir))
+            for spec, prefix in zip(specs, prefixes, strict=True)
         ]
         self._weights = weights
         self._blend: BlendedDataset | None = None
@@ -366,11 +378,17 @@ class _TokenizerView:
 class _Source:
     """One channel's pair, its documents split as Megatron splits them."""
 
-    def __init__(self, channel: str, prefix: str, config: GPTDatasetConfig) -> None:
+    def __init__(self, channel: str, prefix: str, config: GPTDatasetConfig, index_cache: Path) -> None:
         self.channel = channel
         self.prefix = prefix
         self.config = config
-        self.indexed = IndexedDataset(prefix, mmap=config.mmap_bin_files)
+        if prefix.startswith(S3_SCHEME):
+            # megatron-core's object storage: the .idx from a local cache, the .bin in chunks.
+            download_index(prefix, index_cache)
+            storage = ObjectStorageConfig(path_to_idx_cache=str(index_cache), bin_chunk_nbytes=S3_CHUNK_BYTES)
+            self.indexed = IndexedDataset(prefix, mmap=False, object_storage_config=storage)
+        else:
+            self.indexed = IndexedDataset(prefix, mmap=config.mmap_bin_files)
         self.train = _Epochs(self)
         self._held_out: GPTDataset | None = None
 

@@ -190,6 +190,11 @@ def _pod_template(workload: Workload, settings: Settings) -> k8s.V1PodTemplateSp
         image=settings.trainer_image,
         command=list(TRAINER_COMMAND),
         env=env,
+        # Object-store credentials, from the Secret the spec names: never in the spec or config.
+        env_from=[
+            k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=name)) for name in workload.env_secrets
+        ]
+        or None,
         ports=[
             k8s.V1ContainerPort(name=MASTER_PORT_NAME, container_port=MASTER_PORT, protocol="TCP")
         ],

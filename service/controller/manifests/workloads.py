@@ -27,6 +27,8 @@ class Workload:
     gpu_type: str
     gpu_memory_gib: float | None = None
     """Memory of one GPU, or of one CPU process: sizes the memory request of CPU pods."""
+    env_secrets: tuple[str, ...] = ()
+    """Secrets whose keys the trainer's environment takes (object-store credentials)."""
 
     @property
     def name(self) -> str:

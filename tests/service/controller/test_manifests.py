@@ -126,6 +126,7 @@ def workload_for(
         gpus_per_node=resources["gpus_per_node"],
         gpu_type=resources["gpu_type"],
         gpu_memory_gib=resources["gpu_memory_gib"],
+        env_secrets=tuple(filter(None, [raw.get("data", {}).get("credentials_secret")])),
     )
 
 
@@ -144,7 +145,17 @@ CASES = {
     "one-node-gpu": (one_node_gpu_spec, {}),
     "one-node-gpu-priority-only": (one_node_gpu_spec, {"priority_class": "training-high"}),
     "one-node-gpu-checkpoint-pvc-only": (one_node_gpu_spec, {"checkpoint_pvc": "ckpt"}),
+    "one-node-gpu-s3-sources": (lambda: s3_spec(one_node_gpu_spec()), {}),
 }
+
+
+def s3_spec(raw: dict[str, Any]) -> dict[str, Any]:
+    """Sources on object storage, credentials from a Secret the spec names."""
+    for stage in raw["stages"]:
+        for source in stage["data"]:
+            source["path"] = f"s3://corpus/v3/{source['channel']}"
+    raw["data"] = {"credentials_secret": "corpus-reader"}
+    return raw
 
 
 def rendered_case(name: str, *, owner_uid: str | None = None) -> tuple[Workload, dict[str, Any]]:
@@ -545,3 +556,16 @@ def test_render_for_review_refuses_an_invalid_spec():
     raw["batch"]["global_batch_size"] = 15
     with pytest.raises(SpecInvalid, match="global_batch_size"):
         render_for_review(json.dumps(raw), settings=make_settings())
+
+
+def test_object_store_credentials_reach_the_trainer_from_the_named_secret_only():
+    _, manifests = rendered_case("one-node-gpu-s3-sources")
+    for template in templates(manifests["pytorchjob"]).values():
+        (container,) = template["spec"]["containers"]
+        assert container["envFrom"] == [{"secretRef": {"name": "corpus-reader"}}]
+        assert not [e for e in container["env"] if e["name"].startswith("AWS_")]
+    config = manifests["configmap"]["data"]["trainer.json"]
+    assert "s3://corpus/v3/" in config and "corpus-reader" not in config and "AWS_" not in config
+    _, plain = rendered_case("one-node-gpu")
+    for template in templates(plain["pytorchjob"]).values():
+        assert "envFrom" not in template["spec"]["containers"][0]

@@ -66,3 +66,15 @@ def test_a_cpu_jobs_pods_request_the_memory_its_review_shows(settings):
         for replica in replicas.values():
             (container,) = replica["template"]["spec"]["containers"]
             assert container["resources"]["requests"]["memory"] == memory
+
+
+def test_the_credentials_secret_a_spec_names_reaches_every_trainer_pod(settings):
+    kubernetes = make_settings(backend="kubernetes")
+    spec = parse_spec_text((EXAMPLES / "qwen2-7b-pretrain.yaml").read_text())
+    spec["data"] = {"credentials_secret": "corpus-reader"}
+    for source in spec["stages"][0]["data"]:
+        source["path"] = f"s3://corpus/v3/{source['channel']}"
+    review = list(yaml.safe_load_all(render_for_review(yaml.safe_dump(spec), settings=kubernetes)))
+    for replica in review[0]["spec"]["pytorchReplicaSpecs"].values():
+        (container,) = replica["template"]["spec"]["containers"]
+        assert container["envFrom"] == [{"secretRef": {"name": "corpus-reader"}}]
