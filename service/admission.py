@@ -16,7 +16,7 @@ from pydantic import Field
 
 from service.planner import Plan, memory_problems, plan_job
 from service.settings import Settings, get_settings
-from service.sources import sizes_for
+from service.sources import sizes_for, source_problems
 from service.spec import (
     PathPolicy,
     Problem,
@@ -109,6 +109,9 @@ def admit(
         if require_plan:
             raise SpecInvalid([_no_plan_for_a_batch_job(validated)])
         return Admission(validated=validated, plan=None, problems=[])
+    # A submission, not a plan: planning before the data is prepared is fine (its size is unknown).
+    if not require_plan and (missing := source_problems(validated.spec, policy)):
+        raise SpecInvalid(missing)
     plan = plan_job(
         validated,
         gpus=gpus,

@@ -21,6 +21,7 @@ sources, read a huge index once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -37,6 +38,7 @@ from service.embedded_sizes import BASIS as EMBEDDED_BASIS
 from service.embedded_sizes import BYTE_TOKENIZER_SIZES
 from service.spec.data import EMBEDDED_CORPUS_PREFIXES
 from service.spec.paths import PathPolicy
+from service.spec.problems import Problem, problem
 
 if TYPE_CHECKING:
     from service.spec.job import JobSpec
@@ -232,3 +234,63 @@ def sizes_for(spec: JobSpec, policy: PathPolicy) -> dict[str, SourceSize]:
         for stage in spec.stages
         for source in stage.data
     }
+
+
+def source_problems(spec: JobSpec, policy: PathPolicy) -> list[Problem]:
+    """Local sources the trainer could not open, found at submit where the service sees the data
+    volume (its data root is a directory here): a missing pair, or a pair whose sidecar names
+    another tokenizer than the job's. Elsewhere (an API without the volume, object stores) the
+    trainer finds out and ends the attempt naming the source."""
+    if not os.path.isdir(policy.data_root):
+        return []
+    expected = _tokenizer_fingerprint(spec, policy)
+    problems = []
+    for i, stage in enumerate(spec.stages):
+        for j, source in enumerate(stage.data):
+            path = source.path
+            if path.startswith(EMBEDDED_CORPUS_PREFIXES) or ("://" in path and not path.startswith(INDEXED_SCHEME)):
+                continue
+            prefix = local_prefix(path, policy.data_root)
+            if any(policy.problem(prefix + ext, base=policy.data_root) for ext in (".bin", ".idx", ".json")):
+                continue  # the path rules have their own problem for it
+            loc = ["stages", i, "data", j, "path"]
+            missing = [ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
+            if missing:
+                problems.append(problem(
+                    loc, f"no {prefix}{missing[0]}: prepare the source with a kind: data job, or "
+                    "check the path (relative paths are under the data root)",
+                ))  # fmt: skip
+                continue
+            made_with = _sidecar_tokenizer(prefix + ".json")
+            if expected is not None and made_with is not None and made_with != expected:
+                problems.append(problem(
+                    loc, f"{prefix} was prepared with tokenizer {made_with!r}, but this job uses "
+                    f"{expected!r}: prepare it again with the job's tokenizer",
+                ))  # fmt: skip
+    return problems
+
+
+def _tokenizer_fingerprint(spec: JobSpec, policy: PathPolicy) -> str | None:
+    """The name the trainer gives the job's tokenizer (`trainer.tokenizer`): "byte", or "hf-" and
+    the tokenizer.json's sha256 prefix; None when the service cannot read it."""
+    if spec.tokenizer is None:
+        return "byte"
+    folder = posixpath.normpath(posixpath.join(policy.data_root, spec.tokenizer.path))
+    file = folder if folder.endswith(".json") else posixpath.join(folder, "tokenizer.json")
+    if "://" in spec.tokenizer.path or policy.problem(file, base=policy.data_root) is not None:
+        return None
+    try:
+        with open(file, "rb") as stream:
+            return "hf-" + hashlib.sha256(stream.read()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+def _sidecar_tokenizer(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as stream:
+            record = json.load(stream)
+    except (OSError, ValueError):
+        return None
+    tokenizer = record.get("tokenizer") if isinstance(record, dict) else None
+    return tokenizer if isinstance(tokenizer, str) else None

@@ -190,3 +190,35 @@ def test_an_index_linked_from_outside_the_roots_is_not_read(tiny_spec: dict, tmp
     [source] = planned(tiny_spec, data_root)["data"]["stages"][0]["sources"]
     assert (source["size_tokens"], source["size_basis"]) == (None, "unknown")
     assert "outside the allowed roots" in source["size_note"]
+
+
+def test_a_submission_naming_a_pair_the_trainer_could_not_open_is_refused(tiny_spec: dict, tmp_path: Path) -> None:
+    import json
+
+    from service.admission import OverMemory, admit
+    from service.spec import SpecInvalid
+
+    data_root = tmp_path / "data"
+    megatron_pair(data_root / "web", [[list(range(100))] for _ in range(10)])
+    settings = Settings(data_root=str(data_root), state_dir=tmp_path / "state", environment="development")
+    tiny_spec["stages"][0]["data"] = [
+        {"channel": "web", "path": "web", "weight": 0.5},
+        {"channel": "gone", "path": "nowhere/gone", "weight": 0.5},
+    ]
+    with pytest.raises(SpecInvalid) as refused:
+        admit(tiny_spec, settings=settings, over_memory=OverMemory.REFUSE)
+    [missing] = refused.value.problems
+    assert missing.loc == ["stages", 0, "data", 1, "path"] and "gone.bin" in missing.msg
+    assert "kind: data" in missing.msg
+    planned_anyway = plan_spec(tiny_spec, settings)  # a plan before the data exists is fine
+    assert planned_anyway.model_dump(mode="json")["data"]["stages"][0]["sources"][1]["size_basis"] == "unknown"
+
+    tiny_spec["stages"][0]["data"] = [{"channel": "web", "path": "web", "weight": 1.0}]
+    assert admit(tiny_spec, settings=settings, over_memory=OverMemory.REFUSE).plan is not None
+    (data_root / "web.json").write_text(json.dumps({"format": "pretrain-data/1", "tokenizer": "hf-0123456789abcdef", "tokens": 1000}))
+    with pytest.raises(SpecInvalid, match="prepared with tokenizer 'hf-0123456789abcdef', but this job uses 'byte'"):
+        admit(tiny_spec, settings=settings, over_memory=OverMemory.REFUSE)
+    # Where the service does not see the data volume, the trainer is left to find out.
+    elsewhere = Settings(data_root=str(tmp_path / "not-mounted"), state_dir=tmp_path / "state", environment="development")
+    tiny_spec["stages"][0]["data"] = [{"channel": "gone", "path": "nowhere/gone", "weight": 1.0}]
+    assert admit(tiny_spec, settings=elsewhere, over_memory=OverMemory.REFUSE).plan is not None
