@@ -158,8 +158,8 @@ def test_embedded_corpora_become_cached_pairs_one_document_a_sequence(
 def test_a_source_that_cannot_be_opened_names_its_channel(tmp_path: Path, tokenizer: ByteTokenizer) -> None:
     with pytest.raises(corpora.SourceUnavailable, match=r"'web'.*no such file .*nothing\.bin"):
         corpora.prepared_source("web", str(tmp_path / "nothing"), tokenizer, None)
-    with pytest.raises(corpora.SourceUnavailable, match=r"'web' \(s3://bucket/web\).*object-store"):
-        corpora.prepared_source("web", "s3://bucket/web", tokenizer, None)
+    with pytest.raises(corpora.SourceUnavailable, match=r"'web' \(msc://profile/web\).*only s3://"):
+        corpora.prepared_source("web", "msc://profile/web", tokenizer, None)
     with pytest.raises(corpora.SourceUnavailable, match="no embedded corpus 'fr'"):
         corpora.prepared_source("fr", "embedded://fr", tokenizer, None)
 
