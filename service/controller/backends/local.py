@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import re
 import shutil
@@ -159,7 +160,7 @@ class LocalBackend:
                 continue
             asked = not (folder / STOP_FILE).exists()
             if asked:
-                (folder / STOP_FILE).write_text(str(time.time()))
+                _write_atomically(folder / STOP_FILE, str(time.monotonic()))
                 _signal_workload(folder, signal.SIGTERM)
             self._finish_stopping(folder)
             return asked
@@ -180,8 +181,7 @@ class LocalBackend:
     def _finish_stopping(self, folder: Path) -> bool:
         """True once a stopping workload is gone (and filed away); SIGKILL past the grace period."""
         if _running(folder):
-            requested = float((folder / STOP_FILE).read_text() or 0)
-            if time.time() - requested > STOP_GRACE_S:
+            if time.monotonic() - _stop_requested_at(folder) > STOP_GRACE_S:
                 _signal_workload(folder, signal.SIGKILL)
             return False
         graveyard = self.root / ".deleted"
@@ -366,6 +366,25 @@ def _read_pid(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+def _stop_requested_at(folder: Path) -> float:
+    """When the stop was asked, on the machine's monotonic clock (system-wide on Linux).
+
+    Not the wall clock: a clock step (NTP, a drifting VM) must not cut a trainer's grace period
+    short and SIGKILL it mid-save. A stamp this clock cannot have written (from before a reboot,
+    or a wall-clock stamp of an older version) restarts the grace period now.
+    """
+    path = folder / STOP_FILE
+    now = time.monotonic()
+    try:
+        requested = float(path.read_text())
+    except (OSError, ValueError):
+        requested = math.inf
+    if requested > now:
+        _write_atomically(path, str(now))
+        return now
+    return requested
 
 
 def _write_atomically(path: Path, text: str) -> None:

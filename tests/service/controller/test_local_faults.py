@@ -541,3 +541,29 @@ def test_deleting_a_workload_still_stopping_again_is_not_another_deletion(tmp_pa
         assert backend.delete(7, 1) is False
     finally:
         local._signal_workload(folder, signal.SIGKILL)
+
+
+def test_a_trainer_deaf_to_sigterm_is_killed_after_the_grace_period_on_the_monotonic_clock(
+    settings, workloads, fake, monkeypatch
+):
+    job = submit(settings)
+    fake.plan(a0={"wait_for": fake.gate("never"), "slow_to_stop": True})
+    backend = LocalBackend(workloads, passthrough_env=FAKE_ENV)
+    controller = new_controller(settings, workloads, backend)
+    drive(controller, settings, job.id, lambda j: j.state == "running" and bool(fake.runs()), "ran")
+    [folder] = workloads.glob(f"*-{job.id}-a0")
+    assert backend.delete(job.id, 0) is True
+    stamp = folder / local.STOP_FILE
+    assert float(stamp.read_text()) <= time.monotonic()  # the machine's monotonic clock, not the wall's
+    # A stamp this clock could not have written (an older version's wall-clock time, another boot)
+    # restarts the grace period: the trainer saving its checkpoint is not killed for it.
+    stamp.write_text(str(time.time()))
+    assert backend.delete(job.id, 0) is False and local._running(folder)
+    assert float(stamp.read_text()) <= time.monotonic()
+    # Past the grace period it is killed, and the workload is gone.
+    monkeypatch.setattr(local, "STOP_GRACE_S", 0.0)
+    deadline = time.monotonic() + DEADLINE_S
+    while not backend._finish_stopping(folder):
+        assert time.monotonic() < deadline, "never killed"
+        time.sleep(0.1)
+    assert not folder.exists()
