@@ -84,12 +84,6 @@ def _batch_kind(workload: BatchWorkload) -> _BatchKind:
     return _DATA if isinstance(workload, DataWorkload) else _TOKENIZER
 
 
-def _config(workload: BatchWorkload) -> dict[str, Any]:
-    if isinstance(workload, DataWorkload):
-        return workload.data_config
-    return workload.tokenizer_config
-
-
 def batch_config_file(workload: BatchWorkload) -> str:
     """The file name of the workload's config (`tokenizer.json`, `data.json`)."""
     return _batch_kind(workload).config_file
@@ -97,7 +91,7 @@ def batch_config_file(workload: BatchWorkload) -> str:
 
 def batch_config_json(workload: BatchWorkload) -> str:
     """The workload's config as its file holds it."""
-    return json.dumps(_config(workload), indent=2) + "\n"
+    return json.dumps(workload.config, indent=2) + "\n"
 
 
 def batch_command(workload: BatchWorkload, *, python: str, config_path: str) -> list[str]:

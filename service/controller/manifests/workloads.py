@@ -54,40 +54,12 @@ def workload_name(job_name: str, job_id: int, attempt: int) -> str:
 
 
 @dataclass(frozen=True)
-class TokenizerWorkload:
-    """What one attempt of a tokenizer job runs: the tokenizer library's job, on one CPU pod."""
+class _BatchJob:
+    """What a batch workload is besides its config: one CPU pod that reports a result and exits."""
 
     job_id: int
     job_name: str
     attempt: int
-    tokenizer_config: dict[str, Any]
-    """The `run_tokenizer_job` config (`tokenizer_config.render_tokenizer_config`)."""
-    ingest_token: str | None
-    ingest_url: str
-    """The API as the workload reaches it: it reports its result there."""
-    cpu: int
-    memory_gib: float
-
-    @property
-    def name(self) -> str:
-        """The batch Job's name; the ConfigMap and Secret are named after it."""
-        return workload_name(self.job_name, self.job_id, self.attempt)
-
-    @property
-    def output_dir(self) -> str:
-        """Where the tokenizer is written, and its result.json beside it."""
-        return str(self.tokenizer_config["out"])
-
-
-@dataclass(frozen=True)
-class DataWorkload:
-    """What one attempt of a data job runs: the trainer's `prepare`, on one CPU pod."""
-
-    job_id: int
-    job_name: str
-    attempt: int
-    data_config: dict[str, Any]
-    """The `run_data_job` config (`data_config.render_data_config`)."""
     ingest_token: str | None
     ingest_url: str
     """The API as the workload reaches it: it reports progress and its result there."""
@@ -98,6 +70,35 @@ class DataWorkload:
     def name(self) -> str:
         """The batch Job's name; the ConfigMap and Secret are named after it."""
         return workload_name(self.job_name, self.job_id, self.attempt)
+
+
+@dataclass(frozen=True)
+class TokenizerWorkload(_BatchJob):
+    """What one attempt of a tokenizer job runs: the tokenizer library's job, on one CPU pod."""
+
+    tokenizer_config: dict[str, Any]
+    """The `run_tokenizer_job` config (`tokenizer_config.render_tokenizer_config`)."""
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.tokenizer_config
+
+    @property
+    def output_dir(self) -> str:
+        """Where the tokenizer is written, and its result.json beside it."""
+        return str(self.tokenizer_config["out"])
+
+
+@dataclass(frozen=True)
+class DataWorkload(_BatchJob):
+    """What one attempt of a data job runs: the trainer's `prepare`, on one CPU pod."""
+
+    data_config: dict[str, Any]
+    """The `run_data_job` config (`data_config.render_data_config`)."""
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.data_config
 
     @property
     def output_dir(self) -> str:
