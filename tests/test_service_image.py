@@ -106,6 +106,40 @@ def test_service_dependencies_pull_in_neither_torch_nor_test_tools() -> None:
     assert closure & {canonicalize_name(n) for n in TRAINER_ONLY | DEV_ONLY} == set()
 
 
+def test_every_module_the_service_imports_comes_with_its_dependencies() -> None:
+    # The image installs the package without extras: a module the server, the client or the
+    # trainer modules they import use must be in that closure, or the image fails at start-up
+    # while the suite, which has every extra, passes.
+    import ast
+
+    files = [*(ROOT / "service").rglob("*.py"), *(ROOT / "pretrainctl").rglob("*.py")]
+    ours = {"service", "pretrainctl", "trainer"}
+    imported, trainer_modules = set(), set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            imported |= {name.split(".")[0] for name in names}
+            trainer_modules |= {name for name in names if name.startswith("trainer.")}
+    for module in sorted(trainer_modules):  # what the service takes from the trainer package
+        path = ROOT / "trainer_image" / Path(*module.split("."))
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        for node in ast.parse(path.read_text()).body:  # imports at module level only
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    distributions = importlib.metadata.packages_distributions()
+    third_party = {name for name in imported - ours if name not in sys.stdlib_module_names}
+    closure = requirement_closure(PROJECT["dependencies"])
+    missing = {
+        name for name in third_party
+        if not {canonicalize_name(d) for d in distributions.get(name, [name])} & closure
+    }  # fmt: skip
+    assert missing == set(), f"imported but not installed by `pip install .`: {sorted(missing)}"
+
+
 def test_the_closure_would_see_torch_if_a_dependency_pulled_it() -> None:
     assert "torch" in requirement_closure(PROJECT["optional-dependencies"]["trainer"])
 
