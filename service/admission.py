@@ -109,8 +109,9 @@ def admit(
         if require_plan:
             raise SpecInvalid([_no_plan_for_a_batch_job(validated)])
         return Admission(validated=validated, plan=None, problems=[])
+    sizes = sizes_for(validated.spec, policy)
     # A submission, not a plan: planning before the data is prepared is fine (its size is unknown).
-    if not require_plan and (missing := source_problems(validated.spec, policy)):
+    if not require_plan and (missing := source_problems(validated.spec, policy, sizes)):
         raise SpecInvalid(missing)
     plan = plan_job(
         validated,
@@ -118,7 +119,7 @@ def admit(
         days=days,
         token_budget=token_budget,
         deadline_days=deadline_days,
-        source_sizes=sizes_for(validated.spec, policy),
+        source_sizes=sizes,
     )
     problems = memory_problems(validated, plan)
     if problems and over_memory is OverMemory.REFUSE:

@@ -21,7 +21,6 @@ sources, read a huge index once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import posixpath
@@ -39,12 +38,12 @@ from service.embedded_sizes import BYTE_TOKENIZER_SIZES
 from service.spec.data import EMBEDDED_CORPUS_PREFIXES
 from service.spec.paths import PathPolicy
 from service.spec.problems import Problem, problem
+from trainer.corpora import INDEXED_SCHEME, SIDECAR_FORMAT
+from trainer.tokenizer import fingerprint
 
 if TYPE_CHECKING:
     from service.spec.job import JobSpec
 
-SIDECAR_FORMAT = "pretrain-data/1"
-INDEXED_SCHEME = "indexed://"
 # Megatron's `_INDEX_HEADER`, then `<Q` version 1, `<B` dtype code, `<Q` sequence count and
 # `<Q` document count (entries of `document_indices`: documents + 1), then the int32 lengths.
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
@@ -70,6 +69,8 @@ class SourceSize:
     note: str
     key: str | None = None
     """What the source is, however a spec spells it (a local prefix, `embedded://<name>`)."""
+    tokenizer: str | None = None
+    """The tokenizer the sidecar says the pair was prepared with."""
 
 
 class IndexUnreadable(ValueError):
@@ -152,8 +153,9 @@ def _read_sidecar(path: str) -> SourceSize | None:
     if not _count(tokens):
         return None
     tokenizer = document.get("tokenizer")
-    note = f"from {path}" + (f" (tokenizer {tokenizer})" if isinstance(tokenizer, str) else "")
-    return SourceSize(tokens, documents if _count(documents) else None, "sidecar", note)
+    tokenizer = tokenizer if isinstance(tokenizer, str) else None
+    note = f"from {path}" + (f" (tokenizer {tokenizer})" if tokenizer else "")
+    return SourceSize(tokens, documents if _count(documents) else None, "sidecar", note, tokenizer=tokenizer)
 
 
 def _open_regular(path: str):
@@ -236,43 +238,38 @@ def sizes_for(spec: JobSpec, policy: PathPolicy) -> dict[str, SourceSize]:
     }
 
 
-def source_problems(spec: JobSpec, policy: PathPolicy) -> list[Problem]:
+def source_problems(spec: JobSpec, policy: PathPolicy, sizes: dict[str, SourceSize]) -> list[Problem]:
     """Local sources the trainer could not open, found at submit where the service sees the data
     volume (its data root is a directory here): a missing pair, or a pair whose sidecar names
-    another tokenizer than the job's. Elsewhere (an API without the volume, object stores) the
-    trainer finds out and ends the attempt naming the source."""
+    another tokenizer than the job's. `sizes` are `sizes_for`'s. Elsewhere (an API without the
+    volume, object stores) the trainer finds out and ends the attempt naming the source."""
     if not os.path.isdir(policy.data_root):
         return []
     expected = _tokenizer_fingerprint(spec, policy)
     problems = []
     for i, stage in enumerate(spec.stages):
         for j, source in enumerate(stage.data):
-            path = source.path
-            if path.startswith(EMBEDDED_CORPUS_PREFIXES) or ("://" in path and not path.startswith(INDEXED_SCHEME)):
-                continue
-            prefix = local_prefix(path, policy.data_root)
-            if any(policy.problem(prefix + ext, base=policy.data_root) for ext in (".bin", ".idx", ".json")):
-                continue  # the path rules have their own problem for it
+            size = sizes[source.path]
+            if size.key is None or size.key.startswith("embedded://") or size.note.startswith("not read:"):
+                continue  # another scheme, an embedded corpus, or a path the path rules refuse
             loc = ["stages", i, "data", j, "path"]
-            missing = [ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
+            missing = [ext for ext in (".bin", ".idx") if not os.path.isfile(size.key + ext)]
             if missing:
                 problems.append(problem(
-                    loc, f"no {prefix}{missing[0]}: prepare the source with a kind: data job, or "
+                    loc, f"no {size.key}{missing[0]}: prepare the source with a kind: data job, or "
                     "check the path (relative paths are under the data root)",
                 ))  # fmt: skip
-                continue
-            made_with = _sidecar_tokenizer(prefix + ".json")
-            if expected is not None and made_with is not None and made_with != expected:
+            elif expected is not None and size.tokenizer is not None and size.tokenizer != expected:
                 problems.append(problem(
-                    loc, f"{prefix} was prepared with tokenizer {made_with!r}, but this job uses "
-                    f"{expected!r}: prepare it again with the job's tokenizer",
+                    loc, f"{size.key} was prepared with tokenizer {size.tokenizer!r}, but this job "
+                    f"uses {expected!r}: prepare it again with the job's tokenizer",
                 ))  # fmt: skip
     return problems
 
 
 def _tokenizer_fingerprint(spec: JobSpec, policy: PathPolicy) -> str | None:
-    """The name the trainer gives the job's tokenizer (`trainer.tokenizer`): "byte", or "hf-" and
-    the tokenizer.json's sha256 prefix; None when the service cannot read it."""
+    """The name the trainer gives the job's tokenizer: "byte", or `trainer.tokenizer.fingerprint`
+    of its tokenizer.json; None when the service cannot read that."""
     if spec.tokenizer is None:
         return "byte"
     folder = posixpath.normpath(posixpath.join(policy.data_root, spec.tokenizer.path))
@@ -280,17 +277,6 @@ def _tokenizer_fingerprint(spec: JobSpec, policy: PathPolicy) -> str | None:
     if "://" in spec.tokenizer.path or policy.problem(file, base=policy.data_root) is not None:
         return None
     try:
-        with open(file, "rb") as stream:
-            return "hf-" + hashlib.sha256(stream.read()).hexdigest()[:16]
+        return fingerprint(file)
     except OSError:
         return None
-
-
-def _sidecar_tokenizer(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as stream:
-            record = json.load(stream)
-    except (OSError, ValueError):
-        return None
-    tokenizer = record.get("tokenizer") if isinstance(record, dict) else None
-    return tokenizer if isinstance(tokenizer, str) else None

@@ -20,7 +20,7 @@ import numpy as np
 
 from trainer.tokenizer.byte import ByteTokenizer
 
-__all__ = ["ByteTokenizer", "HFTokenizer", "Tokenizer", "load_tokenizer"]
+__all__ = ["ByteTokenizer", "HFTokenizer", "Tokenizer", "fingerprint", "load_tokenizer"]
 
 # Tried in order when the directory has no tokenizer_config.json naming its eos token.
 _EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<|eos|>", "<|im_end|>")
@@ -48,7 +48,7 @@ class HFTokenizer:
         if not file.is_file():
             raise FileNotFoundError(f"no tokenizer.json at {path}")
         self._tokenizer = _RustTokenizer.from_file(str(file))
-        self.name = "hf-" + hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+        self.name = fingerprint(file)
         self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
         self.eos_id = self._find_eos(file.parent)
 
@@ -101,6 +101,12 @@ class HFTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._tokenizer.decode([int(i) for i in ids])
+
+
+def fingerprint(file: str | Path) -> str:
+    """A `tokenizer.json`'s name: `hf-` and its sha256's first 16 hex digits. Prepared datasets
+    record it (their sidecar), training checks it, and so does the service at submit."""
+    return "hf-" + hashlib.sha256(Path(file).read_bytes()).hexdigest()[:16]
 
 
 def load_tokenizer(spec: str) -> Tokenizer:
