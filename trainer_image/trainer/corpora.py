@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.config.base import ConfigError
-from trainer.tokenizer import Tokenizer
+from trainer.tokenizer import Tokenizer, token_dtype
 
 __all__ = [
     "EMBEDDED_CORPORA",
@@ -213,19 +213,28 @@ def write_indexed_dataset(
         builder.add_document(ids, [ids.size])
         count, tokens = count + 1, tokens + ids.size
     builder.finalize(f"{prefix}.idx")
-    sidecar = {
+    seconds = time.perf_counter() - started
+    sidecar = sidecar_record(tokenizer, documents=count, tokens=tokens, dtype=dtype, inputs=inputs, seconds=seconds)
+    Path(f"{prefix}.json").write_text(json.dumps(sidecar, indent=2), encoding="utf-8")
+    return prefix
+
+
+def sidecar_record(
+    tokenizer: Tokenizer, *, documents: int, tokens: int, dtype: type, inputs: Sequence[str], seconds: float
+) -> dict:
+    """What `<prefix>.json` says of a pair (`SIDECAR_FORMAT`): the tokenizer it was made with
+    (its `name`, which training checks), the counts, and where it came from."""
+    return {
         "format": SIDECAR_FORMAT,
         "tokenizer": tokenizer.name,
         "vocab_size": int(tokenizer.vocab_size),
         "eod_id": int(tokenizer.eos_id),
-        "documents": count,
-        "tokens": tokens,
+        "documents": int(documents),
+        "tokens": int(tokens),
         "dtype": np.dtype(dtype).name,
-        "inputs": list(inputs),
-        "seconds": round(time.perf_counter() - started, 3),
+        "inputs": [str(path) for path in inputs],
+        "seconds": round(seconds, 3),
     }
-    Path(f"{prefix}.json").write_text(json.dumps(sidecar, indent=2), encoding="utf-8")
-    return prefix
 
 
 def encode_documents(tokenizer: Tokenizer, documents: Sequence[str]) -> np.ndarray:
@@ -236,10 +245,6 @@ def encode_documents(tokenizer: Tokenizer, documents: Sequence[str]) -> np.ndarr
     dtype = token_dtype(tokenizer.vocab_size)
     pieces = [np.asarray([*tokenizer.encode(doc), tokenizer.eos_id], dtype=dtype) for doc in documents]
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
-
-
-def token_dtype(vocab_size: int) -> type[np.integer]:
-    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
 
 
 # --------------------------------------------------------------------------- embedded corpora

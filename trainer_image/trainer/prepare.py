@@ -43,7 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from trainer.corpora import SIDECAR_FORMAT  # numpy and the tokenizers only: no torch in workers
+from trainer.corpora import sidecar_record  # numpy and the tokenizers only: no torch in workers
+from trainer.tokenizer import token_dtype
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def run_data_job(config: Mapping[str, Any]) -> dict[str, Any]:
     from trainer.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(options["tokenizer"])
-    dtype = _dtype(tokenizer.vocab_size)
+    dtype = token_dtype(tokenizer.vocab_size)
     workers = options["workers"]
     units = plan_units(options["inputs"], workers)
     total = sum(unit.size for unit in units)
@@ -160,17 +161,10 @@ def run_data_job(config: Mapping[str, Any]) -> dict[str, Any]:
             raise PrepareError(f"inputs {options['inputs']} hold no non-empty document")
         _merge(units, temporary, prefix, dtype)
         seconds = time.perf_counter() - started
-        sidecar = {
-            "format": SIDECAR_FORMAT,
-            "tokenizer": tokenizer.name,
-            "vocab_size": int(tokenizer.vocab_size),
-            "eod_id": int(tokenizer.eos_id),
-            "documents": totals["documents"],
-            "tokens": totals["tokens"],
-            "dtype": np.dtype(dtype).name,
-            "inputs": [str(path) for path in options["inputs"]],
-            "seconds": round(seconds, 3),
-        }
+        sidecar = sidecar_record(
+            tokenizer, documents=totals["documents"], tokens=totals["tokens"], dtype=dtype,
+            inputs=options["inputs"], seconds=seconds,
+        )  # fmt: skip
         _commit(temporary, prefix, sidecar)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
@@ -363,7 +357,7 @@ def _tokenize_unit(unit: Unit, tokenizer_spec: str, field: str, temporary: str) 
     write raw arrays so that they need not import megatron (and torch) at all."""
     _init_worker(tokenizer_spec, threads=None)
     tokenizer = _WORKER["tokenizer"]
-    dtype = _dtype(tokenizer.vocab_size)
+    dtype = token_dtype(tokenizer.vocab_size)
     part = Path(temporary) / f"part-{unit.index:06d}"
     documents = tokens = empty = 0
     lengths: list[np.ndarray] = []
@@ -380,10 +374,6 @@ def _tokenize_unit(unit: Unit, tokenizer_spec: str, field: str, temporary: str) 
             tokens += int(flat.size)
     np.save(f"{part}.lengths.npy", np.concatenate(lengths) if lengths else np.zeros(0, np.int64))
     return UnitResult(unit.index, documents, tokens, empty, unit.size)
-
-
-def _dtype(vocab_size: int) -> type:
-    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max else np.int32
 
 
 def _batches(documents: Iterator[str]) -> Iterator[list[str]]:

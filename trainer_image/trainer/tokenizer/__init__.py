@@ -20,7 +20,7 @@ import numpy as np
 
 from trainer.tokenizer.byte import ByteTokenizer
 
-__all__ = ["ByteTokenizer", "HFTokenizer", "Tokenizer", "fingerprint", "load_tokenizer"]
+__all__ = ["ByteTokenizer", "HFTokenizer", "Tokenizer", "fingerprint", "load_tokenizer", "token_dtype"]
 
 # Tried in order when the directory has no tokenizer_config.json naming its eos token.
 _EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<|eos|>", "<|im_end|>")
@@ -74,7 +74,7 @@ class HFTokenizer:
     def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
         """Encode documents into one flat array, each followed by eos (batched in Rust)."""
         encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        dtype = np.uint16 if self.vocab_size <= np.iinfo(np.uint16).max else np.int32
+        dtype = token_dtype(self.vocab_size)
         pieces: list[np.ndarray] = []
         eos = np.array([self.eos_id], dtype=dtype)
         for encoding in encodings:
@@ -88,7 +88,7 @@ class HFTokenizer:
         The lengths cannot be read back from the flat array: a document may hold the eos text.
         """
         encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        dtype = np.uint16 if self.vocab_size <= np.iinfo(np.uint16).max else np.int32
+        dtype = token_dtype(self.vocab_size)
         flat: list[int] = []
         lengths = np.empty(len(encodings), dtype=np.int64)
         eos = self.eos_id
@@ -101,6 +101,11 @@ class HFTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._tokenizer.decode([int(i) for i in ids])
+
+
+def token_dtype(vocab_size: int) -> type[np.integer]:
+    """The dtype token ids are stored in: uint16 while every id fits, else int32 (Megatron's rule)."""
+    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
 
 
 def fingerprint(file: str | Path) -> str:
