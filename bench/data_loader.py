@@ -12,16 +12,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "trainer_image"))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from harness import record  # noqa: E402
+from harness import record
 
 
 def loader_seconds(seq: int, batch: int, batches: int, rounds: int, cache: Path) -> list[float]:

@@ -30,7 +30,7 @@ import dataclasses
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -330,12 +330,6 @@ class MixtureDataset:
             items.extend(held_out[i] for i in range(count))
             channel.extend([int(self._ids[local])] * count)
         return self._collate(items, np.asarray(channel, dtype=np.int64))
-
-    def eval_batches(self, micro_batch_size: int, samples_per_channel: int | None = None) -> Iterator[Batch]:
-        """`eval_batch` in micro-batches of `micro_batch_size` rows; the last may be short."""
-        batch = self.eval_batch(samples_per_channel)
-        for first in range(0, batch["tokens"].shape[0], micro_batch_size):
-            yield {key: value[first : first + micro_batch_size] for key, value in batch.items()}
 
     def held_out_documents(self, name: str) -> np.ndarray:
         """Document ids (in the channel's pair) that are held out: never trained on."""
