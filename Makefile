@@ -6,8 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 # Tests spread over this many workers (pytest-xdist; 0 runs them in this process); an idle
-# worker steals queued tests from a busy one (2,023 tests: 7:51 to 8:34 of pytest over two fresh clones
-# here, quiet machine; set-up 0:40).
+# worker steals queued tests from a busy one (2,024 tests: 7:51 to 8:44 of pytest over three fresh
+# clones here, quiet machine; set-up 0:40 to 0:46).
 TEST_WORKERS ?= 2
 
 .PHONY: setup test lint demo bench chaos dashboards docs clean
