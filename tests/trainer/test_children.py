@@ -1,7 +1,8 @@
-"""What the trainer starts (checkpoint writers, the results queue's server) dies when it is killed."""
+"""What the trainer starts (its checkpoint writers) dies when it is killed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import psutil
 
 from tests.trainer.test_train import RUN_TIMEOUT_S, tiny_config
 
@@ -89,20 +92,46 @@ def _processes_in(folder: Path) -> list[int]:
     return found
 
 
-def test_a_trainer_killed_after_its_first_save_leaves_no_process_behind(tmp_path):
+def _writing_into(pid: int, folder: Path) -> bool:
+    """Whether process `pid` has a file under `folder` open (a writer at work, long past its fork)."""
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(f"{folder}/"):
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def test_a_trainer_killed_mid_save_leaves_no_writer_behind(tmp_path):
     config = tiny_config(tmp_path, steps=400, checkpoint={"interval_steps": 2})
     (tmp_path / "config.json").write_text(json.dumps(config))
     trainer = subprocess.Popen(
         [sys.executable, "-m", "trainer.train", "--config", "config.json"],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    writer = None
     try:
+        # Catch a save in the act: a child of the trainer writing into the checkpoint folder,
+        # stopped at once (SIGSTOP) so that it cannot finish and exit on its own. A stopped
+        # process still dies of SIGKILL, the signal its parent's death sends it.
+        parent = psutil.Process(trainer.pid)
         deadline = time.monotonic() + RUN_TIMEOUT_S
-        while not (tmp_path / "ckpt" / "step-00000004").exists():
-            assert trainer.poll() is None and time.monotonic() < deadline, "no checkpoint was saved"
-            time.sleep(0.1)
-        started = _processes_in(tmp_path)
-        assert len(started) > 1  # the trainer and the server its saves go through
+        while writer is None:
+            assert trainer.poll() is None and time.monotonic() < deadline, "no save was caught"
+            for child in parent.children():
+                if not _writing_into(child.pid, tmp_path / "ckpt"):
+                    continue
+                try:
+                    child.send_signal(signal.SIGSTOP)
+                except psutil.NoSuchProcess:
+                    continue
+                if _alive(child.pid):  # not a writer that had already exited (a zombie)
+                    writer = child.pid
+                    break
+            time.sleep(0.001)
+        assert writer in _processes_in(tmp_path)
         trainer.send_signal(signal.SIGKILL)
         trainer.wait()
         deadline = time.monotonic() + 5

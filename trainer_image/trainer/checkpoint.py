@@ -23,20 +23,16 @@ keeps the newest `keep_last` itself.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import pickle
+import queue
 import re
 import shutil
-import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from multiprocessing.managers import SyncManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -45,7 +41,6 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.strategies import filesystem_async
 
-from trainer import children
 from trainer.model import unwrap
 from trainer.report import ingest_token, post_checkpoint
 
@@ -351,7 +346,7 @@ class CheckpointManager:
 
     def save(self, trainer: Checkpointed) -> Path:
         """Write, seal, publish and register a checkpoint of the current step; then retention."""
-        _results_queue_that_outlives_sigterm()
+        _results_queue_in_this_process()
         step = trainer.step
         final = step_dir(self.directory, step)
         if self.last_saved_step == step and final.exists():
@@ -448,40 +443,18 @@ def _step_of(path: Path) -> int:
     return int(match.group(1))
 
 
-def _results_queue_that_outlives_sigterm() -> None:
-    """Give dist_checkpointing's writer a results queue whose server process ignores SIGTERM.
+def _results_queue_in_this_process() -> None:
+    """Give dist_checkpointing's writer a plain in-process queue for its results.
 
-    torchrun stops a worker by signalling its whole process group. The queue's manager
-    process, which dist_checkpointing spawns at the first save, is in that group and would die
-    of the SIGTERM while the trainer, which handles it, goes on to save a last checkpoint
-    through that very queue (BrokenPipeError). Only the process group's SIGKILL ends it now,
-    or the trainer's death: a trainer killed outright takes it along (trainer.children).
+    By default the first save spawns a `multiprocessing.Manager` to serve that queue, built for
+    asynchronous saves whose writer outlives the call. The trainer saves synchronously: the
+    results are put and taken in this very process (`AsyncRequest.execute_sync`, then
+    `retrieve_write_results`), so a thread queue carries them. No server process then exists to
+    be killed by torchrun's SIGTERM to the process group mid-save, or to outlive a killed
+    trainer, and none has to import torch to unpickle the results (1.5 s of every first save).
     """
-    if filesystem_async._results_queue is not None:
-        return
-    manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
-    with _main_module_hidden():
-        manager.start(initializer=functools.partial(children.start_server_deaf_to_sigterm, os.getpid()))
-    filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager alive
-
-
-@contextlib.contextmanager
-def _main_module_hidden() -> Iterator[None]:
-    """Start a spawned process without importing this process's main module into it.
-
-    A spawned child imports the parent's `__main__` (here `trainer.train`: torch and megatron,
-    2.5 s of CPU and of the first save's wall time) so that functions defined there unpickle.
-    The queue's manager runs nothing of ours; without the module's name and file to go by,
-    the child imports only what it unpickles.
-    """
-    main = sys.modules["__main__"]
-    saved = {name: main.__dict__.pop(name) for name in ("__spec__", "__file__") if name in main.__dict__}
-    main.__spec__ = None
-    try:
-        yield
-    finally:
-        del main.__spec__
-        main.__dict__.update(saved)
+    if filesystem_async._results_queue is None:
+        filesystem_async._results_queue = queue.Queue()
 
 
 def _delete(checkpoint: Path, *, attempt: int) -> bool:

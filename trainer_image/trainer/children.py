@@ -1,15 +1,14 @@
 """Processes the trainer starts end with it.
 
-A trainer killed outright (OOM killer, `kill -9`, a node agent) runs no clean-up, and two kinds
-of process it starts would outlive it: dist_checkpointing's writers, forked mid-save, which
+A trainer killed outright (OOM killer, `kill -9`, a node agent) runs no clean-up, and the
+processes it starts would outlive it: dist_checkpointing's writers, forked mid-save, which
 carry the trainer's command line, go on writing into a checkpoint nobody will publish and hold
-the workload's lock; and the checkpoint results queue's server (checkpoint.py), spawned at the
-first save and deaf to SIGTERM by design, which would wait forever. In a pod the container's end
-kills them all; everywhere else this does: each asks the kernel for SIGKILL when its parent
-dies (Linux `PR_SET_PDEATHSIG`). Other systems keep the default.
+the workload's lock. In a pod the container's end kills them; everywhere else this does: each
+asks the kernel for SIGKILL when its parent dies (Linux `PR_SET_PDEATHSIG`). Other systems keep
+the default.
 
 The signal follows the *thread* that started the child, so only children started from the main
-thread ask for it; the trainer starts both kinds there.
+thread ask for it; the trainer saves from there.
 """
 
 from __future__ import annotations
@@ -45,12 +44,6 @@ def die_with_parent(parent: int) -> None:
         return
     if os.getppid() != parent:  # it died before the request took hold
         os._exit(1)
-
-
-def start_server_deaf_to_sigterm(parent: int) -> None:
-    """Initializer of a server process the trainer spawns: SIGTERM ignored, SIGKILL with `parent`."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    die_with_parent(parent)
 
 
 def _note_forking_thread() -> None:
