@@ -14,18 +14,21 @@ TEST_WORKERS ?= 2
 
 setup: $(STAMP)
 
-# torch goes first and pinned, with pip (it finds the CPU build on this machine's disk):
-# anything unpinned would pull a multi-GB CUDA build. The rest goes in with uv, which keeps
-# that torch (the pin is satisfied) and installs the same versions pip would, several times
-# faster. Byte code is compiled at install (uv: --compile-bytecode), as pip does: with
-# PYTHONDONTWRITEBYTECODE set (as on CI here) nothing would ever write it, and every trainer
-# and server process would compile torch and megatron from source.
+# torch is pinned: anything unpinned would pull a multi-GB CUDA build. uv installs it with the rest
+# in one resolution, several times faster than pip (set-up 0:26 instead of 0:52 here). uv reads no
+# pip configuration, so the wheel folders pip is pointed at (PIP_FIND_LINKS: this machine's CPU
+# build of torch) are handed to it; without them torch goes in first with pip, which finds a CPU
+# build wherever the machine's pip configuration says. Byte code is compiled at install
+# (--compile-bytecode), as pip does: with PYTHONDONTWRITEBYTECODE set (as on CI here) nothing would
+# ever write it, and every trainer and server process would compile torch and megatron from source.
+TORCH := torch==2.13.0
+UV_LINKS := $(foreach links,$(PIP_FIND_LINKS),--find-links $(links))
 $(STAMP): pyproject.toml
 	@bash .ci/ensure-python "$(PYTHON)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip uv
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -e '.[trainer,dev]'
+	$(PY) -m pip install --quiet uv
+	@test -n "$(UV_LINKS)" || $(PY) -m pip install --quiet $(TORCH)
+	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) $(UV_LINKS) '$(TORCH)' -e '.[trainer,dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 test: setup
