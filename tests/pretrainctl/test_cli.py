@@ -89,6 +89,16 @@ def embedded_server(tmp_path):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """One such server for the tests that run no job (refusals, lookups, tokens): a server
+    start is a few seconds of two cores, and nothing these tests do shows in another's answers."""
+    cwd = tmp_path_factory.mktemp("shared-serve")
+    server = Server(cwd=cwd, env=clean_env())
+    yield server, cwd
+    server.stop()
+
+
 def test_serve_with_no_configuration_accepts_the_tiny_example(embedded_server):
     server, cwd = embedded_server
     env = clean_env(PRETRAIN_API_URL=server.url)
@@ -115,8 +125,8 @@ def test_serve_with_no_configuration_accepts_the_tiny_example(embedded_server):
     assert {"job.cancelled", "job.cancel_requested"} & set(kinds)
 
 
-def test_cli_prints_each_problem_of_a_refused_spec_and_exits_2(embedded_server):
-    server, cwd = embedded_server
+def test_cli_prints_each_problem_of_a_refused_spec_and_exits_2(shared_server):
+    server, cwd = shared_server
     spec = yaml.safe_load((EXAMPLES / "tiny-cpu.yaml").read_text())
     spec["batch"]["global_batch_size"] = 3
     spec["parallelism"]["sequence_parallel"] = True
@@ -126,8 +136,8 @@ def test_cli_prints_each_problem_of_a_refused_spec_and_exits_2(embedded_server):
     assert "parallelism.sequence_parallel:" in result.stderr
 
 
-def test_cli_reports_a_missing_job_and_a_bad_token(embedded_server):
-    server, cwd = embedded_server
+def test_cli_reports_a_missing_job_and_a_bad_token(shared_server):
+    server, cwd = shared_server
     env = clean_env(PRETRAIN_API_URL=server.url)
     missing = pretrainctl("get", "77", cwd=cwd, env=env)
     assert missing.returncode == 1 and "job 77 not found" in missing.stderr
@@ -135,8 +145,8 @@ def test_cli_reports_a_missing_job_and_a_bad_token(embedded_server):
     assert refused.returncode == 1 and "invalid or revoked token" in refused.stderr
 
 
-def test_tokens_created_through_the_cli_carry_their_role(embedded_server):
-    server, cwd = embedded_server
+def test_tokens_created_through_the_cli_carry_their_role(shared_server):
+    server, cwd = shared_server
     env = clean_env(PRETRAIN_API_URL=server.url)
     created = pretrainctl("tokens", "create", "--role", "viewer", "--name", "eve", cwd=cwd, env=env)
     assert created.returncode == 0, created.stderr
@@ -369,8 +379,8 @@ def test_an_oncall_pauses_resumes_reads_logs_and_follows_events(embedded_server)
         pretrainctl("cancel", job_id, cwd=cwd, env=env)
 
 
-def test_logs_of_a_job_that_does_not_exist_say_so(embedded_server):
-    server, cwd = embedded_server
+def test_logs_of_a_job_that_does_not_exist_say_so(shared_server):
+    server, cwd = shared_server
     result = pretrainctl("logs", "77", cwd=cwd, env=clean_env(PRETRAIN_API_URL=server.url))
     assert result.returncode == 1 and result.stderr.strip() == "error (404): job 77 not found"
 
