@@ -65,6 +65,15 @@ class Settings(BaseSettings):
         None, description="Bootstraps one admin principal that can create the other tokens."
     )
     namespace: str = Field("default", description="Kubernetes namespace for training workloads.")
+    kubernetes_workload: Literal["kubeflow-pytorchjob", "kubeflow-trainer"] = Field(
+        "kubeflow-pytorchjob",
+        description="What a pretrain attempt runs as with the kubernetes backend: a Training "
+        "Operator v1 `PyTorchJob`, or a Kubeflow Trainer v2 `TrainJob`.",
+    )
+    trainer_runtime: str = Field(
+        "torch-distributed",
+        description="The ClusterTrainingRuntime a `TrainJob` names (`kubeflow-trainer` only).",
+    )
     trainer_image: str = Field(
         "pretrain-orchestrator/trainer:0.1.0", description="Container image of the trainer pods."
     )

@@ -27,6 +27,11 @@ subclass below, `TrainingClusterEmulator`, and each addition is named where it i
               `foregroundDeletion` finalizer (kmock then keeps it, with a deletionTimestamp) and
               goes once they are released. Without held dependents it goes at once, as a real
               foreground deletion of an object with no pods does.
+  ADDITION 9  A Kueue stand-in: a PyTorchJob or TrainJob created suspended with a
+              `kueue.x-k8s.io/queue-name` label gets a Kueue `Workload` (kueue.x-k8s.io/v1beta1,
+              owned by it, labelled with its uid) whose `QuotaReserved` condition says it does
+              not fit (`kueue_message`); it stays suspended until a test admits it
+              (`EmulatorHandle.admit`), which unsuspends it and marks the Workload admitted.
 
 Not emulated (the backend does not need it): PUT, field selectors, set-based label
 selectors, garbage collection through ownerReferences (beyond ADDITION 8), admission and
@@ -55,18 +60,30 @@ import attrs
 import kmock
 
 PYTORCHJOBS = kmock.resource("kubeflow.org", "v1", "pytorchjobs")
+TRAINJOBS = kmock.resource("trainer.kubeflow.org", "v1alpha1", "trainjobs")
+KUEUE_WORKLOADS = kmock.resource("kueue.x-k8s.io", "v1beta1", "workloads")
 CONFIGMAPS = kmock.resource("", "v1", "configmaps")
 SECRETS = kmock.resource("", "v1", "secrets")
 PODS = kmock.resource("", "v1", "pods")
 JOBS = kmock.resource("batch", "v1", "jobs")
 RESOURCES = {
     PYTORCHJOBS: kmock.ResourceInfo(kind="PyTorchJob", namespaced=True, subresources={"status"}),
+    TRAINJOBS: kmock.ResourceInfo(kind="TrainJob", namespaced=True, subresources={"status"}),
+    KUEUE_WORKLOADS: kmock.ResourceInfo(kind="Workload", namespaced=True, subresources={"status"}),
     JOBS: kmock.ResourceInfo(kind="Job", namespaced=True, subresources={"status"}),
     CONFIGMAPS: kmock.ResourceInfo(kind="ConfigMap", namespaced=True),
     SECRETS: kmock.ResourceInfo(kind="Secret", namespaced=True),
     PODS: kmock.ResourceInfo(kind="Pod", namespaced=True, subresources={"status"}),
 }
 _BY_PLURAL = {resource.plural: resource for resource in RESOURCES}
+# Where each queueable kind says it is suspended (ADDITION 9).
+_SUSPEND_PATH = {PYTORCHJOBS: ("runPolicy", "suspend"), TRAINJOBS: ("suspend",)}
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+KUEUE_MESSAGE = (
+    "couldn't assign flavors to pod set node: insufficient quota for nvidia.com/gpu in flavor "
+    "h100, request > maximum capacity (16 > 8)"
+)
 
 # How many events a resource's watch history keeps (ADDITION 4).
 WATCH_HISTORY = 1000
@@ -141,6 +158,8 @@ class TrainingClusterEmulator(kmock.KubernetesEmulator):
     calls: list[Call] = attrs.field(factory=list, init=False)
     # uids of objects with dependents that a foreground deletion waits for (ADDITION 8).
     _held: set[str] = attrs.field(factory=set, init=False)
+    # What Kueue says of a workload it holds (ADDITION 9).
+    kueue_message: str = attrs.field(default=KUEUE_MESSAGE, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -184,6 +203,8 @@ class TrainingClusterEmulator(kmock.KubernetesEmulator):
                 response = await super()._handle(request)
             if request.action == kmock.action.CREATE and response.status == 200:
                 response.set_status(201)  # ADDITION 7
+                if request.resource in _SUSPEND_PATH and isinstance(request.data, dict):
+                    await self._hold_in_queue(request.resource, request.namespace, request.data)
         else:
             response = await super()._handle(request)
 
@@ -334,6 +355,68 @@ class TrainingClusterEmulator(kmock.KubernetesEmulator):
             message=f"injected fault: {fault.action.value.lower()} {fault.resource.plural} -> {status}",
             details={"injected": True},
         )
+
+    async def _hold_in_queue(
+        self, resource: kmock.resource, namespace: str | None, job: dict[str, Any]
+    ) -> None:
+        """ADDITION 9: Kueue's Workload for a job created suspended in a queue, not admitted."""
+        metadata = job.get("metadata") or {}
+        node: Any = job.get("spec") or {}
+        for key in _SUSPEND_PATH[resource]:
+            node = node.get(key) if isinstance(node, dict) else None
+        queue = (metadata.get("labels") or {}).get(QUEUE_LABEL)
+        if node is not True or not queue or not namespace:
+            return
+        info = RESOURCES[resource]
+        await self.store(
+            KUEUE_WORKLOADS,
+            namespace,
+            {
+                "apiVersion": "kueue.x-k8s.io/v1beta1",
+                "kind": "Workload",
+                "metadata": {
+                    "name": f"{resource.plural[:-1]}-{metadata['name']}",
+                    "labels": {JOB_UID_LABEL: metadata["uid"]},
+                    "ownerReferences": [
+                        {
+                            "apiVersion": f"{resource.group}/{resource.version}",
+                            "kind": info.kind,
+                            "name": metadata["name"],
+                            "uid": metadata["uid"],
+                            "controller": True,
+                        }
+                    ],
+                },
+                "spec": {"queueName": queue},
+                "status": {
+                    "conditions": [
+                        {
+                            "type": "QuotaReserved",
+                            "status": "False",
+                            "reason": "Pending",
+                            "message": self.kueue_message,
+                            "lastTransitionTime": _now(),
+                        }
+                    ]
+                },
+            },
+        )
+
+    async def set_spec_field(
+        self, resource: kmock.resource, namespace: str, name: str, path: tuple[str, ...], value: Any
+    ) -> None:
+        """Set one field of an object's spec, as another client's patch would."""
+        async with self._commit_lock, self._lock:
+            obj = self._live_object(resource, namespace, name)
+            new = copy.deepcopy(obj.raw)
+            node = new.setdefault("spec", {})
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = value
+            new["metadata"]["resourceVersion"] = str(self._next_rv())
+            new["metadata"]["generation"] = int(new["metadata"].get("generation") or 1) + 1
+            obj.history.append(new)
+            await self._buses[resource].put({"type": "MODIFIED", "object": copy.deepcopy(new)})
 
     # --- what the Training Operator, the kubelet and the tests do in-process -------------------
 
@@ -529,7 +612,8 @@ class EmulatorHandle:
     # --- reading ---
 
     def objects(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        """The live objects of a resource (`pytorchjobs`, `jobs`, `configmaps`, `secrets`, `pods`)."""
+        """The live objects of a resource (`pytorchjobs`, `trainjobs`, `jobs`, `configmaps`,
+        `secrets`, `pods`, Kueue's `workloads`)."""
         return self._run(self.emulator.snapshot(_BY_PLURAL[plural], namespace or self.namespace))
 
     def get(self, plural: str, name: str) -> dict[str, Any] | None:
@@ -589,6 +673,13 @@ class EmulatorHandle:
     def set_status(self, plural: str, name: str, status: dict[str, Any]) -> None:
         self._run(self.emulator.set_status(_BY_PLURAL[plural], self.namespace, name, status))
 
+    def workload_plural(self, name: str) -> str:
+        """Which kind holds the workload of that name: `pytorchjobs` or `trainjobs`."""
+        for plural in ("pytorchjobs", "trainjobs"):
+            if self.get(plural, name) is not None:
+                return plural
+        raise KeyError(f"no PyTorchJob or TrainJob {name}")
+
     def transition(
         self,
         name: str,
@@ -598,19 +689,25 @@ class EmulatorHandle:
         message: str | None = None,
         replica_statuses: dict[str, Any] | None = None,
     ) -> None:
-        """Move a PyTorchJob's conditions as the Training Operator does.
+        """Move a workload's status as its operator does, in the PyTorchJob's words.
 
-        `Created` first; `Running` and `Restarting` exclude each other; `Succeeded` and `Failed`
-        turn `Running` off. Each transition is a second after the previous one.
+        A PyTorchJob's conditions as the Training Operator moves them: `Created` first;
+        `Running` and `Restarting` exclude each other; `Succeeded` and `Failed` turn `Running`
+        off. A TrainJob's as Kubeflow Trainer does: `Created`; running is its JobSet's Job
+        with ready pods (it has no condition for it); `Succeeded` is `Complete`. Each
+        transition is a second after the previous one.
         """
-        job = self.get("pytorchjobs", name)
-        if job is None:
-            raise KeyError(f"no PyTorchJob {name}")
+        plural = self.workload_plural(name)
+        job = self.get(plural, name)
+        assert job is not None
         status = copy.deepcopy(job.get("status") or {})
-        conditions: list[dict[str, Any]] = status.setdefault("conditions", [])
         stamp = (self._epoch + datetime.timedelta(seconds=next(self._clock))).strftime(
             "%Y-%m-%dT%H:%M:%SZ"
         )
+        if plural == "trainjobs":
+            self._transition_trainjob(job, status, condition, stamp, reason, message)
+            return
+        conditions: list[dict[str, Any]] = status.setdefault("conditions", [])
         turned_off = {
             "Running": {"Restarting"},
             "Restarting": {"Running"},
@@ -638,6 +735,62 @@ class EmulatorHandle:
         status.setdefault("startTime", stamp)
         self.set_status("pytorchjobs", name, status)
 
+    def _transition_trainjob(
+        self,
+        job: dict[str, Any],
+        status: dict[str, Any],
+        condition: str,
+        stamp: str,
+        reason: str | None,
+        message: str | None,
+    ) -> None:
+        name = job["metadata"]["name"]
+        nodes = int(job["spec"]["trainer"].get("numNodes") or 1)
+        conditions: list[dict[str, Any]] = status.setdefault("conditions", [])
+
+        def put(kind: str, why: str, text: str) -> None:
+            conditions[:] = [c for c in conditions if c["type"] != kind]
+            conditions.append(
+                {"type": kind, "status": "True", "reason": why, "message": text, "lastTransitionTime": stamp}
+            )
+
+        if not any(c["type"] == "Created" for c in conditions):
+            put("Created", "JobsCreationSucceeded", "Succeeded to create Jobs")
+        counts = {"active": 0, "ready": 0, "succeeded": 0, "failed": 0, "suspended": 0}
+        if condition == "Running":
+            counts.update(active=nodes, ready=nodes)
+        elif condition in ("Succeeded", "Complete"):
+            counts.update(succeeded=nodes)
+            put("Complete", reason or "JobSetCompleted", message or f"TrainJob {name} completed.")
+        elif condition == "Failed":
+            counts.update(failed=1)
+            put("Failed", reason or "JobSetFailed", message or f"TrainJob {name} failed.")
+        elif condition != "Created":
+            raise ValueError(f"a TrainJob has no condition for {condition!r}")
+        status["jobsStatus"] = [{"name": "node", **counts}]
+        self.set_status("trainjobs", name, status)
+
+    # --- playing Kueue (ADDITION 9) ---
+
+    def admit(self, name: str) -> None:
+        """Kueue admits the workload: its Workload is admitted and the workload unsuspended."""
+        plural = self.workload_plural(name)
+        job = self.get(plural, name)
+        assert job is not None
+        for workload in self.objects("workloads"):
+            if workload["metadata"]["labels"].get(JOB_UID_LABEL) != job["metadata"]["uid"]:
+                continue
+            conditions = [
+                {"type": kind, "status": "True", "reason": kind, "message": f"{kind} by the stand-in",
+                 "lastTransitionTime": _now()}
+                for kind in ("QuotaReserved", "Admitted")
+            ]  # fmt: skip
+            self.set_status("workloads", workload["metadata"]["name"], {"conditions": conditions})
+        resource = _BY_PLURAL[plural]
+        self._run(
+            self.emulator.set_spec_field(resource, self.namespace, name, _SUSPEND_PATH[resource], False)
+        )
+
     def add_pod(
         self,
         job: dict[str, Any],
@@ -652,16 +805,29 @@ class EmulatorHandle:
         terminated_message: str | None = None,
         disruption_reason: str | None = None,
     ) -> dict[str, Any]:
-        """A pod of a PyTorchJob as the operator and kubelet leave it (labels copied from the job)."""
+        """A pod of a PyTorchJob as the operator and kubelet leave it (labels copied from the
+        job), or of a TrainJob as JobSet leaves it (labelled with the JobSet's name, which is the
+        TrainJob's; its container is the runtime's `node`)."""
         name = job["metadata"]["name"]
         labels = dict(job["metadata"].get("labels") or {})
-        labels.update(
-            {
-                "training.kubeflow.org/job-name": name,
-                "training.kubeflow.org/replica-type": role,
-                "training.kubeflow.org/replica-index": str(index),
+        container = "pytorch"
+        pod_name = f"{name}-{role}-{index}"
+        if job.get("kind") == "TrainJob":
+            container = "node"
+            pod_name = f"{name}-node-0-{index}"
+            labels = {
+                "jobset.sigs.k8s.io/jobset-name": name,
+                "jobset.sigs.k8s.io/replicatedjob-name": "node",
+                "batch.kubernetes.io/job-completion-index": str(index),
             }
-        )
+        else:
+            labels.update(
+                {
+                    "training.kubeflow.org/job-name": name,
+                    "training.kubeflow.org/replica-type": role,
+                    "training.kubeflow.org/replica-index": str(index),
+                }
+            )
         status: dict[str, Any] = {"phase": phase}
         if pod_reason:
             status["reason"] = pod_reason
@@ -679,7 +845,7 @@ class EmulatorHandle:
                 terminated["message"] = terminated_message
             status["containerStatuses"] = [
                 {
-                    "name": "pytorch",
+                    "name": container,
                     "ready": False,
                     "restartCount": 0,
                     "image": "trainer",
@@ -690,8 +856,8 @@ class EmulatorHandle:
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": f"{name}-{role}-{index}", "labels": labels},
-            "spec": {"containers": [{"name": "pytorch", "image": "trainer"}]},
+            "metadata": {"name": pod_name, "labels": labels},
+            "spec": {"containers": [{"name": container, "image": "trainer"}]},
             "status": status,
         }
         return self._run(self.emulator.store(PODS, self.namespace, pod))
