@@ -88,7 +88,8 @@ class NamespacedCalls:
         return True
 
     def kueue_workloads(self, label_selector: str) -> list[dict[str, Any]]:
-        """Kueue's Workloads that match; none where Kueue is not installed (404)."""
+        """Kueue's Workloads that match; none where Kueue is not installed (404) or the Role
+        does not let us read them (403): the workload's own Suspended condition says enough."""
         try:
             listing = self.custom.list_namespaced_custom_object(
                 KUEUE_WORKLOAD.group,
@@ -99,7 +100,7 @@ class NamespacedCalls:
                 _request_timeout=self.timeout,
             )
         except ApiException as exc:
-            if exc.status == 404:
+            if exc.status in (403, 404):
                 return []
             raise
         return listing.get("items", [])
