@@ -117,7 +117,9 @@ class Settings(BaseSettings):
         default_factory=list, description="Tolerations for trainer pods (JSON list)."
     )
     scheduling_queue: str | None = Field(
-        None, description="Gang-scheduling queue (Volcano/Kueue) for PyTorchJobs; unset = none."
+        None,
+        description="Queue (Kueue LocalQueue, or Volcano's) of training workloads unless a job "
+        "names its own; with one they are created suspended for Kueue to admit. Unset = none.",
     )
     priority_class: str | None = Field(
         None, description="PriorityClass of trainer pods and their gang; unset = cluster default."
