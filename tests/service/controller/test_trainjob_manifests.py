@@ -16,6 +16,7 @@ from service.controller.manifests import (
     CONFIG_PATH,
     TOKEN_ENV,
     TRAINJOB_CONTAINER_NAME,
+    render_for_review,
     render_manifests,
     render_trainjob_manifests,
     workload_labels,
@@ -28,7 +29,7 @@ from tests.service.controller.test_manifests import (
     templates,
     workload_for,
 )
-from tests.service.controller.test_trainer_config import make_settings
+from tests.service.controller.test_trainer_config import EXAMPLES, TINY, make_settings
 
 TRAINJOB_CRD = Path(__file__).resolve().parent / "crds" / "trainer.kubeflow.org_trainjobs.yaml"
 
@@ -136,3 +137,12 @@ def test_full_settings_reach_the_trainjob():
     claims = {v["name"]: v.get("persistentVolumeClaim") for v in node_override(job)["volumes"]}
     assert claims["checkpoints"] == {"claimName": "pretrain-checkpoints"}
     assert claims["data"] == {"claimName": "pretrain-corpora", "readOnly": True}
+
+
+def test_the_review_renders_what_the_trainer_backend_would_create():
+    settings = make_settings(kubernetes_workload="kubeflow-trainer")
+    text = render_for_review((EXAMPLES / TINY).read_text(), attempt=1, settings=settings)
+    job, configmap, secret = yaml.safe_load_all(text)
+    assert [job["kind"], configmap["kind"], secret["kind"]] == ["TrainJob", "ConfigMap", "Secret"]
+    assert job["metadata"]["name"] == "tiny-cpu-0-a1"
+    jsonschema.Draft7Validator(trainjob_schema()).validate(job)
