@@ -73,11 +73,21 @@ def worker(concurrency: int) -> None:
 @click.argument("file", type=click.File("r"))
 @click.option("--attempt", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--resume-from", default=None, help="Checkpoint path the attempt resumes from.")
-def render(file, attempt: int, resume_from: str | None) -> None:
-    """Print the PyTorchJob, ConfigMap and Secret a spec would launch, as YAML."""
+@click.option(
+    "--backend",
+    "workload_kind",
+    type=click.Choice(["kubeflow-pytorchjob", "kubeflow-trainer"]),
+    default=None,
+    help="What a pretrain attempt runs as: a PyTorchJob (the default) or a Trainer v2 TrainJob; "
+    "unset: PRETRAIN_KUBERNETES_WORKLOAD.",
+)
+def render(file, attempt: int, resume_from: str | None, workload_kind: str | None) -> None:
+    """Print the workload (PyTorchJob, TrainJob or Job), ConfigMap and Secret a spec would launch, as YAML."""
     from service.controller.manifests import render_for_review
 
     with _configured() as settings, _spec_refusals():
+        if workload_kind is not None:
+            settings = settings.model_copy(update={"kubernetes_workload": workload_kind})
         click.echo(render_for_review(file.read(), attempt=attempt, resume_from=resume_from, settings=settings))
 
 

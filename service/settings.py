@@ -65,6 +65,15 @@ class Settings(BaseSettings):
         None, description="Bootstraps one admin principal that can create the other tokens."
     )
     namespace: str = Field("default", description="Kubernetes namespace for training workloads.")
+    kubernetes_workload: Literal["kubeflow-pytorchjob", "kubeflow-trainer"] = Field(
+        "kubeflow-pytorchjob",
+        description="What a pretrain attempt runs as with the kubernetes backend: a Training "
+        "Operator v1 `PyTorchJob`, or a Kubeflow Trainer v2 `TrainJob`.",
+    )
+    trainer_runtime: str = Field(
+        "torch-distributed",
+        description="The ClusterTrainingRuntime a `TrainJob` names (`kubeflow-trainer` only).",
+    )
     trainer_image: str = Field(
         "pretrain-orchestrator/trainer:0.1.0", description="Container image of the trainer pods."
     )
@@ -108,7 +117,9 @@ class Settings(BaseSettings):
         default_factory=list, description="Tolerations for trainer pods (JSON list)."
     )
     scheduling_queue: str | None = Field(
-        None, description="Gang-scheduling queue (Volcano/Kueue) for PyTorchJobs; unset = none."
+        None,
+        description="Queue (Kueue LocalQueue, or Volcano's) of training workloads unless a job "
+        "names its own; with one they are created suspended for Kueue to admit. Unset = none.",
     )
     priority_class: str | None = Field(
         None, description="PriorityClass of trainer pods and their gang; unset = cluster default."

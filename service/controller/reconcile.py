@@ -22,6 +22,7 @@ class Phase(enum.StrEnum):
     """A workload's phase as the backend reports it."""
 
     PENDING = "pending"  # created, not yet running (scheduling, pulling images)
+    QUEUED = "queued"  # held suspended by a queue (Kueue) until admitted; `reason` says why
     RUNNING = "running"
     RESTARTING = "restarting"
     SUCCEEDED = "succeeded"
@@ -160,6 +161,11 @@ def plan(desired: Desired, observed: Observed) -> tuple[list[Action], float | No
             actions += _after_failure(desired, "its workload disappeared", retryable=True)
             return actions, REQUEUE_SOON_S
         return actions, (REQUEUE_SOON_S if actions else None)
+
+    # PART-B: a queued workload is treated as pending until the lifecycle has a `queued`
+    # job state (issue 18, part B replaces this with the move to `queued`).
+    if current.phase == Phase.QUEUED:
+        return actions, REQUEUE_SOON_S
 
     if current.phase in (Phase.PENDING, Phase.RUNNING, Phase.RESTARTING):
         if current.phase != Phase.PENDING and desired.attempt_state != "running":

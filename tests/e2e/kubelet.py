@@ -1,6 +1,9 @@
-"""A stand-in for the Kubeflow Training Operator and the kubelet: pods are local trainer processes.
+"""A stand-in for the Kubeflow operators and the kubelet: pods are local trainer processes.
 
-`TrainerKubelet` polls the Kubernetes emulator for PyTorchJobs. For each new one it does what
+`TrainerKubelet` polls the Kubernetes emulator for PyTorchJobs and Trainer v2 TrainJobs (whose
+pod is the TrainJob's trainer with its `podSpecOverrides` on the runtime's `node` container,
+and whose topology comes as PET_MASTER_ADDR / PET_MASTER_PORT). A workload created suspended
+waits until Kueue (the emulator's stand-in) admits it. For each new PyTorchJob it does what
 the operator and a node would: it reads the Master replica's pod template, resolves the
 container's environment (plain values, and `secretKeyRef`s from the attempt's Secret), adds
 what the operator injects (`PET_NNODES`, `PET_NPROC_PER_NODE`, `PET_NODE_RANK`, `MASTER_ADDR`,
@@ -51,7 +54,8 @@ log = logging.getLogger(__name__)
 # how the kubelet finds them all, torchrun's workers (in sessions of their own) included.
 POD_MARKER = "E2E_KUBELET_POD"
 _VARIABLE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
-FINAL_CONDITIONS = {"Succeeded", "Failed"}
+FINAL_CONDITIONS = {"Succeeded", "Failed", "Complete"}
+PLURALS = ("pytorchjobs", "trainjobs")
 
 
 @dataclass
@@ -155,7 +159,9 @@ class TrainerKubelet:
     # --- one pass ----------------------------------------------------------------------------
 
     def sync(self) -> None:
-        jobs = {job["metadata"]["uid"]: job for job in self.cluster.objects("pytorchjobs")}
+        jobs = {
+            job["metadata"]["uid"]: job for plural in PLURALS for job in self.cluster.objects(plural)
+        }
         for uid, pod in list(self.pods.items()):
             job = jobs.get(uid)
             if job is None or job["metadata"].get("deletionTimestamp"):
@@ -166,9 +172,9 @@ class TrainerKubelet:
                 # Its pods are gone: a foreground deletion waiting for them completes.
                 pod.released = True
                 with contextlib.suppress(KeyError):
-                    self.cluster.release_dependents("pytorchjobs", pod.job_name)
+                    self.cluster.release_dependents(_plural(job), pod.job_name)
         for uid, job in jobs.items():
-            if uid in self.pods or _final(job):
+            if uid in self.pods or _final(job) or _suspended(job):
                 continue
             pod = self._launch(job)
             if pod is not None:
@@ -177,17 +183,7 @@ class TrainerKubelet:
 
     def _launch(self, job: dict[str, Any]) -> Pod | None:
         name = job["metadata"]["name"]
-        replicas = job["spec"]["pytorchReplicaSpecs"]
-        if set(replicas) != {"Master"} or replicas["Master"].get("replicas", 1) != 1:
-            raise ValueError(
-                f"{name}: only single-node PyTorchJobs are played, got {sorted(replicas)}"
-            )
-        template = replicas["Master"]["template"]["spec"]
-        (container,) = template["containers"]
-        if container["name"] != "pytorch":
-            raise ValueError(
-                f"{name}: the operator wants the container named pytorch, got {container['name']}"
-            )
+        template, container = _trainjob_pod(job) if _plural(job) == "trainjobs" else _master_pod(job)
         secrets = {s["metadata"]["name"]: s for s in self.cluster.objects("secrets")}
         config_maps = {c["metadata"]["name"]: c for c in self.cluster.objects("configmaps")}
         folder = self.folder / f"{name}-{job['metadata']['uid'][:8]}"
@@ -219,7 +215,7 @@ class TrainerKubelet:
         log.info("kubelet: started %s as pid %d", name, process.pid)
         pod = Pod(job_name=name, uid=job["metadata"]["uid"], folder=folder, process=process)
         with contextlib.suppress(KeyError):  # deleted meanwhile: sync stops the pod
-            self.cluster.hold_dependents("pytorchjobs", name)
+            self.cluster.hold_dependents(_plural(job), name)
         self._transition(name, "Created")
         self._transition(name, "Running")
         return pod
@@ -276,14 +272,24 @@ class TrainerKubelet:
         }
         env["PYTHONUNBUFFERED"] = "1"
         env[POD_MARKER] = job["metadata"]["uid"]  # inherited by every process of the pod
-        # What the Training Operator injects into the `pytorch` container of a Master pod.
-        env.update(
-            PET_NNODES="1",
-            PET_NPROC_PER_NODE=str(job["spec"].get("nprocPerNode", "1")),
-            PET_NODE_RANK="0",
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(_free_port()),
-        )
+        if _plural(job) == "trainjobs":
+            # What Trainer's torch plugin injects into the runtime's `node` container.
+            env.update(
+                PET_NNODES="1",
+                PET_NPROC_PER_NODE=str(job["spec"]["trainer"].get("numProcPerNode", "1")),
+                PET_NODE_RANK="0",
+                PET_MASTER_ADDR="127.0.0.1",
+                PET_MASTER_PORT=str(_free_port()),
+            )
+        else:
+            # What the Training Operator injects into the `pytorch` container of a Master pod.
+            env.update(
+                PET_NNODES="1",
+                PET_NPROC_PER_NODE=str(job["spec"].get("nprocPerNode", "1")),
+                PET_NODE_RANK="0",
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(_free_port()),
+            )
         # The pod's CPU request, as the container's CPU quota would cap its threads.
         cpus = (container.get("resources") or {}).get("requests", {}).get("cpu")
         if cpus is not None:
@@ -314,8 +320,8 @@ class TrainerKubelet:
         self._transition(
             pod.job_name,
             "Failed",
-            reason="PyTorchJobFailed",
-            message=f"PyTorchJob {pod.job_name} is failed because 1 Master replica(s) failed.",
+            reason=f"{job['kind']}Failed",
+            message=f"{job['kind']} {pod.job_name} is failed because 1 replica(s) failed.",
         )
 
     def _terminate(self, pod: Pod) -> None:
@@ -336,6 +342,54 @@ class TrainerKubelet:
     def _transition(self, name: str, condition: str, **details: Any) -> None:
         with contextlib.suppress(KeyError):  # deleted meanwhile: nobody is left to tell
             self.cluster.transition(name, condition, **details)
+
+
+def _plural(job: dict[str, Any]) -> str:
+    return "trainjobs" if job.get("kind") == "TrainJob" else "pytorchjobs"
+
+
+def _suspended(job: dict[str, Any]) -> bool:
+    """Held by a queue until admitted (`spec.runPolicy.suspend`, a TrainJob's `spec.suspend`)."""
+    spec = job.get("spec") or {}
+    flag = spec.get("suspend") if _plural(job) == "trainjobs" else (spec.get("runPolicy") or {}).get("suspend")
+    return flag is True
+
+
+def _master_pod(job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A PyTorchJob's Master pod spec and its `pytorch` container."""
+    name = job["metadata"]["name"]
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    if set(replicas) != {"Master"} or replicas["Master"].get("replicas", 1) != 1:
+        raise ValueError(f"{name}: only single-node PyTorchJobs are played, got {sorted(replicas)}")
+    template = replicas["Master"]["template"]["spec"]
+    (container,) = template["containers"]
+    if container["name"] != "pytorch":
+        raise ValueError(
+            f"{name}: the operator wants the container named pytorch, got {container['name']}"
+        )
+    return template, container
+
+
+def _trainjob_pod(job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A TrainJob's node pod: the trainer's command, environment and resources, with the
+    volumes and mounts its `podSpecOverrides` give the runtime's `node` job and container."""
+    name = job["metadata"]["name"]
+    trainer = job["spec"]["trainer"]
+    if trainer.get("numNodes", 1) != 1:
+        raise ValueError(f"{name}: only single-node TrainJobs are played, got {trainer['numNodes']}")
+    overrides = [
+        o for o in job["spec"].get("podSpecOverrides") or [] if {"name": "node"} in o["targetJobs"]
+    ]
+    volumes = [v for o in overrides for v in o.get("volumes") or []]
+    node = [c for o in overrides for c in o.get("containers") or [] if c["name"] == "node"]
+    container = {
+        "name": "node",
+        "command": list(trainer["command"]) + list(trainer.get("args") or []),
+        "env": list(trainer.get("env") or []) + [e for c in node for e in c.get("env") or []],
+        "volumeMounts": [m for c in node for m in c.get("volumeMounts") or []],
+        "resources": trainer.get("resourcesPerNode") or {},
+    }
+    return {"volumes": volumes}, container
 
 
 def _final(job: dict[str, Any]) -> bool:

@@ -28,7 +28,7 @@ from tests.helm.chart import (
 from tests.helm.conftest import SCENARIO_NAMES
 
 # Kinds whose schema is a CRD's, which kubernetes-validate does not carry.
-CUSTOM_KINDS = {"ServiceMonitor"}
+CUSTOM_KINDS = {"ServiceMonitor", "ClusterTrainingRuntime"}
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 VALUES_TEXT = (CHART / "values.yaml").read_text()
 VALUES = yaml.safe_load(VALUES_TEXT)
@@ -37,7 +37,7 @@ scenarios = pytest.mark.parametrize("scenario", SCENARIO_NAMES)
 
 
 def test_ci_holds_one_values_file_per_install_scenario() -> None:
-    assert set(SCENARIOS) == {"external", "ingress", "servicemonitor", "existing-secret"}
+    assert set(SCENARIOS) == {"external", "ingress", "servicemonitor", "existing-secret", "trainer"}
 
 
 def test_app_version_is_the_package_version() -> None:

@@ -2,8 +2,10 @@
 cluster-wide: a new API call in the backend fails here until the chart grants it.
 
 Workloads of every kind go through `CustomObjectsApi`, by their row of the backend's kinds
-table: a custom-object verb the backend names is needed on every row's resource, `watch` on
-the rows the informer watches."""
+table (`kinds.workload_kinds(settings)`: a pretrain attempt is a PyTorchJob or a TrainJob, as
+the install chooses): a custom-object verb the backend names is needed on every row's
+resource, `watch` on the rows the informer watches. Kueue's Workloads are read by the functions
+that name `KUEUE_WORKLOAD`: the custom-object verbs those call, on Kueue's resource only."""
 
 from __future__ import annotations
 
@@ -55,32 +57,58 @@ def backend_sources() -> list[ast.Module]:
     return [ast.parse(path.read_text(), filename=str(path)) for path in sorted(BACKEND.glob("*.py"))]
 
 
-def resources_of(kind: str, *, watched_only: bool = False) -> set[tuple[str, str]]:
-    """(apiGroup, resource) pairs that a client method's kind names."""
-    from service.controller.backends.kubernetes.kinds import WORKLOAD_KINDS
+def kinds_for(workload: str = "kubeflow-pytorchjob") -> dict:
+    """The backend's table with `Settings.kubernetes_workload` (the chart's `jobs.workload`)."""
+    from service.controller.backends.kubernetes.kinds import workload_kinds
+    from service.settings import Settings
 
+    return workload_kinds(Settings(kubernetes_workload=workload))
+
+
+def resources_of(kind: str, kinds: dict, *, watched_only: bool = False) -> set[tuple[str, str]]:
+    """(apiGroup, resource) pairs that a client method's kind names."""
     if kind == "custom_object":
-        rows = [row for row in WORKLOAD_KINDS.values() if row.watched or not watched_only]
+        rows = [row for row in kinds.values() if row.watched or not watched_only]
         return {(row.group, row.plural) for row in rows}
     for sub in SUBRESOURCES:
         if kind.endswith("_" + sub):
             return {
                 (group, f"{base}/{sub}")
-                for group, base in resources_of(kind.removesuffix("_" + sub), watched_only=watched_only)
+                for group, base in resources_of(
+                    kind.removesuffix("_" + sub), kinds, watched_only=watched_only
+                )
             }
     return {("", kind.replace("_", "") + "s")}
 
 
-def rules_the_backend_needs() -> set[Rule]:
-    from service.controller.backends.kubernetes.kinds import WORKLOAD_KINDS
+def kueue_rules() -> set[Rule]:
+    """The custom-object verbs of the backend's functions that name Kueue's Workload."""
+    from service.controller.backends.kubernetes.kinds import KUEUE_WORKLOAD
 
     needed: set[Rule] = set()
+    for tree in backend_sources():
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.FunctionDef):
+                continue
+            names = {n.id for n in ast.walk(function) if isinstance(n, ast.Name)}
+            if "KUEUE_WORKLOAD" not in names:
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.Attribute) and (match := CLIENT_METHOD.match(node.attr)):
+                    assert match.group(2) == "custom_object", node.attr
+                    needed.add((KUEUE_WORKLOAD.group, KUEUE_WORKLOAD.plural, VERB[match.group(1)]))
+    return needed
+
+
+def rules_the_backend_needs(workload: str = "kubeflow-pytorchjob") -> set[Rule]:
+    kinds = kinds_for(workload)
+    needed: set[Rule] = kueue_rules()
     for tree in backend_sources():
         # Every client method the package names, called or held in the kinds table.
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and (match := CLIENT_METHOD.match(node.attr)):
                 action, kind = match.group(1), match.group(2)
-                needed |= {(*resource, VERB[action]) for resource in resources_of(kind)}
+                needed |= {(*resource, VERB[action]) for resource in resources_of(kind, kinds)}
         # A function that runs a `watch.Watch().stream(...)` watches what it lists.
         for function in ast.walk(tree):
             if not isinstance(function, ast.FunctionDef):
@@ -100,7 +128,7 @@ def rules_the_backend_needs() -> set[Rule]:
                     ):
                         needed |= {
                             (*resource, "watch")
-                            for resource in resources_of(match.group(2), watched_only=True)
+                            for resource in resources_of(match.group(2), kinds, watched_only=True)
                         }
     # Owned objects that block their owner's deletion need `update` on the owner's finalizers
     # (the OwnerReferencesPermissionEnforcement admission plugin). The manifests package makes
@@ -108,7 +136,10 @@ def rules_the_backend_needs() -> set[Rule]:
     # kind constant: a kind of the backend's table.
     manifests = [ast.parse(path.read_text(), filename=str(path)) for path in sorted(MANIFESTS.glob("*.py"))]
     manifest_constants = {name: value for tree in manifests for name, value in module_strings(tree).items()}
-    owner_resources = {row.kind: (row.group, row.plural) for row in WORKLOAD_KINDS.values()}
+    owner_resources = {row.kind: (row.group, row.plural) for row in kinds.values()}
+    from service.controller.backends.kubernetes.kinds import PRETRAIN_WORKLOADS
+
+    not_chosen = {row.kind for row in PRETRAIN_WORKLOADS.values()} - set(owner_resources)
     calls = [node for tree in manifests for node in ast.walk(tree) if isinstance(node, ast.Call)]
     references = [c for c in calls if getattr(c.func, "attr", None) == "V1OwnerReference"]
     assert len(references) == 1, "owner references are made only by pod.owned_by"
@@ -117,6 +148,8 @@ def rules_the_backend_needs() -> set[Rule]:
     for call in (c for c in calls if getattr(c.func, "id", None) == "owned_by"):
         kind = call.args[1]
         assert isinstance(kind, ast.Name) and kind.id in manifest_constants, ast.dump(kind)
+        if manifest_constants[kind.id] in not_chosen:
+            continue  # the other way to run a pretrain attempt: this install creates none
         group, resource = owner_resources[manifest_constants[kind.id]]
         needed.add((group, resource + "/finalizers", "update"))
     return needed
@@ -167,8 +200,22 @@ def test_role_grants_only_the_verbs_the_backend_calls(default: Rendered) -> None
     assert granted(default.one("Role")) == rules_the_backend_needs()
 
 
+def test_with_trainjobs_the_role_grants_them_instead_of_pytorchjobs(
+    renders: dict[str, Rendered],
+) -> None:
+    role = granted(renders["trainer"].one("Role"))
+    assert role == rules_the_backend_needs("kubeflow-trainer")
+    assert ("trainer.kubeflow.org", "trainjobs", "watch") in role
+    assert ("trainer.kubeflow.org", "trainjobs/finalizers", "update") in role
+    assert not any(resource.startswith("pytorchjobs") for _, resource, _ in role)
+
+
+def test_kueue_workloads_are_only_listed() -> None:
+    assert kueue_rules() == {("kueue.x-k8s.io", "workloads", "list")}
+
+
 @pytest.mark.parametrize(
-    "scenario", ["default", "external", "ingress", "servicemonitor", "existing-secret"]
+    "scenario", ["default", "external", "ingress", "servicemonitor", "existing-secret", "trainer"]
 )
 def test_nothing_cluster_wide_and_no_wildcards(renders: dict[str, Rendered], scenario: str) -> None:
     rendered = renders[scenario]

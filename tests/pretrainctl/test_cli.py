@@ -303,6 +303,14 @@ def test_render_prints_the_three_manifests_a_launch_would_create(tmp_path):
     assert "token" not in config["metrics"]
 
 
+def test_render_with_the_trainer_backend_prints_a_trainjob(tmp_path):
+    result = pretrainctl("render", "--backend", "kubeflow-trainer", str(EXAMPLES / "tiny-cpu.yaml"), cwd=tmp_path, env=clean_env())
+    assert result.returncode == 0, result.stderr
+    documents = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert [d["kind"] for d in documents] == ["TrainJob", "ConfigMap", "Secret"]
+    assert documents[0]["spec"]["runtimeRef"]["name"] == "torch-distributed"
+
+
 def test_watchdog_replay_prints_one_json_line_per_verdict(tmp_path):
     records = [
         {"job": "7", "attempt": 0, "step": step, "stage": "pretrain", "phase": "stable", "tokens": step, "metrics": {"loss": 3.0 - 0.001 * step}}

@@ -2,7 +2,8 @@
 
 `workloads`: what an attempt runs and what its objects are called; `pod`: what every
 attempt's objects share (metadata, the token Secret, volumes, tolerations); `pytorchjob`: a
-training attempt's PyTorchJob and ConfigMap; `batch_job`: a tokenizer or data attempt's batch Job;
+training attempt's PyTorchJob, `trainjob` its Trainer v2 TrainJob, `trainer_pod` what their
+pods share; `batch_job`: a tokenizer or data attempt's batch Job;
 `review`: the manifests a spec would launch, as YAML for a person (`pretrainctl render`).
 """
 
@@ -29,17 +30,11 @@ from service.controller.manifests.batch_job import (
 )
 from service.controller.manifests.pod import CONFIG_DIR, TOKEN_ENV, TOKEN_KEY
 from service.controller.manifests.pytorchjob import (
-    CONFIG_FILE,
-    CONFIG_PATH,
     CONTAINER_NAME,
-    GPU_RESOURCE,
-    KUEUE_QUEUE_LABEL,
     MASTER_PORT,
     MASTER_PORT_NAME,
     PYTORCHJOB_API_VERSION,
     PYTORCHJOB_KIND,
-    TERMINATION_GRACE_S,
-    TERMINATION_LOG,
     TRAINER_COMMAND,
     render_manifests,
 )
@@ -49,8 +44,23 @@ from service.controller.manifests.review import (
     REVIEW_TOKEN,
     render_for_review,
 )
+from service.controller.manifests.trainer_pod import (
+    CONFIG_FILE,
+    CONFIG_PATH,
+    GPU_RESOURCE,
+    KUEUE_PRIORITY_LABEL,
+    KUEUE_QUEUE_LABEL,
+    TERMINATION_LOG,
+)
+from service.controller.manifests.trainjob import (
+    TRAINJOB_API_VERSION,
+    TRAINJOB_CONTAINER_NAME,
+    TRAINJOB_KIND,
+    render_trainjob_manifests,
+)
 from service.controller.manifests.workloads import (
     MAX_WORKLOAD_NAME_LENGTH,
+    TERMINATION_GRACE_S,
     AnyWorkload,
     BatchWorkload,
     DataWorkload,
@@ -74,6 +84,7 @@ __all__ = [
     "DATA_CONTAINER_NAME",
     "DATA_LABELS",
     "GPU_RESOURCE",
+    "KUEUE_PRIORITY_LABEL",
     "KUEUE_QUEUE_LABEL",
     "MASTER_PORT",
     "MASTER_PORT_NAME",
@@ -94,6 +105,9 @@ __all__ = [
     "TOKEN_ENV",
     "TOKEN_KEY",
     "TRAINER_COMMAND",
+    "TRAINJOB_API_VERSION",
+    "TRAINJOB_CONTAINER_NAME",
+    "TRAINJOB_KIND",
     "AnyWorkload",
     "BatchWorkload",
     "DataWorkload",
@@ -108,6 +122,7 @@ __all__ = [
     "render_data_manifests",
     "render_manifests",
     "render_tokenizer_manifests",
+    "render_trainjob_manifests",
     "secret_name",
     "tokenizer_command",
     "workload_labels",

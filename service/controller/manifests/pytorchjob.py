@@ -11,15 +11,12 @@ decides, from the reason and the retry budget, whether to open attempt N+1 (resu
 newest verified checkpoint, with skip ranges) or to fail the job. An in-place restart would
 rerun the attempt's config from its old `resume_from` behind the controller's back.
 
-Everything PyTorchJob-specific sits behind `render_manifests`, so that a Trainer v2
-`TrainJob` renderer can sit beside it later.
+Everything PyTorchJob-specific sits behind `render_manifests`; what its pods share with a
+Trainer v2 `TrainJob`'s is `trainer_pod`'s.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import math
 from typing import Any
 
 from kubeflow.training import (
@@ -32,19 +29,27 @@ from kubeflow.training import (
 from kubernetes import client as k8s
 
 from service.controller.manifests.pod import (
-    CONFIG_DIR,
     container_security_context,
     metadata,
     owned_by,
     pod_security_context,
-    scratch,
-    serializer,
-    storage,
-    token_env,
     token_secret,
     toleration,
 )
-from service.controller.manifests.workloads import Workload, config_map_name, workload_labels
+from service.controller.manifests.trainer_pod import (
+    CONFIG_PATH,
+    TERMINATION_LOG,
+    as_json,
+    check_workload,
+    config_map,
+    env,
+    env_from,
+    kueue_labels,
+    resources,
+    suspended,
+    volumes_and_mounts,
+)
+from service.controller.manifests.workloads import Workload, workload_labels
 from service.settings import Settings
 
 PYTORCHJOB_API_VERSION = "kubeflow.org/v1"
@@ -54,15 +59,6 @@ PYTORCHJOB_KIND = "PyTorchJob"
 CONTAINER_NAME = "pytorch"
 MASTER_PORT_NAME = "pytorchjob-port"
 MASTER_PORT = 23456
-
-CONFIG_FILE = "trainer.json"
-CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
-GPU_RESOURCE = "nvidia.com/gpu"
-# Where the trainer writes its outcome lines in a pod (its default `job.result_path`).
-TERMINATION_LOG = "/dev/termination-log"
-# The trainer saves a checkpoint on SIGTERM before it exits; the default 30 s cuts that short.
-TERMINATION_GRACE_S = 300
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 # torchrun reads its topology from what the operator injects into the `pytorch` container:
 # PET_NNODES, PET_NPROC_PER_NODE (from nprocPerNode), PET_NODE_RANK, MASTER_ADDR, MASTER_PORT.
@@ -82,14 +78,6 @@ TRAINER_COMMAND = [
     "--config",
     CONFIG_PATH,
 ]
-# NCCL_SOCKET_IFNAME and the like are the cluster's business (set on nodes or by a webhook).
-_GPU_ENV = {
-    # Megatron-core orders its tensor-parallel communication on one CUDA stream.
-    "CUDA_DEVICE_MAX_CONNECTIONS": "1",
-    "NCCL_DEBUG": "WARN",
-    # A timed-out collective aborts the process instead of hanging the whole job.
-    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
-}
 
 
 def render_manifests(
@@ -100,28 +88,15 @@ def render_manifests(
     Create the PyTorchJob first, then render again with its `metadata.uid` as `owner_uid`:
     the ConfigMap and Secret then belong to it and go when it is deleted.
     """
-    _check(workload)
+    check_workload(workload)
     owners = owned_by(PYTORCHJOB_API_VERSION, PYTORCHJOB_KIND, workload.name, owner_uid)
-    objects = {
-        "pytorchjob": _pytorchjob(workload, settings),
-        "configmap": _config_map(workload, settings, owners),
-        "secret": token_secret(workload, settings, owners),
-    }
-    return {kind: serializer().sanitize_for_serialization(obj) for kind, obj in objects.items()}
-
-
-def _check(workload: Workload) -> None:
-    if workload.nodes < 1 or workload.gpus_per_node < 1:
-        raise ValueError(
-            f"a workload needs at least one node and one process per node, got nodes "
-            f"{workload.nodes} × gpus_per_node {workload.gpus_per_node}"
-        )
-    job = workload.trainer_config.get("job", {})
-    if job.get("id") != str(workload.job_id) or job.get("attempt") != workload.attempt:
-        raise ValueError(
-            f"the trainer config is for job {job.get('id')!r} attempt {job.get('attempt')!r}, "
-            f"not job {workload.job_id} attempt {workload.attempt}"
-        )
+    return as_json(
+        {
+            "pytorchjob": _pytorchjob(workload, settings),
+            "configmap": config_map(workload, settings, owners),
+            "secret": token_secret(workload, settings, owners),
+        }
+    )
 
 
 def _pytorchjob(workload: Workload, settings: Settings) -> KubeflowOrgV1PyTorchJob:
@@ -144,14 +119,13 @@ def _pytorchjob(workload: Workload, settings: Settings) -> KubeflowOrgV1PyTorchJ
             priority_class=settings.priority_class,
             min_available=workload.nodes,
         )
-    # Kueue admits a PyTorchJob by this label rather than by schedulingPolicy.queue.
-    queue_label = (
-        {KUEUE_QUEUE_LABEL: settings.scheduling_queue} if settings.scheduling_queue else {}
-    )
     return KubeflowOrgV1PyTorchJob(
         api_version=PYTORCHJOB_API_VERSION,
         kind=PYTORCHJOB_KIND,
-        metadata=metadata(workload, settings, workload.name, extra_labels=queue_label),
+        # Kueue admits a PyTorchJob by its labels rather than by schedulingPolicy.queue.
+        metadata=metadata(
+            workload, settings, workload.name, extra_labels=kueue_labels(workload, settings)
+        ),
         spec=KubeflowOrgV1PyTorchJobSpec(
             # A string in the CRD (it also takes auto/cpu/gpu); an integer is refused.
             nproc_per_node=str(workload.gpus_per_node),
@@ -162,43 +136,25 @@ def _pytorchjob(workload: Workload, settings: Settings) -> KubeflowOrgV1PyTorchJ
                 clean_pod_policy="Running",
                 backoff_limit=0,
                 scheduling_policy=scheduling,
+                # Kueue admits a queued PyTorchJob by unsuspending it.
+                suspend=suspended(workload, settings),
             ),
         ),
     )
 
 
 def _pod_template(workload: Workload, settings: Settings) -> k8s.V1PodTemplateSpec:
-    volumes = [
-        k8s.V1Volume(
-            name="trainer-config",
-            config_map=k8s.V1ConfigMapVolumeSource(name=config_map_name(workload)),
-        ),
-        # NCCL and DataLoader workers share memory through /dev/shm; Docker's default is 64 MiB.
-        k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory")),
-    ]
-    mounts = [
-        k8s.V1VolumeMount(name="trainer-config", mount_path=CONFIG_DIR, read_only=True),
-        k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"),
-    ]
-    for extra_volumes, extra_mounts in (storage(settings), scratch()):
-        volumes += extra_volumes
-        mounts += extra_mounts
-    env = [k8s.V1EnvVar(name=name, value=value) for name, value in _env(workload).items()]
-    env.append(token_env(workload))
+    volumes, mounts = volumes_and_mounts(workload, settings)
     container = k8s.V1Container(
         name=CONTAINER_NAME,
         image=settings.trainer_image,
         command=list(TRAINER_COMMAND),
-        env=env,
-        # Object-store credentials, from the Secret the spec names: never in the spec or config.
-        env_from=[
-            k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=name)) for name in workload.env_secrets
-        ]
-        or None,
+        env=env(workload),
+        env_from=env_from(workload),
         ports=[
             k8s.V1ContainerPort(name=MASTER_PORT_NAME, container_port=MASTER_PORT, protocol="TCP")
         ],
-        resources=_resources(workload),
+        resources=resources(workload),
         volume_mounts=mounts,
         # Each trainer rank appends its outcome line (outcome.py) to the termination log; the
         # log's tail stands in when it wrote none (killed, or failed before it could).
@@ -217,36 +173,6 @@ def _pod_template(workload: Workload, settings: Settings) -> k8s.V1PodTemplateSp
             node_selector=dict(settings.node_selector) or None,
             tolerations=[toleration(t) for t in settings.tolerations] or None,
             priority_class_name=settings.priority_class,
-            termination_grace_period_seconds=TERMINATION_GRACE_S,
+            termination_grace_period_seconds=workload.termination_grace_s,
         ),
-    )
-
-
-def _env(workload: Workload) -> dict[str, str]:
-    return dict(_GPU_ENV) if workload.gpu_type != "cpu" else {}
-
-
-def _resources(workload: Workload) -> k8s.V1ResourceRequirements:
-    if workload.gpu_type != "cpu":
-        return k8s.V1ResourceRequirements(limits={GPU_RESOURCE: str(workload.gpus_per_node)})
-    # On CPU, gpus_per_node counts training processes: a core each, and their memory.
-    requests = {"cpu": str(workload.gpus_per_node)}
-    if workload.gpu_memory_gib:
-        requests["memory"] = f"{math.ceil(workload.gpu_memory_gib * workload.gpus_per_node)}Gi"
-    return k8s.V1ResourceRequirements(requests=requests)
-
-
-def _config_map(
-    workload: Workload, settings: Settings, owners: list[k8s.V1OwnerReference] | None
-) -> k8s.V1ConfigMap:
-    config = copy.deepcopy(workload.trainer_config)
-    # The token lives only in the Secret; the trainer reads it from PRETRAIN_INGEST_TOKEN.
-    config.get("metrics", {}).pop("token", None)
-    return k8s.V1ConfigMap(
-        api_version="v1",
-        kind="ConfigMap",
-        metadata=metadata(workload, settings, config_map_name(workload), owners),
-        data={CONFIG_FILE: json.dumps(config, indent=2) + "\n"},
-        # One per attempt and never edited: immutable spares the kubelets a watch.
-        immutable=True,
     )

@@ -7,9 +7,6 @@ from typing import Any
 import yaml
 
 from service.admission import OverMemory, admit
-from service.controller.manifests.batch_job import render_tokenizer_manifests
-from service.controller.manifests.pytorchjob import render_manifests
-from service.controller.manifests.workloads import DataWorkload, TokenizerWorkload
 from service.settings import Settings
 from service.spec import parse_spec_text
 
@@ -31,9 +28,11 @@ def render_for_review(
     The spec is admitted as a submission is, by `admit` (SpecInvalid lists every problem);
     the job id is a placeholder 0 and the token a placeholder string, both decided only at
     launch. The manifests are the kubernetes backend's, even when `settings` are for the
-    local one.
+    local one, and of the kind it would create with them (`settings.kubernetes_workload`: a
+    PyTorchJob or a TrainJob for a pretrain job).
     """
-    # Imported here: the builder's module imports this one for the workload types.
+    # Imported here: the builder's module and the backend's kinds table import this package.
+    from service.controller.backends.kubernetes.kinds import kind_of, workload_kinds
     from service.controller.workload import build_workload, unsaved_attempt, unsaved_job
 
     settings = _as_kubernetes(settings)
@@ -49,10 +48,7 @@ def render_for_review(
     workload = build_workload(
         job, unsaved_attempt(attempt), settings, resume_from=resume_from, ingest_token=REVIEW_TOKEN
     )
-    if isinstance(workload, TokenizerWorkload | DataWorkload):
-        manifests = render_tokenizer_manifests(workload, settings)
-    else:
-        manifests = render_manifests(workload, settings)
+    manifests = kind_of(workload, workload_kinds(settings)).render(workload, settings)
     header = (
         f"# {spec.name} attempt {attempt}: job id {REVIEW_JOB_ID} and the ingest token are "
         "placeholders, set at launch\n"

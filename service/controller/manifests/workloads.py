@@ -10,6 +10,8 @@ from typing import Any
 # Pod names add `-master-0` / `-worker-<N>` to the PyTorchJob's name; 45 leaves room for
 # ten thousand workers inside the 63 characters of a DNS-1123 label.
 MAX_WORKLOAD_NAME_LENGTH = 45
+# The trainer saves a checkpoint on SIGTERM before it exits; the default 30 s cuts that short.
+TERMINATION_GRACE_S = 300
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -29,6 +31,12 @@ class Workload:
     """Memory of one GPU, or of one CPU process: sizes the memory request of CPU pods."""
     env_secrets: tuple[str, ...] = ()
     """Secrets whose keys the trainer's environment takes (object-store credentials)."""
+    queue: str | None = None
+    """The Kueue LocalQueue that admits it; set, the workload is created suspended."""
+    priority: str | None = None
+    """Kueue's WorkloadPriorityClass of its place in the queue."""
+    termination_grace_s: int = TERMINATION_GRACE_S
+    """How long its pods have after SIGTERM to save a checkpoint and exit."""
 
     @property
     def name(self) -> str:

@@ -27,6 +27,11 @@ subclass below, `TrainingClusterEmulator`, and each addition is named where it i
               `foregroundDeletion` finalizer (kmock then keeps it, with a deletionTimestamp) and
               goes once they are released. Without held dependents it goes at once, as a real
               foreground deletion of an object with no pods does.
+  ADDITION 9  A Kueue stand-in: a PyTorchJob or TrainJob created suspended with a
+              `kueue.x-k8s.io/queue-name` label gets a Kueue `Workload` (kueue.x-k8s.io/v1beta1,
+              owned by it, labelled with its uid) whose `QuotaReserved` condition says it does
+              not fit (`kueue_message`); it stays suspended until a test admits it
+              (`EmulatorHandle.admit`), which unsuspends it and marks the Workload admitted.
 
 Not emulated (the backend does not need it): PUT, field selectors, set-based label
 selectors, garbage collection through ownerReferences (beyond ADDITION 8), admission and
@@ -54,19 +59,33 @@ import aiohttp.web
 import attrs
 import kmock
 
+from tests.service.controller.operators import (
+    JOB_UID_LABEL,
+    KUEUE_MESSAGE,
+    QUEUE_LABEL,
+    SUSPEND_FIELD,
+    OperatorStandIns,
+)
+
 PYTORCHJOBS = kmock.resource("kubeflow.org", "v1", "pytorchjobs")
+TRAINJOBS = kmock.resource("trainer.kubeflow.org", "v1alpha1", "trainjobs")
+KUEUE_WORKLOADS = kmock.resource("kueue.x-k8s.io", "v1beta1", "workloads")
 CONFIGMAPS = kmock.resource("", "v1", "configmaps")
 SECRETS = kmock.resource("", "v1", "secrets")
 PODS = kmock.resource("", "v1", "pods")
 JOBS = kmock.resource("batch", "v1", "jobs")
 RESOURCES = {
     PYTORCHJOBS: kmock.ResourceInfo(kind="PyTorchJob", namespaced=True, subresources={"status"}),
+    TRAINJOBS: kmock.ResourceInfo(kind="TrainJob", namespaced=True, subresources={"status"}),
+    KUEUE_WORKLOADS: kmock.ResourceInfo(kind="Workload", namespaced=True, subresources={"status"}),
     JOBS: kmock.ResourceInfo(kind="Job", namespaced=True, subresources={"status"}),
     CONFIGMAPS: kmock.ResourceInfo(kind="ConfigMap", namespaced=True),
     SECRETS: kmock.ResourceInfo(kind="Secret", namespaced=True),
     PODS: kmock.ResourceInfo(kind="Pod", namespaced=True, subresources={"status"}),
 }
 _BY_PLURAL = {resource.plural: resource for resource in RESOURCES}
+# Where each queueable kind says it is suspended (ADDITION 9).
+_SUSPEND_PATH = {_BY_PLURAL[plural]: path for plural, path in SUSPEND_FIELD.items()}
 
 # How many events a resource's watch history keeps (ADDITION 4).
 WATCH_HISTORY = 1000
@@ -141,6 +160,8 @@ class TrainingClusterEmulator(kmock.KubernetesEmulator):
     calls: list[Call] = attrs.field(factory=list, init=False)
     # uids of objects with dependents that a foreground deletion waits for (ADDITION 8).
     _held: set[str] = attrs.field(factory=set, init=False)
+    # What Kueue says of a workload it holds (ADDITION 9).
+    kueue_message: str = attrs.field(default=KUEUE_MESSAGE, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -184,6 +205,8 @@ class TrainingClusterEmulator(kmock.KubernetesEmulator):
                 response = await super()._handle(request)
             if request.action == kmock.action.CREATE and response.status == 200:
                 response.set_status(201)  # ADDITION 7
+                if request.resource in _SUSPEND_PATH and isinstance(request.data, dict):
+                    await self._hold_in_queue(request.resource, request.namespace, request.data)
         else:
             response = await super()._handle(request)
 
@@ -334,6 +357,68 @@ class TrainingClusterEmulator(kmock.KubernetesEmulator):
             message=f"injected fault: {fault.action.value.lower()} {fault.resource.plural} -> {status}",
             details={"injected": True},
         )
+
+    async def _hold_in_queue(
+        self, resource: kmock.resource, namespace: str | None, job: dict[str, Any]
+    ) -> None:
+        """ADDITION 9: Kueue's Workload for a job created suspended in a queue, not admitted."""
+        metadata = job.get("metadata") or {}
+        node: Any = job.get("spec") or {}
+        for key in _SUSPEND_PATH[resource]:
+            node = node.get(key) if isinstance(node, dict) else None
+        queue = (metadata.get("labels") or {}).get(QUEUE_LABEL)
+        if node is not True or not queue or not namespace:
+            return
+        info = RESOURCES[resource]
+        await self.store(
+            KUEUE_WORKLOADS,
+            namespace,
+            {
+                "apiVersion": "kueue.x-k8s.io/v1beta1",
+                "kind": "Workload",
+                "metadata": {
+                    "name": f"{resource.plural[:-1]}-{metadata['name']}",
+                    "labels": {JOB_UID_LABEL: metadata["uid"]},
+                    "ownerReferences": [
+                        {
+                            "apiVersion": f"{resource.group}/{resource.version}",
+                            "kind": info.kind,
+                            "name": metadata["name"],
+                            "uid": metadata["uid"],
+                            "controller": True,
+                        }
+                    ],
+                },
+                "spec": {"queueName": queue},
+                "status": {
+                    "conditions": [
+                        {
+                            "type": "QuotaReserved",
+                            "status": "False",
+                            "reason": "Pending",
+                            "message": self.kueue_message,
+                            "lastTransitionTime": _now(),
+                        }
+                    ]
+                },
+            },
+        )
+
+    async def set_spec_field(
+        self, resource: kmock.resource, namespace: str, name: str, path: tuple[str, ...], value: Any
+    ) -> None:
+        """Set one field of an object's spec, as another client's patch would."""
+        async with self._commit_lock, self._lock:
+            obj = self._live_object(resource, namespace, name)
+            new = copy.deepcopy(obj.raw)
+            node = new.setdefault("spec", {})
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = value
+            new["metadata"]["resourceVersion"] = str(self._next_rv())
+            new["metadata"]["generation"] = int(new["metadata"].get("generation") or 1) + 1
+            obj.history.append(new)
+            await self._buses[resource].put({"type": "MODIFIED", "object": copy.deepcopy(new)})
 
     # --- what the Training Operator, the kubelet and the tests do in-process -------------------
 
@@ -511,8 +596,9 @@ def _now() -> str:
 # --- the synchronous side ---------------------------------------------------------------------
 
 
-class EmulatorHandle:
-    """What a synchronous test does to the emulator running in its background event loop."""
+class EmulatorHandle(OperatorStandIns):
+    """What a synchronous test does to the emulator running in its background event loop; what
+    the operators, the kubelet and Kueue do is `OperatorStandIns`'."""
 
     def __init__(
         self, emulator: TrainingClusterEmulator, loop: asyncio.AbstractEventLoop, namespace: str
@@ -529,7 +615,8 @@ class EmulatorHandle:
     # --- reading ---
 
     def objects(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        """The live objects of a resource (`pytorchjobs`, `jobs`, `configmaps`, `secrets`, `pods`)."""
+        """The live objects of a resource (`pytorchjobs`, `trainjobs`, `jobs`, `configmaps`,
+        `secrets`, `pods`, Kueue's `workloads`)."""
         return self._run(self.emulator.snapshot(_BY_PLURAL[plural], namespace or self.namespace))
 
     def get(self, plural: str, name: str) -> dict[str, Any] | None:
@@ -584,119 +671,15 @@ class EmulatorHandle:
         )
         self.loop.call_soon_threadsafe(self.emulator._faults.append, fault)
 
-    # --- playing the Training Operator and the kubelet ---
+    # --- other clients ---
 
     def set_status(self, plural: str, name: str, status: dict[str, Any]) -> None:
+        """Replace an object's status, as its controller's status update would."""
         self._run(self.emulator.set_status(_BY_PLURAL[plural], self.namespace, name, status))
 
-    def transition(
-        self,
-        name: str,
-        condition: str,
-        *,
-        reason: str | None = None,
-        message: str | None = None,
-        replica_statuses: dict[str, Any] | None = None,
-    ) -> None:
-        """Move a PyTorchJob's conditions as the Training Operator does.
-
-        `Created` first; `Running` and `Restarting` exclude each other; `Succeeded` and `Failed`
-        turn `Running` off. Each transition is a second after the previous one.
-        """
-        job = self.get("pytorchjobs", name)
-        if job is None:
-            raise KeyError(f"no PyTorchJob {name}")
-        status = copy.deepcopy(job.get("status") or {})
-        conditions: list[dict[str, Any]] = status.setdefault("conditions", [])
-        stamp = (self._epoch + datetime.timedelta(seconds=next(self._clock))).strftime(
-            "%Y-%m-%dT%H:%M:%SZ"
-        )
-        turned_off = {
-            "Running": {"Restarting"},
-            "Restarting": {"Running"},
-            "Succeeded": {"Running", "Restarting"},
-            "Failed": {"Running", "Restarting"},
-        }.get(condition, set())
-        for existing in conditions:
-            if existing["type"] in turned_off and existing["status"] == "True":
-                existing.update(status="False", lastTransitionTime=stamp, lastUpdateTime=stamp)
-        conditions[:] = [c for c in conditions if c["type"] != condition]
-        conditions.append(
-            {
-                "type": condition,
-                "status": "True",
-                "reason": reason or f"PyTorchJob{condition}",
-                "message": message or f"PyTorchJob {name} is {condition.lower()}.",
-                "lastTransitionTime": stamp,
-                "lastUpdateTime": stamp,
-            }
-        )
-        if replica_statuses is not None:
-            status["replicaStatuses"] = replica_statuses
-        if condition in ("Succeeded", "Failed"):
-            status["completionTime"] = stamp
-        status.setdefault("startTime", stamp)
-        self.set_status("pytorchjobs", name, status)
-
-    def add_pod(
-        self,
-        job: dict[str, Any],
-        *,
-        role: str = "master",
-        index: int = 0,
-        phase: str = "Failed",
-        pod_reason: str | None = None,
-        pod_message: str | None = None,
-        terminated_reason: str | None = None,
-        exit_code: int | None = None,
-        terminated_message: str | None = None,
-        disruption_reason: str | None = None,
-    ) -> dict[str, Any]:
-        """A pod of a PyTorchJob as the operator and kubelet leave it (labels copied from the job)."""
-        name = job["metadata"]["name"]
-        labels = dict(job["metadata"].get("labels") or {})
-        labels.update(
-            {
-                "training.kubeflow.org/job-name": name,
-                "training.kubeflow.org/replica-type": role,
-                "training.kubeflow.org/replica-index": str(index),
-            }
-        )
-        status: dict[str, Any] = {"phase": phase}
-        if pod_reason:
-            status["reason"] = pod_reason
-        if pod_message:
-            status["message"] = pod_message
-        if disruption_reason:
-            status["conditions"] = [
-                {"type": "DisruptionTarget", "status": "True", "reason": disruption_reason}
-            ]
-        if exit_code is not None or terminated_reason:
-            terminated: dict[str, Any] = {"exitCode": exit_code if exit_code is not None else 1}
-            if terminated_reason:
-                terminated["reason"] = terminated_reason
-            if terminated_message:
-                terminated["message"] = terminated_message
-            status["containerStatuses"] = [
-                {
-                    "name": "pytorch",
-                    "ready": False,
-                    "restartCount": 0,
-                    "image": "trainer",
-                    "imageID": "",
-                    "state": {"terminated": terminated},
-                }
-            ]
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": f"{name}-{role}-{index}", "labels": labels},
-            "spec": {"containers": [{"name": "pytorch", "image": "trainer"}]},
-            "status": status,
-        }
-        return self._run(self.emulator.store(PODS, self.namespace, pod))
-
-    # --- other clients ---
+    def set_spec_field(self, plural: str, name: str, path: tuple[str, ...], value: Any) -> None:
+        """Set one field of an object's spec, as another client's patch would."""
+        self._run(self.emulator.set_spec_field(_BY_PLURAL[plural], self.namespace, name, path, value))
 
     def store(self, plural: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._run(self.emulator.store(_BY_PLURAL[plural], self.namespace, body))

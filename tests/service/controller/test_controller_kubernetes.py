@@ -1,9 +1,10 @@
 """The whole controller against the Kubernetes emulator over real HTTP, on real Postgres.
 
-Submit through the service, reconcile, and play the Training Operator by moving the
-PyTorchJob's conditions: running, a retryable failure that resumes from the newest good
-checkpoint, success, cancellation, API errors, a controller killed between any two steps,
-and two controllers on one database.
+Submit through the service, reconcile, and play the operator by moving the workload's
+status: running, a retryable failure that resumes from the newest good checkpoint, success,
+cancellation, API errors, a controller killed between any two steps, and two controllers on
+one database. Every test runs once for each kind a pretrain attempt may run as: a Training
+Operator `PyTorchJob` and a Kubeflow Trainer v2 `TrainJob`.
 """
 
 from __future__ import annotations
@@ -27,10 +28,18 @@ from tests.service.controller.on_cluster import (
     stored,
 )
 
+PLURALS = {"kubeflow-pytorchjob": "pytorchjobs", "kubeflow-trainer": "trainjobs"}
+
+
+@pytest.fixture(params=sorted(PLURALS))
+def settings(request, pg_url, tmp_path) -> Settings:
+    return cluster_settings(pg_url, tmp_path, kubernetes_workload=request.param)
+
 
 @pytest.fixture
-def settings(pg_url, tmp_path) -> Settings:
-    return cluster_settings(pg_url, tmp_path)
+def plural(settings) -> str:
+    """Where the attempts' workloads are stored: `pytorchjobs` or `trainjobs`."""
+    return PLURALS[settings.kubernetes_workload]
 
 
 @pytest.fixture
@@ -39,19 +48,24 @@ def job(settings, tiny_spec) -> Job:
         return jobs.submit_job(session, raw=tiny_spec, principal=ALICE)
 
 
-def test_submit_creates_a_pytorchjob_of_the_right_shape(controller, job, cluster):
+def test_submit_creates_a_workload_of_the_right_shape(controller, job, cluster, plural):
     _, k8s = cluster
     controller.reconcile(job.id)
 
-    pytorchjob = k8s.get("pytorchjobs", name_of(job, 0))
-    assert pytorchjob is not None
-    spec = pytorchjob["spec"]
-    assert spec["pytorchReplicaSpecs"]["Master"]["replicas"] == 1
-    assert "Worker" not in spec["pytorchReplicaSpecs"]  # one node
-    assert spec["nprocPerNode"] == "2"
-    container = spec["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
-    assert container["name"] == "pytorch"
-    assert pytorchjob["metadata"]["labels"]["pretrain.io/job-id"] == str(job.id)
+    workload = k8s.get(plural, name_of(job, 0))
+    assert workload is not None
+    spec = workload["spec"]
+    if plural == "pytorchjobs":
+        assert spec["pytorchReplicaSpecs"]["Master"]["replicas"] == 1
+        assert "Worker" not in spec["pytorchReplicaSpecs"]  # one node
+        assert spec["nprocPerNode"] == "2"
+        container = spec["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+        assert container["name"] == "pytorch"
+    else:
+        assert (spec["trainer"]["numNodes"], spec["trainer"]["numProcPerNode"]) == (1, 2)
+        assert spec["runtimeRef"]["name"] == "torch-distributed"
+        assert spec["podSpecOverrides"][0]["containers"][0]["name"] == "node"
+    assert workload["metadata"]["labels"]["pretrain.io/job-id"] == str(job.id)
     assert {f"{name_of(job, 0)}-config"} <= k8s.names("configmaps")
     assert {f"{name_of(job, 0)}-token"} <= k8s.names("secrets")
 
@@ -73,7 +87,7 @@ def test_the_job_follows_the_operator_from_running_to_succeeded(controller, job,
     assert order == sorted(order)
 
 
-def test_a_retryable_failure_opens_an_attempt_resuming_from_the_newest_good_checkpoint(controller, job, cluster, settings):
+def test_a_retryable_failure_opens_an_attempt_resuming_from_the_newest_good_checkpoint(controller, job, cluster, settings, plural):
     _, k8s = cluster
     controller.reconcile(job.id)
     k8s.transition(name_of(job, 0), "Running")
@@ -94,7 +108,7 @@ def test_a_retryable_failure_opens_an_attempt_resuming_from_the_newest_good_chec
     with get_sessionmaker(settings.resolved_database_url)() as session:
         attempt = session.scalars(select(Attempt).where(Attempt.job_id == job.id, Attempt.number == 1)).one()
         assert session.get(Checkpoint, attempt.resume_from_checkpoint_id).step == 80
-    assert k8s.names("pytorchjobs") == {name_of(job, 1)}
+    assert k8s.names(plural) == {name_of(job, 1)}
     config = k8s.get("configmaps", f"{name_of(job, 1)}-config")["data"]["trainer.json"]
     assert f"step-{80:08d}" in config
 
@@ -108,7 +122,7 @@ def test_a_permanent_failure_fails_the_job(controller, job, cluster, settings):
     assert failed.state == "failed" and "OOM" in failed.state_reason
 
 
-def test_cancel_deletes_the_workload(controller, job, cluster, settings):
+def test_cancel_deletes_the_workload(controller, job, cluster, settings, plural):
     _, k8s = cluster
     controller.reconcile(job.id)
     k8s.transition(name_of(job, 0), "Running")
@@ -119,23 +133,23 @@ def test_cancel_deletes_the_workload(controller, job, cluster, settings):
     controller.reconcile(job.id)
     controller.reconcile(job.id)
 
-    assert k8s.names("pytorchjobs") == set()
+    assert k8s.names(plural) == set()
     assert stored(settings, job.id).state == "cancelled"
 
 
-def test_api_errors_are_retried_without_duplicates(controller, job, cluster):
+def test_api_errors_are_retried_without_duplicates(controller, job, cluster, plural):
     _, k8s = cluster
-    k8s.fail_next("create", "pytorchjobs", times=2, status=500)
+    k8s.fail_next("create", plural, times=2, status=500)
     delays = [controller.reconcile(job.id) for _ in range(2)]
     assert all(d is not None and d >= 2 for d in delays)  # backing off
     controller.reconcile(job.id)
     k8s.fail_next("create", "configmaps", times=1, status=409)
     controller.reconcile(job.id)
-    assert k8s.names("pytorchjobs") == {name_of(job, 0)}
+    assert k8s.names(plural) == {name_of(job, 0)}
     assert len(k8s.objects("configmaps")) == 1 and len(k8s.objects("secrets")) == 1
 
 
-def test_a_controller_killed_between_any_two_steps_converges_to_one_workload_per_attempt(settings, cluster, job):
+def test_a_controller_killed_between_any_two_steps_converges_to_one_workload_per_attempt(settings, cluster, job, plural):
     """Each reconcile is a fresh controller (a restart); the world converges to the same state."""
     _, k8s = cluster
     script = [
@@ -153,11 +167,11 @@ def test_a_controller_killed_between_any_two_steps_converges_to_one_workload_per
     final = stored(settings, job.id)
     assert final.state == "succeeded"
     assert [(a.number, a.state) for a in final.attempts] == [(0, "failed"), (1, "succeeded")]
-    assert k8s.names("pytorchjobs") == {name_of(job, 1)}
-    assert k8s.count("create", "pytorchjobs") == 2
+    assert k8s.names(plural) == {name_of(job, 1)}
+    assert k8s.count("create", plural) == 2
 
 
-def test_two_controllers_on_one_postgres_never_double_act(settings, cluster, tiny_spec):
+def test_two_controllers_on_one_postgres_never_double_act(settings, cluster, tiny_spec, plural):
     _, k8s = cluster
     with get_sessionmaker(settings.resolved_database_url)() as session:
         job_ids = [
@@ -178,7 +192,7 @@ def test_two_controllers_on_one_postgres_never_double_act(settings, cluster, tin
     for thread in threads:
         thread.join(timeout=60)
 
-    assert len(k8s.objects("pytorchjobs")) == 6
-    assert k8s.count("create", "pytorchjobs") == 6  # not one create attempted twice
+    assert len(k8s.objects(plural)) == 6
+    assert k8s.count("create", plural) == 6  # not one create attempted twice
     for job_id in job_ids:
         assert event_kinds(settings, job_id).count("workload.created") == 1

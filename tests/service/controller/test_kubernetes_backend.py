@@ -1,4 +1,7 @@
-"""The Kubernetes backend over real HTTP: the official client against kmock's API emulator."""
+"""The Kubernetes backend over real HTTP: the official client against kmock's API emulator.
+
+The tests that take `any_backend` run once for each kind a pretrain attempt may run as (a
+PyTorchJob, a Trainer v2 TrainJob); the rest are about the PyTorchJob's own status words."""
 
 from __future__ import annotations
 
@@ -61,6 +64,24 @@ def backend(cluster: tuple[str, EmulatorHandle]) -> Iterator[KubernetesBackend]:
         watch_timeout_s=2.0,
     ) as backend:
         yield backend
+
+
+PLURALS = {"kubeflow-pytorchjob": "pytorchjobs", "kubeflow-trainer": "trainjobs"}
+
+
+@pytest.fixture(params=sorted(PLURALS))
+def any_backend(
+    request: pytest.FixtureRequest, cluster: tuple[str, EmulatorHandle]
+) -> Iterator[tuple[KubernetesBackend, str]]:
+    """A backend running attempts as either kind, and the plural its workloads are stored as."""
+    settings = SETTINGS.model_copy(update={"kubernetes_workload": request.param})
+    with KubernetesBackend(
+        settings,
+        client.Configuration(host=cluster[0]),
+        request_timeout_s=REQUEST_TIMEOUT_S,
+        watch_timeout_s=2.0,
+    ) as backend:
+        yield backend, PLURALS[request.param]
 
 
 @pytest.fixture
@@ -133,15 +154,16 @@ def test_create_stores_the_rendered_pytorchjob_and_its_owned_config_map_and_secr
 
 
 def test_a_second_create_returns_false_and_stores_nothing_new(
-    backend: KubernetesBackend, k8s: EmulatorHandle
+    any_backend: tuple[KubernetesBackend, str], k8s: EmulatorHandle
 ) -> None:
+    backend, kind = any_backend
     backend.create(workload())
-    before = {plural: k8s.objects(plural) for plural in ("pytorchjobs", "configmaps", "secrets")}
+    before = {plural: k8s.objects(plural) for plural in (kind, "configmaps", "secrets")}
 
     assert backend.create(workload()) is False
 
-    after = {plural: k8s.objects(plural) for plural in ("pytorchjobs", "configmaps", "secrets")}
-    assert after == before
+    after = {plural: k8s.objects(plural) for plural in (kind, "configmaps", "secrets")}
+    assert after == before and len(before[kind]) == 1
 
 
 def test_a_name_taken_by_another_jobs_pytorchjob_is_a_permanent_error(
@@ -253,20 +275,22 @@ def test_observe_says_which_failures_are_worth_another_attempt(
     ],
 )
 def test_observe_asks_the_pods_when_the_condition_only_says_replicas_failed(
-    backend: KubernetesBackend,
+    any_backend: tuple[KubernetesBackend, str],
     k8s: EmulatorHandle,
     pod: dict[str, Any],
     retryable: bool,
     cause: str,
 ) -> None:
+    backend, kind = any_backend
     backend.create(workload())
-    job = k8s.get("pytorchjobs", "tiny-7-a0")
+    job = k8s.get(kind, "tiny-7-a0")
     assert job is not None
     k8s.add_pod(job, **pod)
     k8s.transition(
         "tiny-7-a0",
         "Failed",
-        message="PyTorchJob training/tiny-7-a0 has failed because 1 Master replica(s) failed.",
+        reason="ReplicasFailed" if kind == "trainjobs" else None,
+        message=f"{job['kind']} training/tiny-7-a0 has failed because 1 replica(s) failed.",
     )
 
     (status,) = backend.observe(7).values()
@@ -277,8 +301,9 @@ def test_observe_asks_the_pods_when_the_condition_only_says_replicas_failed(
 
 
 def test_observe_reports_every_attempt_of_the_job_and_no_other_job(
-    backend: KubernetesBackend, k8s: EmulatorHandle
+    any_backend: tuple[KubernetesBackend, str], k8s: EmulatorHandle
 ) -> None:
+    backend, _ = any_backend
     backend.create(workload(attempt=0))
     backend.create(workload(attempt=1))
     backend.create(workload(job_id=8))
@@ -354,19 +379,20 @@ def test_failure_classification_table(evidence: dict[str, str], retryable: bool)
 # --- delete ----------------------------------------------------------------------------------
 
 
-def test_delete_removes_the_pytorchjob_config_map_and_secret_and_a_second_delete_returns_false(
-    backend: KubernetesBackend, k8s: EmulatorHandle
+def test_delete_removes_the_workload_config_map_and_secret_and_a_second_delete_returns_false(
+    any_backend: tuple[KubernetesBackend, str], k8s: EmulatorHandle
 ) -> None:
+    backend, kind = any_backend
     backend.create(workload(attempt=0))
     backend.create(workload(attempt=1))
 
     assert backend.delete(7, 0) is True
 
-    assert k8s.names("pytorchjobs") == {"tiny-7-a1"}
+    assert k8s.names(kind) == {"tiny-7-a1"}
     assert k8s.names("configmaps") == {"tiny-7-a1-config"}
     assert k8s.names("secrets") == {"tiny-7-a1-token"}
     assert backend.delete(7, 0) is False
-    assert k8s.count("delete", "pytorchjobs") == 1
+    assert k8s.count("delete", kind) == 1
 
 
 def test_delete_of_what_was_never_created_returns_false(backend: KubernetesBackend) -> None:
@@ -511,16 +537,17 @@ def test_a_controller_killed_between_the_pytorchjob_and_the_config_map_converges
     assert k8s.count("create", "pytorchjobs") == 1  # found and adopted, not created again
 
 
-def test_a_config_map_left_by_an_earlier_pytorchjob_of_the_same_name_is_adopted(
-    backend: KubernetesBackend, k8s: EmulatorHandle
+def test_a_config_map_left_by_an_earlier_workload_of_the_same_name_is_adopted(
+    any_backend: tuple[KubernetesBackend, str], k8s: EmulatorHandle
 ) -> None:
+    backend, kind = any_backend
     backend.create(workload())
-    old_uid = k8s.get("pytorchjobs", "tiny-7-a0")["metadata"]["uid"]
-    k8s.remove("pytorchjobs", "tiny-7-a0")  # deleted by hand; the collector has not run yet
+    old_uid = k8s.get(kind, "tiny-7-a0")["metadata"]["uid"]
+    k8s.remove(kind, "tiny-7-a0")  # deleted by hand; the collector has not run yet
 
     assert backend.create(workload()) is True
 
-    new_uid = k8s.get("pytorchjobs", "tiny-7-a0")["metadata"]["uid"]
+    new_uid = k8s.get(kind, "tiny-7-a0")["metadata"]["uid"]
     assert new_uid != old_uid
     for plural, name in (("configmaps", "tiny-7-a0-config"), ("secrets", "tiny-7-a0-token")):
         owners = k8s.get(plural, name)["metadata"]["ownerReferences"]
@@ -531,15 +558,16 @@ def test_a_config_map_left_by_an_earlier_pytorchjob_of_the_same_name_is_adopted(
 
 
 def test_the_watch_calls_back_on_changes_and_observe_answers_from_its_cache(
-    backend: KubernetesBackend, k8s: EmulatorHandle
+    any_backend: tuple[KubernetesBackend, str], k8s: EmulatorHandle
 ) -> None:
+    backend, kind = any_backend
     backend.create(workload(job_id=7))
     backend.create(workload(job_id=8))
     changes = Recorder()
     backend.start_watch(changes, resync_s=60)
     assert backend.wait_for_sync(5)
     assert sorted(changes.calls) == [7, 8], "the first list calls back for every job"
-    lists = k8s.count("list", "pytorchjobs")
+    lists = k8s.count("list", kind)
 
     k8s.transition("tiny-7-a0", "Created")
     k8s.transition("tiny-7-a0", "Running")
@@ -548,7 +576,7 @@ def test_the_watch_calls_back_on_changes_and_observe_answers_from_its_cache(
     assert backend.observe(7)[0].phase == Phase.RUNNING
     assert backend.observe(8)[0].phase == Phase.PENDING
     assert backend.observe(9) == {}
-    assert k8s.count("list", "pytorchjobs") == lists, "observe made a list call"
+    assert k8s.count("list", kind) == lists, "observe made a list call"
 
     backend.delete(7, 0)
     assert eventually(lambda: backend.observe(7) == {})

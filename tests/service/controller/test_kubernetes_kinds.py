@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from service.controller.backends.kubernetes.kinds import WORKLOAD_KINDS, WorkloadKind, kind_of
+from service.controller.backends.kubernetes.kinds import (
+    PRETRAIN_WORKLOADS,
+    WORKLOAD_KINDS,
+    WorkloadKind,
+    kind_of,
+    workload_kinds,
+)
 from service.controller.manifests import DataWorkload, TokenizerWorkload, Workload
 from service.settings import Settings
 from service.spec import JOB_KINDS
@@ -48,11 +54,26 @@ def test_every_job_kind_has_a_row() -> None:
     assert set(WORKLOAD_KINDS) == set(JOB_KINDS) == set(WORKLOADS)
 
 
-@pytest.mark.parametrize("job_kind", sorted(WORKLOAD_KINDS))
-def test_a_row_renders_its_own_kind_and_what_it_owns_under_the_names_it_deletes(job_kind: str) -> None:
-    row: WorkloadKind = WORKLOAD_KINDS[job_kind]
-    workload = WORKLOADS[job_kind]
-    assert kind_of(workload) is row
+# Every row a backend may walk: the default table's, and the other ways to run a pretrain job.
+ROWS = {row.kind: row for row in [*WORKLOAD_KINDS.values(), *PRETRAIN_WORKLOADS.values()]}
+
+
+def test_settings_choose_what_a_pretrain_attempt_runs_as_and_nothing_else() -> None:
+    for choice, row in PRETRAIN_WORKLOADS.items():
+        kinds = workload_kinds(Settings(kubernetes_workload=choice))
+        assert kinds["pretrain"] is row
+        assert kind_of(WORKLOADS["pretrain"], kinds) is row
+        assert {k: v for k, v in kinds.items() if k != "pretrain"} == {
+            k: v for k, v in WORKLOAD_KINDS.items() if k != "pretrain"
+        }
+    assert workload_kinds(Settings()) == WORKLOAD_KINDS
+
+
+@pytest.mark.parametrize("kind", sorted(ROWS))
+def test_a_row_renders_its_own_kind_and_what_it_owns_under_the_names_it_deletes(kind: str) -> None:
+    row: WorkloadKind = ROWS[kind]
+    workload = WORKLOADS[row.job_kind]
+    assert isinstance(workload, row.workload_type)
 
     rendered = row.render(workload, SETTINGS)
     body = rendered[row.key]
@@ -65,12 +86,12 @@ def test_a_row_renders_its_own_kind_and_what_it_owns_under_the_names_it_deletes(
         assert "ownerReferences" not in rendered[owned.key]["metadata"]
 
 
-@pytest.mark.parametrize("job_kind", sorted(WORKLOAD_KINDS))
+@pytest.mark.parametrize("kind", sorted(ROWS))
 def test_rendered_with_an_owner_what_a_row_owns_names_the_reference_the_backend_adopts_with(
-    job_kind: str,
+    kind: str,
 ) -> None:
-    row = WORKLOAD_KINDS[job_kind]
-    workload = WORKLOADS[job_kind]
+    row = ROWS[kind]
+    workload = WORKLOADS[row.job_kind]
     rendered = row.render(workload, SETTINGS, owner_uid="uid-1")
     for owned in row.owns:
         references = rendered[owned.key]["metadata"]["ownerReferences"]

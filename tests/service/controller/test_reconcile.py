@@ -57,6 +57,16 @@ def test_a_created_workload_that_is_not_running_yet_changes_nothing():
     assert actions == [] and requeue is not None
 
 
+def test_a_queued_workload_is_waited_for_like_a_pending_one():
+    # Part B of issue 18 turns this into the move to the job's `queued` state.
+    actions, requeue = plan(desired(), observed(workload(0, Phase.QUEUED, reason="no quota")))
+    assert actions == [] and requeue is not None
+    cancelled, _ = plan(
+        desired(desired_state="cancelled"), observed(workload(0, Phase.QUEUED, reason="no quota"))
+    )
+    assert cancelled == [DeleteWorkload(0, why="the job is cancelled")]
+
+
 def test_a_running_workload_marks_the_attempt_running_once():
     actions, _ = plan(desired(), observed(workload(0, Phase.RUNNING)))
     assert actions == [RecordAttempt(0, "running")]

@@ -18,7 +18,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from service.controller.backends import PermanentBackendError, TemporaryBackendError
-from service.controller.backends.kubernetes.kinds import OwnedKind, WorkloadKind
+from service.controller.backends.kubernetes.kinds import KUEUE_WORKLOAD, OwnedKind, WorkloadKind
 
 
 class NamespacedCalls:
@@ -87,6 +87,24 @@ class NamespacedCalls:
             return False
         return True
 
+    def kueue_workloads(self, label_selector: str) -> list[dict[str, Any]]:
+        """Kueue's Workloads that match; none where Kueue is not installed (404) or the Role
+        does not let us read them (403): the workload's own Suspended condition says enough."""
+        try:
+            listing = self.custom.list_namespaced_custom_object(
+                KUEUE_WORKLOAD.group,
+                KUEUE_WORKLOAD.version,
+                self.namespace,
+                KUEUE_WORKLOAD.plural,
+                label_selector=label_selector,
+                _request_timeout=self.timeout,
+            )
+        except ApiException as exc:
+            if exc.status in (403, 404):
+                return []
+            raise
+        return listing.get("items", [])
+
     # --- what a workload owns -------------------------------------------------------------------
 
     def create_owned(self, owned: OwnedKind, body: Mapping[str, Any]) -> None:
@@ -150,8 +168,8 @@ def api_errors(what: str) -> Iterator[None]:
             raise TemporaryBackendError(message) from exc
         if status == 404:
             raise PermanentBackendError(
-                f"{message} (is the Training Operator's PyTorchJob CRD installed, and does "
-                "the namespace exist?)"
+                f"{message} (is the workload's CRD installed (the Training Operator's "
+                "PyTorchJob, Kubeflow Trainer's TrainJob), and does the namespace exist?)"
             ) from exc
         raise PermanentBackendError(message) from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:

@@ -26,10 +26,11 @@ from service.controller.backends.kubernetes.api import (
 from service.controller.backends.kubernetes.failures import classify_failure
 from service.controller.backends.kubernetes.informer import Informer
 from service.controller.backends.kubernetes.kinds import (
-    WORKLOAD_KINDS,
+    KUEUE_JOB_UID_LABEL,
     OwnedKind,
     WorkloadKind,
     kind_of,
+    workload_kinds,
 )
 from service.controller.backends.kubernetes.labels import (
     ATTEMPT_LABEL,
@@ -40,6 +41,7 @@ from service.controller.backends.kubernetes.labels import (
 )
 from service.controller.backends.kubernetes.status import (
     Ending,
+    kueue_reason,
     read_status,
     termination_messages,
 )
@@ -68,6 +70,7 @@ class KubernetesBackend:
         self._api = client.ApiClient(configuration)
         timeout = (request_timeout_s, request_timeout_s)
         self._calls = NamespacedCalls(self._api, self._namespace, timeout)
+        self._kinds = workload_kinds(settings)
         # One informer a watched kind (`WorkloadKind.watched`); the others are listed each time.
         self._informers = {
             row.job_kind: Informer(
@@ -77,7 +80,7 @@ class KubernetesBackend:
                 timeout=timeout,
                 watch_timeout_s=watch_timeout_s,
             )
-            for row in WORKLOAD_KINDS.values()
+            for row in self._kinds.values()
             if row.watched
         }
         # `_lock` guards the two memories below, which the informer's callbacks may reach.
@@ -112,7 +115,7 @@ class KubernetesBackend:
         is and its ConfigMap and Secret are completed and adopted. A workload of the same name
         that belongs to another job is a permanent error.
         """
-        kind = kind_of(workload)
+        kind = kind_of(workload, self._kinds)
         try:
             manifests = kind.render(workload, self._settings)
         except ValueError as exc:
@@ -149,7 +152,7 @@ class KubernetesBackend:
         ownership here, once: a controller killed between creating it and doing so left them
         unowned, and the restarted one has nothing left to create.
         """
-        row = WORKLOAD_KINDS[kind]
+        row = self._kinds[kind]
         informer = self._informers.get(kind)
         cached = informer.cached(job_id) if informer is not None else None
         workloads = cached if cached is not None else self._list(row, job_id)
@@ -161,6 +164,8 @@ class KubernetesBackend:
                 row.phase,
                 lambda condition, phase, obj=obj: self._ending(row, obj, condition, phase),
                 reads_outcome=row.outcome_container is not None,
+                suspended=row.suspended(obj),
+                queue_reason=lambda obj=obj: self._queue_reason(obj),
             )
             for attempt, obj in sorted(workloads.items())
         }
@@ -171,7 +176,7 @@ class KubernetesBackend:
         The collector would remove those two through their ownerReferences; deleting them here
         too makes the effect immediate and leaves nothing behind where no collector runs.
         """
-        row = WORKLOAD_KINDS[kind]
+        row = self._kinds[kind]
         workload = self._list(row, job_id).get(attempt)
         if workload is None:
             return False
@@ -256,11 +261,21 @@ class KubernetesBackend:
         return ending
 
     def _pods_of(self, kind: WorkloadKind, obj: Mapping[str, Any]) -> list[dict[str, Any]]:
-        job_id, attempt = identity(obj) or (None, None)
+        selector = kind.pods_selector(obj)
         with api_errors(f"list pods of {kind.kind} {obj['metadata']['name']}"):
-            pods = self._calls.pods(f"{JOB_ID_LABEL}={job_id},{ATTEMPT_LABEL}={attempt}")
-        wanted = {JOB_ID_LABEL: str(job_id), ATTEMPT_LABEL: str(attempt)}
+            pods = self._calls.pods(selector)
+        # Filtered here too: a selector the server ignores must not leak other pods in.
+        wanted = dict(term.split("=", 1) for term in selector.split(","))
         return [pod for pod in pods if all(labels(pod).get(k) == v for k, v in wanted.items())]
+
+    def _queue_reason(self, obj: Mapping[str, Any]) -> str | None:
+        """Why Kueue holds the workload, from Kueue's Workload for it; None if it says nothing."""
+        uid = (obj.get("metadata") or {}).get("uid")
+        if not uid:
+            return None
+        with api_errors(f"list Kueue workloads of {obj['metadata']['name']}"):
+            found = self._calls.kueue_workloads(f"{KUEUE_JOB_UID_LABEL}={uid}")
+        return kueue_reason(found, uid)
 
     # --- what a workload owns ------------------------------------------------------------------
 

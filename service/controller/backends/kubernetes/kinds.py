@@ -6,9 +6,13 @@ whether the informer watches it and which container's termination message carrie
 trainer's outcome lines. What a workload owns (its ConfigMap and Secret) is a row of its own:
 named after the workload, created before it, owned by it and deleted with it.
 
-Adding a kind (say Kubeflow Trainer v2's `TrainJob`) is a module in `manifests/` whose builder
-returns `{key: workload, "configmap": ..., "secret": ...}` and names the kind as owner, a phase
-function in `status.py` for its conditions, and a row here.
+Adding a kind is a module in `manifests/` whose builder returns `{key: workload, "configmap":
+..., "secret": ...}` and names the kind as owner, a phase function in `status.py` for its
+conditions, and a row here. A pretrain job's attempt runs as one of two rows, chosen per install
+(`Settings.kubernetes_workload`): a Training Operator `PyTorchJob` (the default) or a Trainer v2
+`TrainJob`; `workload_kinds(settings)` is the table a backend walks.
+
+Kueue's `Workload` objects are read, never written: why a queued workload waits.
 """
 
 from __future__ import annotations
@@ -19,13 +23,21 @@ from typing import Any
 
 from kubernetes import client
 
-from service.controller.backends.kubernetes.status import batch_job_phase, workload_phase
+from service.controller.backends.kubernetes.labels import attempt_selector, identity
+from service.controller.backends.kubernetes.status import (
+    batch_job_phase,
+    trainjob_phase,
+    workload_phase,
+)
 from service.controller.manifests import (
     BATCH_JOB_API_VERSION,
     BATCH_JOB_KIND,
     CONTAINER_NAME,
     PYTORCHJOB_API_VERSION,
     PYTORCHJOB_KIND,
+    TRAINJOB_API_VERSION,
+    TRAINJOB_CONTAINER_NAME,
+    TRAINJOB_KIND,
     AnyWorkload,
     DataWorkload,
     TokenizerWorkload,
@@ -33,8 +45,10 @@ from service.controller.manifests import (
     render_data_manifests,
     render_manifests,
     render_tokenizer_manifests,
+    render_trainjob_manifests,
 )
 from service.controller.reconcile import Phase
+from service.settings import Settings
 from service.spec import DATA_KIND, PRETRAIN_KIND, TOKENIZER_KIND
 
 Render = Callable[..., dict[str, dict[str, Any]]]
@@ -100,6 +114,10 @@ class WorkloadKind:
     watched: bool  # the informer keeps a cache of these; else `observe` lists them each time
     outcome_container: str | None  # whose termination message holds the trainer's outcome lines
     owns: tuple[OwnedKind, ...] = (CONFIG_MAP, SECRET)  # in the order they are created
+    suspended: Callable[[Mapping[str, Any]], bool] = lambda obj: _spec_flag(obj, "suspend")
+    """Whether the stored object is held suspended (by a queue, until admitted)."""
+    pods_selector: Callable[[Mapping[str, Any]], str] = lambda obj: _attempt_pods(obj)
+    """The label selector of its pods."""
 
     @property
     def group(self) -> str:
@@ -121,6 +139,18 @@ class WorkloadKind:
         }
 
 
+def _spec_flag(obj: Mapping[str, Any], *path: str) -> bool:
+    node: Any = obj.get("spec") or {}
+    for key in path:
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node is True
+
+
+def _attempt_pods(obj: Mapping[str, Any]) -> str:
+    job_id, attempt = identity(obj) or (-1, -1)
+    return attempt_selector(job_id, attempt)
+
+
 PYTORCHJOB = WorkloadKind(
     job_kind=PRETRAIN_KIND,
     workload_type=Workload,
@@ -137,6 +167,24 @@ PYTORCHJOB = WorkloadKind(
     propagation_policy="Foreground",
     watched=True,
     outcome_container=CONTAINER_NAME,
+    suspended=lambda obj: _spec_flag(obj, "runPolicy", "suspend"),
+)
+TRAINJOB = WorkloadKind(
+    job_kind=PRETRAIN_KIND,
+    workload_type=Workload,
+    api_version=TRAINJOB_API_VERSION,
+    kind=TRAINJOB_KIND,
+    plural="trainjobs",
+    key="trainjob",
+    render=render_trainjob_manifests,
+    phase=trainjob_phase,
+    # Foreground, as for a PyTorchJob: its JobSet's pods save on SIGTERM before it goes.
+    propagation_policy="Foreground",
+    watched=True,
+    outcome_container=TRAINJOB_CONTAINER_NAME,
+    # JobSet labels every pod with its name, which is the TrainJob's; the TrainJob's own
+    # labels reach its JobSet and Jobs, not necessarily their pods.
+    pods_selector=lambda obj: f"jobset.sigs.k8s.io/jobset-name={obj['metadata']['name']}",
 )
 BATCH_JOB = WorkloadKind(
     job_kind=TOKENIZER_KIND,
@@ -162,12 +210,48 @@ DATA_BATCH_JOB = replace(
 WORKLOAD_KINDS: dict[str, WorkloadKind] = {
     row.job_kind: row for row in (PYTORCHJOB, BATCH_JOB, DATA_BATCH_JOB)
 }
-"""By the spec's job kind: the table the backend walks."""
+"""By the spec's job kind: the default table (pretrain attempts as PyTorchJobs)."""
+
+PRETRAIN_WORKLOADS: dict[str, WorkloadKind] = {
+    "kubeflow-pytorchjob": PYTORCHJOB,
+    "kubeflow-trainer": TRAINJOB,
+}
+"""What a pretrain attempt runs as, by `Settings.kubernetes_workload`."""
 
 
-def kind_of(workload: AnyWorkload) -> WorkloadKind:
-    """The row that runs this workload."""
-    for row in WORKLOAD_KINDS.values():
+@dataclass(frozen=True)
+class ReadKind:
+    """An object the backend only reads (lists), by group, version and plural."""
+
+    api_version: str
+    kind: str
+    plural: str
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def version(self) -> str:
+        return self.api_version.rpartition("/")[2]
+
+
+# Kueue's record of a queued workload (found by the `kueue.x-k8s.io/job-uid` label), whose
+# conditions say why it waits.
+KUEUE_WORKLOAD = ReadKind("kueue.x-k8s.io/v1beta1", "Workload", "workloads")
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+
+
+def workload_kinds(settings: Settings) -> dict[str, WorkloadKind]:
+    """The table a backend with these settings walks: by the spec's job kind."""
+    return WORKLOAD_KINDS | {PRETRAIN_KIND: PRETRAIN_WORKLOADS[settings.kubernetes_workload]}
+
+
+def kind_of(
+    workload: AnyWorkload, kinds: Mapping[str, WorkloadKind] = WORKLOAD_KINDS
+) -> WorkloadKind:
+    """The row of `kinds` that runs this workload."""
+    for row in kinds.values():
         if isinstance(workload, row.workload_type):
             return row
     raise TypeError(f"no workload kind runs a {type(workload).__name__}")

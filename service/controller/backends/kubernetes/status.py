@@ -1,7 +1,9 @@
 """What a workload's status says: its phase, and how it ended, as the controller's `WorkloadStatus`.
 
-Each kind's phase function reads its own conditions (a PyTorchJob's, a batch Job's); the rest
-is the same for every kind: a finished workload's pods are read once for how it ended.
+Each kind's phase function reads its own conditions (a PyTorchJob's, a TrainJob's, a batch
+Job's); the rest is the same for every kind: a finished workload's pods are read once for how
+it ended, and a suspended one waits for a queue (Kueue) to admit it, for the reason the queue
+gives.
 """
 
 from __future__ import annotations
@@ -50,6 +52,28 @@ def workload_phase(status: Mapping[str, Any]) -> tuple[Phase, dict[str, Any] | N
     return _CONDITION_PHASES[latest["type"]], latest
 
 
+def trainjob_phase(status: Mapping[str, Any]) -> tuple[Phase, dict[str, Any] | None]:
+    """The phase a Trainer v2 TrainJob's status says, and the condition that says it.
+
+    Its conditions are `Created`, `Suspended`, `Complete` and `Failed`; `Complete` or `Failed`
+    (status "True") are final. It has no `Running` condition: a TrainJob runs once a child Job
+    of its JobSet has a ready pod (or an active one, where ready pods are not counted).
+    """
+    conditions = [c for c in status.get("conditions") or [] if c.get("status") == "True"]
+    by_type = {c.get("type"): dict(c) for c in conditions}
+    if "Failed" in by_type:
+        return Phase.FAILED, by_type["Failed"]
+    if "Complete" in by_type:
+        return Phase.SUCCEEDED, by_type["Complete"]
+    if "Suspended" in by_type:
+        return Phase.PENDING, by_type["Suspended"]
+    for job in status.get("jobsStatus") or []:
+        ready = job.get("ready")
+        if (ready if ready is not None else job.get("active")) or 0:
+            return Phase.RUNNING, None
+    return Phase.PENDING, by_type.get("Created")
+
+
 def batch_job_phase(status: Mapping[str, Any]) -> tuple[Phase, dict[str, Any] | None]:
     """The phase a batch Job's status says, and the final condition that says it.
 
@@ -93,12 +117,22 @@ def read_status(
     ending_of: Callable[[Mapping[str, Any], Phase], Ending],
     *,
     reads_outcome: bool,
+    suspended: bool = False,
+    queue_reason: Callable[[], str | None] = lambda: None,
 ) -> WorkloadStatus:
     """The workload's status by its kind's `phase_of`; `ending_of(condition, phase)` reads how it
-    ended, for a failure, and for a success where the kind's pods carry the trainer's outcome."""
+    ended, for a failure, and for a success where the kind's pods carry the trainer's outcome.
+
+    A `suspended` workload that has not ended is queued: `queue_reason()` says why (the queue's
+    word), else its own Suspended condition does."""
     name = obj["metadata"]["name"]
     _, attempt = identity(obj) or (0, 0)
     phase, condition = phase_of(obj.get("status") or {})
+    if suspended and phase in (Phase.PENDING, Phase.RUNNING, Phase.RESTARTING):
+        reason = queue_reason()
+        if reason is None and condition is not None and condition.get("type") == "Suspended":
+            reason = condition_text(condition)
+        return WorkloadStatus(name, attempt, Phase.QUEUED, reason or "suspended until a queue admits it")
     if phase == Phase.FAILED or (phase == Phase.SUCCEEDED and reads_outcome):
         ending = ending_of(condition or {}, phase)
         outcome = ending.outcome if reads_outcome else None
@@ -112,6 +146,27 @@ def read_status(
     if condition is not None and condition.get("type") in ("Restarting", "Suspended"):
         reason = condition_text(condition)
     return WorkloadStatus(name, attempt, phase, reason)
+
+
+def kueue_reason(kueue_workloads: Sequence[Mapping[str, Any]], uid: str | None) -> str | None:
+    """Why Kueue has not admitted the workload of this uid, from its Kueue `Workload`.
+
+    Its `QuotaReserved` condition, while not "True", says what quota is missing ("couldn't assign
+    flavors to pod set ...: insufficient quota ..."); with quota reserved, a not yet "True"
+    `Admitted` says what admission still waits for (admission checks).
+    """
+    for workload in kueue_workloads:
+        owners = (workload.get("metadata") or {}).get("ownerReferences") or []
+        if uid is not None and owners and not any(o.get("uid") == uid for o in owners):
+            continue
+        conditions = {c.get("type"): c for c in (workload.get("status") or {}).get("conditions") or []}
+        for kind in ("QuotaReserved", "Admitted"):
+            condition = conditions.get(kind)
+            if condition is not None and condition.get("status") != "True" and condition.get("message"):
+                return str(condition["message"])
+        if "QuotaReserved" not in conditions:
+            return "waiting for Kueue to reserve quota"
+    return None
 
 
 def termination_messages(pods: Sequence[Mapping[str, Any]], container: str) -> list[str]:
