@@ -294,12 +294,12 @@ def _boundary_steps(session: Session, job_id: int, attempt: int, limit: int | No
     base = select(MetricPoint.step).where(
         MetricPoint.job_id == job_id, MetricPoint.attempt == attempt, MetricPoint.name == STEP_END
     )
-    wanted = {
-        session.scalar(base.order_by(MetricPoint.step).limit(1)),
-        session.scalar(base.order_by(MetricPoint.step.desc()).limit(1)),
-    }
+    # Ordered as the (job, attempt, step, name) unique index is: each lookup is one index seek,
+    # however many points the job has.
+    first, last = (MetricPoint.attempt, MetricPoint.step), (MetricPoint.attempt.desc(), MetricPoint.step.desc())
+    wanted = {session.scalar(base.order_by(*first).limit(1)), session.scalar(base.order_by(*last).limit(1))}
     if limit is not None:
-        wanted.add(session.scalar(base.where(MetricPoint.step < limit).order_by(MetricPoint.step.desc()).limit(1)))
+        wanted.add(session.scalar(base.where(MetricPoint.step < limit).order_by(*last).limit(1)))
     wanted.discard(None)
     if not wanted:
         return []
