@@ -69,7 +69,7 @@ class JobPublic(BaseModel):
     progress: JobProgress | None = Field(
         None,
         description="Steps done of all stages, recent tokens/s and ETA, from the newest reports; null for "
-        "tokenizer and data jobs, and in the answers of actions (cancel, pause, resume).",
+        "tokenizer and data jobs.",
     )
     created_at: datetime
     updated_at: datetime

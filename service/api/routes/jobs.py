@@ -67,7 +67,7 @@ async def submit_job(
 
 
 def _store(session, submission, principal) -> JobPublic:
-    return JobPublic.model_validate(jobs.store_submission(session, submission, principal=principal))
+    return public_job(session, jobs.store_submission(session, submission, principal=principal))
 
 
 @router.get("", response_model=JobsPublic)
@@ -92,7 +92,7 @@ def list_jobs(
     )
     latest = progress.latest_rows(session, [j.id for j in page.items])
     return JobsPublic(
-        data=[_public(j, progress.progress(j, latest[j.id])) for j in page.items],
+        data=[public_job(session, j, latest[j.id]) for j in page.items],
         count=page.count,
         next_cursor=page.next_cursor,
     )
@@ -101,8 +101,7 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobPublic, responses={404: {"description": "No such job."}})
 def get_job(job_id: JobId, session: SessionDep, _: ViewerDep) -> JobPublic:
     """One job with its attempts, derived fields, plan and progress."""
-    job = repo.get_job(session, job_id=job_id)
-    return _public(job, progress.job_progress(session, job))
+    return public_job(session, repo.get_job(session, job_id=job_id))
 
 
 @router.get("/{job_id}/goodput", response_model=GoodputPublic, responses={404: {"description": "No such job."}})
@@ -126,9 +125,12 @@ def get_job_goodput(job_id: JobId, session: SessionDep, _: ViewerDep) -> Goodput
     )
 
 
-def _public(job, job_progress) -> JobPublic:
+def public_job(session, job, latest: dict | None = None) -> JobPublic:
+    """The job as the API shows it, with its progress (from `latest` rows when read for a page)."""
     public = JobPublic.model_validate(job)
-    public.progress = job_progress
+    if latest is None:
+        latest = progress.latest_rows(session, [job.id])[job.id]
+    public.progress = progress.progress(job, latest)
     return public
 
 
@@ -228,14 +230,14 @@ def report_result(
             [{"type": "value_error", "loc": ("body", "path"), "msg": problem, "input": body.path}]
         )
     job = jobs.record_result(session, job_id=job_id, actor=principal.name, **body.model_dump())
-    return JobPublic.model_validate(job)
+    return public_job(session, job)
 
 
 def _act(action, change: str, job_id: int, session, notifier, principal, body: ActionReason | None) -> JobPublic:
     """Run a state change with its reason, then have the job reconciled at once."""
     job = action(session, job_id=job_id, principal=principal, reason=body.reason if body else None)
     notifier.job_changed(job.id, f"{change}-{job.updated_at.timestamp()}")
-    return JobPublic.model_validate(job)
+    return public_job(session, job)
 
 
 def _page_size(settings, limit: int | None) -> int:
