@@ -15,7 +15,13 @@ import click
 from pretrainctl import server
 from pretrainctl.client import ApiClient, ApiError
 from pretrainctl.config import ClientSettings
-from pretrainctl.output import exit_on_api_error, print_data, show_job_data
+from pretrainctl.output import (
+    exit_on_api_error,
+    print_data,
+    progress_line,
+    show_goodput,
+    show_job_data,
+)
 
 # The server's enums as the wire carries them (tests/pretrainctl check that they agree).
 JOB_STATES = ("pending", "running", "paused", "cancelling", "succeeded", "failed", "cancelled")
@@ -162,6 +168,8 @@ def _show_job(job: dict[str, Any]) -> None:
         report = result.get("report") or {}
         if {"documents", "tokens", "tokenizer"} <= set(report):  # a data job's sidecar
             click.echo(f"  prepared   {report['documents']:,} documents, {report['tokens']:,} tokens ({report.get('dtype')}) with tokenizer {report['tokenizer']}")
+    if progress := job.get("progress"):
+        click.echo(f"  progress   {progress_line(progress)}")
     for attempt in job["attempts"]:
         click.echo(f"  attempt {attempt['number']}  {attempt['state']:<10} {attempt['reason']}")
     for warning in job["warnings"]:
@@ -177,6 +185,17 @@ def data(ctx: click.Context, job_id: int, as_json: bool) -> None:
     with api(ctx) as client:
         account = client.job_data(job_id)
     print_data(account, as_json, show_job_data)
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def goodput(ctx: click.Context, job_id: int, as_json: bool) -> None:
+    """Where the job's wall time went: productive, lost, checkpoint, startup, queued, stalled, other."""
+    with api(ctx) as client:
+        result = client.goodput(job_id)
+    print_data(result, as_json, show_goodput)
 
 
 @cli.command("list")

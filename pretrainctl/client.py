@@ -99,6 +99,9 @@ class ApiClient:
     def job_data(self, job_id: int) -> dict[str, Any]:
         return self._call("GET", f"/v1/jobs/{job_id}/data")
 
+    def goodput(self, job_id: int) -> dict[str, Any]:
+        return self._call("GET", f"/v1/jobs/{job_id}/goodput")
+
     def checkpoints(self, job_id: int) -> list[dict[str, Any]]:
         return self._call("GET", f"/v1/jobs/{job_id}/checkpoints")
 

@@ -29,8 +29,9 @@ from typing import Any, TextIO
 import httpx
 import yaml
 
-from pretrainctl import run_report
+from pretrainctl import goodput_report, run_report
 from pretrainctl.client import ApiClient
+from pretrainctl.output import progress_line
 
 DEMO_SPEC = Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"
 TERMINAL_STATES = ("succeeded", "failed", "cancelled", "paused")
@@ -134,6 +135,10 @@ def conclusion(result: DemoResult) -> list[str]:
             f"{channel} {_share(shares['planned'])}/{_share(shares['consumed'])}" for channel, shares in mix.items()
         )
         lines.append(f"   data mix planned/consumed: {shares}")
+    if figures := job.get("goodput"):
+        lines.append(f"   {goodput_report.line(figures)}")
+    if progress := job.get("progress"):
+        lines.append(f"   progress: {progress_line(progress)}")
     lines.append(f"== report: {result.report_path}")
     if not result.ok:
         lines.append("!! the demo did not show an automatic rollback followed by a finished run")

@@ -117,3 +117,42 @@ def _tokens(count: int) -> str:
         if count >= bound:
             return f"{count / bound:.1f}{suffix}"
     return str(count)
+
+
+def progress_line(progress: dict[str, Any]) -> str:
+    """Steps done of all stages, the pace and when it should end, on one line."""
+    line = f"{progress['steps_done']}/{progress['total_steps']} steps ({progress['percent']:.1f}%)"
+    if progress.get("tokens_per_s") is not None:
+        line += f", {progress['tokens_per_s']:,.0f} tokens/s"
+    if progress.get("eta_s") is not None:
+        line += f", ETA {duration(progress['eta_s'])}"
+    return line
+
+
+def show_goodput(goodput: dict[str, Any]) -> None:
+    """`pretrainctl goodput`: where the wall time went, per category, and the plan beside it."""
+    click.echo(
+        f"job {goodput['job_id']} ({goodput['state']}): goodput {goodput['goodput']:.1%} of "
+        f"{duration(goodput['wall_s'])} wall time"
+    )
+    for name, category in goodput["categories"].items():
+        click.echo(f"  {name:<11} {duration(category['seconds']):>10} {category['fraction']:>7.1%}")
+    if goodput["lost_steps"]:
+        click.echo(f"  {goodput['lost_steps']} steps trained and thrown away")
+    planned = goodput.get("planned_training_s")
+    click.echo(
+        f"  training   {duration(goodput['realised_training_s'])} realised"
+        + (f", {duration(planned)} planned" if planned is not None else "")
+    )
+
+
+def duration(seconds: float) -> str:
+    """4.2s, 3m12s, 5h03m, 2d04h."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours == 0:
+        return f"{minutes}m{secs:02d}s"
+    days, hours = divmod(hours, 24)
+    return f"{hours}h{minutes:02d}m" if days == 0 else f"{days}d{hours:02d}h"

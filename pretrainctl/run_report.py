@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pretrainctl import goodput_report
 from pretrainctl.client import ApiClient, ApiError
 
 LOSS_PREFIX = "loss/"
@@ -37,6 +38,8 @@ class RunData:
     points: list[dict[str, Any]]
     # GET /v1/jobs/{id}/data: tokens per channel, planned against consumed (None: not served).
     data: dict[str, Any] | None = None
+    # GET /v1/jobs/{id}/goodput (None: not served).
+    goodput: dict[str, Any] | None = None
 
     def series(self, name: str, attempt: int) -> list[tuple[int, float]]:
         """(step, value) of one metric of one attempt, finite values only, by step."""
@@ -94,6 +97,10 @@ class Summary:
     # channel -> {"planned": share of the plan's tokens by the last step, "consumed": share of
     # the tokens the trainer reported consumed}; empty when the job reported none.
     data_mix: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    # goodput_report.summary: seconds per category, ratio, planned vs realised; None: not served.
+    goodput: dict[str, Any] | None = None
+    # The job's progress object (steps done, percent, tokens/s, ETA), as the API gave it.
+    progress: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -117,7 +124,17 @@ def collect(client: ApiClient, job_id: int) -> RunData:
         if exc.status_code not in (404, 409):
             raise
         data = None
-    return RunData(job=job, events=events, points=points, data=data)
+    return RunData(job=job, events=events, points=points, data=data, goodput=_optional(client.goodput, job_id))
+
+
+def _optional(read, job_id: int) -> dict[str, Any] | None:
+    """What a route added later answers, or None from a server that predates it."""
+    try:
+        return read(job_id)
+    except ApiError as exc:
+        if exc.status_code == 404 and exc.detail == "Not Found":  # FastAPI's own: no such route
+            return None
+        raise
 
 
 def summarize(run: RunData) -> Summary:
@@ -160,6 +177,8 @@ def summarize(run: RunData) -> Summary:
             for channel in (run.data or {}).get("channels", [])
             if channel["tokens_consumed"] is not None
         },
+        goodput=goodput_report.summary(run.goodput),
+        progress=run.job.get("progress"),
     )
 
 
@@ -324,6 +343,7 @@ def render_html(run: RunData, *, baseline: RunData | None = None, title: str | N
         for channel in run.channels()
     ]
     sections.append("<h2>Eval perplexity per channel</h2>" + "".join(ppl_charts))
+    sections.append(goodput_report.html_section(run.goodput, run.job.get("progress")))
     sections.append(_data_section(run.data))
     sections.append(_events_section(run.events))
     sections.append(_plan_section(run.job))

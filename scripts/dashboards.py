@@ -328,7 +328,8 @@ def throughput() -> dashboard.Dashboard:
     board = new_dashboard(
         "pretrain-throughput",
         "Pretraining / Throughput",
-        "How fast live jobs train: tokens per second, model FLOPs utilisation, step time.",
+        "How fast live jobs train and how far they are: tokens per second, model FLOPs utilisation, step time, "
+        "progress and ETA, and goodput (where the wall time went).",
     ).with_variable(job_variable())
 
     def train_metric(name: str) -> prometheus.Dataquery:
@@ -352,6 +353,35 @@ def throughput() -> dashboard.Dashboard:
             line_panel(
                 "Step time", "Wall time of the newest optimizer step.", train_metric("throughput/step_time_s"), unit="s"
             ),
+            line_panel(
+                "Progress",
+                "Steps trained over all the job's steps (falls back with a rollback); dashed: seconds left at the "
+                "newest step time (right axis).",
+                query(per_job("pretrain_progress_ratio"), "{{name}}", "A"),
+                query(per_job("pretrain_eta_seconds"), "{{name}} ETA", "B"),
+                unit="percentunit",
+            )
+            .min(0)
+            .override_by_query("B", [*DASHED, model.DynamicConfigValue(id_val="unit", value="s"),
+                                     model.DynamicConfigValue(id_val="custom.axisPlacement", value="right")]),  # fmt: skip
+            line_panel(
+                "Goodput: where the wall time went",
+                "Each job's wall time so far by category (stacked): productive training, lost (work redone after "
+                "rollbacks, pod failures, preemptions and stalls), checkpoint save and load, stalled, queued, "
+                "startup, other. `pretrainctl goodput JOB` has the same split.",
+                query(per_job("pretrain_goodput_seconds", "category"), "{{name}} · {{category}}"),
+                unit="s",
+            )
+            .fill_opacity(60)
+            .stacking(common.StackingConfig().mode(StackingMode.NORMAL)),
+            line_panel(
+                "Goodput",
+                "Productive share of each job's wall time so far: training whose work is in the model.",
+                query(per_job("pretrain_goodput_ratio"), "{{name}}"),
+                unit="percentunit",
+            )
+            .min(0)
+            .max(1),
             line_panel(
                 "Tokens seen",
                 "Tokens each job had trained on at its newest report.",

@@ -1,8 +1,9 @@
 """Prometheus: what the dashboards and alerts read, computed from the database at scrape time.
 
 A scrape reads jobs, attempts, events and `latest_metrics` (each live job's newest point per
-metric, kept by ingest), never the metric points: its work grows with the live jobs and their
-metric names, not with how much they have reported.
+metric, kept by ingest), never whole series of metric points: its work grows with the live jobs,
+their attempts and metric names, not with how much they have reported. (Goodput reads a few
+points per attempt and per checkpoint, by index: `service.goodput.job_goodput`.)
 
 Per-job series cover live jobs only (pending, running, paused, cancelling), so label
 cardinality stays bounded: a finished job leaves the exporter. They carry the job's id as
@@ -20,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import data_accounting
+from service import data_accounting, goodput, progress
 from service.db.models import Attempt, Event, Job, JobState, LatestMetric, utcnow
 from service.lifecycle import ACTIVE_JOB_STATES
 from service.spec import JobSpec
@@ -49,6 +50,7 @@ class ServiceCollector:
             yield from self._rollbacks(session)
             yield from self._skipped_steps(session)
             yield from self._ingest_lag(session)
+            yield from self._progress_and_goodput(session)
 
     def _jobs(self, session: Session):
         jobs = GaugeMetricFamily("pretrain_jobs", "Jobs by state.", labels=["state"])
@@ -194,6 +196,31 @@ class ServiceCollector:
                 newest = newest if newest.tzinfo else newest.replace(tzinfo=UTC)
                 lag.add_metric([str(job_id), job_name], max(0.0, (now - newest).total_seconds()))
         yield lag
+
+    def _progress_and_goodput(self, session: Session):
+        labels = ["job_id", "name"]
+        done = GaugeMetricFamily("pretrain_progress_ratio", "Steps a live job has trained over all its steps.", labels=labels)
+        eta = GaugeMetricFamily("pretrain_eta_seconds", "Seconds a live job has left at its newest step time.", labels=labels)
+        seconds = GaugeMetricFamily(
+            "pretrain_goodput_seconds",
+            "Where a live job's wall time went so far: productive, lost, checkpoint, stalled, queued, startup, other.",
+            labels=[*labels, "category"],
+        )
+        ratio = GaugeMetricFamily("pretrain_goodput_ratio", "Productive share of a live job's wall time so far.", labels=labels)
+        live = list(session.scalars(select(Job).where(Job.state.in_(ACTIVE_JOB_STATES)).order_by(Job.id)))
+        latest = progress.latest_rows(session, [job.id for job in live])
+        now = utcnow()
+        for job in live:
+            key = [str(job.id), job.name]
+            if (shown := progress.progress(job, latest[job.id], now=now)) is not None:
+                done.add_metric(key, shown.percent / 100)
+                if shown.eta_s is not None:
+                    eta.add_metric(key, shown.eta_s)
+            split = goodput.job_goodput(session, job, now=now)
+            for category, value in split.seconds.items():
+                seconds.add_metric([*key, category], value)
+            ratio.add_metric(key, split.ratio)
+        yield from (done, eta, seconds, ratio)
 
 
 # A job's stage mixes by (id, spec hash): a scrape parses a live job's spec once, not every time.

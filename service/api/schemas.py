@@ -17,6 +17,8 @@ from pydantic import (
 from typing_extensions import TypedDict  # pydantic reads TypedDicts from here below Python 3.12
 
 from service.db.models import Role
+from service.goodput import CATEGORIES
+from service.progress import JobProgress
 
 # Postgres cannot store U+0000 in text; free-text fields refuse it at the edge.
 NO_NUL = r"^[^\x00]*$"
@@ -64,9 +66,39 @@ class JobPublic(BaseModel):
         "Null until then.",
     )
     attempts: list[AttemptPublic]
+    progress: JobProgress | None = Field(
+        None,
+        description="Steps done of all stages, recent tokens/s and ETA, from the newest reports; null for "
+        "tokenizer and data jobs.",
+    )
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+
+
+class GoodputCategory(BaseModel):
+    seconds: float
+    fraction: float = Field(description="Of the wall time.")
+
+
+class GoodputPublic(BaseModel):
+    """Where a job's wall time went; the categories add up to `wall_s`."""
+
+    job_id: int
+    state: str
+    started_at: datetime = Field(description="When the job was submitted.")
+    ended_at: datetime = Field(description="When it finished, or now while it is active.")
+    wall_s: float
+    goodput: float = Field(description="productive / wall: the share of the wall time that went into the final model.")
+    categories: dict[str, GoodputCategory] = Field(
+        description=f"Seconds and fraction per category: {', '.join(CATEGORIES)}. productive: training whose "
+        "work survives; lost: training thrown away by a rollback, or past the last checkpoint at a pod failure, "
+        "preemption or stall; checkpoint: saves and loads; stalled: last step to the stall verdict; queued: "
+        "waiting for admission; startup: opening to first step; other: the rest (teardown, detection, pauses)."
+    )
+    lost_steps: int = Field(description="Steps trained and then thrown away.")
+    planned_training_s: float | None = Field(description="The planner's estimate of the training time (its days), null without a plan.")
+    realised_training_s: float = Field(description="Training time that went into the model so far: the productive seconds.")
 
 
 class JobsPublic(BaseModel):

@@ -25,7 +25,8 @@ from tests.dashboards.queries import (
 EXPECTED_PANELS = {
     "pretrain-channel-loss": ["Loss by channel", "Loss over tokens: ${job:text}", "Tokens seen", "Gradient norm"],
     "pretrain-perplexity": ["Eval perplexity by channel", "Latest eval perplexity"],
-    "pretrain-throughput": ["Tokens per second", "Model FLOPs utilisation", "Step time", "Tokens seen",
+    "pretrain-throughput": ["Tokens per second", "Model FLOPs utilisation", "Step time", "Progress",
+                            "Goodput: where the wall time went", "Goodput", "Tokens seen",
                             "Tokens consumed per source", "Planned vs realised mix"],
     "pretrain-fleet": ["Jobs by state", "Attempts by reason", "Rollbacks", "Verdicts", "Ingest lag", "Ingested points per second"],
 }

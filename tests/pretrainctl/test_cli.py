@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -111,6 +112,14 @@ def test_serve_with_no_configuration_accepts_the_tiny_example(embedded_server):
 
     shown = pretrainctl("get", str(job["id"]), cwd=cwd, env=env)
     assert shown.returncode == 0 and f"job {job['id']}" in shown.stdout and "attempt 0" in shown.stdout
+    assert re.search(r"progress   \d+/\d+ steps \(", shown.stdout), shown.stdout  # of all stages
+
+    goodput = pretrainctl("goodput", str(job["id"]), "--json", cwd=cwd, env=env)
+    assert goodput.returncode == 0, goodput.stderr
+    split = json.loads(goodput.stdout)
+    assert sum(c["seconds"] for c in split["categories"].values()) == pytest.approx(split["wall_s"], abs=1e-6)
+    said = pretrainctl("goodput", str(job["id"]), cwd=cwd, env=env).stdout
+    assert f"job {job['id']} (" in said and "goodput" in said and "startup" in said and "planned" in said
 
     listed = pretrainctl("list", cwd=cwd, env=env)
     assert job["name"] in listed.stdout and "1 of 1 jobs" in listed.stdout

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -84,7 +86,14 @@ def scrape_statements(sessions) -> tuple[list[str], dict[tuple[str, frozenset], 
     return statements, exported
 
 
-def test_a_scrape_reads_no_metric_point_and_its_queries_do_not_grow_with_them(settings, tiny_spec):
+def only_goodput_lookups(statements: list[str]) -> bool:
+    """Points are read only by goodput's lookups: index seeks for an attempt's first and last step
+    (LIMIT 1), and the job's checkpoint save and load timings by name (a few per checkpoint)."""
+    reads = [statement for statement in statements if "metric_points" in statement]
+    return all("LIMIT" in statement or "metric_points.name IN" in statement for statement in reads)
+
+
+def test_a_scrape_reads_no_series_of_metric_points_and_its_queries_do_not_grow_with_them(settings, tiny_spec):
     sessions = get_sessionmaker(settings.resolved_database_url)
     tiny_spec["stages"][0]["tokens"] *= 40  # room for 6,400 steps
     with sessions() as session:
@@ -98,7 +107,7 @@ def test_a_scrape_reads_no_metric_point_and_its_queries_do_not_grow_with_them(se
     many, after = scrape_statements(sessions)
 
     assert few and many == few  # the same queries, whether 10 points are stored or 6,010
-    assert not [statement for statement in many if "metric_points" in statement]
+    assert only_goodput_lookups(many)
     this = frozenset({"job_id": str(job.id), "name": "tiny-cpu"}.items())
     assert before[("pretrain_step", this)] == 4 and after[("pretrain_step", this)] == 3004
     assert after[("pretrain_loss", this | {("channel", "all")})] == 3.0 - 3004 / 10_000
@@ -136,10 +145,32 @@ def test_tokens_consumed_per_channel_and_what_the_plan_expected_by_then(settings
         ])  # fmt: skip
     statements, exported = scrape_statements(sessions)
 
-    assert not [statement for statement in statements if "metric_points" in statement]
+    assert only_goodput_lookups(statements)
     this = {"job_id": str(job.id), "name": "tiny-cpu"}
     consumed = {labels: value for (name, labels), value in exported.items() if name == "pretrain_data_tokens"}
     assert consumed == {frozenset({**this, "channel": c}.items()): v for c, v in (("code", 8000), ("en", 8500), ("zh", 4000))}
     planned = {dict(labels)["channel"]: value for (name, labels), value in exported.items() if name == "pretrain_data_tokens_planned"}
     assert planned == {"code": 10 * 2048 * 0.4, "en": 10 * 2048 * 0.4, "zh": 10 * 2048 * 0.2}  # steps 0..9
     assert not [labels for (name, labels), _ in exported.items() if ("job_id", str(other.id)) in labels and "data" in name]
+
+
+def test_a_live_job_exports_its_progress_eta_and_goodput(settings, tiny_spec):
+    sessions = get_sessionmaker(settings.resolved_database_url)
+    with sessions() as session:
+        job = jobs.submit_job(session, raw=tiny_spec, principal=ALICE)
+        total, began = job.derived["total_train_iters"], job.created_at.timestamp()
+        ingest.store_metrics(session, job_id=job.id, records=[
+            record(job.id, step, loss=3.0, **{"throughput/step_time_s": 0.001, "time/step_end_s": began + 0.001 * (step + 1)})
+            for step in range(10)
+        ])  # fmt: skip
+    time.sleep(max(0.0, began + 0.02 - time.time()))  # the steps are over when /metrics is read
+
+    exported = samples(sessions)
+
+    this = frozenset({"job_id": str(job.id), "name": "tiny-cpu"}.items())
+    assert exported[("pretrain_progress_ratio", this)] == 10 / total
+    assert exported[("pretrain_eta_seconds", this)] == pytest.approx((total - 10) * 0.001)
+    split = {dict(labels)["category"]: value for (name, labels), value in exported.items() if name == "pretrain_goodput_seconds"}
+    assert set(split) == {"productive", "lost", "checkpoint", "stalled", "queued", "startup", "other"}
+    assert split["productive"] == pytest.approx(0.010)
+    assert exported[("pretrain_goodput_ratio", this)] == pytest.approx(split["productive"] / sum(split.values()), rel=1e-4)

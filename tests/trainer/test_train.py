@@ -73,7 +73,7 @@ def run_trainer(
 def records(tmp: Path, phase: str | None = None) -> list[dict]:
     rows = [json.loads(line) for line in (tmp / "metrics.jsonl").read_text().splitlines()]
     if phase == "train":
-        return [r for r in rows if r["phase"] != "eval"]
+        return [r for r in rows if r["phase"] not in ("eval", "checkpoint")]
     if phase is not None:
         return [r for r in rows if r["phase"] == phase]
     return rows
@@ -136,11 +136,19 @@ def test_channel_losses_are_reported_and_their_token_weighted_mean_is_the_total(
 def test_every_record_has_the_ingest_shape(learning_run):
     for record in records(learning_run):
         assert set(record) == {"job", "attempt", "step", "stage", "phase", "tokens", "metrics"}
-        assert record["phase"] in {"warmup", "stable", "decay", "eval"}
+        assert record["phase"] in {"warmup", "stable", "decay", "eval", "checkpoint"}
     steps = records(learning_run, "train")
     assert [r["phase"] for r in steps[:3]] == ["warmup", "warmup", "stable"]
     assert all(r["metrics"]["data/batch_index"] == r["step"] for r in steps)
     assert all(r["metrics"]["grad_norm"] > 0 for r in steps)
+
+
+def test_steps_say_when_they_ended_and_a_save_how_long_it_took(learning_run):
+    steps = records(learning_run, "train")
+    ends = [r["metrics"]["time/step_end_s"] for r in steps]
+    assert ends == sorted(ends) and ends[-1] - ends[0] >= sum(r["metrics"]["throughput/step_time_s"] for r in steps[1:])
+    (save,) = records(learning_run, "checkpoint")  # the final checkpoint, of step 30, in a record of its own
+    assert save["step"] == 30 and set(save["metrics"]) == {"checkpoint/save_s"} and save["metrics"]["checkpoint/save_s"] > 0
 
 
 def test_eval_reports_perplexity_per_channel(learning_run):
@@ -216,6 +224,8 @@ def test_a_resumed_run_continues_with_the_identical_losses(tmp_path, single_proc
     run_trainer(tmp_path, tiny_config(tmp_path, checkpoint={"resume_from": str(checkpoint)}))
     resumed = records(tmp_path, "train")
     assert [r["step"] for r in resumed] == [4, 5, 6, 7]
+    loaded = [r for r in records(tmp_path, "checkpoint") if "checkpoint/load_s" in r["metrics"]]
+    assert [r["step"] for r in loaded] == [4] and loaded[0]["metrics"]["checkpoint/load_s"] > 0
     assert losses(tmp_path) == pytest.approx(losses(single_process_run)[4:], rel=1e-6)
 
 

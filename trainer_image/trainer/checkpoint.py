@@ -31,6 +31,7 @@ import pickle
 import queue
 import re
 import shutil
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,6 +292,10 @@ class CheckpointManager:
         self.directory = Path(config.checkpoint.directory)
         self.resumed_from: Path | None = None
         self.last_saved_step: int | None = None
+        # Seconds the last restore and the last save held training up (the trainer reports them
+        # as checkpoint/load_s and checkpoint/save_s: the service's goodput counts them apart).
+        self.load_s: float | None = None
+        self.last_save_s: float | None = None
         if layout.rank == 0:
             recover(self.directory, attempt=config.job.attempt)
         dist.barrier()
@@ -302,17 +307,20 @@ class CheckpointManager:
         ckpt = self.config.checkpoint
         if ckpt.resume_from and ckpt.init_from:
             raise ValueError("checkpoint.resume_from and checkpoint.init_from are exclusive")
+        started = time.perf_counter()
         if ckpt.resume_from:
             path = Path(ckpt.resume_from)
             self._verify_everywhere(path)
             self._load(trainer, path, with_optimizer=True)
             trainer.load_state_dict(load_trainer_state(path))
             self.resumed_from = path
+            self.load_s = time.perf_counter() - started
             return path
         if ckpt.init_from:
             path = Path(ckpt.init_from)
             self._verify_everywhere(path)
             self._load(trainer, path, with_optimizer=False)
+            self.load_s = time.perf_counter() - started
             return path
         return None
 
@@ -340,9 +348,11 @@ class CheckpointManager:
 
     # --- save ---------------------------------------------------------------------------------
 
-    def save_initial(self, trainer: Checkpointed) -> None:
+    def save_initial(self, trainer: Checkpointed) -> Path | None:
+        """The step-0 checkpoint when the config asks for one; None when none was saved."""
         if self.config.checkpoint.save_initial and trainer.step == 0:
-            self.save(trainer)
+            return self.save(trainer)
+        return None
 
     def save(self, trainer: Checkpointed) -> Path:
         """Write, seal, publish and register a checkpoint of the current step; then retention."""
@@ -350,7 +360,9 @@ class CheckpointManager:
         step = trainer.step
         final = step_dir(self.directory, step)
         if self.last_saved_step == step and final.exists():
+            self.last_save_s = None  # nothing was written
             return final
+        started = time.perf_counter()
         tmp = self.directory / f"{_tmp_prefix(self.config.job.attempt)}{final.name}"
         if self.layout.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -372,6 +384,7 @@ class CheckpointManager:
                 self._retain(answer, saved_step=step)
         dist.barrier()
         self.last_saved_step = step
+        self.last_save_s = time.perf_counter() - started
         log.info("checkpoint %s published", final)
         return final
 

@@ -42,6 +42,10 @@ from trainer.step_guard import SkipReason, StepGuard, optimizer_step
 
 log = logging.getLogger("trainer")
 
+# The metric that says when a step ended (unix seconds), and the phase of checkpoint timings.
+STEP_END_METRIC = "time/step_end_s"
+CHECKPOINT_PHASE = "checkpoint"
+
 
 class Trainer:
     """The training loop: one object whose few methods tell the story."""
@@ -76,6 +80,7 @@ class Trainer:
             raise
         if restored:
             log.info("resumed from %s at step %d", restored, self.step)
+            self._report_checkpoint_time("checkpoint/load_s", self.checkpoints.load_s)
 
     # --- what a rollback restores -------------------------------------------------------------
 
@@ -105,7 +110,8 @@ class Trainer:
     def train(self) -> outcome.Ending:
         """Train to the end of the run, or until SIGTERM; say how it ended."""
         started_at = self.step
-        self.checkpoints.save_initial(self)
+        if self.checkpoints.save_initial(self) is not None:
+            self._report_checkpoint_time("checkpoint/save_s", self.checkpoints.last_save_s)
         while self.step < self.total_steps and not self._stop_agreed():
             metrics = self.train_step()
             self.step += 1
@@ -113,13 +119,13 @@ class Trainer:
             if self._due(self.config.eval.interval_steps):
                 self._report(self.step - 1, evaluate(self), phase="eval")
             if self._due(self.config.checkpoint.interval_steps) or self.step == self.total_steps:
-                self.checkpoints.save(self)
+                self._save()
         if self.step == self.total_steps:
             return outcome.Ending(outcome.COMPLETED, step=self.step, message="training completed")
         saved = None
         if self.config.checkpoint.save_on_sigterm and self.step > started_at:
             log.warning("SIGTERM: saving a checkpoint at step %d before exiting", self.step)
-            saved = str(self.checkpoints.save(self))
+            saved = str(self._save())
         return outcome.Ending(
             outcome.PREEMPTED,
             step=self.step,
@@ -166,6 +172,9 @@ class Trainer:
         elapsed = time.perf_counter() - started
         metrics["throughput/tokens_per_s"] = step_tokens / elapsed
         metrics["throughput/step_time_s"] = elapsed
+        # When the step ended, by the wall clock: the service places steps on its timeline
+        # with it (goodput), the step having begun `step_time_s` before.
+        metrics[STEP_END_METRIC] = time.time()
         flops = model.flops_per_token(config, stage.seq_length) * step_tokens
         if config.train.peak_tflops:
             achieved = flops / elapsed / self.layout.world_size
@@ -291,6 +300,21 @@ class Trainer:
             phase=phase or phase_at(step, self.config),
             tokens=self.tokens,
             metrics=metrics,
+        )
+
+    def _save(self) -> Path:
+        """Save a checkpoint of the current step and report how long training waited for it."""
+        path = self.checkpoints.save(self)
+        self._report_checkpoint_time("checkpoint/save_s", self.checkpoints.last_save_s)
+        return path
+
+    def _report_checkpoint_time(self, name: str, seconds: float | None) -> None:
+        """A record of its own at the checkpoint's step, phase "checkpoint" (no loss in it)."""
+        if self.reporter is None or seconds is None:
+            return
+        _, stage, _ = stage_at(min(self.step, self.total_steps - 1), self.config)
+        self.reporter.report(
+            step=self.step, stage=stage.name, phase=CHECKPOINT_PHASE, tokens=self.tokens, metrics={name: seconds}
         )
 
     def _stop_agreed(self) -> bool:

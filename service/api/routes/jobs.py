@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
-from service import attempts, checkpoints, data_accounting, jobs
+from service import attempts, checkpoints, data_accounting, goodput, jobs, progress
 from service.api.auth import JobReporterDep, OncallDep, SubmitterDep, ViewerDep
 from service.api.deps import MAX_ID, JobId, NotifierDep, SessionDep, SettingsDep
 from service.api.schemas import (
@@ -17,6 +17,8 @@ from service.api.schemas import (
     ActionReason,
     AttemptPublic,
     EventsPublic,
+    GoodputCategory,
+    GoodputPublic,
     JobPublic,
     JobResultReport,
     JobsPublic,
@@ -65,7 +67,7 @@ async def submit_job(
 
 
 def _store(session, submission, principal) -> JobPublic:
-    return JobPublic.model_validate(jobs.store_submission(session, submission, principal=principal))
+    return public_job(session, jobs.store_submission(session, submission, principal=principal))
 
 
 @router.get("", response_model=JobsPublic)
@@ -88,8 +90,9 @@ def list_jobs(
         cursor=cursor,
         limit=_page_size(settings, limit),
     )
+    latest = progress.latest_rows(session, [j.id for j in page.items])
     return JobsPublic(
-        data=[JobPublic.model_validate(j) for j in page.items],
+        data=[public_job(session, j, latest[j.id]) for j in page.items],
         count=page.count,
         next_cursor=page.next_cursor,
     )
@@ -97,8 +100,38 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobPublic, responses={404: {"description": "No such job."}})
 def get_job(job_id: JobId, session: SessionDep, _: ViewerDep) -> JobPublic:
-    """One job with its attempts, derived fields and plan."""
-    return JobPublic.model_validate(repo.get_job(session, job_id=job_id))
+    """One job with its attempts, derived fields, plan and progress."""
+    return public_job(session, repo.get_job(session, job_id=job_id))
+
+
+@router.get("/{job_id}/goodput", response_model=GoodputPublic, responses={404: {"description": "No such job."}})
+def get_job_goodput(job_id: JobId, session: SessionDep, _: ViewerDep) -> GoodputPublic:
+    """Where the job's wall time went (productive, lost, checkpoint, startup, queued, stalled, other)."""
+    job = repo.get_job(session, job_id=job_id)
+    result = goodput.job_goodput(session, job)
+    plan = job.memory_plan
+    fractions = result.fractions
+    return GoodputPublic(
+        job_id=job.id,
+        state=job.state,
+        started_at=result.started_at,
+        ended_at=result.ended_at,
+        wall_s=result.wall_s,
+        goodput=result.ratio,
+        categories={name: GoodputCategory(seconds=value, fraction=fractions[name]) for name, value in result.seconds.items()},
+        lost_steps=result.lost_steps,
+        planned_training_s=plan.compute.days * 86_400 if plan is not None else None,
+        realised_training_s=result.seconds["productive"],
+    )
+
+
+def public_job(session, job, latest: dict | None = None) -> JobPublic:
+    """The job as the API shows it, with its progress (from `latest` rows when read for a page)."""
+    public = JobPublic.model_validate(job)
+    if latest is None:
+        latest = progress.latest_rows(session, [job.id])[job.id]
+    public.progress = progress.progress(job, latest)
+    return public
 
 
 @router.get(
@@ -197,14 +230,14 @@ def report_result(
             [{"type": "value_error", "loc": ("body", "path"), "msg": problem, "input": body.path}]
         )
     job = jobs.record_result(session, job_id=job_id, actor=principal.name, **body.model_dump())
-    return JobPublic.model_validate(job)
+    return public_job(session, job)
 
 
 def _act(action, change: str, job_id: int, session, notifier, principal, body: ActionReason | None) -> JobPublic:
     """Run a state change with its reason, then have the job reconciled at once."""
     job = action(session, job_id=job_id, principal=principal, reason=body.reason if body else None)
     notifier.job_changed(job.id, f"{change}-{job.updated_at.timestamp()}")
-    return JobPublic.model_validate(job)
+    return public_job(session, job)
 
 
 def _page_size(settings, limit: int | None) -> int:

@@ -6,7 +6,8 @@ from fastapi import APIRouter, status
 
 from service.api.auth import OncallDep
 from service.api.deps import JobId, NotifierDep, SessionDep, SettingsDep
-from service.api.schemas import CheckpointPublic, JobPublic, RollbackCreate, RollbackPublic
+from service.api.routes.jobs import public_job
+from service.api.schemas import CheckpointPublic, RollbackCreate, RollbackPublic
 from service.checkpoints import CheckpointStorage
 from service.db import repo
 from service.db.models import AttemptReason
@@ -43,7 +44,7 @@ def rollback(job_id: JobId, body: RollbackCreate, session: SessionDep, settings:
     )
     notifier.job_changed(job_id, f"rollback-{outcome.attempt}")
     return RollbackPublic(
-        job=JobPublic.model_validate(outcome.job),
+        job=public_job(session, outcome.job),
         attempt=outcome.attempt,
         checkpoint=CheckpointPublic.model_validate(outcome.checkpoint) if outcome.checkpoint else None,
         skip_range=outcome.skip_range,

@@ -211,7 +211,7 @@ def run_trainer(config: dict[str, Any], workdir: Path, *, cache: Path | None = N
     if not outcomes or outcomes[0]["outcome"] not in ("completed", "diverged"):
         tail = (workdir / "trainer.log").read_text()[-3000:]
         raise RuntimeError(f"trainer run {config['job']['id']} failed ({process.returncode}):\n{tail}")
-    records = [r for r in _jsonl(workdir / "metrics.jsonl") if r["phase"] != "eval"]
+    records = [r for r in _jsonl(workdir / "metrics.jsonl") if r["phase"] not in ("eval", "checkpoint")]
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
     run = Run(records, outcomes[0], wall_s, cpu_s)
     if cache is not None:
