@@ -546,8 +546,11 @@ def test_metrics_and_checkpoints_reach_the_ingest_api_with_the_job_token(tmp_pat
     metric_posts = [body for path, _, body in received if path == "/v1/jobs/42/metrics"]
     checkpoint_posts = [body for path, _, body in received if path == "/v1/jobs/42/checkpoints"]
     assert {auth for _, auth, _ in received} == {"Bearer pto_job42"}
-    steps = [record["step"] for batch in metric_posts for record in batch]
-    assert steps == [0, 1, 2, 3]
+    records = [record for batch in metric_posts for record in batch]
+    assert [r["step"] for r in records if r["phase"] != "checkpoint"] == [0, 1, 2, 3]
+    # The save's own record, at the step it saved (goodput's checkpoint time).
+    (saved,) = [r for r in records if r["phase"] == "checkpoint"]
+    assert saved["step"] == 4 and saved["metrics"]["checkpoint/save_s"] > 0
     assert all(record["job"] == "42" and record["attempt"] == 1 for batch in metric_posts for record in batch)
     (checkpoint,) = checkpoint_posts
     assert checkpoint["step"] == 4 and checkpoint["attempt"] == 1

@@ -47,7 +47,7 @@ def test_a_faulted_run_is_its_clean_twin_until_the_fault(real):
     case = real["spike"]
 
     def untimed(record: dict) -> dict:
-        return {k: v for k, v in record["metrics"].items() if not k.startswith("throughput/")}
+        return {k: v for k, v in record["metrics"].items() if not k.startswith(("throughput/", "time/"))}
 
     before = [(mine, twin) for mine, twin in zip(case.run.records, case.twin.records, strict=True) if mine["step"] < case.scenario.start]
     assert len(before) == case.scenario.start
