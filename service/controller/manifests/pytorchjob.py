@@ -44,7 +44,12 @@ from service.controller.manifests.pod import (
     token_secret,
     toleration,
 )
-from service.controller.manifests.workloads import Workload, config_map_name, workload_labels
+from service.controller.manifests.workloads import (
+    TERMINATION_GRACE_S,
+    Workload,
+    config_map_name,
+    workload_labels,
+)
 from service.settings import Settings
 
 PYTORCHJOB_API_VERSION = "kubeflow.org/v1"
@@ -60,8 +65,6 @@ CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
 GPU_RESOURCE = "nvidia.com/gpu"
 # Where the trainer writes its outcome lines in a pod (its default `job.result_path`).
 TERMINATION_LOG = "/dev/termination-log"
-# The trainer saves a checkpoint on SIGTERM before it exits; the default 30 s cuts that short.
-TERMINATION_GRACE_S = 300
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 # torchrun reads its topology from what the operator injects into the `pytorch` container:

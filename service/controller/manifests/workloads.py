@@ -10,6 +10,9 @@ from typing import Any
 # Pod names add `-master-0` / `-worker-<N>` to the PyTorchJob's name; 45 leaves room for
 # ten thousand workers inside the 63 characters of a DNS-1123 label.
 MAX_WORKLOAD_NAME_LENGTH = 45
+# Seconds a pod gets after SIGTERM when neither the spec nor the plan sizes it: the trainer saves
+# a checkpoint before it exits, which Kubernetes' default 30 s cuts short.
+TERMINATION_GRACE_S = 300
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -29,6 +32,12 @@ class Workload:
     """Memory of one GPU, or of one CPU process: sizes the memory request of CPU pods."""
     env_secrets: tuple[str, ...] = ()
     """Secrets whose keys the trainer's environment takes (object-store credentials)."""
+    queue: str | None = None
+    """Kueue LocalQueue that admits the workload (created suspended); None: no queue."""
+    priority: str | None = None
+    """Priority class of the workload; None: the cluster's default."""
+    termination_grace_s: int = TERMINATION_GRACE_S
+    """Seconds the pods get after SIGTERM to save a checkpoint before they are killed."""
 
     @property
     def name(self) -> str:
