@@ -18,7 +18,7 @@ from pretrainctl.config import ClientSettings
 from pretrainctl.output import exit_on_api_error, print_data, show_job_data
 
 # The server's enums as the wire carries them (tests/pretrainctl check that they agree).
-JOB_STATES = ("pending", "running", "paused", "cancelling", "succeeded", "failed", "cancelled")
+JOB_STATES = ("pending", "queued", "running", "paused", "cancelling", "succeeded", "failed", "cancelled")
 FINISHED_STATES = frozenset({"succeeded", "failed", "cancelled"})
 ROLES = ("viewer", "submitter", "oncall", "admin")
 

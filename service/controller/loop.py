@@ -29,7 +29,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import attempts, checkpoints, lifecycle, tokens
 from service.checkpoints import CheckpointStorage, Rejection
 from service.controller import reconcile as rc
+from service.controller import stall
 from service.controller.backends import Backend, PermanentBackendError, TemporaryBackendError
+from service.controller.trainer_config import termination_grace_s
 from service.controller.workload import build_workload
 from service.db import repo
 from service.db.models import (
@@ -150,7 +152,18 @@ class Controller:
 
     def _desired(self, session: Session, job: Job) -> rc.Desired:
         current = job.attempts[-1]
+        # Preemptions and stalls are the cluster's doing, not the run's: neither counts here.
         retries = sum(1 for a in job.attempts if a.reason == AttemptReason.POD_FAILURE)
+        progress = None
+        if job.kind == PRETRAIN_KIND and current.state == AttemptState.RUNNING:
+            progress = stall.measure(
+                session,
+                job,
+                current,
+                floor_s=self.settings.stall_timeout_floor_s,
+                startup_s=self.settings.stall_startup_s,
+                grace_s=termination_grace_s(job),
+            )
         return rc.Desired(
             job_id=job.id,
             state=job.state,
@@ -160,6 +173,10 @@ class Controller:
             pod_failure_retries=retries,
             max_pod_failure_retries=self.settings.max_pod_failure_retries,
             awaits_result=job.kind in BATCH_KINDS and job.result is None,
+            queue_reason=job.state_reason if job.state == JobState.QUEUED else None,
+            progress=progress,
+            stall_restarts=sum(1 for a in job.attempts if a.reason == AttemptReason.STALL),
+            max_stall_restarts=job.watchdog.max_stall_restarts,
         )
 
     def _apply(self, session: Session, job: Job, action: rc.Action) -> _Next:
@@ -179,7 +196,7 @@ class Controller:
             case rc.RecordAttempt(attempt=number, state=state, reason=reason, outcome=told):
                 attempt = _attempt(job, number)
                 if state == AttemptState.RUNNING:
-                    if job.state == JobState.PENDING:
+                    if job.state in (JobState.PENDING, JobState.QUEUED):
                         lifecycle.move(session, job, lifecycle.START, actor=ACTOR)
                     lifecycle.move_attempt(
                         session, job, attempt, AttemptState.RUNNING, actor=ACTOR, reason=reason
@@ -195,6 +212,10 @@ class Controller:
                         outcome=told.outcome.value if told else None,
                         data={"outcome": told.as_event_data()} if told else None,
                     )
+            case rc.RecordQueued(attempt=number, reason=reason):
+                self._record_queued(session, job, number, reason)
+            case rc.RecordStall():
+                self._record_stall(session, job, action)
             case rc.OpenAttempt(reason=reason, why=why):
                 self._open_attempt(session, job, AttemptReason(reason), why)
             case rc.RollBack(attempt=number, onset_step=onset, why=why):
@@ -319,6 +340,45 @@ class Controller:
             },
         )
         return True
+
+    # --- while an attempt runs --------------------------------------------------------------------
+
+    def _record_queued(self, session: Session, job: Job, number: int, reason: str | None) -> None:
+        """The job waits in its queue: queued with the queue's reason (`attempt.queued`, once per
+        attempt); a queued job whose reason changed keeps the newest."""
+        if job.state == JobState.QUEUED:
+            lifecycle.note_queue_reason(job, reason)
+        elif job.state == JobState.PENDING:
+            lifecycle.move(
+                session, job, lifecycle.QUEUE, actor=ACTOR, reason=reason, attempt=number,
+                data={"reason": reason},
+            )  # fmt: skip
+
+    def _record_stall(self, session: Session, job: Job, found: rc.RecordStall) -> None:
+        """Say what stalled, with the pods' states as the backend sees them (event job.stalled)."""
+        pods: list[dict] = []
+        reader = getattr(self.backend, "pod_states", None)
+        if reader is not None:
+            try:
+                pods = reader(job.id, found.attempt, kind=job.kind)
+            except TemporaryBackendError as exc:  # the event matters more than its detail
+                pods = [{"error": f"could not read the pods: {exc}"}]
+        nccl = any(pod.get("nccl_timeout") for pod in pods)
+        repo.add_event(
+            session,
+            kind="job.stalled",
+            actor=ACTOR,
+            job_id=job.id,
+            attempt=found.attempt,
+            reason=found.why + ("; a pod names an NCCL timeout" if nccl else ""),
+            data={
+                "last_step": found.last_step,
+                "stalled_s": round(found.stalled_s, 3),
+                "timeout_s": round(found.timeout_s, 3),
+                "pods": pods,
+                "nccl_timeout": nccl,
+            },
+        )
 
     # --- after an attempt ends ---------------------------------------------------------------------
 

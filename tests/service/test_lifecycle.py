@@ -78,7 +78,7 @@ def test_a_job_transition_moves_from_its_sources_and_from_no_other_state(session
             assert not token_revoked(session, job), source
             continue
         finished = transition.target in lifecycle.TERMINAL_JOB_STATES
-        rests = transition.target in lifecycle.RESTING_JOB_STATES
+        rests = transition.target in lifecycle.REASONED_JOB_STATES
         assert (job.state, job.state_reason) == (transition.target, "because" if rests else None), source
         assert (job.finished_at is not None, token_revoked(session, job)) == (finished, finished), source
         revoked = [("token.revoked", f"job {job.id} {transition.target}")] if finished else []
