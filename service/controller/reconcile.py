@@ -213,7 +213,7 @@ def plan(desired: Desired, observed: Observed) -> tuple[list[Action], float | No
         if desired.attempt_state == "running":
             # It ran, and the queue took its machines back (Kueue evicted and suspended it).
             reason = f"evicted by its queue: {current.reason or 'no reason given'}"
-            actions.append(RecordAttempt(desired.attempt, "failed", reason=reason))
+            actions.append(RecordAttempt(desired.attempt, "superseded", reason=reason))
             actions.append(OpenAttempt("preempted", why=f"attempt {desired.attempt}: {reason}"))
             return actions, REQUEUE_SOON_S
         if desired.state != "queued" or desired.queue_reason != current.reason:
@@ -253,7 +253,7 @@ def plan(desired: Desired, observed: Observed) -> tuple[list[Action], float | No
         actions += _after_trainer_outcome(desired, current.outcome)
     elif current.preempted:
         reason = current.reason or "preempted"
-        actions.append(RecordAttempt(desired.attempt, "failed", reason=reason, outcome=current.outcome))
+        actions.append(RecordAttempt(desired.attempt, "superseded", reason=reason, outcome=current.outcome))
         actions.append(OpenAttempt("preempted", why=f"attempt {desired.attempt}: {reason}"))
     else:
         actions += _after_failure(
@@ -269,7 +269,8 @@ def _after_trainer_outcome(desired: Desired, outcome: TrainerOutcome) -> list[Ac
     | ------------------ | ----------------------------------------------------------------- |
     | diverged           | a rollback from its first non-finite step (the watchdog's policy) |
     | corrupt_checkpoint | that checkpoint unusable; a new attempt from an older good one    |
-    | preempted          | a new attempt from the newest checkpoint, not a pod failure       |
+    | preempted          | a new attempt from the newest checkpoint, not a pod failure: the  |
+    |                    | attempt ends superseded, not failed                               |
     | bad_config         | the job fails: the same config fails again                        |
     | crashed            | the job fails, as any trainer error does                          |
     """
@@ -282,7 +283,11 @@ def _after_trainer_outcome(desired: Desired, outcome: TrainerOutcome) -> list[Ac
         case Outcome.CORRUPT_CHECKPOINT:
             return [record, RefuseCheckpoint(number, path=outcome.checkpoint, why=why)]
         case Outcome.PREEMPTED:
-            return [record, OpenAttempt("preempted", why=why)]
+            # Not a failure: the attempt is superseded by its continuation (outcome preempted).
+            superseded = RecordAttempt(
+                number, "superseded", reason=f"the trainer {outcome.describe()}", outcome=outcome
+            )
+            return [superseded, OpenAttempt("preempted", why=why)]
         case _:
             return [record, FinishJob("failed", reason=why)]
 

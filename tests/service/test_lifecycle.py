@@ -155,3 +155,15 @@ def test_the_committed_lifecycle_doc_is_what_the_script_generates():
     assert (ROOT / "docs" / "job-lifecycle.md").read_text() == diagram.render(), (
         "docs/job-lifecycle.md is out of date: run python scripts/lifecycle_diagram.py"
     )
+
+
+def test_a_queued_job_keeps_its_queues_newest_reason_and_no_other_state_takes_one(session):
+    job = job_in(session, JobState.PENDING)
+    lifecycle.move(session, job, lifecycle.QUEUE, actor="controller", reason="no quota", attempt=0, data={"reason": "no quota"})
+    lifecycle.note_queue_reason(job, "waiting for a preemption")
+    session.commit()
+    assert (job.state, job.state_reason) == ("queued", "waiting for a preemption")
+    assert [e.kind for e in events_of(session, job)].count("attempt.queued") == 1
+    running = job_in(session, JobState.RUNNING)
+    with pytest.raises(lifecycle.IllegalTransition, match="not queued"):
+        lifecycle.note_queue_reason(running, "no quota")

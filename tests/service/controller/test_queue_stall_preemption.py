@@ -1,0 +1,211 @@
+"""The controller's side of queues, preemptions and stalls, on a real database (SQLite and Postgres),
+with a scripted backend at the edge: what it reports is what a cluster would (Kueue holding the
+workload, a pod evicted, a run that stops stepping), and the job's states, attempts and events
+follow.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from service import jobs
+from service.controller.loop import Controller
+from service.controller.reconcile import Phase, WorkloadStatus
+from service.controller.stall import STEP_METRIC
+from service.db import repo
+from service.db.models import Event, LatestMetric, MetricPoint, Role, utcnow
+from service.db.session import get_sessionmaker
+from service.tokens import Principal
+from tests.service.checkpoint_dirs import save_and_register
+
+ALICE = Principal(name="alice", role=Role.SUBMITTER)
+KUEUE_WAITS = "couldn't assign flavors to pod set master: insufficient quota for nvidia.com/gpu"
+
+
+class ScriptedBackend:
+    """Reports, per attempt, whatever the test says the cluster shows now."""
+
+    def __init__(self) -> None:
+        self.phases: dict[int, WorkloadStatus] = {}
+        self.created: list[int] = []
+        self.deleted: list[int] = []
+        self.pods = [{"name": "trainer-master-0", "phase": "Running", "nccl_timeout": True}]
+
+    def show(self, attempt: int, phase: Phase, reason: str | None = None, **more) -> None:
+        self.phases[attempt] = WorkloadStatus(f"w-a{attempt}", attempt, phase, reason, **more)
+
+    def observe(self, job_id: int, *, kind: str = "pretrain") -> dict[int, WorkloadStatus]:
+        return dict(self.phases)
+
+    def create(self, workload) -> bool:
+        if workload.attempt in self.phases:
+            return False
+        self.created.append(workload.attempt)
+        self.show(workload.attempt, Phase.PENDING)
+        return True
+
+    def delete(self, job_id: int, attempt: int, *, kind: str = "pretrain") -> bool:
+        self.deleted.append(attempt)
+        return self.phases.pop(attempt, None) is not None
+
+    def pod_states(self, job_id: int, attempt: int, *, kind: str = "pretrain") -> list[dict]:
+        return self.pods
+
+
+@pytest.fixture
+def backend() -> ScriptedBackend:
+    return ScriptedBackend()
+
+
+@pytest.fixture
+def controller(settings, backend) -> Controller:
+    return Controller(settings, backend, get_sessionmaker(settings.resolved_database_url))
+
+
+def submit(settings, spec: dict) -> int:
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        return jobs.submit_job(session, raw=spec, principal=ALICE, settings=settings).id
+
+
+def stored(settings, job_id: int):
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        job = repo.get_job(session, job_id=job_id)
+        events = [(e.kind, e.attempt, e.reason, e.data) for e in session.query(Event).filter_by(job_id=job_id).order_by(Event.id)]
+        return job, events
+
+
+def test_a_job_whose_workload_waits_in_its_queue_is_queued_with_the_reason_then_running(
+    settings, tiny_spec, backend, controller
+):
+    tiny_spec["resources"]["queue"] = "team-a"
+    job_id = submit(settings, tiny_spec)
+    controller.reconcile(job_id)
+    assert backend.created == [0]
+
+    backend.show(0, Phase.QUEUED, KUEUE_WAITS)
+    for _ in range(3):  # every poll sees it waiting; the event is written once
+        controller.reconcile(job_id)
+    job, events = stored(settings, job_id)
+    assert (job.state, job.state_reason) == ("queued", KUEUE_WAITS)
+    assert [e for e in events if e[0] == "attempt.queued"] == [
+        ("attempt.queued", 0, KUEUE_WAITS, {"reason": KUEUE_WAITS})
+    ]
+
+    backend.show(0, Phase.QUEUED, "waiting for the next preemption round")
+    controller.reconcile(job_id)
+    job, events = stored(settings, job_id)
+    assert (job.state, job.state_reason) == ("queued", "waiting for the next preemption round")
+    assert [e[0] for e in events].count("attempt.queued") == 1
+
+    backend.show(0, Phase.RUNNING)
+    controller.reconcile(job_id)
+    job, events = stored(settings, job_id)
+    assert (job.state, job.state_reason, job.attempts[0].state) == ("running", None, "running")
+    kinds = [e[0] for e in events]
+    assert kinds.index("attempt.queued") < kinds.index("attempt.running")
+
+
+def test_a_queued_job_can_be_cancelled(settings, tiny_spec, backend, controller):
+    job_id = submit(settings, tiny_spec)
+    controller.reconcile(job_id)
+    backend.show(0, Phase.QUEUED, KUEUE_WAITS)
+    controller.reconcile(job_id)
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        jobs.cancel_job(session, job_id=job_id, principal=ALICE, reason="not needed")
+
+    for _ in range(2):
+        controller.reconcile(job_id)
+
+    job, _ = stored(settings, job_id)
+    assert job.state == "cancelled" and backend.deleted == [0]
+
+
+def test_evictions_restart_from_the_newest_checkpoint_and_spend_no_retry_budget(
+    settings, tiny_spec, backend, controller
+):
+    job_id = submit(settings, tiny_spec)
+    evictions = settings.max_pod_failure_retries + 2
+    for attempt in range(evictions):
+        controller.reconcile(job_id)
+        backend.show(attempt, Phase.RUNNING)
+        controller.reconcile(job_id)
+        with get_sessionmaker(settings.resolved_database_url)() as session:
+            save_and_register(session, settings.state_dir / "ckpt", job_id=job_id, attempt=attempt, step=10 * (attempt + 1))
+        backend.show(attempt, Phase.FAILED, "node disruption: pod evicted", retryable=True, preempted=True)
+        controller.reconcile(job_id)
+
+    job, _ = stored(settings, job_id)
+    assert job.state == "pending"
+    assert [a.reason for a in job.attempts] == ["launch"] + ["preempted"] * evictions
+    assert {a.state for a in job.attempts[:-1]} == {"superseded"}  # none counts as failed
+    newest = job.attempts[-1]
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        resumed = repo.list_checkpoints(session, job_id=job_id)
+        assert {c.id: c.step for c in resumed}[newest.resume_from_checkpoint_id] == 10 * evictions
+    assert newest.skip_ranges == []
+
+
+def test_a_workload_the_queue_takes_back_while_it_runs_counts_as_preempted(
+    settings, tiny_spec, backend, controller
+):
+    job_id = submit(settings, tiny_spec)
+    controller.reconcile(job_id)
+    backend.show(0, Phase.RUNNING)
+    controller.reconcile(job_id)
+
+    backend.show(0, Phase.QUEUED, "Preempted to accommodate a workload (UID: 42) in the ClusterQueue")
+    controller.reconcile(job_id)
+
+    job, _ = stored(settings, job_id)
+    assert [(a.reason, a.state) for a in job.attempts] == [("launch", "superseded"), ("preempted", "pending")]
+    assert "evicted by its queue: Preempted" in job.attempts[0].state_reason
+
+
+def _stepped(settings, job_id: int, attempt: int, step: int, ago_s: float) -> None:
+    """The attempt started a while back and reported `step` `ago_s` seconds ago, nothing since."""
+    then = utcnow() - timedelta(seconds=ago_s)
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        job = repo.get_job(session, job_id=job_id)
+        job.attempts[attempt].started_at = then - timedelta(seconds=60)
+        session.add(MetricPoint(job_id=job_id, attempt=attempt, step=step, name=STEP_METRIC, value=0.1, created_at=then))
+        session.merge(LatestMetric(job_id=job_id, name=STEP_METRIC, attempt=attempt, step=step, value=0.1, created_at=then))
+        save_and_register(session, settings.state_dir / "ckpt", job_id=job_id, attempt=attempt, step=step)
+        session.commit()
+
+
+@pytest.mark.parametrize("max_stall_restarts", [1, 0])
+def test_a_run_that_stops_stepping_is_restarted_from_its_checkpoint_until_the_cap_then_fails(
+    settings, tiny_spec, backend, controller, max_stall_restarts
+):
+    tiny_spec["watchdog"].update(stall_timeout_s=30, max_stall_restarts=max_stall_restarts)
+    job_id = submit(settings, tiny_spec)
+    controller.reconcile(job_id)
+    backend.show(0, Phase.RUNNING)
+    controller.reconcile(job_id)
+    _stepped(settings, job_id, 0, step=7, ago_s=10)
+
+    controller.reconcile(job_id)  # 10 s without a step is within 30 s
+    assert stored(settings, job_id)[0].state == "running"
+
+    _stepped(settings, job_id, 0, step=8, ago_s=45)
+    controller.reconcile(job_id)
+
+    job, events = stored(settings, job_id)
+    (stalled,) = [e for e in events if e[0] == "job.stalled"]
+    assert stalled[1] == 0 and "NCCL timeout" in stalled[2]
+    assert stalled[3]["last_step"] == 8 and stalled[3]["stalled_s"] >= 45
+    assert stalled[3]["nccl_timeout"] is True and stalled[3]["pods"] == backend.pods
+    if max_stall_restarts:
+        assert job.state == "pending"
+        assert [(a.reason, a.state) for a in job.attempts] == [("launch", "superseded"), ("stall", "pending")]
+        with get_sessionmaker(settings.resolved_database_url)() as session:
+            resume = {c.id: c.step for c in repo.list_checkpoints(session, job_id=job_id)}
+        assert resume[job.attempts[1].resume_from_checkpoint_id] == 8
+        assert job.attempts[1].skip_ranges == []
+        controller.reconcile(job_id)  # the hung workload goes, the new one comes
+        assert backend.deleted == [0] and backend.created == [0, 1]
+    else:
+        assert job.state == "failed" and "0 stall restarts spent" in job.state_reason
+        assert backend.deleted == [0]
