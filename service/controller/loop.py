@@ -215,7 +215,7 @@ class Controller:
             case rc.RecordQueued(attempt=number, reason=reason):
                 self._record_queued(session, job, number, reason)
             case rc.RecordStall():
-                self._record_stall(session, job, action)
+                stall.record(session, job, action, self.backend, actor=ACTOR)
             case rc.OpenAttempt(reason=reason, why=why):
                 self._open_attempt(session, job, AttemptReason(reason), why)
             case rc.RollBack(attempt=number, onset_step=onset, why=why):
@@ -353,32 +353,6 @@ class Controller:
                 session, job, lifecycle.QUEUE, actor=ACTOR, reason=reason, attempt=number,
                 data={"reason": reason},
             )  # fmt: skip
-
-    def _record_stall(self, session: Session, job: Job, found: rc.RecordStall) -> None:
-        """Say what stalled, with the pods' states as the backend sees them (event job.stalled)."""
-        pods: list[dict] = []
-        reader = getattr(self.backend, "pod_states", None)
-        if reader is not None:
-            try:
-                pods = reader(job.id, found.attempt, kind=job.kind)
-            except TemporaryBackendError as exc:  # the event matters more than its detail
-                pods = [{"error": f"could not read the pods: {exc}"}]
-        nccl = any(pod.get("nccl_timeout") for pod in pods)
-        repo.add_event(
-            session,
-            kind="job.stalled",
-            actor=ACTOR,
-            job_id=job.id,
-            attempt=found.attempt,
-            reason=found.why + ("; a pod names an NCCL timeout" if nccl else ""),
-            data={
-                "last_step": found.last_step,
-                "stalled_s": round(found.stalled_s, 3),
-                "timeout_s": round(found.timeout_s, 3),
-                "pods": pods,
-                "nccl_timeout": nccl,
-            },
-        )
 
     # --- after an attempt ends ---------------------------------------------------------------------
 

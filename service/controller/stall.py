@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import statistics
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.controller.reconcile import Progress
+from service.controller.backends import TemporaryBackendError
+from service.controller.reconcile import Progress, RecordStall
+from service.db import repo
 from service.db.models import Attempt, Job, LatestMetric, MetricPoint, utcnow
 
 # The trainer reports it every step (trainer.train: throughput/step_time_s).
@@ -93,3 +96,31 @@ def measure(
         startup_s=startup_s,
     )
     return Progress(last_step=last_step, idle_s=max(0.0, (now - since).total_seconds()), timeout_s=timeout)
+
+
+def record(session: Session, job: Job, found: RecordStall, backend: Any, *, actor: str) -> None:
+    """Say what stalled, with the pods' states as the backend sees them: event `job.stalled`,
+    data {"last_step", "stalled_s", "timeout_s", "pods", "nccl_timeout"}."""
+    pods: list[dict] = []
+    reader = getattr(backend, "pod_states", None)  # a backend that cannot tell leaves it empty
+    if reader is not None:
+        try:
+            pods = reader(job.id, found.attempt, kind=job.kind)
+        except TemporaryBackendError as exc:  # the event matters more than its detail
+            pods = [{"error": f"could not read the pods: {exc}"}]
+    nccl = any(pod.get("nccl_timeout") for pod in pods)
+    repo.add_event(
+        session,
+        kind="job.stalled",
+        actor=actor,
+        job_id=job.id,
+        attempt=found.attempt,
+        reason=found.why + ("; a pod names an NCCL timeout" if nccl else ""),
+        data={
+            "last_step": found.last_step,
+            "stalled_s": round(found.stalled_s, 3),
+            "timeout_s": round(found.timeout_s, 3),
+            "pods": pods,
+            "nccl_timeout": nccl,
+        },
+    )
