@@ -15,7 +15,7 @@ from service.controller.loop import Controller
 from service.controller.reconcile import Phase, WorkloadStatus
 from service.controller.stall import STEP_METRIC
 from service.db import repo
-from service.db.models import Event, LatestMetric, MetricPoint, Role, utcnow
+from service.db.models import AttemptReason, Event, LatestMetric, MetricPoint, Role, utcnow
 from service.db.session import get_sessionmaker
 from service.tokens import Principal
 from tests.service.checkpoint_dirs import save_and_register
@@ -209,3 +209,34 @@ def test_a_run_that_stops_stepping_is_restarted_from_its_checkpoint_until_the_ca
     else:
         assert job.state == "failed" and "0 stall restarts spent" in job.state_reason
         assert backend.deleted == [0]
+
+
+def test_a_queued_job_can_be_paused_and_rolled_back(settings, tiny_spec, backend, controller):
+    from service import attempts
+    from service.watchdog.rollback import RollbackRequest, roll_back
+
+    oncall = Principal(name="oncall", role=Role.ONCALL)
+    job_id = submit(settings, tiny_spec)
+    controller.reconcile(job_id)
+    backend.show(0, Phase.QUEUED, KUEUE_WAITS)
+    controller.reconcile(job_id)
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        attempts.pause_job(session, job_id=job_id, principal=oncall, reason="hold")
+    for _ in range(2):
+        controller.reconcile(job_id)
+    job, _ = stored(settings, job_id)
+    assert (job.state, job.attempts[0].state, backend.deleted) == ("paused", "cancelled", [0])
+
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        attempts.resume_job(session, job_id=job_id, principal=oncall, reason="go")
+    controller.reconcile(job_id)
+    backend.show(1, Phase.QUEUED, KUEUE_WAITS)
+    controller.reconcile(job_id)
+    assert stored(settings, job_id)[0].state == "queued"
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        save_and_register(session, settings.state_dir / "ckpt", job_id=job_id, attempt=1, step=4)
+        request = RollbackRequest(onset_step=40, reason=AttemptReason.ONCALL, why="bad data", actor="oncall", expected_attempt=1)
+        roll_back(session, job_id=job_id, request=request, storage=None, commit=True)
+    job, events = stored(settings, job_id)
+    assert (job.state, job.attempts[-1].reason) == ("pending", "oncall")
+    assert "job.rolled_back" in [e[0] for e in events]
