@@ -18,6 +18,7 @@ from service.db import repo
 from service.db.models import AttemptReason, Event, LatestMetric, MetricPoint, Role, utcnow
 from service.db.session import get_sessionmaker
 from service.tokens import Principal
+from tests.conftest import auth
 from tests.service.checkpoint_dirs import save_and_register
 
 ALICE = Principal(name="alice", role=Role.SUBMITTER)
@@ -76,8 +77,32 @@ def stored(settings, job_id: int):
         return job, events
 
 
+def _pretrainctl(monkeypatch, app_client, token: str, *commands: list[str]) -> list[str]:
+    """What `pretrainctl` prints for each command, talking to the app in-process."""
+    from click.testing import CliRunner
+
+    from pretrainctl import cli
+    from pretrainctl.client import ApiClient
+
+    def in_process(base_url: str, token: str | None, timeout: float = 30.0) -> ApiClient:
+        client = ApiClient(base_url, token)
+        client._http.close()
+        client._http = app_client
+        client.close = lambda: None  # the test owns the app client
+        app_client.headers.update(auth(token))
+        return client
+
+    monkeypatch.setattr(cli, "ApiClient", in_process)
+    outputs = []
+    for command in commands:
+        result = CliRunner().invoke(cli.cli, ["--token", token, *command])
+        assert result.exit_code == 0, result.output
+        outputs.append(result.output)
+    return outputs
+
+
 def test_a_job_whose_workload_waits_in_its_queue_is_queued_with_the_reason_then_running(
-    settings, tiny_spec, backend, controller
+    settings, tiny_spec, backend, controller, app_client, tokens, monkeypatch
 ):
     tiny_spec["resources"]["queue"] = "team-a"
     job_id = submit(settings, tiny_spec)
@@ -92,6 +117,12 @@ def test_a_job_whose_workload_waits_in_its_queue_is_queued_with_the_reason_then_
     assert [e for e in events if e[0] == "attempt.queued"] == [
         ("attempt.queued", 0, KUEUE_WAITS, {"reason": KUEUE_WAITS})
     ]
+
+    shown = app_client.get(f"/v1/jobs/{job_id}", headers=auth(tokens["alice"])).json()
+    assert (shown["state"], shown["state_reason"]) == ("queued", KUEUE_WAITS)
+    listed, got = _pretrainctl(monkeypatch, app_client, tokens["alice"], ["list"], ["get", str(job_id)])
+    assert "queued     alice" in listed and KUEUE_WAITS in listed
+    assert f"state      queued (desired running): {KUEUE_WAITS}" in got
 
     backend.show(0, Phase.QUEUED, "waiting for the next preemption round")
     controller.reconcile(job_id)
