@@ -130,6 +130,11 @@ class Controller:
                 watched = job.kind == PRETRAIN_KIND and getattr(self.backend, "watching", False)
                 if not actions and requeue is not None and watched:
                     requeue = max(requeue, WATCHED_REQUEUE_S)
+                if requeue is not None and desired.progress is not None:
+                    # A stall changes nothing in the cluster, so no watch event wakes it: look
+                    # again by the time the running attempt would have stalled.
+                    left = desired.progress.timeout_s - desired.progress.idle_s
+                    requeue = min(requeue, max(rc.REQUEUE_SOON_S, left))
             except TemporaryBackendError as exc:
                 session.rollback()
                 failures = self._failures.get(job_id, 0) + 1

@@ -217,8 +217,10 @@ def test_a_run_that_stops_stepping_is_restarted_from_its_checkpoint_until_the_ca
     controller.reconcile(job_id)
     _stepped(settings, job_id, 0, step=7, ago_s=10)
 
-    controller.reconcile(job_id)  # 10 s without a step is within 30 s
+    backend.watching = True  # as with a live informer, which wakes jobs only on changes...
+    again_in = controller.reconcile(job_id)  # 10 s without a step is within 30 s
     assert stored(settings, job_id)[0].state == "running"
+    assert again_in <= 20.0  # ...but a stall changes nothing: it looks again by the deadline
 
     _stepped(settings, job_id, 0, step=8, ago_s=45)
     controller.reconcile(job_id)
