@@ -61,7 +61,7 @@ def median_step_s(session: Session, *, job_id: int) -> float | None:
         select(MetricPoint.value)
         .where(MetricPoint.job_id == job_id, MetricPoint.name == STEP_METRIC)
         .where(MetricPoint.value.is_not(None))
-        .order_by(MetricPoint.id.desc())
+        .order_by(MetricPoint.step.desc())  # backwards along ix_metric_points_job_name_step
         .limit(RECENT_STEPS)
     )
     values = [v for v in session.scalars(query) if v is not None and v >= 0]
@@ -87,9 +87,10 @@ def measure(
     if latest is not None and latest.attempt == attempt.number:
         last_step = latest.step
         since = max(since, latest.created_at)
+    spec_timeout = job.watchdog.stall_timeout_s
     timeout = stall_timeout_s(
-        spec_timeout_s=job.watchdog.stall_timeout_s,
-        median_step_s=median_step_s(session, job_id=job.id),
+        spec_timeout_s=spec_timeout,
+        median_step_s=median_step_s(session, job_id=job.id) if spec_timeout is None else None,
         floor_s=floor_s,
         grace_s=grace_s,
         first_step=last_step is None,

@@ -273,3 +273,22 @@ def test_a_queued_job_can_be_paused_and_rolled_back(settings, tiny_spec, backend
     job, events = stored(settings, job_id)
     assert (job.state, job.attempts[-1].reason) == ("pending", "oncall")
     assert "job.rolled_back" in [e[0] for e in events]
+
+
+def test_without_a_stall_timeout_in_the_spec_the_job_gets_ten_median_steps_bounded_below(
+    settings, tiny_spec, backend, controller
+):
+    from service.controller import stall
+
+    job_id = submit(settings, tiny_spec)
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        job = repo.get_job(session, job_id=job_id)
+        job.attempts[0].started_at = utcnow()
+        for step, seconds in enumerate([30.0, 31.0, 29.0, 900.0, 30.0]):  # one slow step (a save)
+            session.add(MetricPoint(job_id=job_id, attempt=0, step=step, name=STEP_METRIC, value=seconds))
+        session.merge(LatestMetric(job_id=job_id, name=STEP_METRIC, attempt=0, step=4, value=30.0, created_at=utcnow()))
+        session.flush()
+        progress = stall.measure(session, job, job.attempts[0], floor_s=120.0, startup_s=900.0, grace_s=60.0)
+        assert (progress.last_step, progress.timeout_s) == (4, 300.0)
+        floored = stall.measure(session, job, job.attempts[0], floor_s=400.0, startup_s=900.0, grace_s=60.0)
+        assert floored.timeout_s == 400.0
