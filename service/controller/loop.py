@@ -4,6 +4,9 @@
 controller on the same Postgres skips a job this one holds), asks the backend what runs,
 lets `reconcile.plan` decide and applies the actions idempotently. `Controller.run` keeps a
 schedule of when to look at each job again and polls the database for jobs that changed.
+A running pretraining attempt's progress (its newest step, how long ago) is part of the desired
+state read each pass, so `plan` finds a stall as it finds everything else (`stall.py` says why
+the check lives here).
 
 Starting an attempt is two passes: the first mints the attempt's ingest token and commits it;
 the second (at once) creates the workload holding it. The plaintext lives only in this
