@@ -67,6 +67,8 @@ def test_a_hung_trainer_is_restarted_and_a_sigtermed_one_resumes_from_its_save_w
     done = wait_for(client, job_id, lambda j: j["state"] == "succeeded", "succeeded after the SIGTERM")
     _, second, third = done["attempts"]
     assert (second["state"], second["outcome"]) == ("superseded", "preempted")
+    # The trainer knew its grace period (the planner's floor for so small a checkpoint).
+    assert "of a 60s grace period" in second["state_reason"]
     assert (third["reason"], third["state"], third["skip_ranges"]) == ("preempted", "succeeded", [])
     attempt, saved_at = _checkpoint(client, job_id, third["resume_from_checkpoint_id"])
     assert attempt == 1 and hang_at < saved_at < steps
