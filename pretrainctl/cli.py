@@ -24,7 +24,7 @@ from pretrainctl.output import (
 )
 
 # The server's enums as the wire carries them (tests/pretrainctl check that they agree).
-JOB_STATES = ("pending", "running", "paused", "cancelling", "succeeded", "failed", "cancelled")
+JOB_STATES = ("pending", "queued", "running", "paused", "cancelling", "succeeded", "failed", "cancelled")
 FINISHED_STATES = frozenset({"succeeded", "failed", "cancelled"})
 ROLES = ("viewer", "submitter", "oncall", "admin")
 
@@ -214,7 +214,9 @@ def list_(ctx: click.Context, states: tuple[str, ...], owner: str | None, name: 
     def human(page: dict[str, Any]) -> None:
         click.echo(f"{'ID':>6}  {'NAME':<32} {'STATE':<10} {'OWNER':<16} SUBMITTED")
         for job in page["data"]:
-            click.echo(f"{job['id']:>6}  {job['name']:<32} {job['state']:<10} {job['owner']:<16} {job['created_at']}")
+            # A queued job says what it waits for (the queue's reason); other reasons are `get`'s.
+            waits = f"  {job['state_reason']}" if job["state"] == "queued" and job.get("state_reason") else ""
+            click.echo(f"{job['id']:>6}  {job['name']:<32} {job['state']:<10} {job['owner']:<16} {job['created_at']}{waits}")
         more = f"; next page: --cursor {page['next_cursor']}" if page["next_cursor"] else ""
         click.echo(f"{len(page['data'])} of {page['count']} jobs{more}")
 

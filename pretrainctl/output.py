@@ -50,6 +50,8 @@ def show_plan(plan: dict[str, Any]) -> None:
     for stage in plan["stages"]:
         click.echo(f"stage        {stage['name']}: {stage['train_iters']:,} iters ({stage['warmup_iters']:,} warmup) at seq {stage['seq_length']:,}")
     show_data_plan(plan.get("data"))
+    if checkpoint := plan.get("checkpoint"):
+        click.echo(f"checkpoint   {checkpoint['size_gib']:.1f} GiB ({checkpoint['per_node_gib']:.1f} GiB a node at {checkpoint['write_gib_per_s_per_node']:g} GiB/s: {checkpoint['write_s']:.0f} s); grace period after SIGTERM {checkpoint['termination_grace_s']} s")
     click.echo(f"advice       critical batch {advice['critical_batch_tokens']:,.0f} tokens vs {advice['batch_tokens']:,} in the spec; compute-optimal {advice['compute_optimal_tokens']:.3e} tokens")
     inverse = plan.get("inverse") or {}
     if budget := inverse.get("tokens_for_budget"):

@@ -32,9 +32,12 @@ TERMINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.C
 ACTIVE_JOB_STATES = tuple(s.value for s in JobState if s not in TERMINAL_JOB_STATES)
 # Where a job stays until someone acts; `state_reason` says why it is there, and only there.
 RESTING_JOB_STATES = TERMINAL_JOB_STATES | {JobState.PAUSED}
+# Where `state_reason` says why a job is there: where it rests, and where it waits in a queue
+# (the queue's own words: Kueue's reason for not admitting it yet).
+REASONED_JOB_STATES = RESTING_JOB_STATES | {JobState.QUEUED}
 
 _ACTIVE = frozenset(JobState(s) for s in ACTIVE_JOB_STATES)
-_STARTED = frozenset({JobState.PENDING, JobState.RUNNING})
+_STARTED = frozenset({JobState.PENDING, JobState.QUEUED, JobState.RUNNING})
 
 
 @dataclass(frozen=True)
@@ -52,9 +55,16 @@ class Transition:
         return state in self.sources
 
 
+QUEUE = Transition(
+    "queue",
+    sources=frozenset({JobState.PENDING}),
+    target=JobState.QUEUED,
+    event="attempt.queued",
+    when="its attempt's workload waits for admission (Kueue); state_reason is the queue's reason",
+)
 START = Transition(
     "start",
-    sources=frozenset({JobState.PENDING}),
+    sources=frozenset({JobState.PENDING, JobState.QUEUED}),
     target=JobState.RUNNING,
     event=None,
     when="its attempt's workload runs (attempt.running tells it)",
@@ -64,7 +74,8 @@ RETRY = Transition(
     sources=_STARTED,
     target=JobState.PENDING,
     event=None,
-    when="a new attempt after a pod failure, a preemption or a refused checkpoint (attempt.opened tells it)",
+    when="a new attempt after a pod failure, a preemption, a stall or a refused checkpoint "
+    "(attempt.opened tells it)",
 )
 ROLL_BACK = Transition(
     "roll_back",
@@ -89,7 +100,7 @@ PAUSE = Transition(
 )
 REQUEST_CANCEL = Transition(
     "request_cancel",
-    sources=frozenset({JobState.PENDING, JobState.RUNNING, JobState.PAUSED}),
+    sources=frozenset({JobState.PENDING, JobState.QUEUED, JobState.RUNNING, JobState.PAUSED}),
     target=JobState.CANCELLING,
     event="job.cancel_requested",
     when="cancelling was asked for while a workload may still run",
@@ -117,7 +128,7 @@ FAIL = Transition(
 )
 
 JOB_TRANSITIONS: tuple[Transition, ...] = (
-    START, RETRY, ROLL_BACK, RESUME, PAUSE, REQUEST_CANCEL, CANCEL, SUCCEED, FAIL
+    QUEUE, START, RETRY, ROLL_BACK, RESUME, PAUSE, REQUEST_CANCEL, CANCEL, SUCCEED, FAIL
 )
 # A job is created pending (`repo.add_job`); that is not a move, and job.submitted says it.
 INITIAL_JOB_STATE = JobState.PENDING
@@ -178,7 +189,7 @@ def move(
         raise IllegalTransition(f"job {job.id} cannot {transition.name.replace('_', ' ')}: it is {job.state}")
     target = transition.target
     job.state = target
-    job.state_reason = reason if target in RESTING_JOB_STATES else None
+    job.state_reason = reason if target in REASONED_JOB_STATES else None
     if target in TERMINAL_JOB_STATES:
         job.finished_at = utcnow()
         tokens.revoke_attempt_tokens(
@@ -194,6 +205,14 @@ def move(
             reason=reason,
             data=data,
         )
+
+
+def note_queue_reason(job: Job, reason: str | None) -> None:
+    """A queued job's queue gave a new reason (Kueue's message changed): keep the newest, with
+    no event (`attempt.queued` told the wait once)."""
+    if job.state != JobState.QUEUED:
+        raise IllegalTransition(f"job {job.id} is {job.state}, not queued")
+    job.state_reason = reason
 
 
 def move_attempt(

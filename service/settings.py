@@ -132,6 +132,18 @@ class Settings(BaseSettings):
     max_pod_failure_retries: int = Field(
         3, ge=0, description="Attempts a job may open after retryable pod failures."
     )
+    stall_timeout_floor_s: float = Field(
+        120.0,
+        gt=0,
+        description="Shortest stall timeout a job gets when its spec leaves watchdog.stall_timeout_s "
+        "unset (the default is a multiple of its measured step time, never below this).",
+    )
+    stall_startup_s: float = Field(
+        900.0,
+        gt=0,
+        description="How long an attempt may run before its first step without counting as "
+        "stalled (start-up: loading the checkpoint, building data indices), whatever its timeout.",
+    )
     api_host: str = Field("127.0.0.1", description="Address `pretrainctl serve` binds.")
     api_port: int = Field(8000, ge=1, le=65535, description="Port `pretrainctl serve` binds.")
     api_url: str = Field(

@@ -29,7 +29,7 @@ class AttemptPublic(BaseModel):
 
     number: int
     state: str
-    reason: str = Field(description="Why the attempt was opened: launch, pod_failure, rollback, oncall, resume, preempted, bad_checkpoint.")
+    reason: str = Field(description="Why the attempt was opened: launch, pod_failure, rollback, oncall, resume, preempted, bad_checkpoint, stall.")
     resume_from_checkpoint_id: int | None
     skip_ranges: list[Any]
     lr_scale: float

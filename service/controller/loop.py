@@ -4,6 +4,9 @@
 controller on the same Postgres skips a job this one holds), asks the backend what runs,
 lets `reconcile.plan` decide and applies the actions idempotently. `Controller.run` keeps a
 schedule of when to look at each job again and polls the database for jobs that changed.
+A running pretraining attempt's progress (its newest step, how long ago) is part of the desired
+state read each pass, so `plan` finds a stall as it finds everything else (`stall.py` says why
+the check lives here).
 
 Starting an attempt is two passes: the first mints the attempt's ingest token and commits it;
 the second (at once) creates the workload holding it. The plaintext lives only in this
@@ -29,7 +32,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import attempts, checkpoints, lifecycle, tokens
 from service.checkpoints import CheckpointStorage, Rejection
 from service.controller import reconcile as rc
+from service.controller import stall
 from service.controller.backends import Backend, PermanentBackendError, TemporaryBackendError
+from service.controller.trainer_config import termination_grace_s
 from service.controller.workload import build_workload
 from service.db import repo
 from service.db.models import (
@@ -128,6 +133,11 @@ class Controller:
                 watched = job.kind == PRETRAIN_KIND and getattr(self.backend, "watching", False)
                 if not actions and requeue is not None and watched:
                     requeue = max(requeue, WATCHED_REQUEUE_S)
+                if requeue is not None and desired.progress is not None:
+                    # A stall changes nothing in the cluster, so no watch event wakes it: look
+                    # again by the time the running attempt would have stalled.
+                    left = desired.progress.timeout_s - desired.progress.idle_s
+                    requeue = min(requeue, max(rc.REQUEUE_SOON_S, left))
             except TemporaryBackendError as exc:
                 session.rollback()
                 failures = self._failures.get(job_id, 0) + 1
@@ -150,7 +160,18 @@ class Controller:
 
     def _desired(self, session: Session, job: Job) -> rc.Desired:
         current = job.attempts[-1]
+        # Preemptions and stalls are the cluster's doing, not the run's: neither counts here.
         retries = sum(1 for a in job.attempts if a.reason == AttemptReason.POD_FAILURE)
+        progress = None
+        if job.kind == PRETRAIN_KIND and current.state == AttemptState.RUNNING:
+            progress = stall.measure(
+                session,
+                job,
+                current,
+                floor_s=self.settings.stall_timeout_floor_s,
+                startup_s=self.settings.stall_startup_s,
+                grace_s=termination_grace_s(job),
+            )
         return rc.Desired(
             job_id=job.id,
             state=job.state,
@@ -160,6 +181,10 @@ class Controller:
             pod_failure_retries=retries,
             max_pod_failure_retries=self.settings.max_pod_failure_retries,
             awaits_result=job.kind in BATCH_KINDS and job.result is None,
+            queue_reason=job.state_reason if job.state == JobState.QUEUED else None,
+            progress=progress,
+            stall_restarts=sum(1 for a in job.attempts if a.reason == AttemptReason.STALL),
+            max_stall_restarts=job.watchdog.max_stall_restarts,
         )
 
     def _apply(self, session: Session, job: Job, action: rc.Action) -> _Next:
@@ -179,7 +204,7 @@ class Controller:
             case rc.RecordAttempt(attempt=number, state=state, reason=reason, outcome=told):
                 attempt = _attempt(job, number)
                 if state == AttemptState.RUNNING:
-                    if job.state == JobState.PENDING:
+                    if job.state in (JobState.PENDING, JobState.QUEUED):
                         lifecycle.move(session, job, lifecycle.START, actor=ACTOR)
                     lifecycle.move_attempt(
                         session, job, attempt, AttemptState.RUNNING, actor=ACTOR, reason=reason
@@ -195,6 +220,10 @@ class Controller:
                         outcome=told.outcome.value if told else None,
                         data={"outcome": told.as_event_data()} if told else None,
                     )
+            case rc.RecordQueued(attempt=number, reason=reason):
+                self._record_queued(session, job, number, reason)
+            case rc.RecordStall():
+                stall.record(session, job, action, self.backend, actor=ACTOR)
             case rc.OpenAttempt(reason=reason, why=why):
                 self._open_attempt(session, job, AttemptReason(reason), why)
             case rc.RollBack(attempt=number, onset_step=onset, why=why):
@@ -319,6 +348,19 @@ class Controller:
             },
         )
         return True
+
+    # --- while an attempt runs --------------------------------------------------------------------
+
+    def _record_queued(self, session: Session, job: Job, number: int, reason: str | None) -> None:
+        """The job waits in its queue: queued with the queue's reason (`attempt.queued`, once per
+        attempt); a queued job whose reason changed keeps the newest."""
+        if job.state == JobState.QUEUED:
+            lifecycle.note_queue_reason(job, reason)
+        elif job.state == JobState.PENDING:
+            lifecycle.move(
+                session, job, lifecycle.QUEUE, actor=ACTOR, reason=reason, attempt=number,
+                data={"reason": reason},
+            )  # fmt: skip
 
     # --- after an attempt ends ---------------------------------------------------------------------
 

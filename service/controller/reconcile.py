@@ -30,6 +30,19 @@ class Phase(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Progress:
+    """How far the running attempt got, and how long ago."""
+
+    last_step: int | None  # None: it has not reported a step yet
+    idle_s: float  # since its last step (or since it started running, before the first)
+    timeout_s: float
+
+    @property
+    def stalled(self) -> bool:
+        return self.idle_s >= self.timeout_s
+
+
+@dataclass(frozen=True)
 class WorkloadStatus:
     name: str
     attempt: int
@@ -37,6 +50,9 @@ class WorkloadStatus:
     reason: str | None = None
     retryable: bool = False  # without an outcome: whether a new attempt may help
     outcome: TrainerOutcome | None = None  # how the trainer said it ended, once it has
+    # Ended by the cluster taking the machines back (eviction, preemption, a drain), not by the
+    # run: a new attempt from the newest checkpoint that no retry budget counts.
+    preempted: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,10 @@ class Desired:
     max_pod_failure_retries: int
     # A job whose workload reports a result before it exits (tokenizer, data), none stored yet.
     awaits_result: bool = False
+    queue_reason: str | None = None  # the stored state_reason of a queued job
+    progress: Progress | None = None  # a running pretraining attempt's steps (stall.measure)
+    stall_restarts: int = 0  # attempts opened so far because the run stalled
+    max_stall_restarts: int = 0
 
 
 @dataclass(frozen=True)
@@ -83,6 +103,25 @@ class RecordAttempt:
     state: str
     reason: str | None = None
     outcome: TrainerOutcome | None = None
+
+
+@dataclass(frozen=True)
+class RecordQueued:
+    """The newest attempt's workload waits for admission: the job is queued, for `reason`."""
+
+    attempt: int
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class RecordStall:
+    """The running attempt trained no step for its stall timeout: say so (event job.stalled)."""
+
+    attempt: int
+    last_step: int | None
+    stalled_s: float
+    timeout_s: float
+    why: str
 
 
 @dataclass(frozen=True)
@@ -118,7 +157,15 @@ class FinishJob:
 
 
 Action = (
-    CreateWorkload | DeleteWorkload | RecordAttempt | OpenAttempt | RollBack | RefuseCheckpoint | FinishJob
+    CreateWorkload
+    | DeleteWorkload
+    | RecordAttempt
+    | RecordQueued
+    | RecordStall
+    | OpenAttempt
+    | RollBack
+    | RefuseCheckpoint
+    | FinishJob
 )
 
 
@@ -162,12 +209,27 @@ def plan(desired: Desired, observed: Observed) -> tuple[list[Action], float | No
             return actions, REQUEUE_SOON_S
         return actions, (REQUEUE_SOON_S if actions else None)
 
-    # PART-B: a queued workload is treated as pending until the lifecycle has a `queued`
-    # job state (issue 18, part B replaces this with the move to `queued`).
     if current.phase == Phase.QUEUED:
-        return actions, REQUEUE_SOON_S
+        if desired.attempt_state == "running":
+            # It ran, and the queue took its machines back (Kueue evicted and suspended it).
+            reason = f"evicted by its queue: {current.reason or 'no reason given'}"
+            actions.append(RecordAttempt(desired.attempt, "superseded", reason=reason))
+            actions.append(OpenAttempt("preempted", why=f"attempt {desired.attempt}: {reason}"))
+            return actions, REQUEUE_SOON_S
+        if desired.state != "queued" or desired.queue_reason != current.reason:
+            actions.append(RecordQueued(desired.attempt, current.reason))
+        return actions, REQUEUE_RUNNING_S
 
     if current.phase in (Phase.PENDING, Phase.RUNNING, Phase.RESTARTING):
+        progress = desired.progress
+        if (
+            current.phase == Phase.RUNNING
+            and desired.attempt_state == "running"
+            and progress is not None
+            and progress.stalled
+        ):
+            actions += _after_stall(desired, progress)
+            return actions, REQUEUE_SOON_S
         if current.phase != Phase.PENDING and desired.attempt_state != "running":
             actions.append(RecordAttempt(desired.attempt, "running", reason=current.reason))
         return actions, REQUEUE_RUNNING_S if current.phase == Phase.RUNNING else REQUEUE_SOON_S
@@ -189,6 +251,10 @@ def plan(desired: Desired, observed: Observed) -> tuple[list[Action], float | No
     # failed
     if current.outcome is not None and current.outcome.outcome != Outcome.COMPLETED:
         actions += _after_trainer_outcome(desired, current.outcome)
+    elif current.preempted:
+        reason = current.reason or "preempted"
+        actions.append(RecordAttempt(desired.attempt, "superseded", reason=reason, outcome=current.outcome))
+        actions.append(OpenAttempt("preempted", why=f"attempt {desired.attempt}: {reason}"))
     else:
         actions += _after_failure(
             desired, current.reason or "the workload failed", current.retryable, current.outcome
@@ -203,7 +269,8 @@ def _after_trainer_outcome(desired: Desired, outcome: TrainerOutcome) -> list[Ac
     | ------------------ | ----------------------------------------------------------------- |
     | diverged           | a rollback from its first non-finite step (the watchdog's policy) |
     | corrupt_checkpoint | that checkpoint unusable; a new attempt from an older good one    |
-    | preempted          | a new attempt from the newest checkpoint, not a pod failure       |
+    | preempted          | a new attempt from the newest checkpoint, not a pod failure: the  |
+    |                    | attempt ends superseded, not failed                               |
     | bad_config         | the job fails: the same config fails again                        |
     | crashed            | the job fails, as any trainer error does                          |
     """
@@ -216,9 +283,35 @@ def _after_trainer_outcome(desired: Desired, outcome: TrainerOutcome) -> list[Ac
         case Outcome.CORRUPT_CHECKPOINT:
             return [record, RefuseCheckpoint(number, path=outcome.checkpoint, why=why)]
         case Outcome.PREEMPTED:
-            return [record, OpenAttempt("preempted", why=why)]
+            # Not a failure: the attempt is superseded by its continuation (outcome preempted).
+            superseded = RecordAttempt(
+                number, "superseded", reason=f"the trainer {outcome.describe()}", outcome=outcome
+            )
+            return [superseded, OpenAttempt("preempted", why=why)]
         case _:
             return [record, FinishJob("failed", reason=why)]
+
+
+def _after_stall(desired: Desired, progress: Progress) -> list[Action]:
+    """No step for the stall timeout: a new attempt from the newest checkpoint (no data skipped),
+    until `max_stall_restarts` are spent; then the job fails."""
+    number = desired.attempt
+    last = "no step yet" if progress.last_step is None else f"last step {progress.last_step}"
+    why = (
+        f"attempt {number} stalled: no new step for {progress.idle_s:.0f}s "
+        f"(stall timeout {progress.timeout_s:.0f}s; {last})"
+    )
+    actions: list[Action] = [
+        RecordStall(number, progress.last_step, progress.idle_s, progress.timeout_s, why)
+    ]
+    if desired.stall_restarts < desired.max_stall_restarts:
+        actions.append(OpenAttempt("stall", why=why))
+        return actions
+    spent = f"{why}; {desired.max_stall_restarts} stall restarts spent (watchdog.max_stall_restarts)"
+    actions.append(DeleteWorkload(number, why="it stalled"))
+    actions.append(RecordAttempt(number, "failed", reason=why))
+    actions.append(FinishJob("failed", reason=spent))
+    return actions
 
 
 def _after_failure(

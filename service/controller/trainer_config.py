@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from service.checkpoints import job_directory
+from service.controller.manifests.workloads import TERMINATION_GRACE_S
 from service.db.models import Attempt, Job
 from service.jobspec import Derivation
 from service.planner import Plan
@@ -56,7 +57,8 @@ _SKIP_STEP_DEFAULTS = {
     "skip_grad_norm_min_history": 20,
     "max_consecutive_skips": 5,
 }
-# No injected faults beyond the spec's `corrupt_steps` (those are per data source).
+# No injected faults beyond the spec's `corrupt_steps` (those are per data source) and its
+# `faults` section (rendered below).
 _NO_FAULTS = {
     "lr_blowup_from_step": None,
     "lr_blowup_factor": 1000.0,
@@ -67,6 +69,18 @@ _NO_FAULTS = {
 # Where a trainer writes how it ended: the container's termination message on Kubernetes (the
 # local backend points it at its workload folder).
 TERMINATION_LOG = "/dev/termination-log"
+
+
+def termination_grace_s(job: Job) -> int:
+    """Seconds the attempt's processes get after SIGTERM to save: the spec's, else the plan's
+    (sized from the checkpoint's write time), else the default of plans stored before that."""
+    spec = job.pretrain_spec
+    if spec.resources.termination_grace_s is not None:
+        return spec.resources.termination_grace_s
+    plan = job.memory_plan
+    if plan is not None and plan.checkpoint is not None:
+        return plan.checkpoint.termination_grace_s
+    return TERMINATION_GRACE_S
 
 
 class RenderError(ValueError):
@@ -135,7 +149,9 @@ def render_trainer_config(
             "trace_dir": None,
             "skip_ranges": _ranges(attempt.skip_ranges),
         },
-        "checkpoint": _checkpoint(spec.checkpoint, job.id, job.name, resume_from, settings),
+        "checkpoint": _checkpoint(
+            spec.checkpoint, job.id, job.name, resume_from, settings, termination_grace_s(job)
+        ),
         "eval": {
             "interval_steps": spec.eval.interval_steps,
             "samples_per_channel": spec.eval.samples_per_channel,
@@ -152,7 +168,11 @@ def render_trainer_config(
             "skip_grad_norm_zscore": float(watchdog.skip_grad_norm_zscore),
             **_SKIP_STEP_DEFAULTS,
         },
-        "faults": dict(_NO_FAULTS),
+        # A hang is the first attempt's only: the attempt restarted after it passes the step.
+        "faults": {
+            **_NO_FAULTS,
+            "hang_at_step": spec.faults.hang_at_step if attempt.number == 0 else None,
+        },
     }
     try:
         config_from_dict(rendered)
@@ -343,6 +363,7 @@ def _checkpoint(
     job_name: str,
     resume_from: str | None,
     settings: Settings,
+    termination_grace_s: int,
 ) -> dict[str, Any]:
     # Every attempt of a job writes into one directory on the checkpoint volume, so a rollback
     # finds the checkpoints of earlier attempts. spec.checkpoint.storage is not honoured yet: the
@@ -357,4 +378,5 @@ def _checkpoint(
         # The checkpoint a rollback resumed from must survive keep_last rotation.
         "pinned": [resume_from] if resume_from else [],
         "save_on_sigterm": True,
+        "termination_grace_s": float(termination_grace_s),
     }

@@ -25,7 +25,7 @@ from service.controller.manifests import (
     render_tokenizer_manifests,
 )
 from service.controller.tokenizer_config import render_tokenizer_config
-from service.controller.trainer_config import render_trainer_config
+from service.controller.trainer_config import render_trainer_config, termination_grace_s
 from service.db.models import Attempt, Job
 from service.jobspec import SPEC_VERSION
 from service.settings import Settings
@@ -81,6 +81,9 @@ def build_workload(
         gpu_type=spec.resources.gpu_type,
         gpu_memory_gib=spec.resources.gpu_memory_gib,
         env_secrets=(spec.data.credentials_secret,) if spec.data.credentials_secret else (),
+        queue=spec.resources.queue,
+        priority=spec.resources.priority,
+        termination_grace_s=termination_grace_s(job),
     )
 
 

@@ -75,6 +75,7 @@ class JobState(enum.StrEnum):
     """A job's state; which moves between them are allowed is service.lifecycle's to say."""
 
     PENDING = "pending"
+    QUEUED = "queued"  # its workload waits for admission (Kueue); state_reason says why
     RUNNING = "running"
     PAUSED = "paused"
     CANCELLING = "cancelling"
@@ -84,8 +85,8 @@ class JobState(enum.StrEnum):
 
 
 # The states in which a job holds its name: service.lifecycle's active ones, as the schema
-# (migration 0001) spells them; a test holds the two equal, and a change needs a migration.
-LIVE_NAME_STATES = "state IN ('pending', 'running', 'paused', 'cancelling')"
+# (migration 0008) spells them; a test holds the two equal, and a change needs a migration.
+LIVE_NAME_STATES = "state IN ('pending', 'queued', 'running', 'paused', 'cancelling')"
 
 
 class DesiredState(enum.StrEnum):
@@ -113,6 +114,7 @@ class AttemptReason(enum.StrEnum):
     RESUME = "resume"
     PREEMPTED = "preempted"  # the trainer saved on SIGTERM and said so: not a pod failure
     BAD_CHECKPOINT = "bad_checkpoint"  # the trainer refused its resume checkpoint as corrupt
+    STALL = "stall"  # no new step for the stall timeout while it ran: restarted, no data skipped
 
     @property
     def is_rollback(self) -> bool:

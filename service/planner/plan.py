@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pydantic import BaseModel, Field
 
 from service.planner.advice import Advice, advise
+from service.planner.checkpoint import CheckpointEstimate, estimate_checkpoint
 from service.planner.compute import Compute, StageEstimate, estimate_compute, estimate_stages
 from service.planner.data import DataPlan, plan_data
 from service.planner.inverse import Inverse, answer_inverse
@@ -32,6 +33,11 @@ class Plan(BaseModel):
     # None in plans stored before the data accounting existed.
     data: DataPlan | None = Field(
         None, description="Tokens planned per stage and data source, sizes and epochs."
+    )
+    # None in plans stored before the grace period was sized.
+    checkpoint: CheckpointEstimate | None = Field(
+        None,
+        description="Checkpoint size and write time, and the pods' grace period after SIGTERM.",
     )
     warnings: list[str]
 
@@ -96,5 +102,6 @@ def plan_job(
             deadline_days=deadline_days,
         ),
         data=data,
+        checkpoint=estimate_checkpoint(params, stages, nodes=validated.spec.resources.nodes),
         warnings=warnings,
     )

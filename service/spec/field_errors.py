@@ -11,7 +11,7 @@ from typing import Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from service.spec.fields import IDENTIFIER_PATTERN, NAME_PATTERN
+from service.spec.fields import IDENTIFIER_PATTERN, KUBERNETES_NAME_PATTERN, NAME_PATTERN
 from service.spec.job import JobSpec
 from service.spec.problems import Problem, format_loc, kind_of
 
@@ -22,6 +22,8 @@ _PATTERN_HINTS = {
     NAME_PATTERN: "use lowercase letters, digits and '-', starting with a letter and ending "
     "with a letter or digit",
     IDENTIFIER_PATTERN: "use lowercase letters, digits, '_' and '-', starting with a letter",
+    KUBERNETES_NAME_PATTERN: "a Kubernetes name: lowercase letters, digits and '-', starting and "
+    "ending with a letter or digit",
 }
 
 

@@ -11,6 +11,10 @@ from pydantic_core import PydanticCustomError
 # Becomes the Kubernetes name `<name>-a<attempt>`: a DNS-1123 label, with room for the suffix.
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 NAME_MAX_LENGTH = 48
+# Kueue's queue-name and priority-class labels carry these names, so they must be label values
+# as well as object names: DNS-1123 labels (lowercase letters, digits, '-'), at most 63 characters.
+KUBERNETES_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+KUBERNETES_NAME_MAX_LENGTH = 63
 # Stage and channel names end up in metric labels and file names.
 IDENTIFIER_PATTERN = r"^[a-z][a-z0-9_-]*$"
 IDENTIFIER_MAX_LENGTH = 32

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field
 
 from service.spec.data import DataSpec
+from service.spec.faults import FaultsSpec
 from service.spec.fields import (
     NAME_MAX_LENGTH,
     NAME_PATTERN,
@@ -81,7 +82,12 @@ class JobSpec(Section):
         default_factory=DataSpec, description="How sources are split, packed and masked."
     )
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Held-out evaluation.")
-    watchdog: WatchdogSpec = Field(default_factory=WatchdogSpec, description="Loss anomaly policy.")
+    watchdog: WatchdogSpec = Field(
+        default_factory=WatchdogSpec, description="Loss anomaly and stall policy."
+    )
+    faults: FaultsSpec = Field(
+        default_factory=FaultsSpec, description="Fault injection for demos, tests and drills."
+    )
     allow_over_memory: Flag = Field(
         False, description="Accept a plan whose memory estimate exceeds the accelerator's memory."
     )

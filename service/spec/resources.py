@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, model_validator
 
 from service.spec.fields import (
+    KUBERNETES_NAME_MAX_LENGTH,
+    KUBERNETES_NAME_PATTERN,
     MAX_GPU_MEMORY_GIB,
     MAX_GPUS_PER_NODE,
     MAX_NODES,
@@ -15,6 +17,9 @@ from service.spec.fields import (
     integer,
     real,
 )
+
+# A pod may take this long to stop after SIGTERM; past a day a grace period is a typo.
+MAX_TERMINATION_GRACE_S = 86_400
 
 GpuType = Literal[
     "H100",
@@ -81,6 +86,29 @@ class ResourcesSpec(Section):
     peak_tflops: real(ge=MIN_PEAK_TFLOPS, le=MAX_PEAK_TFLOPS) | None = Field(
         None,
         description="Peak dense bf16 TFLOPS of one accelerator; defaults from a table by gpu_type.",
+    )
+
+    queue: str | None = Field(
+        None,
+        min_length=1,
+        max_length=KUBERNETES_NAME_MAX_LENGTH,
+        pattern=KUBERNETES_NAME_PATTERN,
+        description="Kueue LocalQueue (in the job's namespace) that admits the workload; it is "
+        "created suspended and the job shows queued until Kueue admits it. Unset: no queue.",
+    )
+    priority: str | None = Field(
+        None,
+        min_length=1,
+        max_length=KUBERNETES_NAME_MAX_LENGTH,
+        pattern=KUBERNETES_NAME_PATTERN,
+        description="Priority class (Kueue WorkloadPriorityClass or Kubernetes PriorityClass) "
+        "of the workload; higher ones may preempt lower ones. Unset: the cluster's default.",
+    )
+    termination_grace_s: integer(ge=1, le=MAX_TERMINATION_GRACE_S) | None = Field(
+        None,
+        description="Seconds a pod gets after SIGTERM (preemption, drain) to finish its step and "
+        "save a checkpoint before it is killed. Unset: sized by the planner from the checkpoint "
+        "size and write speed (plan.checkpoint.termination_grace_s).",
     )
 
     @model_validator(mode="after")

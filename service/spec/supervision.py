@@ -8,13 +8,18 @@ from pydantic import Field
 
 from service.spec.fields import (
     MAX_GLOBAL_BATCH_SIZE,
+    MAX_STEPS,
     NonNegativeSteps,
     PositiveFloat,
     PositiveSteps,
     Section,
     SpecPath,
     integer,
+    real,
 )
+
+# A week without a step is no longer a stall to wait out: it is a typo.
+MAX_STALL_TIMEOUT_S = 7 * 86_400.0
 
 
 class CheckpointSpec(Section):
@@ -83,4 +88,15 @@ class WatchdogSpec(Section):
         3,
         description="Non-finite losses in a row after which the trainer stops as diverged and the "
         "service rolls the run back.",
+    )
+    stall_timeout_s: real(gt=0, le=MAX_STALL_TIMEOUT_S) | None = Field(
+        None,
+        description="Seconds without a new training step, while the workload runs, after which "
+        "the job counts as stalled (a hung collective, a dead data loader) and restarts from its "
+        "newest checkpoint. Unset: a multiple of the job's measured median step time, never "
+        "below the service's stall_timeout_floor_s.",
+    )
+    max_stall_restarts: integer(ge=0, le=MAX_STEPS) = Field(
+        3,
+        description="Restarts after stalls a job may have; the next stall fails it.",
     )

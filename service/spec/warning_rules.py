@@ -73,6 +73,16 @@ def _warn_fault_injection(context: Context) -> Iterator[Problem]:
                 )
 
 
+def _warn_hang_injection(context: Context) -> Iterator[Problem]:
+    step = context.spec.faults.hang_at_step
+    if step is not None:
+        yield problem(
+            ["faults", "hang_at_step"],
+            f"the first attempt hangs at step {step} on purpose (fault injection); remove "
+            "faults.hang_at_step for a real run",
+        )
+
+
 def _warn_rollback_target_may_be_pruned(context: Context) -> Iterator[Problem]:
     # The attempt keeps saving (and pruning to keep_last) until the controller stops it, so the
     # checkpoint a rollback picks (at least rollback_margin_steps before the onset, found
@@ -96,6 +106,7 @@ def _warn_rollback_target_may_be_pruned(context: Context) -> Iterator[Problem]:
 
 WARNINGS: tuple[Rule, ...] = (
     _warn_fault_injection,
+    _warn_hang_injection,
     _warn_rollback_target_may_be_pruned,
     _warn_tokens_rounded_to_steps,
     _warn_ignored_settings,

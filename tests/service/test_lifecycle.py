@@ -78,7 +78,7 @@ def test_a_job_transition_moves_from_its_sources_and_from_no_other_state(session
             assert not token_revoked(session, job), source
             continue
         finished = transition.target in lifecycle.TERMINAL_JOB_STATES
-        rests = transition.target in lifecycle.RESTING_JOB_STATES
+        rests = transition.target in lifecycle.REASONED_JOB_STATES
         assert (job.state, job.state_reason) == (transition.target, "because" if rests else None), source
         assert (job.finished_at is not None, token_revoked(session, job)) == (finished, finished), source
         revoked = [("token.revoked", f"job {job.id} {transition.target}")] if finished else []
@@ -155,3 +155,15 @@ def test_the_committed_lifecycle_doc_is_what_the_script_generates():
     assert (ROOT / "docs" / "job-lifecycle.md").read_text() == diagram.render(), (
         "docs/job-lifecycle.md is out of date: run python scripts/lifecycle_diagram.py"
     )
+
+
+def test_a_queued_job_keeps_its_queues_newest_reason_and_no_other_state_takes_one(session):
+    job = job_in(session, JobState.PENDING)
+    lifecycle.move(session, job, lifecycle.QUEUE, actor="controller", reason="no quota", attempt=0, data={"reason": "no quota"})
+    lifecycle.note_queue_reason(job, "waiting for a preemption")
+    session.commit()
+    assert (job.state, job.state_reason) == ("queued", "waiting for a preemption")
+    assert [e.kind for e in events_of(session, job)].count("attempt.queued") == 1
+    running = job_in(session, JobState.RUNNING)
+    with pytest.raises(lifecycle.IllegalTransition, match="not queued"):
+        lifecycle.note_queue_reason(running, "no quota")

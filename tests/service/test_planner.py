@@ -662,3 +662,26 @@ def test_tiny_cpu_example_fits_its_4_gib_processes() -> None:
     assert plan.memory.fits
     assert plan.memory.breakdown.overhead >= 0.5
     assert memory_problems(validated, plan) == []
+
+
+def test_the_grace_period_is_a_step_plus_twice_the_checkpoint_write_within_its_bounds() -> None:
+    from service.planner import (
+        CHECKPOINT_BYTES_PER_PARAMETER,
+        GIB,
+        MAX_TERMINATION_GRACE_S,
+        MIN_TERMINATION_GRACE_S,
+        WRITE_GIB_PER_S_PER_NODE,
+        grace_period_s,
+    )
+
+    _, plan = planned(job())
+    checkpoint = plan.checkpoint
+    assert checkpoint.size_gib == pytest.approx(plan.params.total * CHECKPOINT_BYTES_PER_PARAMETER / GIB)
+    assert checkpoint.write_s == pytest.approx(checkpoint.per_node_gib / WRITE_GIB_PER_S_PER_NODE)
+    # Qwen2-7B: ~99 GiB written by one node at 1 GiB/s, twice over, plus a step of a few seconds.
+    assert checkpoint.termination_grace_s == math.ceil(checkpoint.step_s + 2 * checkpoint.write_s)
+    assert 200 < checkpoint.termination_grace_s < 260
+    _, spread = planned(job(resources={"nodes": 4, "gpus_per_node": 8, "gpu_type": "H100", "gpu_memory_gib": 80}))
+    assert spread.checkpoint.per_node_gib == pytest.approx(checkpoint.size_gib / 4)
+    assert grace_period_s(step_s=0.5, write_s=1.0) == MIN_TERMINATION_GRACE_S
+    assert grace_period_s(step_s=10.0, write_s=10_000.0) == MAX_TERMINATION_GRACE_S

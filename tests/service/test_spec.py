@@ -952,3 +952,45 @@ def test_a_keep_last_too_short_for_a_rollback_to_find_its_checkpoint_is_warned()
     spec["checkpoint"]["keep_last"] = 2
     spec["watchdog"]["rollback"] = "alert_only"
     assert [w for w in accepted(spec).warnings if w.loc == ["checkpoint", "keep_last"]] == []
+
+
+# ---------------------------------------------------------------- queues, grace periods, stalls
+
+
+def test_queue_priority_and_grace_period_are_accepted_and_default_to_unset() -> None:
+    spec = accepted(base_spec()).spec
+    assert (spec.resources.queue, spec.resources.priority, spec.resources.termination_grace_s) == (None, None, None)
+    assert (spec.watchdog.stall_timeout_s, spec.watchdog.max_stall_restarts) == (None, 3)
+    spec = accepted(
+        with_changes(
+            base_spec(),
+            **{"resources.queue": "team-a", "resources.priority": "high-priority", "resources.termination_grace_s": 600,
+               "watchdog.stall_timeout_s": 300.0, "watchdog.max_stall_restarts": 0},
+        )  # fmt: skip
+    ).spec
+    assert (spec.resources.queue, spec.resources.priority, spec.resources.termination_grace_s) == ("team-a", "high-priority", 600)
+    assert (spec.watchdog.stall_timeout_s, spec.watchdog.max_stall_restarts) == (300.0, 0)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "says"),
+    [
+        ("resources.queue", "Team_A", "a Kubernetes name"),
+        ("resources.queue", "q" * 64, "at most 63"),
+        ("resources.priority", "-high", "a Kubernetes name"),
+        ("resources.termination_grace_s", 0, "greater than or equal to 1"),
+        ("resources.termination_grace_s", "60", "not a string"),
+        ("watchdog.stall_timeout_s", 0, "greater than 0"),
+        ("watchdog.max_stall_restarts", -1, "greater than or equal to 0"),
+        ("faults.hang_at_step", -1, "greater than or equal to 0"),
+    ],
+)
+def test_a_bad_queue_grace_or_stall_field_is_refused_at_its_path(path: str, value: Any, says: str) -> None:
+    problem = problem_at(with_changes(base_spec(), **{path: value}), path.split("."))
+    assert says in problem.msg
+
+
+def test_a_hang_injected_on_purpose_warns() -> None:
+    validated = accepted(with_changes(base_spec(), **{"faults.hang_at_step": 4}))
+    (warning,) = [w for w in validated.warnings if w.loc == ["faults", "hang_at_step"]]
+    assert "hangs at step 4 on purpose" in warning.msg

@@ -7,12 +7,16 @@ computation itself, the same on every rank:
   * NaN steps: the loss of a step in `nan_steps` is multiplied by NaN before backward, so
     its loss and every gradient are non-finite (the skip-step path, then the diverged outcome);
   * gradient spikes: the loss of a step in `grad_spike_steps` is multiplied by
-    `grad_spike_factor` before backward (its gradients, not its reported loss).
+    `grad_spike_factor` before backward (its gradients, not its reported loss);
+  * a hang: before step `hang_at_step` the trainer sleeps until it is told to stop, as a rank
+    stuck in a collective does (no steps, no metrics, no exit).
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 
 from trainer.config import FaultsConfig
 
@@ -30,6 +34,17 @@ def loss_factor(step: int, faults: FaultsConfig) -> float:
     if _within(step, faults.grad_spike_steps):
         return faults.grad_spike_factor
     return 1.0
+
+
+def hangs_before(step: int, faults: FaultsConfig) -> bool:
+    """Whether the trainer hangs before training `step`."""
+    return faults.hang_at_step is not None and step == faults.hang_at_step
+
+
+def hang(stop_requested: Callable[[], bool], *, poll_s: float = 0.2) -> None:
+    """Sleep until `stop_requested()`: no step, no collective, no lock held; SIGKILL ends it too."""
+    while not stop_requested():
+        time.sleep(poll_s)
 
 
 def _within(step: int, ranges: list[list[int]]) -> bool:

@@ -54,6 +54,7 @@ class Trainer:
         self.config = config
         # Pod eviction from here on ends the run as preempted, with a checkpoint where it can.
         self.stop_requested = False
+        self.sigterm_at: float | None = None  # time.monotonic() of the first SIGTERM
         signal.signal(signal.SIGTERM, self._on_sigterm)
         self.layout = parallel.init(config.parallel, config.train.seed)
         self.channels = _channel_registry(config)
@@ -113,6 +114,15 @@ class Trainer:
         if self.checkpoints.save_initial(self) is not None:
             self._report_checkpoint_time("checkpoint/save_s", self.checkpoints.last_save_s)
         while self.step < self.total_steps and not self._stop_agreed():
+            if faults.hangs_before(self.step, self.config.faults):
+                log.warning("fault injection: hanging before step %d", self.step)
+                faults.hang(lambda: self.stop_requested)
+                return outcome.Ending(
+                    outcome.PREEMPTED,
+                    step=self.step,
+                    message=f"SIGTERM while hanging before step {self.step} (fault injection); "
+                    "no checkpoint saved",
+                )
             metrics = self.train_step()
             self.step += 1
             self._report(self.step - 1, metrics)
@@ -130,9 +140,23 @@ class Trainer:
             outcome.PREEMPTED,
             step=self.step,
             message=f"SIGTERM at step {self.step}; "
-            + (f"saved {saved}" if saved else "no checkpoint saved"),
+            + (f"saved {saved}" if saved else "no checkpoint saved")
+            + self._within_grace(),
             checkpoint=saved,
         )
+
+    def _within_grace(self) -> str:
+        """How long the stop took of the grace period the service gave (a warning if it ran over:
+        a bigger checkpoint or slower storage than the planner assumed)."""
+        grace = self.config.checkpoint.termination_grace_s
+        if self.sigterm_at is None:
+            return ""  # another rank got the signal; this one stopped with it
+        took = time.monotonic() - self.sigterm_at
+        if grace is None:
+            return f" in {took:.1f}s"
+        if took > grace:
+            log.warning("stopping took %.1fs, past the %.0fs grace period", took, grace)
+        return f" in {took:.1f}s of a {grace:g}s grace period"
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step over a global batch; returns its metrics (global rank 0)."""
@@ -325,6 +349,8 @@ class Trainer:
 
     def _on_sigterm(self, *_: object) -> None:
         # Pod eviction: finish the current step, save (save_on_sigterm), exit as preempted.
+        if self.sigterm_at is None:
+            self.sigterm_at = time.monotonic()
         self.stop_requested = True
 
 

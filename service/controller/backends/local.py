@@ -50,6 +50,7 @@ from service.settings import trainer_environment
 # Exit by SIGKILL/SIGTERM (OOM killer, a person, a shutdown) is a machine's fault, not the job's.
 RETRYABLE_SIGNALS = {signal.SIGKILL, signal.SIGTERM}
 NCCL_TIMEOUT = re.compile(r"Watchdog caught collective operation timeout|NCCL.*[Tt]imeout")
+# How long a stopping workload gets before SIGKILL, unless its own grace period says otherwise.
 STOP_GRACE_S = 20.0
 STOP_FILE = "stop-requested"
 TRAINER_LOG = "trainer.log"
@@ -127,7 +128,14 @@ class LocalBackend:
             ]  # fmt: skip
         given = {"OMP_NUM_THREADS": "1"} if nproc > 1 else {}  # processes share the cores: one thread each
         env = trainer_environment(given, passthrough=self.passthrough_env)
-        _launch(folder, {"job_id": workload.job_id, "attempt": workload.attempt, "name": name}, trainer, env)
+        meta = {
+            "job_id": workload.job_id,
+            "attempt": workload.attempt,
+            "name": name,
+            # As a pod's terminationGracePeriodSeconds: the trainer saves in it before SIGKILL.
+            "termination_grace_s": workload.termination_grace_s,
+        }
+        _launch(folder, meta, trainer, env)
 
     def _start_batch(self, folder: Path, name: str, workload: BatchWorkload) -> None:
         config_path = folder / batch_config_file(workload)
@@ -166,6 +174,23 @@ class LocalBackend:
             return asked
         return False
 
+    def pod_states(self, job_id: int, attempt: int, *, kind: str = "pretrain") -> list[dict]:
+        """The workload's processes as this machine sees them (what a pod's state is on Kubernetes):
+        pid, command and the kernel's state (`S (sleeping)`, `R (running)`, `D (disk sleep)`), and
+        whether the trainer's log names an NCCL timeout."""
+        for folder in self.root.glob(f"*-{job_id}-a{attempt}"):
+            meta = _read_meta(folder)
+            if meta is None or meta["job_id"] != job_id or meta["attempt"] != attempt:
+                continue
+            log = _log_tail(folder / meta.get("log", TRAINER_LOG))
+            nccl = bool(NCCL_TIMEOUT.search(outcomes.without_secondary_failures(log)))
+            root = _read_pid(folder / launcher.PID_FILE)
+            processes = _process_tree(root) if root is not None else []
+            if not processes:
+                return [{"name": meta["name"], "state": "gone", "nccl_timeout": nccl}]
+            return [{"name": meta["name"], **process, "nccl_timeout": nccl} for process in processes]
+        return []
+
     def logs(self, job_id: int, attempt: int, *, tail: int | None = None) -> str | None:
         """The attempt's log (its last `tail` lines, at most MAX_LOG_BYTES), stopped or not;
         None if it never started here."""
@@ -181,7 +206,9 @@ class LocalBackend:
     def _finish_stopping(self, folder: Path) -> bool:
         """True once a stopping workload is gone (and filed away); SIGKILL past the grace period."""
         if _running(folder):
-            if time.monotonic() - _stop_requested_at(folder) > STOP_GRACE_S:
+            meta = _read_meta(folder) or {}
+            grace = meta.get("termination_grace_s") or STOP_GRACE_S
+            if time.monotonic() - _stop_requested_at(folder) > grace:
                 _signal_workload(folder, signal.SIGKILL)
             return False
         graveyard = self.root / ".deleted"
@@ -306,6 +333,25 @@ def _lock_held(folder: Path) -> bool:
     finally:
         os.close(fd)  # closing the descriptor releases a lock it took
     return False
+
+
+def _process_tree(pid: int) -> list[dict]:
+    """`pid` and its descendants: pid, command and state, from /proc (empty where it is gone)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop(0)
+        proc = Path(f"/proc/{current}")
+        try:
+            status = dict(
+                line.split(":\t", 1) for line in (proc / "status").read_text().splitlines() if ":\t" in line
+            )
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            children = (proc / "task" / str(current) / "children").read_text().split()
+        except OSError:
+            continue
+        found.append({"pid": current, "command": command[:200], "state": status.get("State", "?").strip()})
+        todo += [int(child) for child in children]
+    return found
 
 
 def _signal_workload(folder: Path, sig: signal.Signals) -> None:

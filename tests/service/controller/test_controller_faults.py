@@ -146,11 +146,12 @@ def test_a_pod_failure_does_not_swallow_the_rollback_of_the_attempt_it_replaced(
     k8s.transition(name_of(job, 0), "Running")
     controller.reconcile(job.id)
     register(settings, job, 0, (10, 20, 30, 40))
-    # The trainer dies on the bad data (no outcome line), the pod is evicted: a restart attempt.
+    # The trainer dies on the bad data (no outcome line), the pod is evicted: a restart attempt
+    # (a preemption, as evictions are).
     k8s.transition(name_of(job, 0), "Failed", reason="Evicted", message="The node was low on resource: memory.")
     controller.reconcile(job.id)
     controller.reconcile(job.id)
-    assert [(a.number, a.reason) for a in stored(settings, job.id).attempts] == [(0, "launch"), (1, "pod_failure")]
+    assert [(a.number, a.reason) for a in stored(settings, job.id).attempts] == [(0, "launch"), (1, "preempted")]
 
     # The watchdog's verdict on attempt 0's divergence arrives now.
     watchdog = Watchdog(get_sessionmaker(settings.resolved_database_url))
@@ -163,8 +164,8 @@ def test_a_pod_failure_does_not_swallow_the_rollback_of_the_attempt_it_replaced(
 
     after = stored(settings, job.id)
     assert [(a.number, a.reason, a.state) for a in after.attempts] == [
-        (0, "launch", "failed"),
-        (1, "pod_failure", "superseded"),
+        (0, "launch", "superseded"),
+        (1, "preempted", "superseded"),
         (2, "rollback", "pending"),
     ]
     rollback = after.attempts[-1]

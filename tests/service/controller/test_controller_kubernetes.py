@@ -87,6 +87,20 @@ def test_the_job_follows_the_operator_from_running_to_succeeded(controller, job,
     assert order == sorted(order)
 
 
+def test_an_evicted_workload_is_preempted_and_its_successor_spends_no_retry_budget(controller, job, cluster, settings):
+    _, k8s = cluster
+    controller.reconcile(job.id)
+    k8s.transition(name_of(job, 0), "Running")
+    controller.reconcile(job.id)
+
+    k8s.transition(name_of(job, 0), "Failed", reason="Evicted", message="The node was low on resource: memory.")
+    controller.reconcile(job.id)
+
+    after = stored(settings, job.id)
+    assert [(a.number, a.state, a.reason) for a in after.attempts] == [(0, "superseded", "launch"), (1, "pending", "preempted")]
+    assert "node disruption" in after.attempts[0].state_reason
+
+
 def test_a_retryable_failure_opens_an_attempt_resuming_from_the_newest_good_checkpoint(controller, job, cluster, settings, plural):
     _, k8s = cluster
     controller.reconcile(job.id)
@@ -99,7 +113,8 @@ def test_a_retryable_failure_opens_an_attempt_resuming_from_the_newest_good_chec
                 path=f"/checkpoints/tiny-cpu-{job.id}/step-{step:08d}", manifest_sha256=f"{step:064x}", actor="trainer",
             )  # fmt: skip
 
-    k8s.transition(name_of(job, 0), "Failed", reason="Evicted", message="The node was low on resource: memory.")
+    # A fabric hiccup (an eviction is a preemption instead: see the next test).
+    k8s.transition(name_of(job, 0), "Failed", reason="PyTorchJobFailed", message="NCCL error: remote process exited")
     controller.reconcile(job.id)  # records the failure, opens attempt 1
     controller.reconcile(job.id)  # deletes attempt 0's workload, creates attempt 1's
 
@@ -166,7 +181,8 @@ def test_a_controller_killed_between_any_two_steps_converges_to_one_workload_per
             make_controller(settings, cluster).reconcile(job.id)
     final = stored(settings, job.id)
     assert final.state == "succeeded"
-    assert [(a.number, a.state) for a in final.attempts] == [(0, "failed"), (1, "succeeded")]
+    # Evicted: a preemption, so its successor supersedes it rather than it failing.
+    assert [(a.number, a.state) for a in final.attempts] == [(0, "superseded"), (1, "succeeded")]
     assert k8s.names(plural) == {name_of(job, 1)}
     assert k8s.count("create", plural) == 2
 

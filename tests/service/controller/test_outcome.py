@@ -129,3 +129,49 @@ def test_a_root_cause_killed_by_a_signal_is_still_one():
     assert torchrun_root_cause(killed) == -9
     reason, retryable = _classify_exit(1, killed)
     assert "SIGKILL" in reason and retryable is True
+
+
+# --- preemption and NCCL timeouts in what the pods left ---------------------------------------
+
+
+def test_an_evicted_pod_is_a_preemption_that_no_retry_budget_counts():
+    from service.controller.backends.kubernetes.failures import classify_failure
+
+    for pod_status in (
+        {"reason": "Evicted", "message": "The node was low on resource: memory."},
+        {"reason": "Preempted"},
+        {"conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager"}]},
+    ):
+        verdict = classify_failure({"reason": "Failed"}, [{"metadata": {"name": "p"}, "status": pod_status}])
+        assert (verdict.retryable, verdict.preempted) == (True, True), pod_status
+    crashed = {"containerStatuses": [{"state": {"terminated": {"exitCode": 1}}}]}
+    verdict = classify_failure({"reason": "Failed"}, [{"metadata": {"name": "p"}, "status": crashed}])
+    assert verdict.preempted is False
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "[Rank 3] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=7, OpType=ALLREDUCE) ran for 600000 milliseconds",
+        "NCCL timeout in all_reduce",
+        "ProcessGroupNCCL's watchdog got stuck for 480 seconds without making progress; Timeout",
+    ],
+)
+def test_a_termination_message_naming_an_nccl_timeout_is_recognised(message):
+    from service.controller.backends.kubernetes.failures import classify_failure, pod_state
+
+    pod = {
+        "metadata": {"name": "trainer-worker-1"},
+        "status": {"phase": "Failed", "containerStatuses": [
+            {"name": "pytorch", "state": {"terminated": {"exitCode": 134, "reason": "Error", "message": message}}}
+        ]},
+    }  # fmt: skip
+    verdict = classify_failure({"reason": "Failed"}, [pod])
+    assert (verdict.nccl_timeout, verdict.retryable) == (True, True)
+    assert verdict.reason.startswith("NCCL collective timed out")
+    state = pod_state(pod)
+    assert state["nccl_timeout"] is True and state["name"] == "trainer-worker-1"
+    assert state["containers"] == [
+        {"container": "pytorch", "state": "terminated", "reason": "Error", "exitCode": 134, "message": message}
+    ]
+    assert pod_state({"metadata": {"name": "q"}, "status": {"phase": "Running"}})["nccl_timeout"] is False

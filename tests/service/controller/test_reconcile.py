@@ -213,7 +213,9 @@ def test_the_trainers_outcome_decides_what_follows_a_failed_attempt():
     planned = {outcome: plan(running, observed(status))[0] for outcome, status in cases.items()}
 
     for outcome, actions in planned.items():
-        assert actions[0] == RecordAttempt(0, "failed", reason=cases[outcome].reason, outcome=cases[outcome].outcome)
+        # A preemption is no failure of the attempt: its continuation supersedes it.
+        ended_as = "superseded" if outcome == "preempted" else "failed"
+        assert actions[0] == RecordAttempt(0, ended_as, reason=cases[outcome].reason, outcome=cases[outcome].outcome)
     assert planned["diverged"][1] == RollBack(0, onset_step=205, why="attempt 0: the trainer diverged at step 205: m")
     assert planned["corrupt_checkpoint"][1] == RefuseCheckpoint(
         0, path="/c/step-00000200", why="attempt 0: the trainer corrupt checkpoint (/c/step-00000200): m"

@@ -171,7 +171,8 @@ def test_an_evicted_pod_opens_a_new_attempt_with_a_new_batch_job(
     controller.reconcile(job.id)  # deletes attempt 0's Job, creates attempt 1's
 
     after = stored(settings, job.id)
-    assert [(a.number, a.state) for a in after.attempts] == [(0, "failed"), (1, "pending")]
+    # An eviction is a preemption: the new attempt supersedes the evicted one, spending no budget.
+    assert [(a.number, a.state, a.reason) for a in after.attempts] == [(0, "superseded", "launch"), (1, "pending", "preempted")]
     assert k8s.names("jobs") == {workload_name(job.name, job.id, 1)}
 
 

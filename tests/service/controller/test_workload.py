@@ -78,3 +78,39 @@ def test_the_credentials_secret_a_spec_names_reaches_every_trainer_pod(settings)
     for replica in review[0]["spec"]["pytorchReplicaSpecs"].values():
         (container,) = replica["template"]["spec"]["containers"]
         assert container["envFrom"] == [{"secretRef": {"name": "corpus-reader"}}]
+
+
+def _built(settings, spec: dict):
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        job_id = jobs.submit_job(session, raw=spec, principal=ALICE).id
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        stored = repo.get_job(session, job_id=job_id)
+        return build_workload(stored, stored.attempts[0], settings), stored.memory_plan
+
+
+def test_the_workload_carries_the_specs_queue_priority_and_grace_period_to_the_trainer(settings, tiny_spec):
+    tiny_spec["resources"].update(queue="team-a", priority="research-low", termination_grace_s=240)
+    workload, _ = _built(settings, tiny_spec)
+    assert (workload.queue, workload.priority, workload.termination_grace_s) == ("team-a", "research-low", 240)
+    assert workload.trainer_config["checkpoint"]["termination_grace_s"] == 240.0
+
+
+def test_without_a_grace_period_in_the_spec_the_workload_takes_the_plans(settings, tiny_spec):
+    workload, plan = _built(settings, tiny_spec)
+    assert (workload.queue, workload.priority) == (None, None)
+    assert workload.termination_grace_s == plan.checkpoint.termination_grace_s
+    assert workload.trainer_config["checkpoint"]["termination_grace_s"] == plan.checkpoint.termination_grace_s
+
+
+def test_a_hang_injected_in_the_spec_reaches_the_first_attempt_only(settings, tiny_spec):
+    from service.controller.trainer_config import render_trainer_config
+    from service.controller.workload import unsaved_attempt
+
+    tiny_spec["faults"] = {"hang_at_step": 5}
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        job = repo.get_job(session, job_id=jobs.submit_job(session, raw=tiny_spec, principal=ALICE).id)
+        first, later = (
+            render_trainer_config(job, unsaved_attempt(n), settings, resume_from=None, ingest_token=None)
+            for n in (0, 1)
+        )
+    assert (first["faults"]["hang_at_step"], later["faults"]["hang_at_step"]) == (5, None)

@@ -290,6 +290,10 @@ class CheckpointConfig(Section):
     """Standalone runs only: checkpoints keep_last never deletes."""
     save_on_sigterm: bool = True
     """On SIGTERM, finish the step and save before exiting (outcome preempted either way)."""
+    termination_grace_s: float | None = Field(None, gt=0)
+    """Seconds the process has after SIGTERM before it is killed (the pods' grace period, which
+    the service sizes from the checkpoint's write time); the preempted outcome says whether the
+    save fit in it. null: not known (a standalone run)."""
 
 
 class EvalConfig(Section):
@@ -365,3 +369,7 @@ class FaultsConfig(Section):
     """Step ranges [start, end) whose gradients are multiplied by grad_spike_factor."""
     grad_spike_factor: float = Field(1000.0, gt=1)
     """Gradient multiplier of a spike step (the loss reported stays as computed)."""
+    hang_at_step: int | None = Field(None, ge=0)
+    """Before this step the trainer stops making progress, as a hung collective would: it sleeps,
+    holding no locks, until SIGTERM (which ends it as preempted, without a save: a hung run has
+    nothing consistent to save) or SIGKILL. null for never."""

@@ -23,7 +23,7 @@ from service.controller.backends.kubernetes.api import (
     api_errors,
     load_configuration,
 )
-from service.controller.backends.kubernetes.failures import classify_failure
+from service.controller.backends.kubernetes.failures import classify_failure, pod_state
 from service.controller.backends.kubernetes.informer import Informer
 from service.controller.backends.kubernetes.kinds import (
     KUEUE_JOB_UID_LABEL,
@@ -252,13 +252,20 @@ class KubernetesBackend:
             told = read_outcome(*termination_messages(pods, kind.outcome_container))
         if phase == Phase.FAILED:
             verdict = classify_failure(condition, pods)
-            ending = Ending(told, verdict.reason, verdict.retryable)
+            ending = Ending(told, verdict.reason, verdict.retryable, verdict.preempted)
         else:
             ending = Ending(told, None, False)
         if uid:
             with self._lock:
                 self._endings[uid] = ending
         return ending
+
+    def pod_states(self, job_id: int, attempt: int, *, kind: str = PRETRAIN_KIND) -> list[dict[str, Any]]:
+        """The attempt's pods, each as `pod_state` sums it up (for the job.stalled event)."""
+        with api_errors(f"list pods of job {job_id} attempt {attempt}"):
+            pods = self._calls.pods(f"{JOB_ID_LABEL}={job_id},{ATTEMPT_LABEL}={attempt}")
+        wanted = {JOB_ID_LABEL: str(job_id), ATTEMPT_LABEL: str(attempt)}
+        return [pod_state(pod) for pod in pods if all(labels(pod).get(k) == v for k, v in wanted.items())]
 
     def _pods_of(self, kind: WorkloadKind, obj: Mapping[str, Any]) -> list[dict[str, Any]]:
         selector = kind.pods_selector(obj)

@@ -16,6 +16,11 @@ class FailureVerdict:
     reason: str
     conclusive: bool
     """False when nothing named a cause (the verdict is then the safe one: not retryable)."""
+    preempted: bool = False
+    """The cluster took the machines back (eviction, preemption, a drain, node loss): a new
+    attempt from the newest checkpoint that no retry budget counts."""
+    nccl_timeout: bool = False
+    """Something the pods left names an NCCL collective timeout."""
 
 
 _OUT_OF_MEMORY = re.compile(r"OOMKilled|out of memory|OutOfMemoryError", re.IGNORECASE)
@@ -23,6 +28,12 @@ _DEADLINE = re.compile(r"DeadlineExceeded", re.IGNORECASE)
 _DISRUPTION = re.compile(
     r"Evict|Preempt|NodeLost|NodeShutdown|node\b[^\n]{0,40}(lost|not ready|unreachable|shut ?down)"
     r"|DeletionByTaintManager|TerminationByKubelet|DisruptionTarget",
+    re.IGNORECASE,
+)
+# The NCCL watchdog's words when a collective outlives its timeout (torch's ProcessGroupNCCL).
+NCCL_TIMEOUT = re.compile(
+    r"Watchdog caught collective operation timeout|NCCL[^\n]{0,80}(timeout|timed out)"
+    r"|ProcessGroupNCCL[^\n]{0,200}Timeout",
     re.IGNORECASE,
 )
 _NETWORK = re.compile(
@@ -56,8 +67,9 @@ def classify_failure(
     | ---------------------------------------------------------------- | --------- | --- |
     | `OOMKilled`, "CUDA out of memory", `OutOfMemoryError`            | no  | the same config runs out of memory again; change the plan |
     | `DeadlineExceeded` (activeDeadlineSeconds)                       | no  | it would run past its deadline again |
-    | `Evicted`, preemption, `DisruptionTarget` (`PreemptionByScheduler`, `EvictionByEvictionAPI`, `DeletionByTaintManager`, `TerminationByKubelet`), node lost / shut down / not ready | yes | the node went, not the run |
-    | NCCL timeout / watchdog / abort, connection reset or refused, `DistNetworkError`, rendezvous timeout | yes | a fabric hiccup; the next attempt resumes from the checkpoint |
+    | `Evicted`, preemption, `DisruptionTarget` (`PreemptionByScheduler`, `EvictionByEvictionAPI`, `DeletionByTaintManager`, `TerminationByKubelet`), node lost / shut down / not ready | yes, as a preemption | the node went, not the run: no retry budget counts it |
+    | NCCL timeout ("Watchdog caught collective operation timeout", `ProcessGroupNCCL` … Timeout): `nccl_timeout` | yes | a hung collective |
+    | NCCL watchdog / abort, connection reset or refused, `DistNetworkError`, rendezvous timeout | yes | a fabric hiccup; the next attempt resumes from the checkpoint |
     | exit code 137 (SIGKILL), 143 (SIGTERM), 134 (SIGABRT: the NCCL watchdog's abort); torchrun's -9 / -15 / -6 alike | yes | killed from outside, or a collective timed out |
     | any other exit code                                              | no  | the trainer itself failed; it would fail the same way |
     | nothing conclusive                                               | no  | unknown causes must not burn GPU hours in a loop |
@@ -97,15 +109,22 @@ def classify_failure(
 
     detail = "; ".join([condition_text(condition), *notes]).strip("; ")
 
-    def verdict(retryable: bool, cause: str, conclusive: bool = True) -> FailureVerdict:
-        return FailureVerdict(retryable, f"{cause}: {detail}" if detail else cause, conclusive)
+    nccl = bool(NCCL_TIMEOUT.search(text))
+
+    def verdict(
+        retryable: bool, cause: str, conclusive: bool = True, preempted: bool = False
+    ) -> FailureVerdict:
+        reason = f"{cause}: {detail}" if detail else cause
+        return FailureVerdict(retryable, reason, conclusive, preempted, nccl)
 
     if _OUT_OF_MEMORY.search(text):
         return verdict(False, "out of memory (not retried: it would run out again)")
     if _DEADLINE.search(text):
         return verdict(False, "deadline exceeded")
     if _DISRUPTION.search(text):
-        return verdict(True, "node disruption (eviction, preemption or node loss)")
+        return verdict(True, "node disruption (eviction, preemption or node loss)", preempted=True)
+    if nccl:
+        return verdict(True, "NCCL collective timed out")
     if _NETWORK.search(text):
         return verdict(True, "NCCL or network failure")
     for code in exit_codes:
@@ -118,3 +137,34 @@ def classify_failure(
 
 def condition_text(condition: Mapping[str, Any]) -> str:
     return ": ".join(str(condition[key]) for key in ("reason", "message") if condition.get(key))
+
+
+def pod_state(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """A pod as on-call reads it: name, phase, each container's state (with a termination's reason,
+    exit code and message), and whether anything it left names an NCCL timeout."""
+    status = pod.get("status") or {}
+    containers, texts = [], [str(status.get(k)) for k in ("reason", "message") if status.get(k)]
+    for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        for state_key in ("state", "lastState"):
+            for state, detail in ((container.get(state_key) or {}) or {}).items():
+                if not detail:
+                    continue
+                entry = {"container": container.get("name"), "state": state}
+                if state_key == "lastState":
+                    entry["last"] = True
+                for key in ("reason", "exitCode", "message"):
+                    if detail.get(key) is not None:
+                        entry[key] = detail[key] if key != "message" else str(detail[key])[-2000:]
+                        if key in ("reason", "message"):
+                            texts.append(str(detail[key]))
+                containers.append(entry)
+        if container.get("restartCount"):
+            containers.append({"container": container.get("name"), "restarts": container["restartCount"]})
+    return {
+        "name": (pod.get("metadata") or {}).get("name", "?"),
+        "phase": status.get("phase"),
+        "reason": status.get("reason"),
+        "node": (pod.get("spec") or {}).get("nodeName"),
+        "containers": containers,
+        "nccl_timeout": bool(NCCL_TIMEOUT.search("\n".join(texts))),
+    }

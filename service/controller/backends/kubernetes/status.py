@@ -109,6 +109,7 @@ class Ending:
     outcome: TrainerOutcome | None
     reason: str | None  # a failure's cause without the trainer's word
     retryable: bool
+    preempted: bool = False  # evicted, preempted or drained: the cluster's doing
 
 
 def read_status(
@@ -141,7 +142,9 @@ def read_status(
         reason = ending.reason
         if outcome is not None and outcome.outcome != Outcome.COMPLETED:
             reason = f"the trainer {outcome.describe()}"
-        return WorkloadStatus(name, attempt, phase, reason, ending.retryable, outcome)
+        return WorkloadStatus(
+            name, attempt, phase, reason, ending.retryable, outcome, preempted=ending.preempted
+        )
     reason = None
     if condition is not None and condition.get("type") in ("Restarting", "Suspended"):
         reason = condition_text(condition)
