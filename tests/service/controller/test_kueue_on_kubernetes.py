@@ -22,6 +22,7 @@ from tests.service.controller.k8s_emulator import KUEUE_MESSAGE, EmulatorHandle
 from tests.service.controller.on_cluster import (
     ALICE,
     cluster_settings,
+    event_kinds,
     make_controller,
     name_of,
     stored,
@@ -88,24 +89,37 @@ def test_a_workload_without_a_queue_is_not_held(backend, cluster):
     assert k8s.objects("workloads") == []
 
 
-def test_a_job_in_the_installs_queue_waits_then_runs(pg_url, tmp_path, cluster, kind, tiny_spec):
-    """The controller through a queued attempt: nothing breaks while Kueue holds it."""
+@pytest.mark.parametrize("queue_from", ["spec", "install"])
+def test_a_job_in_a_kueue_queue_shows_queued_with_kueues_reason_then_running(
+    pg_url, tmp_path, cluster, kind, tiny_spec, queue_from
+):
+    """The controller through a queued attempt, either kind: the job is `queued` with what
+    Kueue says while it holds the workload suspended, then `running` once Kueue admits it."""
+    install_queue = "team-a" if queue_from == "install" else None
     settings: Settings = cluster_settings(
-        pg_url, tmp_path, kubernetes_workload=kind, scheduling_queue="team-a"
+        pg_url, tmp_path, kubernetes_workload=kind, scheduling_queue=install_queue
     )
+    if queue_from == "spec":
+        tiny_spec["resources"]["queue"] = "team-b"
     _, k8s = cluster
     with get_sessionmaker(settings.resolved_database_url)() as session:
         job = jobs.submit_job(session, raw=tiny_spec, principal=ALICE)
     controller = make_controller(settings, cluster)
     controller.reconcile(job.id)
     assert controller.reconcile(job.id) is not None  # held: look again later
-    assert stored(settings, job.id).state == "pending"
+    held = stored(settings, job.id)
+    assert held.state == "queued" and held.state_reason == KUEUE_MESSAGE
+    (created,) = k8s.objects(PLURALS[kind])
+    assert created["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == (install_queue or "team-b")
     assert len(k8s.objects("workloads")) == 1
 
     k8s.admit(name_of(job, 0))
     k8s.transition(name_of(job, 0), "Running")
     controller.reconcile(job.id)
     assert stored(settings, job.id).state == "running"
+    kinds = event_kinds(settings, job.id)
+    assert kinds.count("attempt.queued") == 1
+    assert kinds.index("attempt.queued") < kinds.index("attempt.running")
 
 
 # --- what Kueue and Trainer say, without a server --------------------------------------------

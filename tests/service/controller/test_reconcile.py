@@ -14,6 +14,7 @@ from service.controller.reconcile import (
     OpenAttempt,
     Phase,
     RecordAttempt,
+    RecordQueued,
     RefuseCheckpoint,
     RollBack,
     WorkloadStatus,
@@ -57,14 +58,22 @@ def test_a_created_workload_that_is_not_running_yet_changes_nothing():
     assert actions == [] and requeue is not None
 
 
-def test_a_queued_workload_is_waited_for_like_a_pending_one():
-    # Part B of issue 18 turns this into the move to the job's `queued` state.
-    actions, requeue = plan(desired(), observed(workload(0, Phase.QUEUED, reason="no quota")))
-    assert actions == [] and requeue is not None
-    cancelled, _ = plan(
-        desired(desired_state="cancelled"), observed(workload(0, Phase.QUEUED, reason="no quota"))
-    )
+def test_a_queued_workload_queues_the_job_once_per_reason_and_is_looked_at_again():
+    held = observed(workload(0, Phase.QUEUED, reason="no quota"))
+    actions, requeue = plan(desired(), held)
+    assert actions == [RecordQueued(0, "no quota")] and requeue is not None
+    again, requeue = plan(desired(state="queued", queue_reason="no quota"), held)
+    assert again == [] and requeue is not None
+    reworded, _ = plan(desired(state="queued", queue_reason="no quota"), observed(workload(0, Phase.QUEUED, reason="quota for 8 GPUs")))
+    assert reworded == [RecordQueued(0, "quota for 8 GPUs")]
+    cancelled, _ = plan(desired(state="queued", desired_state="cancelled"), held)
     assert cancelled == [DeleteWorkload(0, why="the job is cancelled")]
+
+
+def test_a_running_workload_its_queue_takes_back_is_a_preemption():
+    actions, _ = plan(desired(state="running", attempt_state="running"), observed(workload(0, Phase.QUEUED, reason="preempted by a higher priority")))
+    assert [type(a) for a in actions] == [RecordAttempt, OpenAttempt]
+    assert actions[0].state == "superseded" and actions[1].reason == "preempted"
 
 
 def test_a_running_workload_marks_the_attempt_running_once():
