@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.controller import manifests
 from service.controller.data_config import render_data_config
 from service.controller.manifests import (
     REVIEW_JOB_ID,
@@ -21,8 +22,6 @@ from service.controller.manifests import (
     DataWorkload,
     TokenizerWorkload,
     Workload,
-    render_manifests,
-    render_tokenizer_manifests,
 )
 from service.controller.tokenizer_config import render_tokenizer_config
 from service.controller.trainer_config import render_trainer_config, termination_grace_s
@@ -123,10 +122,11 @@ def render_for_backend(
     """Render the workload as the installed backend will; ValueError if it cannot."""
     if settings.backend != "kubernetes":
         return  # the local backend writes the config as built and runs it
+    # Through the package at call time: it loads the Kubernetes models only on this path.
     if isinstance(workload, TokenizerWorkload | DataWorkload):
-        render_tokenizer_manifests(workload, settings)
+        manifests.render_tokenizer_manifests(workload, settings)
     else:
-        render_manifests(workload, settings)
+        manifests.render_manifests(workload, settings)
 
 
 def render_problems(

@@ -419,3 +419,16 @@ def test_the_client_commands_do_not_load_the_server():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_server_on_the_local_backend_does_not_load_the_kubernetes_client():
+    # What `serve` imports on the embedded default: the Kubernetes and Kubeflow models load only
+    # when a manifest is rendered (service.controller.manifests loads its modules lazily).
+    code = (
+        "import sys, service.main, service.controller.loop, service.controller.backends.local, "
+        "service.controller.workload; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'kubeflow', 'kubeflow_trainer_api')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

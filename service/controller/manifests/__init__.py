@@ -5,126 +5,101 @@ attempt's objects share (metadata, the token Secret, volumes, tolerations); `pyt
 training attempt's PyTorchJob, `trainjob` its Trainer v2 TrainJob, `trainer_pod` what their
 pods share; `batch_job`: a tokenizer or data attempt's batch Job;
 `review`: the manifests a spec would launch, as YAML for a person (`pretrainctl render`).
+
+The package exports what its modules define, each loaded when first asked for (PEP 562): what
+only names and runs a workload (`workloads`, `batch_commands`, `review`) needs no Kubernetes
+client, so the service on the local backend (`pretrainctl serve`, the CLI's database commands)
+starts without importing it, a second of every process start.
 """
 
-from service.controller.manifests.batch_job import (
-    BATCH_JOB_API_VERSION,
-    BATCH_JOB_KIND,
-    DATA_CONFIG_FILE,
-    DATA_CONFIG_PATH,
-    DATA_CONTAINER_NAME,
-    DATA_LABELS,
-    RESULT_FILE,
-    TOKENIZER_CONFIG_FILE,
-    TOKENIZER_CONFIG_PATH,
-    TOKENIZER_CONTAINER_NAME,
-    TOKENIZER_LABELS,
-    TOKENIZER_TTL_AFTER_FINISHED_S,
-    batch_command,
-    batch_config_file,
-    batch_config_json,
-    data_command,
-    render_data_manifests,
-    render_tokenizer_manifests,
-    tokenizer_command,
-)
-from service.controller.manifests.pod import CONFIG_DIR, TOKEN_ENV, TOKEN_KEY
-from service.controller.manifests.pytorchjob import (
-    CONTAINER_NAME,
-    MASTER_PORT,
-    MASTER_PORT_NAME,
-    PYTORCHJOB_API_VERSION,
-    PYTORCHJOB_KIND,
-    TRAINER_COMMAND,
-    render_manifests,
-)
-from service.controller.manifests.review import (
-    POD_CHECKPOINT_ROOT,
-    REVIEW_JOB_ID,
-    REVIEW_TOKEN,
-    render_for_review,
-)
-from service.controller.manifests.trainer_pod import (
-    CONFIG_FILE,
-    CONFIG_PATH,
-    GPU_RESOURCE,
-    KUEUE_PRIORITY_LABEL,
-    KUEUE_QUEUE_LABEL,
-    TERMINATION_LOG,
-)
-from service.controller.manifests.trainjob import (
-    TRAINJOB_API_VERSION,
-    TRAINJOB_CONTAINER_NAME,
-    TRAINJOB_KIND,
-    render_trainjob_manifests,
-)
-from service.controller.manifests.workloads import (
-    MAX_WORKLOAD_NAME_LENGTH,
-    TERMINATION_GRACE_S,
-    AnyWorkload,
-    BatchWorkload,
-    DataWorkload,
-    TokenizerWorkload,
-    Workload,
-    config_map_name,
-    secret_name,
-    workload_labels,
-    workload_name,
-)
+from __future__ import annotations
 
-__all__ = [
-    "BATCH_JOB_API_VERSION",
-    "BATCH_JOB_KIND",
-    "CONFIG_DIR",
-    "CONFIG_FILE",
-    "CONFIG_PATH",
-    "CONTAINER_NAME",
-    "DATA_CONFIG_FILE",
-    "DATA_CONFIG_PATH",
-    "DATA_CONTAINER_NAME",
-    "DATA_LABELS",
-    "GPU_RESOURCE",
-    "KUEUE_PRIORITY_LABEL",
-    "KUEUE_QUEUE_LABEL",
-    "MASTER_PORT",
-    "MASTER_PORT_NAME",
-    "MAX_WORKLOAD_NAME_LENGTH",
-    "POD_CHECKPOINT_ROOT",
-    "PYTORCHJOB_API_VERSION",
-    "PYTORCHJOB_KIND",
-    "RESULT_FILE",
-    "REVIEW_JOB_ID",
-    "REVIEW_TOKEN",
-    "TERMINATION_GRACE_S",
-    "TERMINATION_LOG",
-    "TOKENIZER_CONFIG_FILE",
-    "TOKENIZER_CONFIG_PATH",
-    "TOKENIZER_CONTAINER_NAME",
-    "TOKENIZER_LABELS",
-    "TOKENIZER_TTL_AFTER_FINISHED_S",
-    "TOKEN_ENV",
-    "TOKEN_KEY",
-    "TRAINER_COMMAND",
-    "TRAINJOB_API_VERSION",
-    "TRAINJOB_CONTAINER_NAME",
-    "TRAINJOB_KIND",
-    "AnyWorkload",
-    "BatchWorkload",
-    "DataWorkload",
-    "TokenizerWorkload",
-    "Workload",
-    "batch_command",
-    "batch_config_file",
-    "batch_config_json",
-    "config_map_name",
-    "data_command",
-    "render_for_review",
-    "render_data_manifests",
-    "render_manifests",
-    "render_tokenizer_manifests",
-    "render_trainjob_manifests",
-    "secret_name",
-    "tokenizer_command",
-    "workload_labels",
-    "workload_name",
-]
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "batch_commands": (
+        "DATA_CONFIG_FILE",
+        "DATA_CONFIG_PATH",
+        "DATA_CONTAINER_NAME",
+        "DATA_LABELS",
+        "RESULT_FILE",
+        "TOKENIZER_CONFIG_FILE",
+        "TOKENIZER_CONFIG_PATH",
+        "TOKENIZER_CONTAINER_NAME",
+        "TOKENIZER_LABELS",
+        "TOKENIZER_TTL_AFTER_FINISHED_S",
+        "batch_command",
+        "batch_config_file",
+        "batch_config_json",
+        "data_command",
+        "tokenizer_command",
+    ),
+    "batch_job": (
+        "BATCH_JOB_API_VERSION",
+        "BATCH_JOB_KIND",
+        "render_data_manifests",
+        "render_tokenizer_manifests",
+    ),
+    "pytorchjob": (
+        "CONTAINER_NAME",
+        "MASTER_PORT",
+        "MASTER_PORT_NAME",
+        "PYTORCHJOB_API_VERSION",
+        "PYTORCHJOB_KIND",
+        "TRAINER_COMMAND",
+        "render_manifests",
+    ),
+    "review": (
+        "POD_CHECKPOINT_ROOT",
+        "REVIEW_JOB_ID",
+        "REVIEW_TOKEN",
+        "render_for_review",
+    ),
+    "trainer_pod": (
+        "CONFIG_FILE",
+        "CONFIG_PATH",
+        "GPU_RESOURCE",
+        "KUEUE_PRIORITY_LABEL",
+        "KUEUE_QUEUE_LABEL",
+        "TERMINATION_LOG",
+    ),
+    "trainjob": (
+        "TRAINJOB_API_VERSION",
+        "TRAINJOB_CONTAINER_NAME",
+        "TRAINJOB_KIND",
+        "render_trainjob_manifests",
+    ),
+    "workloads": (
+        "AnyWorkload",
+        "BatchWorkload",
+        "CONFIG_DIR",
+        "DataWorkload",
+        "MAX_WORKLOAD_NAME_LENGTH",
+        "TERMINATION_GRACE_S",
+        "TOKEN_ENV",
+        "TOKEN_KEY",
+        "TokenizerWorkload",
+        "Workload",
+        "config_map_name",
+        "secret_name",
+        "workload_labels",
+        "workload_name",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # asked once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -3,15 +3,18 @@ and Secret. The two differ only in the module they run, the config file and the 
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client as k8s
 
+from service.controller.manifests.batch_commands import (
+    TOKENIZER_TTL_AFTER_FINISHED_S,
+    batch_command,
+    batch_config_json,
+    batch_kind,
+)
 from service.controller.manifests.pod import (
-    CONFIG_DIR,
     container_security_context,
     metadata,
     owned_by,
@@ -24,9 +27,8 @@ from service.controller.manifests.pod import (
     toleration,
 )
 from service.controller.manifests.workloads import (
+    CONFIG_DIR,
     BatchWorkload,
-    DataWorkload,
-    TokenizerWorkload,
     config_map_name,
     workload_labels,
 )
@@ -34,99 +36,6 @@ from service.settings import Settings
 
 BATCH_JOB_API_VERSION = "batch/v1"
 BATCH_JOB_KIND = "Job"
-TOKENIZER_CONTAINER_NAME = "tokenizer"
-TOKENIZER_CONFIG_FILE = "tokenizer.json"
-TOKENIZER_CONFIG_PATH = f"{CONFIG_DIR}/{TOKENIZER_CONFIG_FILE}"
-RESULT_FILE = "result.json"
-TOKENIZER_LABELS = {"app.kubernetes.io/name": "pretrain-tokenizer", "pretrain.io/kind": "tokenizer"}
-# A finished Job (and its pod, with the log) stays this long for a post-mortem; the controller
-# needs it only until it has seen how it ended, which takes seconds unless it is down for days.
-TOKENIZER_TTL_AFTER_FINISHED_S = 7 * 24 * 3600
-# Run the job keeping its result JSON beside the tokenizer, then report that result; each value
-# is a positional parameter, so no path or URL is ever parsed by the shell.
-_TOKENIZER_SCRIPT = (
-    'set -e; mkdir -p "$3"; '
-    '"$1" -m trainer.tokenizer.cli job "$2" > "$3/result.json.tmp"; '
-    'mv "$3/result.json.tmp" "$3/result.json"; '
-    'exec "$1" -m trainer.job_result "$3/result.json" --url "$4" --job "$5" --attempt "$6"'
-)
-DATA_CONTAINER_NAME = "data"
-DATA_CONFIG_FILE = "data.json"
-DATA_CONFIG_PATH = f"{CONFIG_DIR}/{DATA_CONFIG_FILE}"
-DATA_LABELS = {"app.kubernetes.io/name": "pretrain-data", "pretrain.io/kind": "data"}
-# The same, running the trainer's data preparation (`trainer.prepare`), which prints its result.
-_DATA_SCRIPT = (
-    'set -e; mkdir -p "$3"; '
-    '"$1" -m trainer.prepare --config "$2" > "$3/result.json.tmp"; '
-    'mv "$3/result.json.tmp" "$3/result.json"; '
-    'exec "$1" -m trainer.job_result "$3/result.json" --url "$4" --job "$5" --attempt "$6"'
-)
-
-
-@dataclass(frozen=True)
-class _BatchKind:
-    """What differs between the batch workloads: what they are called and what they run."""
-
-    what: str
-    container: str
-    config_file: str
-    labels: dict[str, str]
-    script: str
-
-
-_TOKENIZER = _BatchKind(
-    "tokenizer", TOKENIZER_CONTAINER_NAME, TOKENIZER_CONFIG_FILE, TOKENIZER_LABELS, _TOKENIZER_SCRIPT
-)
-_DATA = _BatchKind("data", DATA_CONTAINER_NAME, DATA_CONFIG_FILE, DATA_LABELS, _DATA_SCRIPT)
-
-
-def _batch_kind(workload: BatchWorkload) -> _BatchKind:
-    return _DATA if isinstance(workload, DataWorkload) else _TOKENIZER
-
-
-def batch_config_file(workload: BatchWorkload) -> str:
-    """The file name of the workload's config (`tokenizer.json`, `data.json`)."""
-    return _batch_kind(workload).config_file
-
-
-def batch_config_json(workload: BatchWorkload) -> str:
-    """The workload's config as its file holds it."""
-    return json.dumps(workload.config, indent=2) + "\n"
-
-
-def batch_command(workload: BatchWorkload, *, python: str, config_path: str) -> list[str]:
-    """The batch workload's command: run its job, keep its result, report it to the API.
-
-    It exits 0 only once the service has taken the result, so a succeeded workload always has
-    its result on record; the local backend runs the same command with its own Python.
-    """
-    kind = _batch_kind(workload)
-    return [
-        "sh",
-        "-c",
-        kind.script,
-        f"{kind.what}-job",
-        python,
-        config_path,
-        workload.output_dir,
-        workload.ingest_url,
-        str(workload.job_id),
-        str(workload.attempt),
-    ]
-
-
-def tokenizer_command(workload: TokenizerWorkload, *, python: str, config_path: str) -> list[str]:
-    """The tokenizer workload's command: run the job, keep its result, report it to the API.
-
-    It exits 0 only once the service has taken the result, so a succeeded workload always has
-    its result on record; the local backend runs the same command with its own Python.
-    """
-    return batch_command(workload, python=python, config_path=config_path)
-
-
-def data_command(workload: DataWorkload, *, python: str, config_path: str) -> list[str]:
-    """The data workload's command: prepare the pair, keep the result, report it to the API."""
-    return batch_command(workload, python=python, config_path=config_path)
 
 
 def render_tokenizer_manifests(
@@ -138,7 +47,7 @@ def render_tokenizer_manifests(
     As with a PyTorchJob: create the Job first, then render again with its `metadata.uid` as
     `owner_uid`, so that the ConfigMap and Secret go when it is deleted.
     """
-    kind = _batch_kind(workload)
+    kind = batch_kind(workload)
     if workload.cpu < 1 or workload.memory_gib <= 0:
         raise ValueError(
             f"a {kind.what} workload needs CPU and memory, got cpu {workload.cpu}, "
@@ -164,7 +73,7 @@ render_data_manifests = render_tokenizer_manifests
 
 
 def _batch_job(workload: BatchWorkload, settings: Settings) -> k8s.V1Job:
-    kind = _batch_kind(workload)
+    kind = batch_kind(workload)
     volumes = [
         k8s.V1Volume(
             name=f"{kind.what}-config",

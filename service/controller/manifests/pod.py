@@ -11,12 +11,15 @@ from typing import Any
 from kubeflow.training import ApiClient
 from kubernetes import client as k8s
 
-from service.controller.manifests.workloads import AnyWorkload, secret_name, workload_labels
+from service.controller.manifests.workloads import (
+    TOKEN_ENV,
+    TOKEN_KEY,
+    AnyWorkload,
+    secret_name,
+    workload_labels,
+)
 from service.settings import Settings
 
-CONFIG_DIR = "/etc/pretrain"
-TOKEN_KEY = "token"
-TOKEN_ENV = "PRETRAIN_INGEST_TOKEN"
 # The trainer image's user and group (trainer_image/Dockerfile), numeric so that the kubelet
 # can check runAsNonRoot without the image's /etc/passwd.
 TRAINER_UID = 10001

@@ -16,14 +16,13 @@ from typing import Any
 from kubernetes import client as k8s
 
 from service.controller.manifests.pod import (
-    CONFIG_DIR,
     metadata,
     scratch,
     serializer,
     storage,
     token_env,
 )
-from service.controller.manifests.workloads import Workload, config_map_name
+from service.controller.manifests.workloads import CONFIG_DIR, Workload, config_map_name
 from service.settings import Settings
 
 CONFIG_FILE = "trainer.json"

@@ -10,6 +10,10 @@ from typing import Any
 # Pod names add `-master-0` / `-worker-<N>` to the PyTorchJob's name; 45 leaves room for
 # ten thousand workers inside the 63 characters of a DNS-1123 label.
 MAX_WORKLOAD_NAME_LENGTH = 45
+# Where an attempt's config is mounted in its pods, and how its ingest token reaches the trainer.
+CONFIG_DIR = "/etc/pretrain"
+TOKEN_KEY = "token"
+TOKEN_ENV = "PRETRAIN_INGEST_TOKEN"
 # The trainer saves a checkpoint on SIGTERM before it exits; the default 30 s cuts that short.
 TERMINATION_GRACE_S = 300
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
