@@ -128,3 +128,14 @@ def auth(token: str) -> dict[str, str]:
 def tiny_spec() -> dict:
     """The tiny CPU example as a dict; tests copy and mutate it."""
     return copy.deepcopy(yaml.safe_load((EXAMPLES / "tiny-cpu.yaml").read_text()))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The modules of the longest runs (marked slow) first, each module's tests kept together.
+
+    The workers (pytest-xdist's worksteal) start on contiguous halves of this order and steal
+    from each other's ends: begun early, a minute-long run cannot be what one worker still does
+    while the other has nothing left.
+    """
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
