@@ -12,8 +12,8 @@ fed random tokens for a stretch), shrunk so that the three runs take a few minut
 cores: one trainer process, 8 sequences a step, one stage.
 
 The garbage run here is the hard one: its watchdog and controller are killed before the garbage
-and the whole episode arrives while they are down. The same run with every process up is
-`tests/chaos` (its seed rolls garbage back in cluster mode, live) and, on the embedded default,
+and the whole episode arrives while they are down. With the watchdog up, garbage is rolled back
+in cluster mode by `tests/chaos` (its seed) and on the embedded default by
 `tests/pretrainctl/test_demo.py`; a fourth run here cost a minute of the suite's two cores.
 """
 
