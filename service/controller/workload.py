@@ -4,17 +4,16 @@
 into the backend-neutral `Workload` (or `TokenizerWorkload`, `DataWorkload`). The review
 (`manifests.render_for_review`) builds through it too, from an `unsaved_job`, so what it shows
 is what the controller launches. `render_for_backend` renders a workload the way the installed
-backend will (PyTorchJob manifests on Kubernetes; the local backend runs the trainer config as
-built). Submit renders attempt 0 once with placeholders (`render_problems`), so a spec that
-validates but cannot be launched is refused then, naming the field, instead of failing at
-launch; the controller treats any render error at launch as permanent.
+backend will (its PyTorchJob or TrainJob manifests on Kubernetes; the local backend runs the
+trainer config as built). Submit renders attempt 0 once with placeholders (`render_problems`),
+so a spec that validates but cannot be launched is refused then, naming the field, instead of
+failing at launch; the controller treats any render error at launch as permanent.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from service.controller import manifests
 from service.controller.data_config import render_data_config
 from service.controller.manifests import (
     REVIEW_JOB_ID,
@@ -122,11 +121,11 @@ def render_for_backend(
     """Render the workload as the installed backend will; ValueError if it cannot."""
     if settings.backend != "kubernetes":
         return  # the local backend writes the config as built and runs it
-    # Through the package at call time: it loads the Kubernetes models only on this path.
-    if isinstance(workload, TokenizerWorkload | DataWorkload):
-        manifests.render_tokenizer_manifests(workload, settings)
-    else:
-        manifests.render_manifests(workload, settings)
+    # The backend's own table (a PyTorchJob or a TrainJob, per install), imported here: it loads
+    # the Kubernetes models, which only this path needs, and it imports this module's package.
+    from service.controller.backends.kubernetes.kinds import kind_of, workload_kinds
+
+    kind_of(workload, workload_kinds(settings)).render(workload, settings)
 
 
 def render_problems(
