@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 # Tests spread over this many workers (pytest-xdist; 0 runs them in this process); an idle
-# worker steals queued tests from a busy one (2,024 tests: 7:51 to 8:44 of pytest over three fresh
-# clones here, quiet machine; set-up 0:40 to 0:46).
+# worker steals queued tests from a busy one. On a fresh clone here (2 cores, quiet machine):
+# 2,184 tests, 7:03 to 7:07 of pytest, 7:39 to 7:43 in all with set-up. The suite is CPU-bound
+# (97% busy over a run): a third worker gained nothing (7:44 against 7:50).
 TEST_WORKERS ?= 2
 
 .PHONY: setup test lint demo bench chaos dashboards docs clean
