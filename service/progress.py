@@ -71,7 +71,3 @@ def latest_rows(session: Session, job_ids: Iterable[int]) -> dict[int, dict[str,
     for job_id, name, attempt, step, value, tokens in session.execute(query):
         found[job_id][name] = (attempt, step, value, tokens)
     return found
-
-
-def job_progress(session: Session, job: Job) -> JobProgress | None:
-    return progress(job, latest_rows(session, [job.id])[job.id])

@@ -9,7 +9,7 @@ recording that it did never starts a second trainer; it writes the exit code, so
 learns how it ended even if it was not watching.
 
 A tokenizer job's attempt is the same kind of folder running the command its batch Job runs on
-Kubernetes (`manifests.tokenizer_command`): the tokenizer library's job, whose result the
+Kubernetes (`manifests.batch_command`): the tokenizer library's job, whose result the
 workload reports to the API before it exits; its log is `tokenizer.log`. A data job's attempt
 is the same, running the trainer's data preparation (`trainer.prepare`, its log `data.log`).
 """

@@ -32,8 +32,6 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "batch_command",
         "batch_config_file",
         "batch_config_json",
-        "data_command",
-        "tokenizer_command",
     ),
     "batch_job": (
         "BATCH_JOB_API_VERSION",

@@ -13,7 +13,6 @@ from service.controller.manifests.workloads import (
     CONFIG_DIR,
     BatchWorkload,
     DataWorkload,
-    TokenizerWorkload,
 )
 
 TOKENIZER_CONTAINER_NAME = "tokenizer"
@@ -95,17 +94,3 @@ def batch_command(workload: BatchWorkload, *, python: str, config_path: str) -> 
         str(workload.job_id),
         str(workload.attempt),
     ]
-
-
-def tokenizer_command(workload: TokenizerWorkload, *, python: str, config_path: str) -> list[str]:
-    """The tokenizer workload's command: run the job, keep its result, report it to the API.
-
-    It exits 0 only once the service has taken the result, so a succeeded workload always has
-    its result on record; the local backend runs the same command with its own Python.
-    """
-    return batch_command(workload, python=python, config_path=config_path)
-
-
-def data_command(workload: DataWorkload, *, python: str, config_path: str) -> list[str]:
-    """The data workload's command: prepare the pair, keep the result, report it to the API."""
-    return batch_command(workload, python=python, config_path=config_path)
