@@ -6,9 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 # Tests spread over this many workers (pytest-xdist; 0 runs them in this process); an idle
-# worker steals queued tests from a busy one. On fresh clones here (2 cores, quiet machine), five
-# runs: 2,182-2,185 tests, 7:03 to 7:37 of pytest, 7:39 to 8:11 in all (median 7:44), the last with
-# set-up 0:18. The suite is CPU-bound (97% busy over a run): a third worker gained nothing.
+# worker steals queued tests from a busy one. On fresh clones here (2 cores, quiet machine), six
+# runs: 2,182-2,185 tests, 7:03 to 7:39 of pytest, 7:39 to 8:11 in all (median 7:50), set-up 0:18
+# to 0:22 on the last two. The suite is CPU-bound (97% busy over a run): a third worker gained nothing.
 TEST_WORKERS ?= 2
 
 .PHONY: setup test lint demo bench chaos dashboards docs clean
