@@ -72,6 +72,10 @@ AdminDep = Annotated[Principal, Depends(require(Role.ADMIN))]
 
 def get_job_reporter(job_id: JobId, principal: PrincipalDep) -> Principal:
     """A trainer writing for its own job (its job token), or an admin."""
+    if principal.job_id is not None and principal.attempt is None:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "an evaluation's token may only report its evaluation"
+        )
     if principal.job_id == job_id or (principal.job_id is None and principal.may(Role.ADMIN)):
         return principal
     if principal.job_id is not None:
@@ -82,3 +86,19 @@ def get_job_reporter(job_id: JobId, principal: PrincipalDep) -> Principal:
 
 
 JobReporterDep = Annotated[Principal, Depends(get_job_reporter)]
+
+
+def get_evaluation_reporter(job_id: JobId, principal: PrincipalDep) -> Principal:
+    """An evaluation reporting its scores (its own token: the job's, with no attempt), or an admin."""
+    if principal.job_id is None and principal.may(Role.ADMIN):
+        return principal
+    if principal.job_id == job_id and principal.attempt is None:
+        return principal
+    if principal.job_id is not None and principal.job_id != job_id:
+        detail = f"this token belongs to job {principal.job_id}, not job {job_id}"
+    else:
+        detail = "only an evaluation's own token (or an admin) may report its scores"
+    raise HTTPException(status.HTTP_403_FORBIDDEN, detail)
+
+
+EvaluationReporterDep = Annotated[Principal, Depends(get_evaluation_reporter)]

@@ -11,12 +11,19 @@ from service.settings import Settings
 from service.spec import SpecInvalid, validate_spec
 from tests.service.test_spec import base_spec
 
-BENCHMARK = {"task": "continuation-en", "path": "benchmarks/en.jsonl", "num_fewshot": 2, "limit": 50}
+BENCHMARK = {
+    "task": "continuation-en",
+    "path": "benchmarks/en.jsonl",
+    "num_fewshot": 2,
+    "limit": 50,
+}
 
 
 @pytest.fixture
 def policy(tmp_path):
-    return path_policy(Settings(state_dir=tmp_path, data_root="/data", checkpoint_root="/checkpoints"))
+    return path_policy(
+        Settings(state_dir=tmp_path, data_root="/data", checkpoint_root="/checkpoints")
+    )
 
 
 def with_evaluation(**evaluation: Any) -> dict[str, Any]:
@@ -42,7 +49,11 @@ def test_no_section_evaluates_nothing():
     ("evaluation", "loc", "says"),
     [
         ({"checkpoints": {"every": -2}}, ["evaluation", "checkpoints", "every"], "greater than 0"),
-        ({"checkpoints": {"final": False}}, ["evaluation", "checkpoints"], "no checkpoint is chosen"),
+        (
+            {"checkpoints": {"final": False}},
+            ["evaluation", "checkpoints"],
+            "no checkpoint is chosen",
+        ),
         (
             {"benchmarks": [BENCHMARK, {"task": "continuation-en", "path": "b.jsonl"}]},
             ["evaluation", "benchmarks", 1, "task"],
@@ -58,7 +69,11 @@ def test_no_section_evaluates_nothing():
             ["evaluation", "benchmarks", 0, "path"],
             "outside the allowed roots",
         ),
-        ({"resources": {"gpus": -1}}, ["evaluation", "resources", "gpus"], "greater than or equal to 0"),
+        (
+            {"resources": {"gpus": -1}},
+            ["evaluation", "resources", "gpus"],
+            "greater than or equal to 0",
+        ),
         ({"every": 2}, ["evaluation", "every"], "unknown field 'every'"),
     ],
 )
