@@ -131,7 +131,17 @@ def authenticate(session: Session, *, token: str, admin_token_hash: str | None) 
 
 
 def evaluation_token_name(job_id: int, step: int) -> str:
+    """What an evaluation's token is called (`repo.active_job_tokens` leaves such names out)."""
     return f"job-{job_id}-eval-s{step}"
+
+
+def is_evaluation_token(principal: Principal) -> bool:
+    """Whether the principal is an evaluation's token: it may report that evaluation only."""
+    return (
+        principal.job_id is not None
+        and principal.attempt is None
+        and principal.name.startswith(f"job-{principal.job_id}-eval-s")
+    )
 
 
 def mint_evaluation_token(session: Session, *, job_id: int, step: int, actor: str) -> str:

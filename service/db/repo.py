@@ -222,15 +222,18 @@ def find_active_token(session: Session, *, token_hash: str) -> ApiToken | None:
 
 
 def active_job_tokens(session: Session, *, job_id: int, attempt: int | None = None) -> Sequence[ApiToken]:
-    """Unrevoked attempt tokens of the job (of one attempt of it, when `attempt` is given).
+    """Unrevoked tokens scoped to the job (to one attempt of it, when `attempt` is given).
 
-    An evaluation's token (scoped to the job, no attempt) is not one: it outlives the job's end.
+    An evaluation's token (`tokens.evaluation_token_name`) is not among them: it outlives the
+    job's end, and its evaluation revokes it.
     """
-    query = select(ApiToken).where(ApiToken.job_id == job_id, ApiToken.revoked_at.is_(None))
+    query = select(ApiToken).where(
+        ApiToken.job_id == job_id,
+        ApiToken.revoked_at.is_(None),
+        ApiToken.name.not_like(f"job-{job_id}-eval-s%"),
+    )
     if attempt is not None:
         query = query.where(ApiToken.attempt == attempt)
-    else:
-        query = query.where(ApiToken.attempt.is_not(None))
     return session.scalars(query.order_by(ApiToken.id)).all()
 
 
