@@ -198,7 +198,8 @@ class JobResultReport(BaseModel):
     report: dict[str, Any] = Field(description="The workload's report, as it made it (tokenizer jobs: layout, expansion, compression; data jobs: the sidecar).")
 
 
-FiniteScore = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+NonNegativeFinite = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
 
 
 class TaskScore(BaseModel):
@@ -207,11 +208,11 @@ class TaskScore(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     task: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_-]*$")
-    acc: FiniteScore = Field(le=1, description="Share of items whose correct option had the highest log-likelihood.")
-    acc_stderr: FiniteScore | None = None
-    acc_norm: FiniteScore = Field(le=1, description="The same with log-likelihoods normalised by the options' length.")
-    acc_norm_stderr: FiniteScore | None = None
-    nll: FiniteScore = Field(description="Mean negative log-likelihood of the correct option.")
+    acc: Share = Field(description="Share of items whose correct option had the highest log-likelihood.")
+    acc_stderr: NonNegativeFinite | None = None
+    acc_norm: Share = Field(description="The same with log-likelihoods normalised by the options' length.")
+    acc_norm_stderr: NonNegativeFinite | None = None
+    nll: NonNegativeFinite = Field(description="Mean negative log-likelihood of the correct option.")
     samples: int = Field(ge=0, le=10**9, description="Items scored.")
     num_fewshot: int = Field(ge=0, le=1000)
 

@@ -35,7 +35,9 @@ def settings(pg_url, tmp_path) -> Settings:
 @pytest.fixture
 def job(settings, tiny_spec) -> Job:
     with get_sessionmaker(settings.resolved_database_url)() as session:
-        return jobs.submit_job(session, raw={**tiny_spec, "evaluation": EVALUATION}, principal=ALICE)
+        return jobs.submit_job(
+            session, raw={**tiny_spec, "evaluation": EVALUATION}, principal=ALICE
+        )
 
 
 def register_checkpoint(settings: Settings, job: Job, step: int) -> None:
@@ -99,11 +101,16 @@ def test_a_failed_evaluation_fails_its_rows_and_never_the_training_job(
     register_checkpoint(settings, job, 40)
     register_checkpoint(settings, job, 80)
     controller.evaluator.run_once()  # step 40 starts; 80 waits: one at a time
-    assert [(step, state) for step, state, _ in rows(settings, job)] == [(40, "running"), (80, "pending")]
+    assert [(step, state) for step, state, _ in rows(settings, job)] == [
+        (40, "running"),
+        (80, "pending"),
+    ]
 
     name = workload_name(job.name, job.id, 40, prefix="e")
     k8s.add_pod(k8s.get("jobs", name), exit_code=137, terminated_reason="OOMKilled")
-    k8s.set_status("jobs", name, {"failed": 1, "conditions": [condition("Failed", "BackoffLimitExceeded")]})
+    k8s.set_status(
+        "jobs", name, {"failed": 1, "conditions": [condition("Failed", "BackoffLimitExceeded")]}
+    )
     controller.evaluator.run_once()  # 40 failed, its Job removed; 80 starts
     controller.reconcile(job.id)
 
@@ -117,10 +124,15 @@ def test_a_failed_evaluation_fails_its_rows_and_never_the_training_job(
     with get_sessionmaker(settings.resolved_database_url)() as session:
         score = {"task": "continuation-en", "acc": 0.5, "acc_stderr": 0.1, "acc_norm": 0.25,
                  "acc_norm_stderr": 0.1, "nll": 2.5, "samples": 32, "num_fewshot": 0}  # fmt: skip
-        evaluations.record_results(session, job_id=job.id, step=80, results=[score], actor="evaluation")
+        evaluations.record_results(
+            session, job_id=job.id, step=80, results=[score], actor="evaluation"
+        )
     k8s.transition(workload_name(job.name, job.id, 0), "Succeeded")
     controller.reconcile(job.id)
 
     assert stored(settings, job.id).state == "succeeded"
-    assert [(step, state) for step, state, _ in rows(settings, job)] == [(40, "failed"), (80, "succeeded")]
+    assert [(step, state) for step, state, _ in rows(settings, job)] == [
+        (40, "failed"),
+        (80, "succeeded"),
+    ]
     assert "evaluation.failed" in event_kinds(settings, job.id)
