@@ -1,6 +1,7 @@
 """The embedded default end to end: `pretrainctl serve` runs the controller and the local backend.
 
-A tiny CPU job goes in through the API and trains to completion as real trainer processes;
+A tiny CPU job goes in through the API and trains to completion as real trainer processes, its
+final checkpoint scored on a benchmark by the real lm-eval runner in a process of its own;
 a trainer killed mid-run is resumed from its last checkpoint by a new attempt, automatically.
 """
 
@@ -18,6 +19,7 @@ import yaml
 
 from tests.conftest import EXAMPLES
 from tests.pretrainctl.test_cli import Server, clean_env
+from trainer.mc_data import write_items
 
 RUN_TIMEOUT_S = 240
 
@@ -65,11 +67,15 @@ def kinds(client: httpx.Client, job_id: int) -> list[str]:
     ]
 
 
-def test_a_tiny_cpu_job_submitted_through_the_api_runs_to_completion(embedded):
-    client, _ = embedded
-    job = client.post(
-        "/v1/jobs", json=small_job("local-complete", steps=6, checkpoint_every=3)
-    ).json()
+@pytest.mark.slow
+def test_a_tiny_cpu_job_submitted_through_the_api_runs_to_completion_and_is_scored(embedded):
+    client, root = embedded
+    # A benchmark made from the embedded corpora, on the state volume, scored by lm-eval on the
+    # final checkpoint in a process of its own (`trainer.benchmarks`, the real runner).
+    bench = write_items("en", root / ".pretrain" / "benchmarks" / "en.jsonl", items=12, seed=1)
+    spec = small_job("local-complete", steps=6, checkpoint_every=3)
+    spec["evaluation"] = {"benchmarks": [{"task": "continuation-en", "path": str(bench), "limit": 8}]}
+    job = client.post("/v1/jobs", json=spec).json()
 
     done = wait_for(client, job["id"], lambda j: j["state"] == "succeeded", "succeeded")
 
@@ -88,6 +94,21 @@ def test_a_tiny_cpu_job_submitted_through_the_api_runs_to_completion(embedded):
     assert steps == {3, 6}
     losses = client.get(f"/v1/jobs/{job['id']}/metrics", params={"name": "loss"}).json()
     assert [p["step"] for p in losses] == list(range(6))
+
+    (scored,) = wait_for_evaluations(client, job["id"])
+    assert (scored["step"], scored["task"], scored["state"]) == (6, "continuation-en", "succeeded")
+    assert scored["samples"] == 8 and 0 <= scored["acc"] <= 1 and scored["nll"] > 0
+    assert client.get(f"/v1/jobs/{job['id']}").json()["state"] == "succeeded"
+
+
+def wait_for_evaluations(client: httpx.Client, job_id: int) -> list[dict]:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        rows = client.get(f"/v1/jobs/{job_id}/evaluations").json()["evaluations"]
+        if rows and all(row["state"] in ("succeeded", "failed") for row in rows):
+            return rows
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id}'s evaluations never ended: {rows}")
 
 
 def _trainer_pid(root: Path, job_id: int, attempt: int) -> int:
