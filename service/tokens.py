@@ -164,7 +164,9 @@ def revoke_evaluation_tokens(
     session: Session, *, job_id: int, step: int, actor: str, reason: str
 ) -> None:
     """Revoke the tokens of one evaluation, each with its event, in the caller's transaction."""
-    for token in repo.active_tokens_named(session, job_id=job_id, name=evaluation_token_name(job_id, step)):
+    for token in repo.active_tokens_named(
+        session, job_id=job_id, name=evaluation_token_name(job_id, step)
+    ):
         repo.revoke_token(session, token_id=token.id)
         repo.add_event(
             session,

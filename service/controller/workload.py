@@ -101,7 +101,9 @@ def build_evaluation_workload(
     benchmarks = [
         {
             "task": benchmark.task,
-            "path": data_path(benchmark.path, settings, loc=["evaluation", "benchmarks", i, "path"]),
+            "path": data_path(
+                benchmark.path, settings, loc=["evaluation", "benchmarks", i, "path"]
+            ),
             "num_fewshot": benchmark.num_fewshot,
             "limit": benchmark.limit,
         }

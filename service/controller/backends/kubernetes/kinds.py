@@ -218,6 +218,7 @@ DATA_BATCH_JOB = replace(
     BATCH_JOB, job_kind=DATA_KIND, workload_type=DataWorkload, render=render_data_manifests
 )
 
+
 def _evaluation_pods(obj: Mapping[str, Any]) -> str:
     job_id, step = evaluation_identity(obj) or (-1, -1)
     return f"{JOB_ID_LABEL}={job_id},{EVALUATION_STEP_LABEL}={step}"
