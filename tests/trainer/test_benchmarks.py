@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +23,10 @@ from trainer.benchmarks import (
     OFFLINE_ENV,
     Benchmark,
     BenchmarkError,
+    check_items,
     correct_option_nll,
     load_benchmarks,
+    local_items,
     main,
     task_config,
 )
@@ -31,6 +34,7 @@ from trainer.mc_data import write_items
 
 RUN_TIMEOUT_S = 300
 TASK = "en_next_passage"
+BUCKET = "benchmarks"
 
 
 def lm_eval_env(tmp: Path) -> dict[str, str]:
@@ -181,7 +185,40 @@ def test_a_line_that_is_not_json_is_named(tmp_path) -> None:
     items = tmp_path / "items.jsonl"
     items.write_text('{"question": "q", "options": ["a", "b"], "answer": 0}\n{"question": \n')
     with pytest.raises(BenchmarkError, match=r"items.jsonl line 2: Invalid JSON"):
-        load_benchmarks(write_bench(tmp_path, [{"task": "t", "path": str(items)}]))
+        check_items(items)
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A real S3 API over HTTP (moto's server), and the environment a pod's Secret would give."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "reader")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=BUCKET)
+    yield client
+    server.stop()
+
+
+def test_items_on_s3_are_copied_into_the_work_dir_and_checked(s3, tmp_path) -> None:
+    s3.upload_file(str(good_items(tmp_path)), BUCKET, "mc/en.jsonl")
+    s3.put_object(Bucket=BUCKET, Key="mc/bad.jsonl", Body=b'{"question": "q"}\n')
+    [local] = local_items([Benchmark(task="en", path=f"s3://{BUCKET}/mc/en.jsonl")], tmp_path / "w")
+    assert local.path == str(tmp_path / "w" / "en.jsonl")
+    assert Path(local.path).read_bytes() == (tmp_path / "items.jsonl").read_bytes()
+    with pytest.raises(BenchmarkError, match=r"bad.jsonl line 1: options: Field required"):
+        local_items([Benchmark(task="bad", path=f"s3://{BUCKET}/mc/bad.jsonl")], tmp_path / "w")
+    with pytest.raises(BenchmarkError, match=f"cannot read s3://{BUCKET}/mc/none.jsonl"):
+        local_items([Benchmark(task="none", path=f"s3://{BUCKET}/mc/none.jsonl")], tmp_path / "w")
 
 
 @pytest.mark.parametrize(
@@ -211,8 +248,8 @@ def test_two_benchmarks_of_one_name_are_refused(tmp_path) -> None:
 
 
 def test_the_task_reads_the_local_file_and_takes_examples_from_it_only_with_shots(tmp_path) -> None:
-    zero = task_config(Benchmark(task="t", path=tmp_path / "a.jsonl"))
-    five = task_config(Benchmark(task="t", path=tmp_path / "a.jsonl", num_fewshot=5))
+    zero = task_config(Benchmark(task="t", path=str(tmp_path / "a.jsonl")))
+    five = task_config(Benchmark(task="t", path=str(tmp_path / "a.jsonl"), num_fewshot=5))
     assert zero["dataset_path"] == "json"
     assert zero["dataset_kwargs"] == {"data_files": {"test": str(tmp_path / "a.jsonl")}}
     assert zero["test_split"] == "test" and "fewshot_split" not in zero
