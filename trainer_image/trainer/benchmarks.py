@@ -300,6 +300,7 @@ def evaluate_checkpoint(
 
     `work` holds the items (data/), the export (hf/), the YAMLs (tasks/) and the caches.
     """
+    work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     benchmarks = local_items(benchmarks, work / "data")
     export_dir = export_checkpoint(config, checkpoint, work / "hf")
