@@ -5,7 +5,8 @@
 
 The checkpoint is exported to the Hugging Face Llama layout by `python -m trainer.export` (its
 own process: megatron's parallel state and CPU patches stay out of this one), each benchmark
-becomes an lm-eval task YAML over its local JSONL file (`trainer.mc_data.MCItem` a line), and
+becomes an lm-eval task YAML over its JSONL file (`trainer.mc_data.MCItem` a line; local, or
+copied from `s3://` first), and
 lm-eval's `hf` model scores them on the CPU exactly as `lm_eval --model hf --include_path
 WORK/tasks` would, so the numbers compare with the harness's own. Beside acc and acc_norm the
 result carries the mean negative log-likelihood of the right option, read from lm-eval's
@@ -31,6 +32,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from trainer.corpora import S3_SCHEME, s3_client
 from trainer.mc_data import MCItem
 
 EXPORT_TIMEOUT_S = 1800
@@ -46,7 +48,7 @@ class BenchmarkError(RuntimeError):
 
 
 class Benchmark(BaseModel):
-    """One entry of BENCH.json (the service's `evaluation.benchmarks`, its path made local)."""
+    """One entry of BENCH.json: the service's `evaluation.benchmarks` entry."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -55,7 +57,9 @@ class Benchmark(BaseModel):
         max_length=100,
         description="lm-eval task name; also the YAML's file name",
     )
-    path: Path = Field(description="local JSONL file, one MCItem a line")
+    path: str = Field(
+        min_length=1, description="JSONL file, one MCItem a line: a local path or s3://bucket/key"
+    )
     num_fewshot: int = Field(default=0, ge=0, description="examples put before each question")
     limit: int | None = Field(default=None, ge=1, description="score only the first N items")
 
@@ -80,7 +84,7 @@ class EvaluationResult(BaseModel):
 
 
 def load_benchmarks(path: str | Path) -> list[Benchmark]:
-    """BENCH.json, validated: each entry's fields, distinct task names, readable item files."""
+    """BENCH.json, validated: each entry's fields and distinct task names."""
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
         benchmarks = TypeAdapter(list[Benchmark]).validate_python(raw)
@@ -95,9 +99,33 @@ def load_benchmarks(path: str | Path) -> list[Benchmark]:
     names = [b.task for b in benchmarks]
     if len(set(names)) != len(names):
         raise BenchmarkError(f"benchmarks file {path}: task names repeat: {', '.join(names)}")
-    for benchmark in benchmarks:
-        check_items(benchmark.path)
     return benchmarks
+
+
+def local_items(benchmarks: list[Benchmark], folder: Path) -> list[Benchmark]:
+    """The benchmarks with their items in local files, each checked line by line.
+
+    An `s3://` file is copied into `folder` with boto3, its credentials and endpoint from the
+    environment as for the trainer's s3:// sources (`trainer.corpora.s3_client`).
+    """
+    local = []
+    for benchmark in benchmarks:
+        path = Path(benchmark.path)
+        if benchmark.path.startswith(S3_SCHEME):
+            path = _download(benchmark.path, folder / f"{benchmark.task}.jsonl")
+        check_items(path)
+        local.append(benchmark.model_copy(update={"path": str(path.resolve())}))
+    return local
+
+
+def _download(url: str, local: Path) -> Path:
+    bucket, _, key = url.removeprefix(S3_SCHEME).partition("/")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        s3_client().download_file(bucket, key, str(local))
+    except Exception as exc:  # botocore's ClientError, NoCredentialsError, EndpointConnectionError…
+        raise BenchmarkError(f"cannot read {url}: {exc}") from exc
+    return local
 
 
 def check_items(path: Path) -> int:
@@ -138,7 +166,7 @@ def task_config(benchmark: Benchmark) -> dict:
     config = {
         "task": benchmark.task,
         "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(benchmark.path.resolve())}},
+        "dataset_kwargs": {"data_files": {"test": benchmark.path}},
         "test_split": "test",
         "output_type": "multiple_choice",
         "doc_to_text": "question",
@@ -268,9 +296,16 @@ def score(export_dir: Path, benchmarks: list[Benchmark], tasks_dir: Path) -> lis
 def evaluate_checkpoint(
     config: Path, checkpoint: Path, step: int, benchmarks: list[Benchmark], work: Path
 ) -> EvaluationResult:
-    """Export, write the task YAMLs, score: RESULT.json's content. `work` holds all three."""
+    """Fetch and check the items, export, write the task YAMLs, score: RESULT.json's content.
+
+    `work` holds the items (data/), the export (hf/), the YAMLs (tasks/) and the caches.
+    """
+    work = work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    benchmarks = local_items(benchmarks, work / "data")
     export_dir = export_checkpoint(config, checkpoint, work / "hf")
     tasks_dir = write_task_configs(benchmarks, work / "tasks")
+    use_work_dir(work)
     return EvaluationResult(step=step, results=score(export_dir, benchmarks, tasks_dir))
 
 
@@ -308,22 +343,17 @@ def main(argv: list[str] | None = None) -> int:
         benchmarks = load_benchmarks(args.benchmarks)
         if not args.checkpoint.is_dir():
             raise BenchmarkError(f"checkpoint {args.checkpoint}: no such directory")
+        run = (args.config, args.checkpoint, args.step, benchmarks)
         if args.work_dir is not None:
-            result = _run_in(args.work_dir, args, benchmarks)
+            result = evaluate_checkpoint(*run, args.work_dir)
         else:
             with tempfile.TemporaryDirectory(prefix="benchmarks-") as work:
-                result = _run_in(Path(work), args, benchmarks)
+                result = evaluate_checkpoint(*run, Path(work))
         print(write_result(result, args.out))
     except (BenchmarkError, OSError) as exc:
         print(f"benchmarks: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def _run_in(work: Path, args: argparse.Namespace, benchmarks: list[Benchmark]) -> EvaluationResult:
-    work.mkdir(parents=True, exist_ok=True)
-    use_work_dir(work)
-    return evaluate_checkpoint(args.config, args.checkpoint, args.step, benchmarks, work)
 
 
 if __name__ == "__main__":

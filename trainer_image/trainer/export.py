@@ -256,14 +256,14 @@ def export(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    special = _copy_tokenizer(config.data.tokenizer, out)
+    special = write_tokenizer(config.data.tokenizer, out)
     hf = {**hf_config(config, rope_base=rope_base, dtype=dtype), **special}
     (out / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
     log.info("exported %s (%d tensors) to %s", checkpoint, len(tensors), out)
     return out
 
 
-def _copy_tokenizer(spec: str, out: Path) -> dict[str, int]:
+def write_tokenizer(spec: str, out: Path) -> dict[str, int]:
     """Put a Hugging Face tokenizer beside the weights; its special ids for config.json.
 
     `AutoTokenizer` must load it with no network (lm-eval's `hf` model does): the byte
