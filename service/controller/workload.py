@@ -127,6 +127,7 @@ def build_evaluation_workload(
         cpu=evaluation.resources.cpu,
         memory_gib=evaluation.resources.memory_gib,
         gpus=evaluation.resources.gpus,
+        env_secrets=(spec.data.credentials_secret,) if spec.data.credentials_secret else (),
     )
 
 

@@ -28,7 +28,7 @@ from service.controller.manifests.pod import (
     token_secret,
     toleration,
 )
-from service.controller.manifests.trainer_pod import GPU_RESOURCE
+from service.controller.manifests.trainer_pod import GPU_RESOURCE, env_from
 from service.controller.manifests.workloads import (
     CONFIG_DIR,
     EvaluationWorkload,
@@ -92,6 +92,8 @@ def _evaluation_job(workload: EvaluationWorkload, settings: Settings) -> k8s.V1J
             k8s.V1EnvVar(name="HF_DATASETS_OFFLINE", value="1"),
             token_env(workload),
         ],
+        # s3:// benchmark items are read with the job's data credentials, as its sources are.
+        env_from=env_from(workload),
         resources=k8s.V1ResourceRequirements(requests=amounts, limits=dict(amounts)),
         volume_mounts=mounts,
         # The runner's one-line reason becomes the pod's message, quoted on the failed rows.

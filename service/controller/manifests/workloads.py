@@ -144,6 +144,8 @@ class EvaluationWorkload:
     cpu: int
     memory_gib: float
     gpus: int = 0
+    env_secrets: tuple[str, ...] = ()
+    """Secrets whose keys its environment takes (object-store credentials for s3:// items)."""
 
     @property
     def attempt(self) -> int:

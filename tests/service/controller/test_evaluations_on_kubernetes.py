@@ -35,9 +35,9 @@ def settings(pg_url, tmp_path) -> Settings:
 @pytest.fixture
 def job(settings, tiny_spec) -> Job:
     with get_sessionmaker(settings.resolved_database_url)() as session:
-        return jobs.submit_job(
-            session, raw={**tiny_spec, "evaluation": EVALUATION}, principal=ALICE
-        )
+        data = {"credentials_secret": "corpus-s3"}  # s3:// items: read with the data's credentials
+        spec = {**tiny_spec, "evaluation": EVALUATION, "data": data}
+        return jobs.submit_job(session, raw=spec, principal=ALICE)
 
 
 def register_checkpoint(settings: Settings, job: Job, step: int) -> None:
@@ -82,6 +82,7 @@ def test_a_checkpoint_is_scored_by_a_job_of_its_own_with_the_evaluation_resource
     assert container["resources"]["requests"] == {"cpu": "3", "memory": f"{6 * 1024}Mi"}
     assert container["resources"]["limits"] == container["resources"]["requests"]
     assert "trainer.benchmarks" in container["command"][2]
+    assert container["envFrom"] == [{"secretRef": {"name": "corpus-s3"}}]
     # Not a container of the training pods: they keep their own spec and resources.
     trainer = training["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]
     assert [c["name"] for c in trainer] == ["pytorch"]
