@@ -343,6 +343,26 @@ def checkpoints(ctx: click.Context, job_id: int, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def evaluations(ctx: click.Context, job_id: int, as_json: bool) -> None:
+    """List a job's benchmark scores per checkpoint step and task (lm-eval)."""
+    with api(ctx) as client:
+        rows = client.evaluations(job_id)
+
+    def human(rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            click.echo("no evaluations (none chosen yet, or the spec has no evaluation.benchmarks)")
+        for e in rows:
+            scores = f"acc {_number(e['acc'])}  acc_norm {_number(e['acc_norm'])}  nll {_number(e['nll'])}"
+            tail = scores if e["state"] == "succeeded" else (e["error"] or "")
+            click.echo(f"  step {e['step']:>8}  {e['task']:<24} {e['state']:<9}  {tail}")
+
+    print_data(rows, as_json, human)
+
+
+@cli.command()
+@click.argument("job_id", type=int)
 @click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line: {event}, {step, metrics}, then {job, state}.")
 @click.pass_context

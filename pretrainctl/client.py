@@ -105,6 +105,9 @@ class ApiClient:
     def checkpoints(self, job_id: int) -> list[dict[str, Any]]:
         return self._call("GET", f"/v1/jobs/{job_id}/checkpoints")
 
+    def evaluations(self, job_id: int) -> list[dict[str, Any]]:
+        return self._call("GET", f"/v1/jobs/{job_id}/evaluations")["evaluations"]
+
     def rollback(self, job_id: int, **body: Any) -> dict[str, Any]:
         return self._call("POST", f"/v1/jobs/{job_id}/rollback", json={k: v for k, v in body.items() if v is not None})
 

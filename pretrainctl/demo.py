@@ -4,7 +4,9 @@ It starts the service on the embedded default (SQLite, in-process controller and
 local backend) in a state folder of its own, submits the demo spec — a tiny Llama whose `en`
 channel turns to garbage for a stretch of steps — and shows steps, per-channel loss and
 every verdict as they happen: the divergence caught, the automatic rollback with the bad
-window skipped, the resumed run finishing. Then it trains the same spec without the fault,
+window skipped, the resumed run finishing. Its final checkpoint is scored on a multiple-choice
+benchmark made from the embedded English corpus (`python -m trainer.mc_data`), by lm-eval in a
+process of its own. Then it trains the same spec without the fault (and without the benchmark),
 for comparison, and writes `report.html` and `summary.json`.
 """
 
@@ -35,6 +37,9 @@ from pretrainctl.output import progress_line
 
 DEMO_SPEC = Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"
 TERMINAL_STATES = ("succeeded", "failed", "cancelled", "paused")
+# The demo spec's benchmark (its `evaluation.benchmarks[].path`, under the data root the demo
+# gives the service), made before the job is submitted: (corpus, path, items).
+DEMO_BENCHMARK = ("en", "benchmarks/continuation-en.jsonl", 32)
 
 
 @dataclass
@@ -66,6 +71,7 @@ def run(
     state_dir.mkdir(parents=True)
     spec_text = Path(spec_path).read_text()
     display = LiveDisplay(stream or sys.stdout)
+    make_benchmark(state_dir / "data")
     with embedded_service(state_dir, out_dir / "serve.log") as client:
         echo(f"== service up at {client.base_url} (embedded SQLite in {state_dir})")
         plan = client.plan(spec_text, yaml=True)
@@ -85,6 +91,8 @@ def run(
             echo(f"== for comparison, job {clean_job['id']}: the same spec without the garbage stretch")
             follow(client, clean_job["id"], LiveDisplay(stream or sys.stdout, events=False), timeout_s=timeout_s)
             reference = run_report.collect(client, clean_job["id"])
+        wait_for_evaluations(client, job["id"], timeout_s=timeout_s)
+        faulty.evaluations = client.evaluations(job["id"])
     report_path = out_dir / "report.html"
     report_path.write_text(run_report.render_html(faulty, baseline=reference, title="pretrain-orchestrator demo"))
     summary = {"job": run_report.summarize(faulty).as_dict()}
@@ -104,9 +112,10 @@ def run(
 
 
 def without_faults(spec: dict[str, Any]) -> dict[str, Any]:
-    """The same spec with every fault injection removed, under its own name."""
+    """The same spec with every fault injection (and the benchmark) removed, under its own name."""
     clean = copy.deepcopy(spec)
     clean["name"] = f"{spec['name']}-baseline"
+    clean.pop("evaluation", None)  # the comparison is of losses: no second benchmark run
     for stage in clean.get("stages", []):
         for source in stage.get("data", []):
             source.pop("corrupt_steps", None)
@@ -135,6 +144,10 @@ def conclusion(result: DemoResult) -> list[str]:
             f"{channel} {_share(shares['planned'])}/{_share(shares['consumed'])}" for channel, shares in mix.items()
         )
         lines.append(f"   data mix planned/consumed: {shares}")
+    for row in result.job.evaluations or []:
+        scores = (f"acc {_fmt(row['acc'], '.3f')}, acc_norm {_fmt(row['acc_norm'], '.3f')}, NLL {_fmt(row['nll'], '.2f')}"
+                  if row["state"] == "succeeded" else f"{row['state']}: {row['error']}")  # fmt: skip
+        lines.append(f"   benchmark {row['task']} at step {row['step']}: {scores}")
     if figures := job.get("goodput"):
         lines.append(f"   {goodput_report.line(figures)}")
     if progress := job.get("progress"):
@@ -143,6 +156,27 @@ def conclusion(result: DemoResult) -> list[str]:
     if not result.ok:
         lines.append("!! the demo did not show an automatic rollback followed by a finished run")
     return lines
+
+
+def make_benchmark(data_root: Path) -> Path:
+    """The demo's multiple-choice set, generated from an embedded corpus (nothing downloaded)."""
+    corpus, relative, items = DEMO_BENCHMARK
+    out = data_root / relative
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "trainer.mc_data", "--corpus", corpus, "--out", str(out),
+               "--items", str(items), "--seed", "0"]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True)
+    return out
+
+
+def wait_for_evaluations(client: ApiClient, job_id: int, *, timeout_s: float, interval_s: float = 1.0) -> None:
+    """Until the job's benchmark evaluations (scored after it finishes) have all ended."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = client.evaluations(job_id)
+        if all(row["state"] in ("succeeded", "failed") for row in rows):
+            return
+        time.sleep(interval_s)
 
 
 # ---------------------------------------------------------------- the service
@@ -154,7 +188,8 @@ def embedded_service(state_dir: Path, log_path: Path, *, ready_timeout_s: float 
     port = free_port()
     token = secrets.token_urlsafe(24)
     env = _environment_for_child(
-        {"state_dir": str(Path(state_dir).resolve()), "environment": "development", "backend": "local", "admin_token": token}
+        {"state_dir": str(Path(state_dir).resolve()), "environment": "development", "backend": "local",
+         "admin_token": token, "data_root": str((Path(state_dir) / "data").resolve())}  # fmt: skip
     )
     env["PYTHONUNBUFFERED"] = "1"
     with open(log_path, "w") as log:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pretrainctl import goodput_report
+from pretrainctl import benchmark_report, goodput_report
 from pretrainctl.client import ApiClient, ApiError
 
 LOSS_PREFIX = "loss/"
@@ -40,6 +40,8 @@ class RunData:
     data: dict[str, Any] | None = None
     # GET /v1/jobs/{id}/goodput (None: not served).
     goodput: dict[str, Any] | None = None
+    # GET /v1/jobs/{id}/evaluations: benchmark scores per step and task (None: not served).
+    evaluations: list[dict[str, Any]] | None = None
 
     def series(self, name: str, attempt: int) -> list[tuple[int, float]]:
         """(step, value) of one metric of one attempt, finite values only, by step."""
@@ -124,7 +126,10 @@ def collect(client: ApiClient, job_id: int) -> RunData:
         if exc.status_code not in (404, 409):
             raise
         data = None
-    return RunData(job=job, events=events, points=points, data=data, goodput=_optional(client.goodput, job_id))
+    return RunData(
+        job=job, events=events, points=points, data=data,
+        goodput=_optional(client.goodput, job_id), evaluations=_optional(client.evaluations, job_id),
+    )  # fmt: skip
 
 
 def _optional(read, job_id: int) -> dict[str, Any] | None:
@@ -343,6 +348,7 @@ def render_html(run: RunData, *, baseline: RunData | None = None, title: str | N
         for channel in run.channels()
     ]
     sections.append("<h2>Eval perplexity per channel</h2>" + "".join(ppl_charts))
+    sections.append(_benchmark_section(run.evaluations))
     sections.append(goodput_report.html_section(run.goodput, run.job.get("progress")))
     sections.append(_data_section(run.data))
     sections.append(_events_section(run.events))
@@ -373,6 +379,19 @@ def _metric_chart(
     for attempt in run.attempt_numbers():
         series.append(Series(f"attempt {attempt}", run.series(name, attempt), ATTEMPT_COLOURS[attempt % len(ATTEMPT_COLOURS)]))
     return svg_chart(series, title=title, y_label=y_label, marks=marks, bands=bands, log_y=log_y)
+
+
+def _benchmark_section(evaluations: list[dict[str, Any]] | None) -> str:
+    """Accuracy against step per task (lm-eval on the chosen checkpoints), then every score."""
+    if not evaluations:
+        return ""
+    by_task = benchmark_report.accuracy_by_task(evaluations)
+    series = [
+        Series(task, points, ATTEMPT_COLOURS[i % len(ATTEMPT_COLOURS)])
+        for i, (task, points) in enumerate(by_task.items())
+    ]
+    chart = svg_chart(series, title="benchmark accuracy (acc) vs step", y_label="accuracy") if series else ""
+    return "<h2>Benchmarks per checkpoint</h2>" + chart + benchmark_report.html_table(evaluations)
 
 
 def _summary_section(summary: Summary, reference: Summary | None) -> str:

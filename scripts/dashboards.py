@@ -290,7 +290,7 @@ def perplexity() -> dashboard.Dashboard:
         new_dashboard(
             "pretrain-perplexity",
             "Pretraining / Eval perplexity",
-            "Held-out perplexity of every data channel of live jobs.",
+            "Held-out perplexity of every data channel of live jobs, and their benchmark scores.",
         )
         .with_variable(job_variable())
         .with_variable(channel_variable("pretrain_eval_ppl"))
@@ -311,6 +311,30 @@ def perplexity() -> dashboard.Dashboard:
         .min(1)
         .unit("none")
     )
+    accuracy = per_job("pretrain_benchmark_accuracy", "task", where='metric="acc"')
+    benchmark_vs_step = (
+        xychart.Panel()
+        .title("Benchmark vs step: ${job:text}")
+        .description(
+            "Accuracy on each benchmark (lm-eval, acc) against the checkpoint step it scored, "
+            "one point per evaluation (one panel per job)."
+        )
+        .datasource(DATASOURCE)
+        .span(12)
+        .height(9)
+        .repeat("job")
+        .max_per_row(2)
+        .with_target(query(f"max by (job_id, name) (pretrain_benchmark_step{{{LIVE}}})", "step", "A"))
+        .with_target(query(accuracy, "{{task}}", "B"))
+        # One frame with a row per scrape: the newest step scored and every task's accuracy.
+        .with_transformation(
+            model.DataTransformerConfig(id_val="joinByField", options={"byField": "Time", "mode": "outer"})
+        )
+        .mapping(SeriesMapping.AUTO)
+        .series([xychart.XYSeriesConfig().x(xychart.XychartXYSeriesConfigX().matcher(by_name("step")))])
+        .show(XYShowMode.POINTS_AND_LINES)
+        .unit("percentunit")
+    )
     return _numbered(
         board,
         [
@@ -320,6 +344,12 @@ def perplexity() -> dashboard.Dashboard:
                 query(ppl, "{{name}} · {{channel}}"),
             ).span(24),
             latest,
+            benchmark_vs_step,
+            line_panel(
+                "Benchmark NLL",
+                "Mean negative log-likelihood of the right option at the newest scored checkpoint.",
+                query(per_job("pretrain_benchmark_nll", "task"), "{{name}} · {{task}}"),
+            ),
         ],
     )
 

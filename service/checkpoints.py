@@ -9,7 +9,8 @@ Four decisions live here and nowhere else:
 - `retain`: the retention rule. Keep the newest `checkpoint.keep_last` usable checkpoints; never
   prune one an attempt resumes from (that includes every rollback's target: it is the resume
   point of the attempt the rollback opened), nor the one a rollback of steps the watchdog has
-  not judged yet would need (a watchdog behind the trainer); hand the trainer every unusable checkpoint not yet
+  not judged yet would need (a watchdog behind the trainer), nor one a benchmark evaluation
+  waits for or runs on (`evaluations.held_checkpoint_ids`); hand the trainer every unusable checkpoint not yet
   handed over (pruned, rolled back past, superseded, refuted) unless pinned. The trainer deletes
   what it is handed only if the manifest on disk still has the registered sha256.
 - `choose`: the checkpoint a new attempt resumes from: the newest usable one (before a step),
@@ -34,6 +35,7 @@ from pathlib import Path, PurePosixPath
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service import evaluations
 from service.db import repo
 from service.db.models import Checkpoint, Job, WatchdogState, utcnow
 from service.settings import Settings
@@ -185,7 +187,9 @@ def retain(session: Session, *, job: Job, registered: Checkpoint) -> list[Checkp
     directory now holds a kept one (the same path, written again) is marked pruned, not handed over.
     """
     keep_last = job.pretrain_spec.checkpoint.keep_last
-    pinned = pinned_ids(job)
+    # A checkpoint a benchmark evaluation waits for, runs on or has yet to be scheduled for is
+    # kept until that evaluation ends.
+    pinned = pinned_ids(job) | evaluations.held_checkpoint_ids(session, job)
     checkpoints = repo.list_checkpoints(session, job_id=job.id)
     reach = unjudged_reach(session, job=job, attempt=registered.attempt)
     if reach is not None:

@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import data_accounting, goodput, progress
+from service import data_accounting, evaluations, goodput, progress
 from service.db.models import Attempt, Event, Job, JobState, LatestMetric, utcnow
 from service.lifecycle import ACTIVE_JOB_STATES
 from service.spec import JobSpec
@@ -51,6 +51,7 @@ class ServiceCollector:
             yield from self._skipped_steps(session)
             yield from self._ingest_lag(session)
             yield from self._progress_and_goodput(session)
+            yield from self._benchmarks(session)
 
     def _jobs(self, session: Session):
         jobs = GaugeMetricFamily("pretrain_jobs", "Jobs by state.", labels=["state"])
@@ -179,6 +180,33 @@ class ServiceCollector:
             for why in SKIP_REASONS:
                 skipped.add_metric([*job, why], by_reason.get(why, 0))
         yield skipped
+
+    def _benchmarks(self, session: Session):
+        """Each job's newest benchmark scores per task (lm-eval on its checkpoints), finished jobs
+        too: the final checkpoint is scored after the job ends. Labelled `job_id` like every family
+        here (a `job` label would clash with the scrape's own)."""
+        labels = ["job_id", "name", "task"]
+        accuracy = GaugeMetricFamily(
+            "pretrain_benchmark_accuracy",
+            "Accuracy on a benchmark of a job's newest scored checkpoint (metric acc or acc_norm).",
+            labels=[*labels, "metric"],
+        )
+        nll = GaugeMetricFamily(
+            "pretrain_benchmark_nll",
+            "Mean negative log-likelihood of the right option at a job's newest scored checkpoint.",
+            labels=labels,
+        )
+        step = GaugeMetricFamily(
+            "pretrain_benchmark_step", "The step of a job's newest scored checkpoint, per task.", labels=labels
+        )
+        names = dict(session.execute(select(Job.id, Job.name)).all())
+        for row in evaluations.latest_scores(session):
+            key = [str(row.job_id), names.get(row.job_id, ""), row.task]
+            accuracy.add_metric([*key, "acc"], row.acc)
+            accuracy.add_metric([*key, "acc_norm"], row.acc_norm)
+            nll.add_metric(key, row.nll)
+            step.add_metric(key, row.step)
+        yield from (accuracy, nll, step)
 
     def _ingest_lag(self, session: Session):
         lag = GaugeMetricFamily(

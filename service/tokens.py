@@ -128,3 +128,51 @@ def authenticate(session: Session, *, token: str, admin_token_hash: str | None) 
         job_id=stored.job_id,
         attempt=stored.attempt,
     )
+
+
+def evaluation_token_name(job_id: int, step: int) -> str:
+    """What an evaluation's token is called (`repo.active_job_tokens` leaves such names out)."""
+    return f"job-{job_id}-eval-s{step}"
+
+
+def is_evaluation_token(principal: Principal) -> bool:
+    """Whether the principal is an evaluation's token: it may report that evaluation only."""
+    return (
+        principal.job_id is not None
+        and principal.attempt is None
+        and principal.name.startswith(f"job-{principal.job_id}-eval-s")
+    )
+
+
+def mint_evaluation_token(session: Session, *, job_id: int, step: int, actor: str) -> str:
+    """A token that reports the scores of one evaluation of the job and nothing else (scoped to
+    the job with no attempt), replacing any earlier one of the same evaluation; its plaintext.
+    The caller commits before any workload holds it."""
+    revoke_evaluation_tokens(session, job_id=job_id, step=step, actor=actor, reason="replaced")
+    _, value = mint_token(
+        session,
+        name=evaluation_token_name(job_id, step),
+        role=Role.VIEWER,
+        created_by=actor,
+        job_id=job_id,
+        commit=False,
+    )
+    return value
+
+
+def revoke_evaluation_tokens(
+    session: Session, *, job_id: int, step: int, actor: str, reason: str
+) -> None:
+    """Revoke the tokens of one evaluation, each with its event, in the caller's transaction."""
+    for token in repo.active_tokens_named(
+        session, job_id=job_id, name=evaluation_token_name(job_id, step)
+    ):
+        repo.revoke_token(session, token_id=token.id)
+        repo.add_event(
+            session,
+            kind="token.revoked",
+            actor=actor,
+            job_id=job_id,
+            reason=reason,
+            data={"token_id": token.id, "evaluation_step": step},
+        )

@@ -9,7 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.deps import JobId, SessionDep
 from service.db.models import Role
-from service.tokens import Principal, authenticate
+from service.tokens import Principal, authenticate, is_evaluation_token
 
 bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer pto_…`.")
 
@@ -72,6 +72,10 @@ AdminDep = Annotated[Principal, Depends(require(Role.ADMIN))]
 
 def get_job_reporter(job_id: JobId, principal: PrincipalDep) -> Principal:
     """A trainer writing for its own job (its job token), or an admin."""
+    if is_evaluation_token(principal):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "an evaluation's token may only report its evaluation"
+        )
     if principal.job_id == job_id or (principal.job_id is None and principal.may(Role.ADMIN)):
         return principal
     if principal.job_id is not None:
@@ -82,3 +86,19 @@ def get_job_reporter(job_id: JobId, principal: PrincipalDep) -> Principal:
 
 
 JobReporterDep = Annotated[Principal, Depends(get_job_reporter)]
+
+
+def get_evaluation_reporter(job_id: JobId, principal: PrincipalDep) -> Principal:
+    """An evaluation reporting its scores (its own token), or an admin."""
+    if principal.job_id is None and principal.may(Role.ADMIN):
+        return principal
+    if principal.job_id == job_id and is_evaluation_token(principal):
+        return principal
+    if principal.job_id is not None and principal.job_id != job_id:
+        detail = f"this token belongs to job {principal.job_id}, not job {job_id}"
+    else:
+        detail = "only an evaluation's own token (or an admin) may report its scores"
+    raise HTTPException(status.HTTP_403_FORBIDDEN, detail)
+
+
+EvaluationReporterDep = Annotated[Principal, Depends(get_evaluation_reporter)]

@@ -198,6 +198,57 @@ class JobResultReport(BaseModel):
     report: dict[str, Any] = Field(description="The workload's report, as it made it (tokenizer jobs: layout, expansion, compression; data jobs: the sidecar).")
 
 
+Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+NonNegativeFinite = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+
+
+class TaskScore(BaseModel):
+    """One task's scores as the runner (`trainer.benchmarks`) writes them."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    task: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_-]*$")
+    acc: Share = Field(description="Share of items whose correct option had the highest log-likelihood.")
+    acc_stderr: NonNegativeFinite | None = None
+    acc_norm: Share = Field(description="The same with log-likelihoods normalised by the options' length.")
+    acc_norm_stderr: NonNegativeFinite | None = None
+    nll: NonNegativeFinite = Field(description="Mean negative log-likelihood of the correct option.")
+    samples: int = Field(ge=0, le=10**9, description="Items scored.")
+    num_fewshot: int = Field(ge=0, le=1000)
+
+
+class EvaluationReport(BaseModel):
+    """What an evaluation workload sends: the scores of one checkpoint step, every task."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    step: int = Field(ge=0, le=10**12, description="The checkpoint step scored.")
+    results: list[TaskScore] = Field(min_length=1, max_length=64)
+
+
+class EvaluationPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    step: int
+    task: str
+    state: str = Field(description="pending, running, succeeded or failed.")
+    acc: float | None
+    acc_stderr: float | None
+    acc_norm: float | None
+    acc_norm_stderr: float | None
+    nll: float | None = Field(description="Mean negative log-likelihood of the correct option.")
+    samples: int | None
+    num_fewshot: int
+    error: str | None = Field(description="Why a failed evaluation failed.")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class EvaluationsPublic(BaseModel):
+    evaluations: list[EvaluationPublic]
+
+
 class CheckpointPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

@@ -34,6 +34,7 @@ from service.checkpoints import CheckpointStorage, Rejection
 from service.controller import reconcile as rc
 from service.controller import stall
 from service.controller.backends import Backend, PermanentBackendError, TemporaryBackendError
+from service.controller.evaluations import Evaluator
 from service.controller.trainer_config import termination_grace_s
 from service.controller.workload import build_workload
 from service.db import repo
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 ACTOR = "controller"
 MAX_BACKOFF_S = 60.0
 POLL_S = 1.0
+# How often every job's benchmark evaluations are looked at (they never hurry training).
+EVALUATION_POLL_S = 2.0
 # With a live informer every change in the cluster wakes its job, so a quiet job needs only
 # an occasional safety look; without one, the plan's short requeue is the only way to learn.
 WATCHED_REQUEUE_S = 60.0
@@ -93,6 +96,9 @@ class Controller:
         # (job, attempt) -> (token id, plaintext): the only place an ingest token is in clear
         # before its workload holds it. A restarted controller lacks it and mints another.
         self._tokens: dict[tuple[int, int], tuple[int, str]] = {}
+        # Benchmark evaluations of the jobs' checkpoints, in workloads of their own.
+        self.evaluator = Evaluator(settings, backend, sessions)
+        self._last_evaluation = -EVALUATION_POLL_S
 
     # --- one job -----------------------------------------------------------------------------------
 
@@ -465,8 +471,12 @@ class Controller:
             self._wake.set()
 
     def run_once(self) -> int:
-        """Poll for changed jobs, reconcile every job that is due; how many were reconciled."""
+        """Poll for changed jobs, reconcile every job that is due, and look at evaluations when
+        their turn comes; how many jobs were reconciled."""
         self._poll_changes()
+        if time.monotonic() - self._last_evaluation >= EVALUATION_POLL_S:
+            self._last_evaluation = time.monotonic()
+            self.evaluator.run_once()
         done = 0
         now = time.monotonic()
         while True:

@@ -136,7 +136,7 @@ def render_trainer_config(
         "data": {
             "seed": DEFAULT_SEED,
             "tokenizer": (
-                _data_path(spec.tokenizer.path, settings, loc=["tokenizer", "path"])
+                data_path(spec.tokenizer.path, settings, loc=["tokenizer", "path"])
                 if spec.tokenizer
                 else BYTE_TOKENIZER
             ),
@@ -301,7 +301,7 @@ def _stages(
             "data": [
                 {
                     "channel": source.channel,
-                    "path": _data_path(source.path, settings, loc=["stages", i, "data", j, "path"]),
+                    "path": data_path(source.path, settings, loc=["stages", i, "data", j, "path"]),
                     "weight": float(source.weight),
                     "corrupt": [list(bounds) for bounds in source.corrupt_steps],
                     "corrupt_kind": "random",
@@ -313,7 +313,7 @@ def _stages(
     ]
 
 
-def _data_path(path: str, settings: Settings, *, loc: Sequence[str | int] = ()) -> str:
+def data_path(path: str, settings: Settings, *, loc: Sequence[str | int] = ()) -> str:
     """Where a trainer pod finds a data source: relative paths live under `settings.data_root`."""
     if path.startswith(EMBEDDED_SCHEME) or "://" in path or path.startswith("/"):
         return path

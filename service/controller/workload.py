@@ -14,16 +14,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.checkpoints import job_directory
 from service.controller.data_config import render_data_config
 from service.controller.manifests import (
     REVIEW_JOB_ID,
     REVIEW_TOKEN,
     DataWorkload,
+    EvaluationWorkload,
     TokenizerWorkload,
     Workload,
 )
 from service.controller.tokenizer_config import render_tokenizer_config
-from service.controller.trainer_config import render_trainer_config, termination_grace_s
+from service.controller.trainer_config import (
+    data_path,
+    render_trainer_config,
+    termination_grace_s,
+)
 from service.db.models import Attempt, Job
 from service.jobspec import SPEC_VERSION
 from service.settings import Settings
@@ -82,6 +88,46 @@ def build_workload(
         queue=spec.resources.queue,
         priority=spec.resources.priority,
         termination_grace_s=termination_grace_s(job),
+    )
+
+
+def build_evaluation_workload(
+    job: Job, *, step: int, checkpoint: str, settings: Settings, ingest_token: str | None
+) -> EvaluationWorkload:
+    """The workload that scores the checkpoint at `step` (its stored path) on the job's
+    benchmarks; ValueError if the job's config cannot be rendered."""
+    spec = job.pretrain_spec
+    evaluation = spec.evaluation
+    benchmarks = [
+        {
+            "task": benchmark.task,
+            "path": data_path(
+                benchmark.path, settings, loc=["evaluation", "benchmarks", i, "path"]
+            ),
+            "num_fewshot": benchmark.num_fewshot,
+            "limit": benchmark.limit,
+        }
+        for i, benchmark in enumerate(evaluation.benchmarks)
+    ]
+    # The newest attempt's config: the model's shape, which `trainer.export` reads, is the same
+    # in every attempt.
+    trainer_config = render_trainer_config(
+        job, job.attempts[-1], settings, resume_from=None, ingest_token=None
+    )
+    return EvaluationWorkload(
+        job_id=job.id,
+        job_name=job.name,
+        step=step,
+        trainer_config=trainer_config,
+        checkpoint=checkpoint,
+        benchmarks=benchmarks,
+        output_dir=f"{job_directory(job.id, job.name, settings)}/evaluations/step-{step}",
+        ingest_token=ingest_token,
+        ingest_url=settings.ingest_url,
+        cpu=evaluation.resources.cpu,
+        memory_gib=evaluation.resources.memory_gib,
+        gpus=evaluation.resources.gpus,
+        env_secrets=(spec.data.credentials_secret,) if spec.data.credentials_secret else (),
     )
 
 

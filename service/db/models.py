@@ -318,6 +318,44 @@ class LatestMetric(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class EvaluationState(enum.StrEnum):
+    """Where one benchmark of one checkpoint stands; its workload's state, never the job's."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class Evaluation(Base):
+    """One benchmark task scored on one checkpoint step of a job (lm-eval, its own workload)."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(BigInteger)
+    task: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default=EvaluationState.PENDING)
+    # The checkpoint scored: kept from pruning while its evaluation waits or runs.
+    checkpoint_id: Mapped[int | None] = mapped_column(
+        ForeignKey("checkpoints.id", ondelete="SET NULL")
+    )
+    acc: Mapped[float | None] = mapped_column(Float)
+    acc_stderr: Mapped[float | None] = mapped_column(Float)
+    acc_norm: Mapped[float | None] = mapped_column(Float)
+    acc_norm_stderr: Mapped[float | None] = mapped_column(Float)
+    nll: Mapped[float | None] = mapped_column(Float)
+    samples: Mapped[int | None] = mapped_column(Integer)
+    num_fewshot: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("job_id", "step", "task"),)
+
+
 class Event(Base):
     """The audit log: who did what to which job, when and why."""
 

@@ -222,10 +222,26 @@ def find_active_token(session: Session, *, token_hash: str) -> ApiToken | None:
 
 
 def active_job_tokens(session: Session, *, job_id: int, attempt: int | None = None) -> Sequence[ApiToken]:
-    """Unrevoked tokens scoped to the job (to one attempt of it, when `attempt` is given)."""
-    query = select(ApiToken).where(ApiToken.job_id == job_id, ApiToken.revoked_at.is_(None))
+    """Unrevoked tokens scoped to the job (to one attempt of it, when `attempt` is given).
+
+    An evaluation's token (`tokens.evaluation_token_name`) is not among them: it outlives the
+    job's end, and its evaluation revokes it.
+    """
+    query = select(ApiToken).where(
+        ApiToken.job_id == job_id,
+        ApiToken.revoked_at.is_(None),
+        ApiToken.name.not_like(f"job-{job_id}-eval-s%"),
+    )
     if attempt is not None:
         query = query.where(ApiToken.attempt == attempt)
+    return session.scalars(query.order_by(ApiToken.id)).all()
+
+
+def active_tokens_named(session: Session, *, job_id: int, name: str) -> Sequence[ApiToken]:
+    """Unrevoked tokens of the job by name (an evaluation's: `job-<id>-eval-s<step>`)."""
+    query = select(ApiToken).where(
+        ApiToken.job_id == job_id, ApiToken.name == name, ApiToken.revoked_at.is_(None)
+    )
     return session.scalars(query.order_by(ApiToken.id)).all()
 
 

@@ -29,6 +29,12 @@ from service.spec.data_job import (
     ValidatedDataSpec,
     validate_data_spec,
 )
+from service.spec.evaluation import (
+    BenchmarkSpec,
+    EvaluationCheckpointsSpec,
+    EvaluationResourcesSpec,
+    EvaluationSpec,
+)
 from service.spec.fields import (
     IDENTIFIER_MAX_LENGTH,
     IDENTIFIER_PATTERN,
@@ -99,6 +105,7 @@ __all__ = [
     "BANNED_REGEX_PREFIX",
     "BF16_UNSUPPORTED_GPU_TYPES",
     "BatchSpec",
+    "BenchmarkSpec",
     "Budget",
     "CheckpointSpec",
     "CorpusName",
@@ -114,6 +121,9 @@ __all__ = [
     "EMBEDDED_CORPUS_PREFIXES",
     "EXPAND_ONLY_OPTIONS",
     "EvalSpec",
+    "EvaluationCheckpointsSpec",
+    "EvaluationResourcesSpec",
+    "EvaluationSpec",
     "FP8_GPU_TYPES",
     "GpuType",
     "IDENTIFIER_MAX_LENGTH",

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field
 
 from service.spec.data import DataSpec
+from service.spec.evaluation import EvaluationSpec
 from service.spec.faults import FaultsSpec
 from service.spec.fields import (
     NAME_MAX_LENGTH,
@@ -82,6 +83,11 @@ class JobSpec(Section):
         default_factory=DataSpec, description="How sources are split, packed and masked."
     )
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Held-out evaluation.")
+    evaluation: EvaluationSpec = Field(
+        default_factory=EvaluationSpec,
+        description="Few-shot benchmarks (lm-eval) scored on chosen checkpoints, each in a "
+        "workload of its own.",
+    )
     watchdog: WatchdogSpec = Field(
         default_factory=WatchdogSpec, description="Loss anomaly and stall policy."
     )

@@ -84,7 +84,7 @@ def _under_any(path: str, roots: tuple[str, ...]) -> bool:
 
 
 def job_path_problems(spec: JobSpec, policy: PathPolicy) -> Iterator[Problem]:
-    """The pretraining spec's data sources, tokenizer and checkpoint storage."""
+    """The pretraining spec's data sources, tokenizer, checkpoint storage and benchmark files."""
     for i, stage in enumerate(spec.stages):
         for j, source in enumerate(stage.data):
             yield from _checked(["stages", i, "data", j, "path"], source.path, policy.data_root, policy)
@@ -93,6 +93,9 @@ def job_path_problems(spec: JobSpec, policy: PathPolicy) -> Iterator[Problem]:
     if spec.checkpoint.storage is not None:
         storage = spec.checkpoint.storage
         yield from _checked(["checkpoint", "storage"], storage, policy.checkpoint_root, policy)
+    for index, benchmark in enumerate(spec.evaluation.benchmarks):
+        loc: list[str | int] = ["evaluation", "benchmarks", index, "path"]
+        yield from _checked(loc, benchmark.path, policy.data_root, policy)
 
 
 def tokenizer_path_problems(spec: TokenizerJobSpec, policy: PathPolicy) -> Iterator[Problem]:

@@ -296,6 +296,30 @@ def _channels_unique_within_stage(context: Context) -> Iterator[Problem]:
             first_index.setdefault(source.channel, index)
 
 
+def _benchmark_tasks_unique(context: Context) -> Iterator[Problem]:
+    first_index: dict[str, int] = {}
+    for index, benchmark in enumerate(context.spec.evaluation.benchmarks):
+        if benchmark.task in first_index:
+            yield problem(
+                ["evaluation", "benchmarks", index, "task"],
+                f"task {benchmark.task!r} is already evaluation.benchmarks"
+                f"[{first_index[benchmark.task]}]; results are stored by task, so give each its "
+                "own name",
+            )
+        first_index.setdefault(benchmark.task, index)
+
+
+def _benchmarks_have_checkpoints(context: Context) -> Iterator[Problem]:
+    evaluation = context.spec.evaluation
+    chosen = evaluation.checkpoints
+    if evaluation.benchmarks and chosen.every is None and not (chosen.stage_ends or chosen.final):
+        yield problem(
+            ["evaluation", "checkpoints"],
+            "benchmarks are set but no checkpoint is chosen to score; set every, stage_ends or "
+            "final",
+        )
+
+
 def _mixture_weights_sum_to_one(context: Context) -> Iterator[Problem]:
     for index, stage in enumerate(context.spec.stages):
         total = math.fsum(source.weight for source in stage.data)
@@ -417,6 +441,8 @@ RULES: tuple[Rule, ...] = (
     _sequences_split_across_context,
     _stage_names_unique,
     _channels_unique_within_stage,
+    _benchmark_tasks_unique,
+    _benchmarks_have_checkpoints,
     _mixture_weights_sum_to_one,
     _warmup_fits,
     _every_stage_trains_a_step,

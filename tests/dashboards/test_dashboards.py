@@ -8,6 +8,7 @@ import json
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service import ingest
 from service.db.models import Role
 from service.db.session import get_sessionmaker
 from service.tokens import mint_token
@@ -24,7 +25,7 @@ from tests.dashboards.queries import (
 
 EXPECTED_PANELS = {
     "pretrain-channel-loss": ["Loss by channel", "Loss over tokens: ${job:text}", "Tokens seen", "Gradient norm"],
-    "pretrain-perplexity": ["Eval perplexity by channel", "Latest eval perplexity"],
+    "pretrain-perplexity": ["Eval perplexity by channel", "Latest eval perplexity", "Benchmark vs step: ${job:text}", "Benchmark NLL"],
     "pretrain-throughput": ["Tokens per second", "Model FLOPs utilisation", "Step time", "Progress",
                             "Goodput: where the wall time went", "Goodput", "Tokens seen",
                             "Tokens consumed per source", "Planned vs realised mix"],
@@ -105,11 +106,17 @@ def test_metric_names_are_read_from_promql_without_functions_labels_or_variables
 
 
 def test_every_metric_a_dashboard_reads_is_exported_by_the_service(dashboards, app_client, settings, tiny_spec, tokens):
-    submitted = app_client.post("/v1/jobs", json=tiny_spec, headers=auth(tokens["alice"]))
+    spec = {**tiny_spec, "evaluation": training.EVALUATION}
+    submitted = app_client.post("/v1/jobs", json=spec, headers=auth(tokens["alice"]))
     assert submitted.status_code == 201, submitted.text
     job_id = submitted.json()["id"]
     with get_sessionmaker(settings.resolved_database_url)() as session:
         _, job_token = mint_token(session, name="job-a0", role=Role.VIEWER, created_by="test", job_id=job_id)
+        ingest.record_checkpoint(
+            session, job_id=job_id, attempt=0, step=40, tokens=40 * training.TOKENS_PER_STEP,
+            path=f"/checkpoints/tiny-cpu-{job_id}/step-00000040", manifest_sha256="0" * 64, actor="trainer",
+        )  # fmt: skip
+        training.score_checkpoints(session, job_id)
     for start in range(0, 30, 10):
         batch = training.records(job_id, range(start, start + 10))
         assert app_client.post(f"/v1/jobs/{job_id}/metrics", json=batch, headers=auth(job_token)).status_code == 202

@@ -54,12 +54,13 @@ def diverging_job(pg_url, tiny_spec):
     tiny_spec["checkpoint"]["keep_last"] = 20
     tiny_spec["watchdog"] = {"recover_window_steps": 10, "rollback_margin_steps": 5, "skip_steps_after": 15}
     with get_sessionmaker(pg_url)() as session:
-        job = jobs.submit_job(session, raw=tiny_spec, principal=ALICE)
+        job = jobs.submit_job(session, raw={**tiny_spec, "evaluation": training.EVALUATION}, principal=ALICE)
         for step in range(20, 101, 20):
             ingest.record_checkpoint(
                 session, job_id=job.id, attempt=0, step=step, tokens=step * training.TOKENS_PER_STEP,
                 path=f"/ckpt/{step}", manifest_sha256=f"{step:064x}", actor="trainer",
             )  # fmt: skip
+        training.score_checkpoints(session, job.id)
         _, token = mint_token(session, name="job-a0", role=Role.VIEWER, created_by="test", job_id=job.id)
         return job.id, token
 

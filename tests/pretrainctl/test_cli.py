@@ -124,6 +124,9 @@ def test_serve_with_no_configuration_accepts_the_tiny_example(embedded_server):
     listed = pretrainctl("list", cwd=cwd, env=env)
     assert job["name"] in listed.stdout and "1 of 1 jobs" in listed.stdout
 
+    scores = pretrainctl("evaluations", str(job["id"]), cwd=cwd, env=env)  # the spec has no benchmarks
+    assert scores.returncode == 0 and "no evaluations" in scores.stdout, scores.stderr
+
     # The embedded controller may already have launched it: cancelling is then asynchronous.
     cancelled = pretrainctl("cancel", str(job["id"]), "--reason", "demo over", cwd=cwd, env=env)
     assert cancelled.returncode == 0 and ("cancelled" in cancelled.stdout or "cancelling" in cancelled.stdout)

@@ -21,7 +21,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
 
 
 def short_demo_spec(tmp_path: Path) -> Path:
-    """examples/demo.yaml cut to 64 steps on one process, the garbage at steps [24, 32)."""
+    """examples/demo.yaml cut to 64 steps on one process, the garbage at steps [24, 32), and 8
+    benchmark items scored."""
     spec = yaml.safe_load(EXAMPLE.read_text())
     spec["resources"]["gpus_per_node"] = 1
     spec["stages"][0]["tokens"] = 48 * 2048
@@ -30,6 +31,7 @@ def short_demo_spec(tmp_path: Path) -> Path:
     spec["checkpoint"] = {"interval_steps": 8, "keep_last": 4}
     spec["eval"] = {"interval_steps": 16, "samples_per_channel": 8}
     spec["watchdog"].update(recover_window_steps=6, rollback_margin_steps=4, skip_steps_after=12)
+    spec["evaluation"]["benchmarks"][0]["limit"] = 8  # the runner's fixed cost, and a few items
     path = tmp_path / "demo-short.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -41,6 +43,7 @@ def test_without_faults_drops_every_injection_and_renames():
     assert clean["name"] == "demo-baseline"
     assert all("corrupt_steps" not in s for stage in clean["stages"] for s in stage["data"])
     assert spec["stages"][0]["data"][1]["corrupt_steps"] == [[60, 76]]  # the original is untouched
+    assert "evaluation" not in clean and spec["evaluation"]["benchmarks"]  # one benchmark run only
 
 
 def preempting(follow, state_dir: Path, preempted: list[int], *, attempt: int = 1, after_steps: int = 6):
@@ -111,6 +114,14 @@ def test_demo_catches_the_garbage_rolls_back_and_finishes(tmp_path, monkeypatch)
     assert any(line.strip().startswith("progress: 64/64 steps (100.0%)") for line in lines)
     assert summary["progress"]["steps_done"] == 64 and summary["progress"]["eta_s"] is None
     assert_goodput_matches_the_timestamps(result.job)
+    # The final checkpoint, scored after the job by the real lm-eval runner in its own process,
+    # stored and served by GET /v1/jobs/{id}/evaluations; the training job stays succeeded.
+    (scored,) = result.job.evaluations
+    assert (scored["step"], scored["task"], scored["state"]) == (64, "continuation-en", "succeeded"), scored
+    assert scored["samples"] == 8 and 0 <= scored["acc"] <= 1 and 0 <= scored["acc_norm"] <= 1
+    assert scored["nll"] > 0
+    assert "<h2>Benchmarks per checkpoint</h2>" in page and "<td>64</td><td>continuation-en</td><td>succeeded</td>" in page
+    assert any(line.strip().startswith("benchmark continuation-en at step 64: acc ") for line in lines)
 
 
 def _time(value: str) -> float:

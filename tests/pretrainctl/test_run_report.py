@@ -132,3 +132,25 @@ def test_report_shows_planned_against_consumed_mix_per_source(rolled_back_run):
 def test_report_without_data_accounting_leaves_the_section_out(rolled_back_run):
     assert "planned vs consumed" not in run_report.render_html(rolled_back_run)
     assert summarize(rolled_back_run).data_mix == {}
+
+
+def test_report_shows_accuracy_and_nll_per_task_per_step_and_why_one_failed(rolled_back_run):
+    def scored(step: int, task: str, acc: float, nll: float) -> dict:
+        return {"step": step, "task": task, "state": "succeeded", "acc": acc, "acc_norm": acc / 2, "nll": nll,
+                "samples": 32, "error": None}  # fmt: skip
+
+    rolled_back_run.evaluations = [
+        scored(20, "continuation-en", 0.25, 3.5),
+        scored(40, "continuation-en", 0.5, 2.75),
+        {"step": 40, "task": "arc-mini", "state": "failed", "acc": None, "acc_norm": None, "nll": None,
+         "samples": None, "error": "the evaluation exited with code 1: <no tokenizer>"},  # fmt: skip
+    ]
+    page = run_report.render_html(rolled_back_run)
+    section = page.split("<h2>Benchmarks per checkpoint</h2>")[1].split("<h2>")[0]
+    assert "benchmark accuracy (acc) vs step" in section and "<polyline" in section
+    assert "<td>40</td><td>continuation-en</td><td>succeeded</td><td>0.500</td><td>0.250</td><td>2.750</td><td>32</td>" in section
+    assert "&lt;no tokenizer&gt;" in section  # the reason, escaped
+
+
+def test_report_without_evaluations_leaves_the_section_out(rolled_back_run):
+    assert "Benchmarks per checkpoint" not in run_report.render_html(rolled_back_run)

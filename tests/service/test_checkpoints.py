@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from service import checkpoints, ingest, jobs
+from service import checkpoints, evaluations, ingest, jobs
 from service.checkpoints import CheckpointStorage, manifest_problem
 from service.db import repo
 from service.db.models import AttemptReason, Role, WatchdogState
@@ -251,3 +251,27 @@ def test_a_watchdog_gone_before_any_checkpoint_keeps_the_oldest_for_the_rollback
     with sessions() as session:
         assert {c.step for c in repo.list_checkpoints(session, job_id=job_id) if c.usable} == {10, 40, 50, 60}
         assert checkpoints.choose(session, job_id=job_id, before_step=26).step == 10
+
+
+def test_a_checkpoint_a_benchmark_will_score_or_scores_is_kept_until_its_evaluation_ends(session, tiny_spec):
+    tiny_spec["checkpoint"] = {"interval_steps": 10, "keep_last": 1}
+    tiny_spec["evaluation"] = {"benchmarks": [{"task": "en", "path": "b/en.jsonl"}], "checkpoints": {"every": 2}}
+    job = jobs.submit_job(session, raw=tiny_spec, principal=ALICE)
+
+    def save(step: int) -> list[int]:
+        saved = ingest.record_checkpoint(
+            session, job_id=job.id, attempt=0, step=step, tokens=step, path=f"/c/{step}", manifest_sha256=f"{step:064x}", actor="t"
+        )
+        return [c.step for c in saved.prune]
+
+    # Steps 20 and 40 are chosen (every 2nd at interval 10) but not yet scheduled: kept; 10, 30 go.
+    assert [save(step) for step in (10, 20, 30, 40)] == [[], [], [10], []]
+    rows = evaluations.schedule(session, repo.get_job(session, job_id=job.id))
+    assert sorted({row.step for row in rows}) == [20, 40]
+    evaluations.mark_running([row for row in rows if row.step == 20])
+    assert save(50) == [30]  # 20 is being scored and 40 waits: both kept
+    evaluations.record_results(
+        session, job_id=job.id, step=20, actor="evaluation",
+        results=[{"task": "en", "acc": 0.5, "acc_stderr": None, "acc_norm": 0.5, "acc_norm_stderr": None, "nll": 1.0, "samples": 8, "num_fewshot": 0}],
+    )  # fmt: skip
+    assert save(60) == [20]  # scored: now it goes; 40 still waits

@@ -161,7 +161,7 @@ def test_trainer_image_pins_what_pyproject_pins_and_nothing_unpinned() -> None:
 
 # What the NGC base image provides to the trainer package (megatron-core's own dependencies).
 BASE_IMAGE_PACKAGES = {"torch", "numpy", "packaging"}
-IMPORT_NAMES = {"megatron": "megatron-core"}
+IMPORT_NAMES = {"megatron": "megatron-core", "lm_eval": "lm-eval", "yaml": "pyyaml"}
 
 
 def test_trainer_image_installs_everything_the_trainer_package_imports() -> None:

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from trainer.config import MoEConfig, config_from_dict, config_to_dict, example_config
-from trainer.export import ExportError, merge_qkv, split_qkv, to_hf_state_dict
+from trainer.export import ExportError, merge_qkv, split_qkv, to_hf_state_dict, write_tokenizer
+from trainer.tokenizer.byte import ByteTokenizer, hf_tokenizer
 
 RUN_TIMEOUT_S = 240
 SEQ = 32
@@ -66,7 +67,9 @@ def tiny_config(tmp: Path, **model) -> dict:
     config["checkpoint"] = {"directory": str(tmp / "ckpt"), "interval_steps": 100}
     config["metrics"] = {"jsonl_path": str(tmp / "metrics.jsonl")}
     config["data"]["cache_dir"] = str(tmp.parent / "corpora")
-    config["job"]["result_path"] = str(tmp / "result.jsonl")  # not the machine's /dev/termination-log
+    config["job"]["result_path"] = str(
+        tmp / "result.jsonl"
+    )  # not the machine's /dev/termination-log
     return config
 
 
@@ -143,6 +146,27 @@ def test_split_and_merge_qkv_are_exact_inverses(heads: int, groups: int, head_di
             torch.equal(a, b)
             for a, b in zip(split_qkv(merge_qkv(q, k, v, **shape), **shape), (q, k, v), strict=True)
         )
+
+
+@pytest.mark.parametrize("source", ["byte", "bare tokenizer.json"])
+def test_the_exported_tokenizer_loads_offline_and_encodes_as_the_trainer_did(
+    tmp_path: Path, source: str
+) -> None:
+    # lm-eval's `hf` model reads the export with AutoTokenizer: the ids must be the trainer's.
+    from transformers import AutoTokenizer
+
+    spec = "byte"
+    if source != "byte":  # a tokenizer.json with no tokenizer_config.json beside it
+        (tmp_path / "src").mkdir()
+        hf_tokenizer().save(str(tmp_path / "src" / "tokenizer.json"))
+        spec = str(tmp_path / "src" / "tokenizer.json")
+    (tmp_path / "out").mkdir()
+    ids = write_tokenizer(spec, tmp_path / "out")
+    loaded = AutoTokenizer.from_pretrained(tmp_path / "out", local_files_only=True)
+    text = "def f(x):\n    return x  # 中文, ñ"
+    assert loaded(text)["input_ids"] == ByteTokenizer().encode(text)
+    assert loaded.eos_token_id == ids["eos_token_id"] == 256
+    assert loaded.decode(ByteTokenizer().encode(text)) == text
 
 
 def test_export_refuses_a_moe_model() -> None:

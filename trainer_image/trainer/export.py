@@ -38,7 +38,8 @@ from safetensors.torch import save_file
 from trainer import model, parallel
 from trainer.checkpoint import CorruptCheckpointError, verify
 from trainer.config import ParallelConfig, TrainerConfig, load_config
-from trainer.tokenizer import load_tokenizer
+from trainer.tokenizer import artifact, load_tokenizer
+from trainer.tokenizer.byte import EOS_TOKEN, PAD_TOKEN, hf_tokenizer
 
 log = logging.getLogger("trainer.export")
 
@@ -255,31 +256,56 @@ def export(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    special = _copy_tokenizer(config.data.tokenizer, out)
+    special = write_tokenizer(config.data.tokenizer, out)
     hf = {**hf_config(config, rope_base=rope_base, dtype=dtype), **special}
     (out / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
     log.info("exported %s (%d tensors) to %s", checkpoint, len(tensors), out)
     return out
 
 
-def _copy_tokenizer(spec: str, out: Path) -> dict[str, int]:
-    """Copy a Hugging Face tokenizer's files beside the weights; its special ids for config.json."""
+def write_tokenizer(spec: str, out: Path) -> dict[str, int]:
+    """Put a Hugging Face tokenizer beside the weights; its special ids for config.json.
+
+    `AutoTokenizer` must load it with no network (lm-eval's `hf` model does): the byte
+    tokenizer is written as its `tokenizers` equivalent, and a bare `tokenizer.json` gets a
+    `tokenizer_config.json` naming `PreTrainedTokenizerFast`, not the Llama class the model's
+    `config.json` would otherwise suggest.
+    """
     try:
         tokenizer = load_tokenizer(spec)
     except (OSError, ValueError) as exc:
         log.warning("tokenizer %r not copied: %s", spec, exc)
         return {}
-    if spec != "byte":
+    if spec == "byte":
+        hf_tokenizer().save(str(out / "tokenizer.json"))
+        _write_tokenizer_config(out, eos=EOS_TOKEN, pad=PAD_TOKEN)
+    else:
         source = Path(spec)
         file = source / "tokenizer.json" if source.is_dir() else source
         shutil.copyfile(file, out / "tokenizer.json")
         for name in ("tokenizer_config.json", "special_tokens_map.json"):
             if (file.parent / name).is_file():
                 shutil.copyfile(file.parent / name, out / name)
+        if not (out / "tokenizer_config.json").is_file():
+            eos = artifact.load(file).id_to_token(tokenizer.eos_id)
+            _write_tokenizer_config(out, eos=eos, pad=None)
     ids = {"eos_token_id": tokenizer.eos_id}
     if (pad := getattr(tokenizer, "pad_id", None)) is not None:
         ids["pad_token_id"] = pad
     return ids
+
+
+def _write_tokenizer_config(out: Path, *, eos: str, pad: str | None) -> None:
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": eos,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+    }
+    if pad is not None:
+        config["pad_token"] = pad
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

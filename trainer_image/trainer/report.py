@@ -499,6 +499,25 @@ def post_result(
     return response is not None
 
 
+def post_evaluation(
+    url: str,
+    job: str,
+    token: str | None,
+    payload: Mapping[str, Any],
+    *,
+    timeout: float = 10.0,
+    deadline_s: float = 300.0,
+    backoff: Backoff | None = None,
+) -> bool:
+    """Report a checkpoint's benchmark scores: POST `{url}/v1/jobs/{job}/evaluations`, retrying
+    like `post_result`; True when the service accepted them."""
+    endpoint = f"{url.rstrip('/')}/v1/jobs/{quote(job, safe='')}/evaluations"
+    response = _post_until_delivered(
+        endpoint, payload, token, timeout=timeout, deadline_s=deadline_s, backoff=backoff
+    )
+    return response is not None
+
+
 def _post_until_delivered(
     endpoint: str,
     payload: Mapping[str, Any],

@@ -12,6 +12,9 @@ A tokenizer job's attempt is the same kind of folder running the command its bat
 Kubernetes (`manifests.batch_command`): the tokenizer library's job, whose result the
 workload reports to the API before it exits; its log is `tokenizer.log`. A data job's attempt
 is the same, running the trainer's data preparation (`trainer.prepare`, its log `data.log`).
+A checkpoint's evaluation is a folder `<name>-<id>-e<step>/` of its own beside the attempts',
+running the command its batch Job runs on Kubernetes (`manifests.evaluation_command`), filed
+by step under `kind="evaluation"`; its log is `evaluation.log`.
 """
 
 from __future__ import annotations
@@ -33,16 +36,20 @@ from pathlib import Path
 from service.controller import outcome as outcomes
 from service.controller.backends import launcher
 from service.controller.manifests import (
+    EVALUATION_LOG,
+    EVALUATION_WORKLOAD_KIND,
     TOKEN_ENV,
     AnyWorkload,
     BatchWorkload,
     DataWorkload,
+    EvaluationWorkload,
     TokenizerWorkload,
     Workload,
     batch_command,
     batch_config_file,
     batch_config_json,
-    workload_name,
+    evaluation_command,
+    evaluation_config_files,
 )
 from service.controller.reconcile import Phase, WorkloadStatus
 from service.settings import trainer_environment
@@ -74,15 +81,19 @@ class LocalBackend:
     # --- Backend -----------------------------------------------------------------------------------
 
     def observe(self, job_id: int, *, kind: str = "pretrain") -> dict[int, WorkloadStatus]:
-        """`kind` is not needed here: every workload's folder says what it runs.
+        """The job's attempts, or with `kind="evaluation"` its evaluations by step (every
+        workload's folder says what it runs).
 
         A folder whose launch never started (the controller died before it) is not a workload
         yet: `create` starts it.
         """
+        evaluations = kind == EVALUATION_WORKLOAD_KIND
         statuses = {}
-        for folder in self.root.glob(f"*-{job_id}-a*"):
+        for folder in self.root.glob(f"*-{job_id}-{'e' if evaluations else 'a'}*"):
             meta = _read_meta(folder)
             if meta is None or meta["job_id"] != job_id:
+                continue
+            if (meta.get("kind") == EVALUATION_WORKLOAD_KIND) != evaluations:
                 continue
             if (folder / STOP_FILE).exists() and self._finish_stopping(folder):
                 continue
@@ -100,13 +111,15 @@ class LocalBackend:
         could note it races the new one for the lock once it is released, and whichever wins
         runs the command once, with the config written last.
         """
-        name = workload_name(workload.job_name, workload.job_id, workload.attempt)
+        name = workload.name
         folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True)
         with _launch_lock(folder) as free:
             if not free or _ran(folder):
                 return False
-            if isinstance(workload, TokenizerWorkload | DataWorkload):
+            if isinstance(workload, EvaluationWorkload):
+                self._start_evaluation(folder, name, workload)
+            elif isinstance(workload, TokenizerWorkload | DataWorkload):
                 self._start_batch(folder, name, workload)
             else:
                 self._start_trainer(folder, name, workload)
@@ -154,6 +167,22 @@ class LocalBackend:
         }
         _launch(folder, meta, command, env=env)
 
+    def _start_evaluation(self, folder: Path, name: str, workload: EvaluationWorkload) -> None:
+        for file_name, text in evaluation_config_files(workload).items():
+            (folder / file_name).write_text(text)
+        command = evaluation_command(workload, python=sys.executable, config_dir=str(folder))
+        # As in its pod: the token in the environment only, and Hugging Face never online.
+        given = {TOKEN_ENV: workload.ingest_token or "", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        env = trainer_environment(given, passthrough=self.passthrough_env)
+        meta = {
+            "job_id": workload.job_id,
+            "attempt": workload.step,
+            "name": name,
+            "kind": EVALUATION_WORKLOAD_KIND,
+            "log": EVALUATION_LOG,
+        }
+        _launch(folder, meta, command, env=env)
+
     def delete(self, job_id: int, attempt: int, *, kind: str = "pretrain") -> bool:
         """Ask the process group to stop (SIGTERM: the trainer saves and exits); never waits.
 
@@ -162,9 +191,12 @@ class LocalBackend:
         returns False: only the call that asked it to stop deleted it (the controller writes
         one event for it, not one a reconcile while the trainer saves).
         """
-        for folder in self.root.glob(f"*-{job_id}-a{attempt}"):
+        evaluations = kind == EVALUATION_WORKLOAD_KIND
+        for folder in self.root.glob(f"*-{job_id}-{'e' if evaluations else 'a'}{attempt}"):
             meta = _read_meta(folder)
             if meta is None or meta["job_id"] != job_id or meta["attempt"] != attempt:
+                continue
+            if (meta.get("kind") == EVALUATION_WORKLOAD_KIND) != evaluations:
                 continue
             asked = not (folder / STOP_FILE).exists()
             if asked:
@@ -220,7 +252,7 @@ class LocalBackend:
 
     def _status(self, folder: Path, meta: dict) -> WorkloadStatus | None:
         name, attempt = meta["name"], meta["attempt"]
-        batch = meta.get("kind") in ("tokenizer", "data")
+        batch = meta.get("kind") in ("tokenizer", "data", EVALUATION_WORKLOAD_KIND)
         what = f"{meta['kind']} job" if batch else "trainer"
         exit_file = folder / launcher.EXIT_CODE_FILE
         if exit_file.exists():
@@ -236,6 +268,11 @@ class LocalBackend:
             if code == 0:
                 return WorkloadStatus(name, attempt, Phase.SUCCEEDED, outcome=told)
             log = _log_tail(folder / meta.get("log", TRAINER_LOG))
+            if meta.get("kind") == EVALUATION_WORKLOAD_KIND:
+                # The runner ends on a one-line reason (contract B): that line is the reason.
+                last = next((line for line in reversed(log.splitlines()) if line.strip()), "")
+                reason = f"the evaluation exited with code {code}" + (f": {last.strip()[:300]}" if last else "")
+                return WorkloadStatus(name, attempt, Phase.FAILED, reason=reason)
             reason, retryable = _classify_exit(code, log, what)
             return WorkloadStatus(name, attempt, Phase.FAILED, reason=reason, retryable=retryable)
         if (folder / STOP_FILE).exists():

@@ -3,7 +3,8 @@
 `workloads`: what an attempt runs and what its objects are called; `pod`: what every
 attempt's objects share (metadata, the token Secret, volumes, tolerations); `pytorchjob`: a
 training attempt's PyTorchJob, `trainjob` its Trainer v2 TrainJob, `trainer_pod` what their
-pods share; `batch_job`: a tokenizer or data attempt's batch Job;
+pods share; `batch_job`: a tokenizer or data attempt's batch Job; `evaluation_job`: a
+checkpoint's benchmark evaluation, a batch Job of its own;
 `review`: the manifests a spec would launch, as YAML for a person (`pretrainctl render`).
 
 The package exports what its modules define, each loaded when first asked for (PEP 562): what
@@ -23,6 +24,11 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "DATA_CONFIG_PATH",
         "DATA_CONTAINER_NAME",
         "DATA_LABELS",
+        "EVALUATION_BENCHMARKS_FILE",
+        "EVALUATION_CONFIG_FILE",
+        "EVALUATION_CONTAINER_NAME",
+        "EVALUATION_LABELS",
+        "EVALUATION_LOG",
         "RESULT_FILE",
         "TOKENIZER_CONFIG_FILE",
         "TOKENIZER_CONFIG_PATH",
@@ -32,6 +38,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "batch_command",
         "batch_config_file",
         "batch_config_json",
+        "evaluation_command",
+        "evaluation_config_files",
     ),
     "batch_job": (
         "BATCH_JOB_API_VERSION",
@@ -39,6 +47,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "render_data_manifests",
         "render_tokenizer_manifests",
     ),
+    "evaluation_job": ("render_evaluation_manifests",),
     "pytorchjob": (
         "CONTAINER_NAME",
         "MASTER_PORT",
@@ -73,6 +82,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "BatchWorkload",
         "CONFIG_DIR",
         "DataWorkload",
+        "EVALUATION_STEP_LABEL",
+        "EVALUATION_WORKLOAD_KIND",
+        "EvaluationWorkload",
         "MAX_WORKLOAD_NAME_LENGTH",
         "TERMINATION_GRACE_S",
         "TOKEN_ENV",

@@ -1,4 +1,5 @@
-"""What a tokenizer or data attempt runs, wherever it runs: its command, its config file, its labels.
+"""What a tokenizer or data attempt (or a checkpoint's evaluation) runs, wherever it runs: its
+command, its config file, its labels.
 
 Apart from `batch_job` (which renders them as Kubernetes objects) so that the local backend, which
 runs the same command, needs no Kubernetes client.
@@ -13,6 +14,7 @@ from service.controller.manifests.workloads import (
     CONFIG_DIR,
     BatchWorkload,
     DataWorkload,
+    EvaluationWorkload,
 )
 
 TOKENIZER_CONTAINER_NAME = "tokenizer"
@@ -93,4 +95,46 @@ def batch_command(workload: BatchWorkload, *, python: str, config_path: str) -> 
         workload.ingest_url,
         str(workload.job_id),
         str(workload.attempt),
+    ]
+
+
+EVALUATION_CONTAINER_NAME = "evaluation"
+EVALUATION_CONFIG_FILE = "trainer.json"
+EVALUATION_BENCHMARKS_FILE = "benchmarks.json"
+EVALUATION_LOG = "evaluation.log"
+EVALUATION_LABELS = {"app.kubernetes.io/name": "pretrain-evaluation", "pretrain.io/kind": "evaluation"}
+# Score the checkpoint (contract B: `trainer.benchmarks` exports it to Hugging Face format and
+# runs lm-eval; it writes result.json atomically), then report the scores.
+_EVALUATION_SCRIPT = (
+    'set -e; mkdir -p "$3"; '
+    '"$1" -m trainer.benchmarks --config "$2/' + EVALUATION_CONFIG_FILE + '" --checkpoint "$4" '
+    '--step "$5" --benchmarks "$2/' + EVALUATION_BENCHMARKS_FILE + '" --out "$3/result.json"; '
+    'exec "$1" -m trainer.evaluation_report "$3/result.json" --url "$6" --job "$7" --step "$5"'
+)
+
+
+def evaluation_config_files(workload: EvaluationWorkload) -> dict[str, str]:
+    """The files an evaluation reads from its config folder: the training run's config and the
+    benchmarks, by file name."""
+    return {
+        EVALUATION_CONFIG_FILE: json.dumps(workload.trainer_config, indent=1) + "\n",
+        EVALUATION_BENCHMARKS_FILE: json.dumps(workload.benchmarks, indent=1) + "\n",
+    }
+
+
+def evaluation_command(workload: EvaluationWorkload, *, python: str, config_dir: str) -> list[str]:
+    """The evaluation's command: score, keep result.json, report it (exit 0 only once the
+    service took it); the local backend runs the same with its own Python and folder."""
+    return [
+        "sh",
+        "-c",
+        _EVALUATION_SCRIPT,
+        "evaluation-job",
+        python,
+        config_dir,
+        workload.output_dir,
+        workload.checkpoint,
+        str(workload.step),
+        workload.ingest_url,
+        str(workload.job_id),
     ]

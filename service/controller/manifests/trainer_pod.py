@@ -22,7 +22,12 @@ from service.controller.manifests.pod import (
     storage,
     token_env,
 )
-from service.controller.manifests.workloads import CONFIG_DIR, Workload, config_map_name
+from service.controller.manifests.workloads import (
+    CONFIG_DIR,
+    EvaluationWorkload,
+    Workload,
+    config_map_name,
+)
 from service.settings import Settings
 
 CONFIG_FILE = "trainer.json"
@@ -110,7 +115,7 @@ def env(workload: Workload) -> list[k8s.V1EnvVar]:
     ]
 
 
-def env_from(workload: Workload) -> list[k8s.V1EnvFromSource] | None:
+def env_from(workload: Workload | EvaluationWorkload) -> list[k8s.V1EnvFromSource] | None:
     """Object-store credentials, from the Secrets the spec names: never in the spec or config."""
     sources = [
         k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=name))

@@ -48,8 +48,9 @@ class Workload:
         return workload_name(self.job_name, self.job_id, self.attempt)
 
 
-def workload_name(job_name: str, job_id: int, attempt: int) -> str:
-    """`<name>-<id>-a<attempt>`, the name part shortened so the whole fits 45 characters."""
+def workload_name(job_name: str, job_id: int, attempt: int, *, prefix: str = "a") -> str:
+    """`<name>-<id>-a<attempt>` (`-e<step>` for an evaluation), the name part shortened so the
+    whole fits 45 characters."""
     if job_id < 0 or attempt < 0:
         raise ValueError(f"job id {job_id} and attempt {attempt} must not be negative")
     if not _DNS_LABEL.match(job_name) or not job_name[0].isalpha():
@@ -57,7 +58,7 @@ def workload_name(job_name: str, job_id: int, attempt: int) -> str:
             f"job name {job_name!r} is not a DNS-1123 label starting with a letter "
             "(lowercase letters, digits and '-')"
         )
-    suffix = f"-{job_id}-a{attempt}"
+    suffix = f"-{job_id}-{prefix}{attempt}"
     room = MAX_WORKLOAD_NAME_LENGTH - len(suffix)
     stem = job_name[:room].rstrip("-")
     if room < 1 or not stem:
@@ -120,18 +121,62 @@ class DataWorkload(_BatchJob):
 
 BatchWorkload = TokenizerWorkload | DataWorkload
 """A workload that runs one CPU pod as a batch Job and reports a result before it exits."""
-AnyWorkload = Workload | TokenizerWorkload | DataWorkload
+
+
+@dataclass(frozen=True)
+class EvaluationWorkload:
+    """What scores one checkpoint of a pretraining job on its benchmarks (`trainer.benchmarks`,
+    contract B), in a pod or process of its own, and reports the scores before it exits."""
+
+    job_id: int
+    job_name: str
+    step: int
+    trainer_config: dict[str, Any]
+    """The training run's config (`trainer.export` reads the model's shape from it)."""
+    checkpoint: str
+    """The checkpoint directory scored, as the pods see it."""
+    benchmarks: list[dict[str, Any]]
+    """`[{"task", "path", "num_fewshot", "limit"}]`, paths as the pods see them."""
+    output_dir: str
+    """Where its result.json is kept."""
+    ingest_token: str | None
+    ingest_url: str
+    cpu: int
+    memory_gib: float
+    gpus: int = 0
+    env_secrets: tuple[str, ...] = ()
+    """Secrets whose keys its environment takes (object-store credentials for s3:// items)."""
+
+    @property
+    def attempt(self) -> int:
+        """What the backends file it under beside a job's attempts: its step."""
+        return self.step
+
+    @property
+    def name(self) -> str:
+        """`<name>-<id>-e<step>`: the batch Job's name; the ConfigMap and Secret are named after it."""
+        return workload_name(self.job_name, self.job_id, self.step, prefix="e")
+
+
+AnyWorkload = Workload | TokenizerWorkload | DataWorkload | EvaluationWorkload
+EVALUATION_STEP_LABEL = "pretrain.io/evaluation-step"
+# What the backends' `kind=` says for a job's evaluations (beside the job kinds of attempts).
+EVALUATION_WORKLOAD_KIND = "evaluation"
 
 
 def workload_labels(workload: AnyWorkload) -> dict[str, str]:
-    """Labels on every object of an attempt, and on its pods."""
+    """Labels on every object of an attempt (or an evaluation: its step), and on its pods."""
+    if isinstance(workload, EvaluationWorkload):
+        whose = {EVALUATION_STEP_LABEL: str(workload.step)}
+    else:
+        whose = {"pretrain.io/attempt": str(workload.attempt)}
     return {
         "app.kubernetes.io/name": "pretrain-trainer",
         "app.kubernetes.io/instance": workload.name,
         "app.kubernetes.io/managed-by": "pretrain-orchestrator",
         "app.kubernetes.io/part-of": "pretrain-orchestrator",
         "pretrain.io/job-id": str(workload.job_id),
-        "pretrain.io/attempt": str(workload.attempt),
+        **whose,
     }
 
 

@@ -11,7 +11,13 @@ from service.controller.backends.kubernetes.kinds import (
     kind_of,
     workload_kinds,
 )
-from service.controller.manifests import DataWorkload, TokenizerWorkload, Workload
+from service.controller.manifests import (
+    EVALUATION_WORKLOAD_KIND,
+    DataWorkload,
+    EvaluationWorkload,
+    TokenizerWorkload,
+    Workload,
+)
 from service.settings import Settings
 from service.spec import JOB_KINDS
 
@@ -47,15 +53,31 @@ WORKLOADS = {
         cpu=2,
         memory_gib=4.0,
     ),
+    EVALUATION_WORKLOAD_KIND: EvaluationWorkload(
+        job_id=7,
+        job_name="tiny",
+        step=40,
+        trainer_config={"job": {"id": "7", "attempt": 1}},
+        checkpoint="/checkpoints/tiny-7/step-00000040",
+        benchmarks=[{"task": "en", "path": "/data/en.jsonl", "num_fewshot": 0, "limit": None}],
+        output_dir="/checkpoints/tiny-7/evaluations/step-40",
+        ingest_token="secret",
+        ingest_url="http://pretrain-api:8000",
+        cpu=2,
+        memory_gib=4.0,
+    ),
 }
 
 
-def test_every_job_kind_has_a_row() -> None:
-    assert set(WORKLOAD_KINDS) == set(JOB_KINDS) == set(WORKLOADS)
+def test_every_job_kind_and_evaluations_have_a_row() -> None:
+    assert set(WORKLOAD_KINDS) == {*JOB_KINDS, EVALUATION_WORKLOAD_KIND} == set(WORKLOADS)
 
 
 # Every row a backend may walk: the default table's, and the other ways to run a pretrain job.
-ROWS = {row.kind: row for row in [*WORKLOAD_KINDS.values(), *PRETRAIN_WORKLOADS.values()]}
+ROWS = {
+    row.job_kind if row.kind == "Job" else row.kind: row
+    for row in [*WORKLOAD_KINDS.values(), *PRETRAIN_WORKLOADS.values()]
+}
 
 
 def test_settings_choose_what_a_pretrain_attempt_runs_as_and_nothing_else() -> None:

@@ -8,6 +8,8 @@ import numpy as np
 
 EOS_ID = 256
 PAD_ID = 257
+EOS_TOKEN = "<eos>"
+PAD_TOKEN = "<pad>"
 
 
 class ByteTokenizer:
@@ -46,3 +48,35 @@ class ByteTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """Decode ids to text; specials are dropped and broken UTF-8 becomes U+FFFD."""
         return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+
+
+def hf_tokenizer():
+    """The same ids as a Hugging Face `tokenizers` file, for an exported model's readers.
+
+    A BPE with no merges over GPT-2's byte alphabet: every byte is one token, its id the byte's
+    value, so `transformers` (and lm-eval through it) encode text exactly as the trainer did.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    byte_chars = _gpt2_byte_chars()
+    tokenizer = Tokenizer(models.BPE(vocab={byte_chars[b]: b for b in range(256)}, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(
+        [AddedToken(token, special=True, normalized=False) for token in (EOS_TOKEN, PAD_TOKEN)]
+    )
+    return tokenizer
+
+
+def _gpt2_byte_chars() -> dict[int, str]:
+    """GPT-2's byte → printable character table, which `ByteLevel` pre-tokenizes bytes into."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    chars = {b: chr(b) for b in printable}
+    shifted = (b for b in range(256) if b not in chars)
+    for offset, b in enumerate(shifted):
+        chars[b] = chr(256 + offset)
+    return chars

@@ -36,7 +36,6 @@ from service.controller.backends.kubernetes.labels import (
     ATTEMPT_LABEL,
     JOB_ID_LABEL,
     attempt_selector,
-    identity,
     labels,
 )
 from service.controller.backends.kubernetes.status import (
@@ -230,7 +229,7 @@ class KubernetesBackend:
             listing = self._calls.list(kind, attempt_selector(job_id))
         workloads: dict[int, dict[str, Any]] = {}
         for obj in listing.get("items", []):
-            found = identity(obj)
+            found = kind.identity(obj)
             # Filtered here too: a selector the server ignores must not leak other jobs in.
             if found is not None and found[0] == job_id:
                 workloads[found[1]] = obj
@@ -342,12 +341,12 @@ class KubernetesBackend:
     def _check_same_workload(
         self, kind: WorkloadKind, stored: Mapping[str, Any], workload: AnyWorkload
     ) -> None:
-        theirs = (labels(stored).get(JOB_ID_LABEL), labels(stored).get(ATTEMPT_LABEL))
-        if theirs != (str(workload.job_id), str(workload.attempt)):
+        theirs = kind.identity(stored)
+        if theirs != (workload.job_id, workload.attempt):
+            held = "no job" if theirs is None else f"job {theirs[0]} attempt {theirs[1]}"
             raise PermanentBackendError(
                 f"{kind.kind} {self._namespace}/{stored['metadata']['name']} already exists and "
-                f"belongs to job {theirs[0]} attempt {theirs[1]}, not job {workload.job_id} "
-                f"attempt {workload.attempt}"
+                f"belongs to {held}, not job {workload.job_id} attempt {workload.attempt}"
             )
 
     def _ensure_owned(self, kind: WorkloadKind, obj: Mapping[str, Any]) -> None:

@@ -23,7 +23,13 @@ from typing import Any
 
 from kubernetes import client
 
-from service.controller.backends.kubernetes.labels import attempt_selector, identity
+from service.controller.backends.kubernetes.labels import (
+    EVALUATION_STEP_LABEL,
+    JOB_ID_LABEL,
+    attempt_selector,
+    evaluation_identity,
+    identity,
+)
 from service.controller.backends.kubernetes.status import (
     batch_job_phase,
     trainjob_phase,
@@ -33,6 +39,7 @@ from service.controller.manifests import (
     BATCH_JOB_API_VERSION,
     BATCH_JOB_KIND,
     CONTAINER_NAME,
+    EVALUATION_WORKLOAD_KIND,
     PYTORCHJOB_API_VERSION,
     PYTORCHJOB_KIND,
     TRAINJOB_API_VERSION,
@@ -40,9 +47,11 @@ from service.controller.manifests import (
     TRAINJOB_KIND,
     AnyWorkload,
     DataWorkload,
+    EvaluationWorkload,
     TokenizerWorkload,
     Workload,
     render_data_manifests,
+    render_evaluation_manifests,
     render_manifests,
     render_tokenizer_manifests,
     render_trainjob_manifests,
@@ -118,6 +127,8 @@ class WorkloadKind:
     """Whether the stored object is held suspended (by a queue, until admitted)."""
     pods_selector: Callable[[Mapping[str, Any]], str] = lambda obj: _attempt_pods(obj)
     """The label selector of its pods."""
+    identity: Callable[[Mapping[str, Any]], tuple[int, int] | None] = identity
+    """(job id, the number it is filed under: attempt, or an evaluation's step) from its labels."""
 
     @property
     def group(self) -> str:
@@ -207,10 +218,27 @@ DATA_BATCH_JOB = replace(
     BATCH_JOB, job_kind=DATA_KIND, workload_type=DataWorkload, render=render_data_manifests
 )
 
+
+def _evaluation_pods(obj: Mapping[str, Any]) -> str:
+    job_id, step = evaluation_identity(obj) or (-1, -1)
+    return f"{JOB_ID_LABEL}={job_id},{EVALUATION_STEP_LABEL}={step}"
+
+
+# A pretrain job's checkpoint evaluation: a batch Job of its own, filed by step, not attempt.
+EVALUATION_BATCH_JOB = replace(
+    BATCH_JOB,
+    job_kind=EVALUATION_WORKLOAD_KIND,
+    workload_type=EvaluationWorkload,
+    render=render_evaluation_manifests,
+    identity=evaluation_identity,
+    pods_selector=_evaluation_pods,
+)
+
 WORKLOAD_KINDS: dict[str, WorkloadKind] = {
-    row.job_kind: row for row in (PYTORCHJOB, BATCH_JOB, DATA_BATCH_JOB)
+    row.job_kind: row for row in (PYTORCHJOB, BATCH_JOB, DATA_BATCH_JOB, EVALUATION_BATCH_JOB)
 }
-"""By the spec's job kind: the default table (pretrain attempts as PyTorchJobs)."""
+"""By the spec's job kind (and `evaluation` for a job's evaluations): the default table
+(pretrain attempts as PyTorchJobs)."""
 
 PRETRAIN_WORKLOADS: dict[str, WorkloadKind] = {
     "kubeflow-pytorchjob": PYTORCHJOB,

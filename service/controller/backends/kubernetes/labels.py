@@ -7,6 +7,7 @@ from typing import Any
 
 JOB_ID_LABEL = "pretrain.io/job-id"
 ATTEMPT_LABEL = "pretrain.io/attempt"
+EVALUATION_STEP_LABEL = "pretrain.io/evaluation-step"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGER = "pretrain-orchestrator"
 MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGER}"
@@ -21,6 +22,15 @@ def identity(obj: Mapping[str, Any]) -> tuple[int, int] | None:
     found = labels(obj)
     try:
         return int(found[JOB_ID_LABEL]), int(found[ATTEMPT_LABEL])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def evaluation_identity(obj: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(job id, step) of an evaluation's object; None for anything else."""
+    found = labels(obj)
+    try:
+        return int(found[JOB_ID_LABEL]), int(found[EVALUATION_STEP_LABEL])
     except (KeyError, TypeError, ValueError):
         return None
 
