@@ -62,12 +62,12 @@ def _with_standard_errors(fitted: Sequence[FittedGroup]) -> list[IsoFlopGroup]:
     and so less weight in the law.
     """
     dof = sum(f.dof for f in fitted)
-    if dof == 0:
+    variance = sum(f.residual_ss for f in fitted) / dof if dof else 0.0
+    if variance <= 0:  # three runs a group, or exact parabolas: nothing to weigh them by
         return [f.group for f in fitted]
-    variance = sum(f.residual_ss for f in fitted) / dof
     return [
         f.group.model_copy(
-            update={"log_optimal_tokens_se": math.sqrt(max(variance * f.unscaled_variance, 1e-300))}
+            update={"log_optimal_tokens_se": math.sqrt(variance * f.unscaled_variance)}
         )
         for f in fitted
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,15 +35,20 @@ def fit_power_law(
     dof = points - 2
     if dof:
         sigma = None if log_sigma is None else np.asarray(log_sigma, float)
-        values, covariance = optimize.curve_fit(
-            _line,
-            log_x,
-            log_y,
-            p0=[start.intercept, start.slope],
-            sigma=sigma,
-            absolute_sigma=False,
-        )
+        with warnings.catch_warnings():
+            # Points exactly on the line leave no covariance (handled below).
+            warnings.simplefilter("ignore", optimize.OptimizeWarning)
+            values, covariance = optimize.curve_fit(
+                _line,
+                log_x,
+                log_y,
+                p0=[start.intercept, start.slope],
+                sigma=sigma,
+                absolute_sigma=False,
+            )
         log_a, alpha = (float(v) for v in values)
+        if not np.isfinite(covariance).all():  # points exactly on the line: no scatter to scale by
+            covariance = np.zeros((2, 2))
     else:  # two points: the line through them, and nothing left to say how far to trust it
         log_a, alpha, covariance = float(start.intercept), float(start.slope), np.zeros((2, 2))
     ci = LawCI(A=None, alpha=None)
