@@ -8,7 +8,6 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import optimize, stats
 
 from service.scaling.models import BenchmarkPredictor, IsoFlopGroup, Problem, Run, Sigmoid
 from service.scaling.powerlaw import fit_power_law
@@ -43,6 +42,8 @@ def fit_sigmoid(nll: Sequence[float], accuracy: Sequence[float]) -> Sigmoid:
     accuracy), the midpoint within three NLL ranges of the data. The start is the data's own
     extremes, the median NLL and a slope that spans the NLL range.
     """
+    from scipy import optimize, stats  # when fitting, not when the service starts
+
     x, y = np.asarray(nll, float), np.asarray(accuracy, float)
     spread = float(np.ptp(x)) or 1.0
     start = [float(y.min()), float(y.max()), 8.0 / spread, float(np.median(x))]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
 from service.db.models import ScalingFitRecord
+from service.db.session import get_engine, get_sessionmaker
 from service.planner import Plan
 from service.scaling.models import ScalingFit
 from service.scaling.predict import ScalingPrediction, predict
@@ -38,6 +40,17 @@ def current_fit(session: Session) -> SavedFit | None:
         select(ScalingFitRecord).order_by(ScalingFitRecord.id.desc()).limit(1)
     ).first()
     return None if record is None else _saved(record)
+
+
+def saved_fit_in(url: str) -> SavedFit | None:
+    """The current law in the database at `url` (for `pretrainctl plan`, which plans without the
+    API); None where there is none yet: no SQLite file, or a schema not migrated to it."""
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return None  # connecting would create an empty file
+    if not inspect(get_engine(url)).has_table(ScalingFitRecord.__tablename__):
+        return None
+    with get_sessionmaker(url)() as session:
+        return current_fit(session)
 
 
 def _saved(record: ScalingFitRecord) -> SavedFit:

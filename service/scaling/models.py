@@ -8,7 +8,6 @@ import math
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from scipy import stats
 
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Interval = tuple[float, float]
@@ -93,6 +92,8 @@ class PowerLaw(BaseModel):
         """95% interval of the fitted mean at x; None with two points."""
         if self.dof < 1:
             return None
+        from scipy import stats  # here, not at import: every service process loads these models
+
         (var_a, cov), (_, var_alpha) = self.log_covariance
         log_x = math.log(x)
         variance = max(var_a + 2 * cov * log_x + var_alpha * log_x**2, 0.0)

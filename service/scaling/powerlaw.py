@@ -7,7 +7,6 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import optimize, stats
 
 from service.scaling.models import LawCI, PowerLaw
 
@@ -27,6 +26,9 @@ def fit_power_law(
     value at x = 1, far outside any fitted range, so it is ill-conditioned by nature; the law
     is judged by its predictions.
     """
+    # SciPy loads when a fit is made, not when the service starts (seconds on a busy machine).
+    from scipy import optimize, stats
+
     log_x, log_y = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
     if len(log_x) < 2 or np.ptp(log_x) == 0:
         raise ValueError("a power law needs at least two distinct x values")
