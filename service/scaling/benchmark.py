@@ -28,6 +28,10 @@ ACCURACY_FITTED_ON = (
 )
 
 
+class SigmoidFailed(ValueError):
+    """curve_fit found no sigmoid through the points; the message says why."""
+
+
 def sigmoid(
     nll: np.ndarray, floor: float, ceiling: float, slope: float, midpoint: float
 ) -> np.ndarray:
@@ -52,9 +56,12 @@ def fit_sigmoid(nll: Sequence[float], accuracy: Sequence[float]) -> Sigmoid:
     start = list(np.clip(start, lower, upper))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optimize.OptimizeWarning)  # no covariance: intervals null
-        values, covariance = optimize.curve_fit(
-            sigmoid, x, y, p0=start, bounds=(lower, upper), maxfev=20_000
-        )
+        try:
+            values, covariance = optimize.curve_fit(
+                sigmoid, x, y, p0=start, bounds=(lower, upper), maxfev=20_000
+            )
+        except (RuntimeError, ValueError) as exc:  # no convergence, or values it cannot use
+            raise SigmoidFailed(f"the accuracy sigmoid could not be fitted: {exc}") from exc
     floor, ceiling, slope, midpoint = (float(v) for v in values)
     dof = len(x) - len(values)
     t = stats.t.ppf(0.975, dof) if dof > 0 else math.nan
@@ -96,9 +103,13 @@ def fit_benchmark(
             loc=["runs"],
             msg="the NLL law needs a positive compute-optimal NLL in at least 2 iso-FLOP groups",
         )
+    try:
+        accuracy = fit_sigmoid([r.nll for r in scored], [r.accuracy for r in scored])
+    except SigmoidFailed as exc:
+        return Problem(loc=["runs"], msg=str(exc))
     return BenchmarkPredictor(
         nll=fit_power_law([f for f, _ in optimal], [n for _, n in optimal]),
-        accuracy=fit_sigmoid([r.nll for r in scored], [r.accuracy for r in scored]),
+        accuracy=accuracy,
         nll_fitted_on=NLL_FITTED_ON,
         accuracy_fitted_on=ACCURACY_FITTED_ON,
     )

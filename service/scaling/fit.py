@@ -43,7 +43,7 @@ def fit_scaling(runs: Sequence[Run]) -> ScalingFit:
     benchmark = fit_benchmark(runs, groups)
     if isinstance(benchmark, Problem):
         raise FitRefused([benchmark])
-    return ScalingFit(
+    fit = ScalingFit(
         optimal_tokens=fit_power_law(budgets, [g.optimal_tokens for g in groups], weights),
         loss=fit_power_law(budgets, [g.min_loss for g in groups]),
         curvature=fit_power_law(budgets, [g.parabola[0] for g in groups]),
@@ -52,6 +52,27 @@ def fit_scaling(runs: Sequence[Run]) -> ScalingFit:
         runs=sorted(runs, key=lambda r: (r.flops, r.tokens)),
         warnings=_warnings(groups),
     )
+    if not _finite(fit.model_dump(exclude={"runs"})):
+        raise FitRefused(
+            [
+                Problem(
+                    loc=["runs"],
+                    msg="the fit overflows: the values lie beyond what it can compute with",
+                )
+            ]
+        )
+    return fit
+
+
+def _finite(value: object) -> bool:
+    """No NaN or infinity anywhere in a dumped fit (JSON has no word for them)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(_finite(v) for v in value)
+    return True
 
 
 def _with_standard_errors(fitted: Sequence[FittedGroup]) -> list[IsoFlopGroup]:

@@ -18,8 +18,9 @@ from service.tokens import Principal
 
 router = APIRouter(prefix="/scaling", tags=["scaling"])
 
-# A sweep is tens of runs; this bounds what one request makes the fit chew on.
-MAX_RUNS = 10_000
+# A sweep is tens of runs; this bounds the fit's work, and a list this long stays under the
+# request body cap (PRETRAIN_MAX_REQUEST_BYTES), so it is refused with a 422, not a 413.
+MAX_RUNS = 2_000
 SAVE = Annotated[
     bool,
     Query(
@@ -33,7 +34,9 @@ class FitRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    runs: list[Run] | None = Field(None, max_length=MAX_RUNS, description="Runs to fit.")
+    runs: Annotated[list[Run], Field(max_length=MAX_RUNS)] | None = Field(
+        None, description="Runs to fit."
+    )
     jobs: Literal["finished"] | None = Field(
         None, description="Fit over this install's succeeded pretraining jobs."
     )
@@ -60,9 +63,22 @@ class FitResponse(ScalingFit):
     saved: SavedRef | None = Field(description="The stored law (with ?save=true); null otherwise.")
 
 
-FIT_RESPONSES = {
+class Refusal(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class FitRefusals(BaseModel):
+    """A 422: one problem per invalid run field, or per group that cannot be fitted."""
+
+    detail: list[Refusal]
+
+
+FIT_RESPONSES: dict[int | str, dict] = {
     422: {
-        "description": "A run is invalid (the field and why), or the runs cannot be fitted (which group and why)."
+        "model": FitRefusals,
+        "description": "A run is invalid (the field and why), or the runs cannot be fitted (which group and why).",
     }
 }
 
