@@ -29,6 +29,7 @@ from service.api.routes import (
     metrics,
     plan,
     rollbacks,
+    scaling,
     tokens,
 )
 from service.api.spec_body import SpecWorkers
@@ -131,7 +132,7 @@ def create_app(
     app.state.spec_workers = SpecWorkers(settings)
 
     app.include_router(health.router)
-    for router in (jobs.router, checkpoints.router, evaluations.router, logs.router, metrics.router, rollbacks.router, plan.router, tokens.router):
+    for router in (jobs.router, checkpoints.router, evaluations.router, logs.router, metrics.router, rollbacks.router, plan.router, scaling.router, tokens.router):
         app.include_router(router, prefix="/v1")
 
     @app.exception_handler(ServiceError)
