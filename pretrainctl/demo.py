@@ -149,13 +149,17 @@ def conclusion(result: DemoResult) -> list[str]:
 
 
 @contextlib.contextmanager
-def embedded_service(state_dir: Path, log_path: Path, *, ready_timeout_s: float = 90.0) -> Iterator[ApiClient]:
-    """`pretrainctl serve` on the embedded default, on a free port, until the block ends."""
+def embedded_service(
+    state_dir: Path, log_path: Path, *, ready_timeout_s: float = 90.0, extra_env: dict[str, str] | None = None
+) -> Iterator[ApiClient]:
+    """`pretrainctl serve` on the embedded default, on a free port, until the block ends;
+    `extra_env` reaches the server and, through it, its trainers (e.g. OMP_NUM_THREADS)."""
     port = free_port()
     token = secrets.token_urlsafe(24)
     env = _environment_for_child(
         {"state_dir": str(Path(state_dir).resolve()), "environment": "development", "backend": "local", "admin_token": token}
     )
+    env.update(extra_env or {})
     env["PYTHONUNBUFFERED"] = "1"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
