@@ -68,12 +68,21 @@ class ModelSize:
 
 
 SIZES = (
+    ModelSize("xxs", num_layers=1, hidden_size=24, num_attention_heads=2, ffn_hidden_size=64),
     ModelSize("xs", num_layers=1, hidden_size=32, num_attention_heads=2, ffn_hidden_size=96),
     ModelSize("s", num_layers=2, hidden_size=48, num_attention_heads=3, ffn_hidden_size=128),
     ModelSize("m", num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=176),
     ModelSize("l", num_layers=3, hidden_size=80, num_attention_heads=5, ffn_hidden_size=224),
 )
-BUDGETS = (2.5e11, 5e11, 1e12)  # training FLOPs, 6·N·D
+# Training FLOPs (6·N·D) → the four sizes trained at it. The compute-optimal size grows with
+# the budget, so each budget gets the window of sizes around its own optimum (as Chinchilla's
+# sweeps did): measured on this CPU, the loss is lowest at xs for the first budget and at s for
+# the last, with a size on either side that is worse.
+BUDGETS: dict[float, tuple[str, ...]] = {
+    2.5e11: ("xxs", "xs", "s", "m"),
+    5e11: ("xs", "s", "m", "l"),
+    1e12: ("xs", "s", "m", "l"),
+}
 
 
 @dataclass(frozen=True)
@@ -128,7 +137,7 @@ def job_spec(name: str, size: ModelSize, steps: int) -> dict[str, Any]:
 def design(
     params_of: Callable[[dict[str, Any]], int],
     *,
-    budgets: Sequence[float] = BUDGETS,
+    budgets: dict[float, tuple[str, ...]] = BUDGETS,
     sizes: Sequence[ModelSize] = SIZES,
 ) -> list[SweepRun]:
     """Every (budget, size) run, with `params_of` (the planner's count of a spec's model).
@@ -137,9 +146,10 @@ def design(
     budget by more than FLOPS_TOLERANCE is an error of the design, not something to submit.
     """
     params = {size.name: params_of(job_spec(f"probe-{size.name}", size, 100)) for size in sizes}
+    by_name = {size.name: size for size in sizes}
     runs = []
-    for index, budget in enumerate(budgets):
-        for size in sizes:
+    for index, (budget, names) in enumerate(budgets.items()):
+        for size in (by_name[name] for name in names):
             steps = round(budget / (6 * params[size.name] * TOKENS_PER_STEP))
             name = f"scaling-c{index}-{size.name}"
             run = SweepRun(budget, size, params[size.name], steps, job_spec(name, size, steps))
@@ -167,6 +177,7 @@ class Finished:
     state: str
     loss: float | None
     wall_s: float
+    tokens_per_s: float | None = None
 
 
 def run_sweep(
@@ -200,6 +211,7 @@ def run_sweep(
                 job["state"],
                 final_eval_loss(client, job_id),
                 time.monotonic() - started,
+                median_tokens_per_s(client, job_id),
             )
             finished.append(done)
             echo(_run_line(done, len(finished), len(runs)))
@@ -219,12 +231,23 @@ def final_eval_loss(client: ApiClient, job_id: int) -> float | None:
     return points[-1]["value"] if points else None
 
 
+def median_tokens_per_s(client: ApiClient, job_id: int) -> float | None:
+    """The trainer's own tokens/s over its steps, the median (the first steps warm up)."""
+    rates = sorted(
+        p["value"]
+        for p in client.metrics(job_id, name=["throughput/tokens_per_s"], limit=100_000)
+        if p["value"] is not None
+    )
+    return rates[len(rates) // 2] if rates else None
+
+
 def _run_line(done: Finished, count: int, total: int) -> str:
     run = done.run
     loss = "n/a" if done.loss is None else f"{done.loss:.4f}"
     return (
         f"   [{count:>2}/{total}] job {done.job_id} {run.spec['name']:<16} {run.params:>8,} params "
         f"{run.tokens:>10,} tokens {run.flops:.3g} FLOPs  loss {loss}  {done.state} in {done.wall_s:.0f} s"
+        + ("" if done.tokens_per_s is None else f" ({done.tokens_per_s:,.0f} tokens/s)")
     )
 
 
@@ -315,9 +338,13 @@ def run(*, out_dir: Path, echo: Callable[[str], None] = print) -> dict[str, Any]
         echo(f"== service up at {client.base_url} (embedded SQLite in {state_dir})")
         runs = design(planner_params(client))
         echo(
-            f"== {len(runs)} jobs: budgets {', '.join(f'{b:.3g}' for b in BUDGETS)} FLOPs × sizes "
-            + ", ".join(f"{r.size.name} {r.params:,}" for r in runs[: len(SIZES)])
-            + f" params; {PARALLEL_JOBS} at a time"
+            f"== {len(runs)} jobs, {PARALLEL_JOBS} at a time: "
+            + "; ".join(
+                f"{budget:.3g} FLOPs × "
+                + ", ".join(f"{r.size.name} {r.params:,}" for r in runs if r.budget == budget)
+                for budget in BUDGETS
+            )
+            + " params"
         )
         finished = run_sweep(client, runs, echo=echo)
         write_runs_csv(out_dir / "runs.csv", [d for d in finished if d.loss is not None])

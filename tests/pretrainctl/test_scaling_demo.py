@@ -69,7 +69,7 @@ def test_every_run_ends_on_a_held_out_evaluation(admitted):
 
 def test_a_design_off_its_budget_is_refused():
     with pytest.raises(ValueError, match="off the budget"):
-        scaling_demo.design(lambda spec: 10**9, budgets=[1e13])
+        scaling_demo.design(lambda spec: 10**9, budgets={1e13: ("xs", "s", "m")})
 
 
 def test_the_runs_csv_has_the_fit_s_columns(tmp_path: Path):
