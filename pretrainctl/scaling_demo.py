@@ -33,11 +33,11 @@ from pretrainctl.client import ApiClient
 from pretrainctl.demo import TERMINAL_STATES, embedded_service
 
 SEQ_LENGTH = 128
-BATCH_SIZE = 8  # sequences a step: 1,024 tokens, so even the shortest run has 150 steps
+BATCH_SIZE = 8  # sequences a step: 1,024 tokens (see docs/scaling.md: 2,048 moved the optima to the edge)
 TOKENS_PER_STEP = SEQ_LENGTH * BATCH_SIZE
 VOCAB_SIZE = 384  # the byte tokenizer's 258 ids, padded to Megatron's multiple of 128
 LEARNING_RATE = 3e-3
-WARMUP_FRACTION = 0.05
+WARMUP_FRACTION = 0.1
 EVAL_SAMPLES = 64  # held-out sequences of the final evaluation
 # Runs of a budget must agree on FLOPs within this (the fit groups budgets within 1%).
 FLOPS_TOLERANCE = 0.005
