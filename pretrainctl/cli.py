@@ -457,6 +457,42 @@ def rollback(ctx: click.Context, job_id: int, reason: str, to_step: int | None, 
 
 
 @cli.group()
+def scaling() -> None:
+    """Scaling laws fitted from small runs, as plans then predict with."""
+
+
+@scaling.command("fit")
+@click.argument("runs_csv", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="The API's answer: {optimal_tokens, groups, benchmark, ...}.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Draw the fit into this PNG.")
+@click.option("--save", is_flag=True, help="Store the fit as the install's law; `plan` then predicts with it.")
+@click.pass_context
+def scaling_fit(ctx: click.Context, runs_csv: Path | None, as_json: bool, plot_path: Path | None, save: bool) -> None:
+    """Fit N*(C) = A·C^alpha over RUNS_CSV (params,tokens,flops,loss[,nll,accuracy]), or over
+    this install's finished jobs without it."""
+    from pretrainctl.scaling import read_runs, refusal_lines, show_fit
+
+    rows = read_runs(runs_csv) if runs_csv is not None else None
+    with api(ctx) as client:
+        try:
+            fit = client.scaling_fit(runs=[r.run for r in rows] if rows is not None else None, save=save)
+        except ApiError as exc:
+            if exc.status_code != 422:
+                raise
+            click.echo("error (422): the runs cannot be fitted:", err=True)
+            for line in refusal_lines(exc, rows, runs_csv):
+                click.echo(f"  - {line}", err=True)
+            sys.exit(2)
+    print_data(fit, as_json, show_fit)
+    if plot_path is not None:
+        from pretrainctl.scaling_plot import draw
+
+        draw(fit, plot_path)
+        if not as_json:
+            click.echo(f"plot         {plot_path}")
+
+
+@cli.group()
 def watchdog() -> None:
     """The loss-anomaly detector the service runs."""
 

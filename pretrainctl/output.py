@@ -53,6 +53,7 @@ def show_plan(plan: dict[str, Any]) -> None:
     if checkpoint := plan.get("checkpoint"):
         click.echo(f"checkpoint   {checkpoint['size_gib']:.1f} GiB ({checkpoint['per_node_gib']:.1f} GiB a node at {checkpoint['write_gib_per_s_per_node']:g} GiB/s: {checkpoint['write_s']:.0f} s); grace period after SIGTERM {checkpoint['termination_grace_s']} s")
     click.echo(f"advice       critical batch {advice['critical_batch_tokens']:,.0f} tokens vs {advice['batch_tokens']:,} in the spec; compute-optimal {advice['compute_optimal_tokens']:.3e} tokens")
+    show_scaling(plan.get("scaling"))
     inverse = plan.get("inverse") or {}
     if budget := inverse.get("tokens_for_budget"):
         click.echo(f"inverse      {budget['gpus']:,} GPUs × {budget['days']:g} days at MFU {budget['mfu']:.0%} see {budget['tokens']:.3e} tokens")
@@ -64,6 +65,25 @@ def show_plan(plan: dict[str, Any]) -> None:
         click.echo(f"warning      {warning}")
     for problem in plan["problems"]:
         click.echo(f"REFUSED      {'.'.join(map(str, problem['loc']))}: {problem['msg']}")
+
+
+def show_scaling(scaling: dict[str, Any] | None) -> None:
+    """What the install's saved scaling law predicts for the spec's budget, beside the 6ND figures."""
+    if scaling is None:
+        click.echo("scaling      no law fitted (pretrainctl scaling fit RUNS.csv --save)")
+        return
+    ci = scaling["optimal_tokens_ci95"]
+    band = f" [{ci[0]:.3e}, {ci[1]:.3e}]" if ci else ""
+    click.echo(
+        f"scaling      law {scaling['fit_id']}: C = 6ND {scaling['flops']:.3e} FLOPs → N*(C) {scaling['optimal_tokens']:.3e} tokens{band} "
+        f"on {scaling['optimal_params']:.3e} params; the spec trains {scaling['tokens']:.3e} ({scaling['tokens_vs_optimal']:.2f}× optimal)"
+    )
+    line = f"             expected final loss {scaling['expected_loss']:.4f} ({scaling['optimal_loss']:.4f} at the optimum)"
+    if scaling.get("expected_accuracy") is not None:
+        line += f"; benchmark accuracy {scaling['expected_accuracy']:.3f} (NLL {scaling['expected_nll']:.4f})"
+    click.echo(line)
+    for note in scaling["notes"]:
+        click.echo(f"             {note}")
 
 
 def show_data_plan(data: dict[str, Any] | None) -> None:

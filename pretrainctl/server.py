@@ -105,9 +105,24 @@ def plan(file, gpus: int | None, days: float | None, token_budget: int | None, d
 
     with _spec_refusals():
         report = plan_spec(parse_spec_text(file.read()), gpus=gpus, days=days, token_budget=token_budget, deadline_days=deadline_days)
+    report.scaling = _scaling_prediction(report)
     print_data(report.model_dump(mode="json"), as_json, show_plan)
     if report.problems:
         sys.exit(3)
+
+
+def _scaling_prediction(report):
+    """The saved law's prediction from the configured database; None (and a note why) without one."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.scaling.laws import plan_prediction, saved_fit_in
+
+    with _configured() as settings:
+        try:
+            return plan_prediction(saved_fit_in(settings.resolved_database_url), report)
+        except SQLAlchemyError as exc:
+            click.echo(f"note: no scaling prediction: the database cannot be read ({type(exc).__name__})", err=True)
+            return None
 
 
 @click.group()

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import Field
 
 from service.planner import Plan, memory_problems, plan_job
+from service.scaling.predict import ScalingPrediction
 from service.settings import Settings, get_settings
 from service.sources import sizes_for, source_problems
 from service.spec import (
@@ -41,6 +42,11 @@ class PlanReport(Plan):
     spec_warnings: list[Problem] = Field(description="Normalisations the spec validation made.")
     problems: list[Problem] = Field(
         description="Why POST /v1/jobs would refuse this spec (memory); empty when it would run."
+    )
+    scaling: ScalingPrediction | None = Field(
+        None,
+        description="What the install's saved scaling law predicts for the spec's 6ND budget; "
+        "null when no law is saved (POST /v1/scaling/fit?save=true).",
     )
 
 

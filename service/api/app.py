@@ -20,7 +20,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__, tasks
-from service.api.routes import checkpoints, health, jobs, logs, metrics, plan, rollbacks, tokens
+from service.api.routes import (
+    checkpoints,
+    health,
+    jobs,
+    logs,
+    metrics,
+    plan,
+    rollbacks,
+    scaling,
+    tokens,
+)
 from service.api.spec_body import SpecWorkers
 from service.controller.backends import LogReader
 from service.db.migrate import head_revision
@@ -121,7 +131,7 @@ def create_app(
     app.state.spec_workers = SpecWorkers(settings)
 
     app.include_router(health.router)
-    for router in (jobs.router, checkpoints.router, logs.router, metrics.router, rollbacks.router, plan.router, tokens.router):
+    for router in (jobs.router, checkpoints.router, logs.router, metrics.router, rollbacks.router, plan.router, scaling.router, tokens.router):
         app.include_router(router, prefix="/v1")
 
     @app.exception_handler(ServiceError)

@@ -1,4 +1,4 @@
-"""Tables: jobs, their attempts, checkpoints, metric points, the audit log and API tokens."""
+"""Tables: jobs, their attempts, checkpoints, metric points, the audit log, API tokens and scaling fits."""
 
 from __future__ import annotations
 
@@ -362,3 +362,18 @@ class WatchdogState(Base):
     state: Mapped[dict[str, Any]] = mapped_column(default=dict)
     cursor: Mapped[str | None] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class ScalingFitRecord(Base):
+    """A saved scaling-law fit; the newest is the install's current law, which plans predict with."""
+
+    __tablename__ = "scaling_fits"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # Where the runs came from: "runs" (posted, e.g. a CSV) or "jobs" (this install's finished jobs).
+    source: Mapped[str] = mapped_column(String(16))
+    runs: Mapped[int] = mapped_column(Integer)
+    # The fit as `service.scaling.ScalingFit` dumps it; read back typed through that model.
+    fit: Mapped[dict[str, Any]]
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

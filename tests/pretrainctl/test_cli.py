@@ -18,6 +18,7 @@ from service.db.migrate import head_revision
 from service.settings import Settings
 from tests.conftest import EXAMPLES
 from tests.servers import free_port
+from tests.service.scaling.synthetic import SCORING_SEEDS, WIDE, sweep
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -269,6 +270,7 @@ def test_plan_prints_the_documented_json_without_a_server(tmp_path):
     assert [s["train_iters"] for s in plan["stages"]] == [1_668_800, 1_500, 596]
     assert plan["stages"][0]["warmup_iters"] == 2_000
     assert plan["advice"]["critical_batch_tokens"] > 0 and plan["advice"]["compute_optimal_tokens"] > 0
+    assert plan["scaling"] is None
 
 
 def test_plan_of_a_job_that_does_not_fit_exits_3_and_says_why(tmp_path):
@@ -284,6 +286,7 @@ def test_plan_answers_inverse_questions_in_human_form(tmp_path):
     result = pretrainctl("plan", str(EXAMPLES / "tiny-cpu.yaml"), "--gpus", "8", "--days", "1", "--deadline", "2", cwd=tmp_path, env=clean_env())
     assert result.returncode == 0, result.stderr
     assert "parameters" in result.stdout and "memory/GPU" in result.stdout
+    assert "scaling      no law fitted" in result.stdout  # a fresh install has no saved law
 
 
 def test_plan_of_a_tokenizer_spec_says_it_has_no_plan_instead_of_crashing(tmp_path):
@@ -432,3 +435,77 @@ def test_the_server_on_the_local_backend_does_not_load_the_kubernetes_client():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# --- scaling fit ---------------------------------------------------------------------------------
+
+
+def write_sweep_csv(path: Path, *, seed: int = SCORING_SEEDS[0]) -> list[dict]:
+    _, runs = sweep(seed, WIDE)
+    rows = [r.model_dump(include={"params", "tokens", "flops", "loss", "nll", "accuracy"}) for r in runs]
+    path.write_text("params,tokens,flops,loss,nll,accuracy\n" + "".join(
+        ",".join(repr(row[c]) for c in ("params", "tokens", "flops", "loss", "nll", "accuracy")) + "\n" for row in rows
+    ))  # fmt: skip
+    return rows
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's signature and IHDR chunk; AssertionError if it is not one."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", "not a PNG"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_scaling_fit_of_a_csv_prints_the_documented_json_and_draws_the_plot(shared_server):
+    server, cwd = shared_server
+    env = clean_env(PRETRAIN_API_URL=server.url)
+    rows = write_sweep_csv(cwd / "runs.csv")
+
+    result = pretrainctl("scaling", "fit", "runs.csv", "--json", "--plot", "fit.png", cwd=cwd, env=env)
+
+    assert result.returncode == 0, result.stderr
+    fit = json.loads(result.stdout)
+    law = fit["optimal_tokens"]
+    assert set(law["ci95"]) == {"A", "alpha"} and law["ci95"]["alpha"][0] < law["alpha"] < law["ci95"]["alpha"][1]
+    assert sum(g["runs"] for g in fit["groups"]) == len(rows) and fit["benchmark"]["accuracy"]["points"] == len(rows)
+    assert fit["saved"] is None
+    width, height = png_size(cwd / "fit.png")
+    assert width > 1000 and height > 300 and (cwd / "fit.png").stat().st_size > 20_000
+
+    human = pretrainctl("scaling", "fit", "runs.csv", cwd=cwd, env=env)
+    assert human.returncode == 0, human.stderr
+    assert f"alpha = {law['alpha']:.4f}" in human.stdout and "benchmark    NLL*(C)" in human.stdout
+
+
+def test_scaling_fit_names_the_line_and_column_of_a_bad_row(shared_server):
+    server, cwd = shared_server
+    env = clean_env(PRETRAIN_API_URL=server.url)
+    write_sweep_csv(cwd / "bad.csv")
+    lines = (cwd / "bad.csv").read_text().splitlines()
+    lines[3] = lines[3].replace(lines[3].split(",")[3], "abc")
+    (cwd / "bad.csv").write_text("\n".join(lines) + "\n")
+    unreadable = pretrainctl("scaling", "fit", "bad.csv", cwd=cwd, env=env)
+    assert unreadable.returncode == 1 and "bad.csv: line 4, column loss: 'abc' is not a number" in unreadable.stderr
+
+    lines[3] = lines[3].replace("abc", "-2.5")
+    (cwd / "bad.csv").write_text("\n".join(lines) + "\n")
+    refused = pretrainctl("scaling", "fit", "bad.csv", cwd=cwd, env=env)
+    assert refused.returncode == 2
+    assert "bad.csv: line 4, column loss: Input should be greater than 0" in refused.stderr
+
+
+def test_a_saved_law_shows_in_the_plan(shared_server):
+    server, cwd = shared_server
+    env = clean_env(PRETRAIN_API_URL=server.url)
+    write_sweep_csv(cwd / "law.csv", seed=SCORING_SEEDS[1])
+    saved = pretrainctl("scaling", "fit", "law.csv", "--save", cwd=cwd, env=env)
+    assert saved.returncode == 0, saved.stderr
+    law_id = re.search(r"saved        law (\d+): plans now predict with it", saved.stdout).group(1)
+
+    # `plan` plans on this machine, reading the law from the database the server writes.
+    plan = pretrainctl("plan", str(EXAMPLES / "tiny-cpu.yaml"), cwd=cwd, env=env)
+    assert plan.returncode == 0, plan.stderr
+    assert f"scaling      law {law_id}: C = 6ND" in plan.stdout and "expected final loss" in plan.stdout
+    assert "benchmark accuracy" in plan.stdout
+    as_json = json.loads(pretrainctl("plan", str(EXAMPLES / "tiny-cpu.yaml"), "--json", cwd=cwd, env=env).stdout)
+    assert as_json["scaling"]["fit_id"] == int(law_id) and as_json["scaling"]["expected_accuracy"] is not None

@@ -12,7 +12,7 @@ from service.db import migrate
 from service.db.models import Base
 from service.settings import Settings
 
-TABLES = {"jobs", "attempts", "checkpoints", "metric_points", "latest_metrics", "events", "api_tokens", "watchdog_state"}
+TABLES = {"jobs", "attempts", "checkpoints", "metric_points", "latest_metrics", "events", "api_tokens", "watchdog_state", "scaling_fits"}
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
