@@ -33,7 +33,9 @@ from pretrainctl.client import ApiClient
 from pretrainctl.demo import TERMINAL_STATES, embedded_service
 
 SEQ_LENGTH = 128
-BATCH_SIZE = 8  # sequences a step: 1,024 tokens (see docs/scaling.md: 2,048 moved the optima to the edge)
+BATCH_SIZE = (
+    8  # sequences a step: 1,024 tokens (see docs/scaling.md: 2,048 moved the optima to the edge)
+)
 TOKENS_PER_STEP = SEQ_LENGTH * BATCH_SIZE
 VOCAB_SIZE = 384  # the byte tokenizer's 258 ids, padded to Megatron's multiple of 128
 LEARNING_RATE = 3e-3
@@ -264,6 +266,10 @@ def write_runs_csv(path: Path, finished: Sequence[Finished]) -> None:
 # ---------------------------------------------------------------- the fit
 
 
+class FitFailed(RuntimeError):
+    """`pretrainctl scaling fit` refused the runs or failed; its own words are the message."""
+
+
 def fit_over_jobs(client: ApiClient, plot_path: Path) -> dict[str, Any]:
     """`pretrainctl scaling fit --json --plot` over the service's finished jobs, as a user runs it."""
     env = {
@@ -271,21 +277,12 @@ def fit_over_jobs(client: ApiClient, plot_path: Path) -> dict[str, Any]:
         "PRETRAIN_API_URL": client.base_url,
         "PRETRAIN_API_TOKEN": client.token or "",
     }
-    command = [
-        sys.executable,
-        "-m",
-        "pretrainctl",
-        "scaling",
-        "fit",
-        "--json",
-        "--plot",
-        str(plot_path),
-    ]
+    fit = ["scaling", "fit", "--json", "--plot", str(plot_path)]
+    command = [sys.executable, "-m", "pretrainctl", *fit]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(
-            f"pretrainctl scaling fit exited {done.returncode}: {done.stderr.strip() or done.stdout.strip()}"
-        )
+        said = done.stderr.strip() or done.stdout.strip()
+        raise FitFailed(f"pretrainctl scaling fit exited {done.returncode}:\n{said}")
     return json.loads(done.stdout)
 
 
@@ -303,6 +300,7 @@ def summary_lines(fit: dict[str, Any], finished: Sequence[Finished], wall_s: flo
         f"== N*(C) = A·C^alpha: alpha = {law['alpha']:.3f} {_interval(ci.get('alpha'))}, "
         f"A = {law['A']:.4g} {_interval(ci.get('A'), '.3g')}"
     )
+    lines += [f"   warning: {warning}" for warning in fit.get("warnings", [])]
     failed = [d for d in finished if d.state != "succeeded"]
     if failed:
         lines.append(
@@ -364,7 +362,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out", type=Path, default=Path("scaling-demo"), help="folder for the results"
     )
     args = parser.parse_args(argv)
-    run(out_dir=args.out)
+    try:
+        run(out_dir=args.out)
+    except FitFailed as exc:
+        print(f"!! {exc}\n!! the runs are in {args.out / 'runs.csv'}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -79,3 +79,40 @@ def test_the_runs_csv_has_the_fit_s_columns(tmp_path: Path):
     scaling_demo.write_runs_csv(tmp_path / "runs.csv", [done])
     lines = (tmp_path / "runs.csv").read_text().splitlines()
     assert lines == ["params,tokens,flops,loss", "1000,204800,1.2288e+09,2.500000"]
+
+
+def test_the_summary_names_each_group_s_minimum_and_the_law_with_its_intervals():
+    fit = {
+        "optimal_tokens": {
+            "A": 0.3,
+            "alpha": 0.54,
+            "ci95": {"A": [0.1, 0.9], "alpha": [0.5, 0.58]},
+        },
+        "groups": [
+            {
+                "flops": 2.5e11,
+                "runs": 4,
+                "optimal_tokens": 1.9e6,
+                "optimal_params": 21_930,
+                "min_loss": 2.02,
+            },
+            {
+                "flops": 1e12,
+                "runs": 4,
+                "optimal_tokens": 2.6e6,
+                "optimal_params": 64_100,
+                "min_loss": 1.6,
+            },
+        ],
+        "benchmark": None,
+        "warnings": ["group at 1e+12 FLOPs: its minimum lies outside the tokens it sampled"],
+    }
+    lines = scaling_demo.summary_lines(fit, [], wall_s=600)
+    assert lines[0] == "== 2 iso-FLOP groups:"
+    assert (
+        "C = 2.5e+11 FLOPs: 4 runs, optimum N* = 1,900,000 tokens (21,930 params), loss 2.0200"
+        in lines[1]
+    )
+    assert "alpha = 0.540 (95% CI 0.500 to 0.580), A = 0.3 (95% CI 0.1 to 0.9)" in lines[3]
+    assert lines[4].startswith("   warning: group at 1e+12 FLOPs")
+    assert lines[-1] == "== 0 runs, fitted and plotted in 10.0 min"
