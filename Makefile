@@ -45,7 +45,7 @@ lint: setup
 demo: setup
 	@bash scripts/demo.sh
 
-# A real iso-FLOP sweep on this CPU (3 compute budgets × 4 tiny Llamas, two trainers at a time)
+# A real iso-FLOP sweep on this CPU (4 compute budgets × 4 tiny Llamas, two trainers at a time)
 # through the embedded service, then `pretrainctl scaling fit --json --plot` over the finished
 # jobs: scaling-demo/runs.csv, fit.json, fit.png (docs/scaling.md, "The sweep").
 scaling-demo: setup

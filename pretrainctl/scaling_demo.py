@@ -33,9 +33,9 @@ from pretrainctl.client import ApiClient
 from pretrainctl.demo import TERMINAL_STATES, embedded_service
 
 SEQ_LENGTH = 128
-BATCH_SIZE = (
-    8  # sequences a step: 1,024 tokens (see docs/scaling.md: 2,048 moved the optima to the edge)
-)
+# Sequences a step: 1,024 tokens, so the shortest run has 275 steps (2,048-token steps starved
+# the larger sizes of updates and moved every optimum to the smallest size: docs/scaling.md).
+BATCH_SIZE = 8
 TOKENS_PER_STEP = SEQ_LENGTH * BATCH_SIZE
 VOCAB_SIZE = 384  # the byte tokenizer's 258 ids, padded to Megatron's multiple of 128
 LEARNING_RATE = 3e-3
@@ -70,6 +70,7 @@ class ModelSize:
 
 
 SIZES = (
+    ModelSize("xxxs", num_layers=1, hidden_size=16, num_attention_heads=1, ffn_hidden_size=48),
     ModelSize("xxs", num_layers=1, hidden_size=24, num_attention_heads=2, ffn_hidden_size=64),
     ModelSize("xs", num_layers=1, hidden_size=32, num_attention_heads=2, ffn_hidden_size=96),
     ModelSize("s", num_layers=2, hidden_size=48, num_attention_heads=3, ffn_hidden_size=128),
@@ -78,9 +79,10 @@ SIZES = (
 )
 # Training FLOPs (6·N·D) → the four sizes trained at it. The compute-optimal size grows with
 # the budget, so each budget gets the window of sizes around its own optimum (as Chinchilla's
-# sweeps did): measured on this CPU, the loss is lowest at xs for the first budget and at s for
-# the last, with a size on either side that is worse.
+# sweeps did): measured on this CPU, the loss is lowest at xxs, xs, s and s in turn, with a
+# size on either side that is worse (docs/scaling.md, "The sweep").
 BUDGETS: dict[float, tuple[str, ...]] = {
+    1.25e11: ("xxxs", "xxs", "xs", "s"),
     2.5e11: ("xxs", "xs", "s", "m"),
     5e11: ("xs", "s", "m", "l"),
     1e12: ("xs", "s", "m", "l"),
