@@ -193,8 +193,8 @@ def run_sweep(
     timeout_s: float = 3600.0,
     poll_s: float = 1.0,
 ) -> list[Finished]:
-    """Submit the runs, at most `parallel` at a time, biggest first so the short runs fill in
-    at the end; wait for each and read its final held-out loss."""
+    """Submit the runs, at most `parallel` at a time, the longest first so the short ones fill
+    in at the end; wait for each and read its final held-out loss (its one evaluation)."""
     pending = sorted(runs, key=lambda r: r.budget / _speed_guess(r), reverse=True)
     running: dict[int, tuple[SweepRun, float]] = {}
     finished: list[Finished] = []
