@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # to 0:22 on the last two. The suite is CPU-bound (97% busy over a run): a third worker gained nothing.
 TEST_WORKERS ?= 2
 
-.PHONY: setup test lint demo bench chaos dashboards docs clean
+.PHONY: setup test lint demo scaling-demo bench chaos dashboards docs clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,12 @@ lint: setup
 demo: setup
 	@bash scripts/demo.sh
 
+# A real iso-FLOP sweep on this CPU (4 compute budgets × 4 tiny Llamas, two trainers at a time)
+# through the embedded service, then `pretrainctl scaling fit --json --plot` over the finished
+# jobs: scaling-demo/runs.csv, fit.json, fit.png (docs/scaling.md, "The sweep").
+scaling-demo: setup
+	$(PY) -m pretrainctl.scaling_demo --out scaling-demo
+
 # Every bench/*.py in turn (bench/run_all.py), echoed live; their headline figures, one table, go
 # to bench/RESULTS.md (committed, quoted by docs/benchmarks.md), written even when a benchmark fails.
 # BENCH_ARGS passes options, e.g. make bench BENCH_ARGS="--only plan --quick".
@@ -70,4 +76,4 @@ docs: setup
 	$(PY) scripts/lifecycle_diagram.py
 
 clean:
-	rm -rf $(VENV) .pretrain demo-out .pytest_cache
+	rm -rf $(VENV) .pretrain demo-out scaling-demo .pytest_cache

@@ -32,6 +32,7 @@ def _problem_line(problem: Any) -> str:
 class ApiClient:
     def __init__(self, base_url: str, token: str | None, timeout: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.token = token
         self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
 
     @property

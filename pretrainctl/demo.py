@@ -183,14 +183,18 @@ def wait_for_evaluations(client: ApiClient, job_id: int, *, timeout_s: float, in
 
 
 @contextlib.contextmanager
-def embedded_service(state_dir: Path, log_path: Path, *, ready_timeout_s: float = 90.0) -> Iterator[ApiClient]:
-    """`pretrainctl serve` on the embedded default, on a free port, until the block ends."""
+def embedded_service(
+    state_dir: Path, log_path: Path, *, ready_timeout_s: float = 90.0, extra_env: dict[str, str] | None = None
+) -> Iterator[ApiClient]:
+    """`pretrainctl serve` on the embedded default, on a free port, until the block ends;
+    `extra_env` reaches the server and, through it, its trainers (e.g. OMP_NUM_THREADS)."""
     port = free_port()
     token = secrets.token_urlsafe(24)
     env = _environment_for_child(
         {"state_dir": str(Path(state_dir).resolve()), "environment": "development", "backend": "local",
          "admin_token": token, "data_root": str((Path(state_dir) / "data").resolve())}  # fmt: skip
     )
+    env.update(extra_env or {})
     env["PYTHONUNBUFFERED"] = "1"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
