@@ -486,16 +486,19 @@ def scaling() -> None:
 @click.option("--json", "as_json", is_flag=True, help="The API's answer: {optimal_tokens, groups, benchmark, ...}.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Draw the fit into this PNG.")
 @click.option("--save", is_flag=True, help="Store the fit as the install's law; `plan` then predicts with it.")
+@click.option("--task", default=None, help="Over finished jobs: the benchmark task whose scores feed the benchmark predictor (default: their only one).")
 @click.pass_context
-def scaling_fit(ctx: click.Context, runs_csv: Path | None, as_json: bool, plot_path: Path | None, save: bool) -> None:
+def scaling_fit(ctx: click.Context, runs_csv: Path | None, as_json: bool, plot_path: Path | None, save: bool, task: str | None) -> None:
     """Fit N*(C) = A·C^alpha over RUNS_CSV (params,tokens,flops,loss[,nll,accuracy]), or over
     this install's finished jobs without it."""
     from pretrainctl.scaling import read_runs, refusal_lines, show_fit
 
+    if task is not None and runs_csv is not None:
+        raise click.UsageError("--task picks finished jobs' benchmark scores; a CSV carries its own nll,accuracy")
     rows = read_runs(runs_csv) if runs_csv is not None else None
     with api(ctx) as client:
         try:
-            fit = client.scaling_fit(runs=[r.run for r in rows] if rows is not None else None, save=save)
+            fit = client.scaling_fit(runs=[r.run for r in rows] if rows is not None else None, save=save, task=task)
         except ApiError as exc:
             if exc.status_code != 422:
                 raise

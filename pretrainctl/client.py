@@ -112,9 +112,14 @@ class ApiClient:
     def rollback(self, job_id: int, **body: Any) -> dict[str, Any]:
         return self._call("POST", f"/v1/jobs/{job_id}/rollback", json={k: v for k, v in body.items() if v is not None})
 
-    def scaling_fit(self, *, runs: list[dict[str, float]] | None, save: bool) -> dict[str, Any]:
-        """The scaling fit over `runs`, or over the install's finished jobs when None."""
-        body = {"runs": runs} if runs is not None else {"jobs": "finished"}
+    def scaling_fit(
+        self, *, runs: list[dict[str, float]] | None, save: bool, task: str | None = None
+    ) -> dict[str, Any]:
+        """The scaling fit over `runs`, or over the install's finished jobs when None (their
+        scores on benchmark `task` feeding the benchmark predictor)."""
+        body: dict[str, Any] = {"runs": runs} if runs is not None else {"jobs": "finished"}
+        if task is not None:
+            body["task"] = task
         return self._call("POST", "/v1/scaling/fit", json=body, params={"save": "true"} if save else None)
 
     def create_token(self, *, name: str, role: str) -> dict[str, Any]:

@@ -40,11 +40,18 @@ class FitRequest(BaseModel):
     jobs: Literal["finished"] | None = Field(
         None, description="Fit over this install's succeeded pretraining jobs."
     )
+    task: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+        None,
+        description='With "jobs": the benchmark task whose scores feed the benchmark predictor '
+        "(default: the only task the jobs were scored on).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> FitRequest:
         if (self.runs is None) == (self.jobs is None):
             raise ValueError('give either "runs" or "jobs": "finished"')
+        if self.task is not None and self.jobs is None:
+            raise ValueError('"task" picks finished jobs\' benchmark scores: give it with "jobs"')
         return self
 
 
@@ -89,14 +96,21 @@ def fit(
 ) -> FitResponse:
     """Iso-FLOP groups, N*(C) = A·C^alpha with 95% intervals, L*(C), and the benchmark steps."""
     if body.runs is None:
-        return _fit(session, principal, source="jobs", runs=None, save=save)
+        return _fit(session, principal, source="jobs", runs=None, save=save, task=body.task)
     return _fit(session, principal, source="runs", runs=body.runs, save=save)
 
 
 @router.get("/fit", response_model=FitResponse, responses=FIT_RESPONSES)
-def fit_finished_jobs(session: SessionDep, principal: ViewerDep) -> FitResponse:
+def fit_finished_jobs(
+    session: SessionDep,
+    principal: ViewerDep,
+    task: Annotated[
+        str | None,
+        Query(min_length=1, max_length=64, description="The benchmark task for the predictor."),
+    ] = None,
+) -> FitResponse:
     """The fit over this install's finished jobs (POST with `{"jobs": "finished"}` to save it)."""
-    return _fit(session, principal, source="jobs", runs=None, save=False)
+    return _fit(session, principal, source="jobs", runs=None, save=False, task=task)
 
 
 @router.get(
@@ -119,6 +133,7 @@ def _fit(
     source: Literal["runs", "jobs"],
     runs: list[Run] | None,
     save: bool,
+    task: str | None = None,
 ) -> FitResponse:
     """Fit (and save); a refused fit is a 422 naming each group and why, and any job left out."""
     if save and not principal.may(Role.SUBMITTER):
@@ -129,7 +144,7 @@ def _fit(
     skipped: list[SkippedJob] = []
     warnings: list[str] = []
     if runs is None:
-        collected = runs_from_finished_jobs(session)
+        collected = runs_from_finished_jobs(session, task=task)
         runs, skipped, warnings = collected.runs, collected.skipped, collected.warnings
     try:
         fitted = fit_scaling(runs)

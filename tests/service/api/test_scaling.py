@@ -8,7 +8,7 @@ import math
 import pytest
 
 from service.db import repo
-from service.db.models import JobState, LatestMetric, utcnow
+from service.db.models import Evaluation, EvaluationState, JobState, LatestMetric, utcnow
 from tests.conftest import auth
 from tests.service.scaling.synthetic import SCORING_SEEDS, WIDE, sweep
 
@@ -112,3 +112,38 @@ def test_a_fit_over_finished_jobs_reads_their_held_out_loss(app_client, tokens, 
     assert "held-out loss" in body["skipped"][0]["reason"]
     assert len(body["runs"]) == len(runs) and all(r["job_id"] for r in body["runs"])
     assert body["optimal_tokens"]["alpha"] == pytest.approx(truth.alpha, rel=0.02)
+
+
+def test_a_fit_over_finished_jobs_predicts_the_benchmark_from_their_newest_scores(app_client, tokens, session, tiny_spec):
+    # Each job scored on "mc" twice (the newest step counts) and, all but one, on "other".
+    plan = app_client.post("/v1/plan", json=tiny_spec, headers=auth(tokens["viewer"])).json()
+    truth, runs = sweep(SCORING_SEEDS[5], WIDE, benchmark=True)
+    accuracy_of = {}
+    for index, run in enumerate(runs):
+        job = repo.add_job(
+            session, name=f"scored-{index}", kind="pretrain", owner="alice", spec=tiny_spec, spec_hash="x",
+            derived={"total_train_iters": 10}, warnings=[], plan={**plan, "compute": {**plan["compute"], "n_params_6nd": round(run.params)}},
+        )  # fmt: skip
+        job.state = JobState.SUCCEEDED
+        accuracy_of[job.id] = run.accuracy
+        session.add(LatestMetric(job_id=job.id, name="eval/loss", attempt=0, step=9, value=run.loss, tokens=round(run.tokens), created_at=utcnow()))
+        session.add(Evaluation(job_id=job.id, step=4, task="mc", state=EvaluationState.SUCCEEDED, nll=run.nll * 3, acc_norm=0.0, acc=0.0))
+        session.add(Evaluation(job_id=job.id, step=9, task="mc", state=EvaluationState.SUCCEEDED, nll=run.nll, acc_norm=run.accuracy, acc=0.0))
+        if index:
+            session.add(Evaluation(job_id=job.id, step=9, task="other", state=EvaluationState.SUCCEEDED, nll=1.0, acc_norm=0.5, acc=0.5))
+    session.commit()
+    viewer = auth(tokens["viewer"])
+
+    ambiguous = app_client.get("/v1/scaling/fit", headers=viewer).json()
+    partial = app_client.post("/v1/scaling/fit", json={"jobs": "finished", "task": "other"}, headers=viewer).json()
+    chosen = app_client.post("/v1/scaling/fit", json={"jobs": "finished", "task": "mc"}, headers=viewer).json()
+
+    assert ambiguous["benchmark"] is None
+    assert any("several benchmarks (mc, other)" in w for w in ambiguous["warnings"])
+    assert partial["benchmark"] is None
+    assert any("no score on 'other'" in w for w in partial["warnings"])
+    assert {r["job_id"]: r["accuracy"] for r in chosen["runs"]} == pytest.approx(accuracy_of)
+    assert chosen["benchmark"] is not None
+    assert chosen["benchmark"]["accuracy"]["slope"] == pytest.approx(truth.slope, rel=0.05)
+    refused = app_client.post("/v1/scaling/fit", json={"runs": sweep_rows(), "task": "mc"}, headers=viewer)
+    assert refused.status_code == 422 and "give it with" in refused.text
