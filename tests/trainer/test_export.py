@@ -45,7 +45,8 @@ with torch.no_grad():
     ours = chunk(tokens, positions, None).float()
 trainer.close()
 
-hf = LlamaForCausalLM.from_pretrained(export_dir, dtype=torch.float32).eval()
+hf, loading = LlamaForCausalLM.from_pretrained(export_dir, dtype=torch.float32, output_loading_info=True)
+hf.eval()
 with torch.no_grad():
     theirs = hf(tokens).logits
 print(json.dumps({
@@ -53,6 +54,8 @@ print(json.dumps({
     "hf_shape": list(theirs.shape),
     "max_abs_diff": (ours - theirs).abs().max().item(),
     "logit_scale": ours.abs().max().item(),
+    "missing": sorted(loading["missing_keys"]),
+    "unexpected": sorted(loading["unexpected_keys"]),
 }))
 """
 
@@ -239,6 +242,8 @@ def test_export_of_a_tensor_parallel_checkpoint_matches_the_trainers_logits(tmp_
     result = compare_logits(tmp, config, checkpoint, out)
     assert result["shape"] == result["hf_shape"] == [2, SEQ, 512]
     assert result["max_abs_diff"] < LOGITS_ATOL, result
+    # Every weight Hugging Face builds comes from the export (o_proj's bias as zeros).
+    assert (result["missing"], result["unexpected"]) == ([], []), result
 
 
 @pytest.mark.slow

@@ -183,6 +183,9 @@ def to_hf_state_dict(
             hf[dst + "self_attn.q_proj.bias"] = q
             hf[dst + "self_attn.k_proj.bias"] = k
             hf[dst + "self_attn.v_proj.bias"] = v
+            # Hugging Face's `attention_bias` also gives o_proj a bias, which megatron's output
+            # projection has not: a zero bias is the same function, and nothing loads uninitialised.
+            hf[dst + "self_attn.o_proj.bias"] = torch.zeros(arch.hidden_size, dtype=q.dtype)
         gate, up = torch.chunk(take(src + "mlp.linear_fc1.weight"), 2, dim=0)
         # Copies: safetensors refuses tensors that share storage.
         hf[dst + "mlp.gate_proj.weight"] = gate.clone()
