@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+
+# Importing torch and megatron-core allocates millions of objects that live as long as the
+# process, and the cyclic collector walks them again and again while they load: a quarter of a
+# trainer's start on CPU (0.75 s of 3.2). It is off until the imports below are done; then those
+# objects are frozen out of its way (`gc.freeze`) for the rest of the run.
+gc.disable()
+
 import argparse
 import json
 import logging
@@ -39,6 +47,9 @@ from trainer.evaluate import evaluate
 from trainer.lr_schedule import lr_at, phase_at, stage_at
 from trainer.report import MetricsReporter
 from trainer.step_guard import SkipReason, StepGuard, optimizer_step
+
+gc.freeze()
+gc.enable()
 
 log = logging.getLogger("trainer")
 
