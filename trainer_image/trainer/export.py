@@ -18,6 +18,12 @@ permutation. Dense models only: a MoE checkpoint is refused.
 
 from __future__ import annotations
 
+import gc
+
+# No cyclic collection while torch and megatron-core import (see trainer.train); it is back on,
+# with their objects frozen out of its way, once the imports below are done.
+gc.disable()
+
 import argparse
 import json
 import logging
@@ -40,6 +46,9 @@ from trainer.checkpoint import CorruptCheckpointError, verify
 from trainer.config import ParallelConfig, TrainerConfig, load_config
 from trainer.tokenizer import artifact, load_tokenizer
 from trainer.tokenizer.byte import EOS_TOKEN, PAD_TOKEN, hf_tokenizer
+
+gc.freeze()
+gc.enable()
 
 log = logging.getLogger("trainer.export")
 
