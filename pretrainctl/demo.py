@@ -91,7 +91,10 @@ def run(
             echo(f"== for comparison, job {clean_job['id']}: the same spec without the garbage stretch")
             follow(client, clean_job["id"], LiveDisplay(stream or sys.stdout, events=False), timeout_s=timeout_s)
             reference = run_report.collect(client, clean_job["id"])
-        wait_for_evaluations(client, job["id"], timeout_s=timeout_s)
+        evaluation = yaml.safe_load(spec_text).get("evaluation") or {}
+        if evaluation.get("benchmarks"):
+            final = (evaluation.get("checkpoints") or {}).get("final", True)
+            wait_for_evaluations(client, job["id"], final=final, timeout_s=timeout_s)
         faulty.evaluations = client.evaluations(job["id"])
     report_path = out_dir / "report.html"
     report_path.write_text(run_report.render_html(faulty, baseline=reference, title="pretrain-orchestrator demo"))
@@ -169,12 +172,19 @@ def make_benchmark(data_root: Path) -> Path:
     return out
 
 
-def wait_for_evaluations(client: ApiClient, job_id: int, *, timeout_s: float, interval_s: float = 1.0) -> None:
-    """Until the job's benchmark evaluations (scored after it finishes) have all ended."""
+def wait_for_evaluations(
+    client: ApiClient, job_id: int, *, final: bool, timeout_s: float, interval_s: float = 1.0
+) -> None:
+    """Until the finished job's evaluations exist (with `final`, its final checkpoint's) and
+    have all ended. The evaluator chooses the final checkpoint on its first pass after the job's
+    end, seconds later: an empty or earlier-steps-only list right then is not "all ended"."""
+    progress = client.get_job(job_id).get("progress") or {}
+    final_step = progress.get("total_steps", 0) if final else 0
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         rows = client.evaluations(job_id)
-        if all(row["state"] in ("succeeded", "failed") for row in rows):
+        chosen = any(row["step"] >= final_step for row in rows)
+        if chosen and all(row["state"] in ("succeeded", "failed") for row in rows):
             return
         time.sleep(interval_s)
 
