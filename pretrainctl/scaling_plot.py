@@ -45,6 +45,12 @@ def draw(fit: dict[str, Any], out: Path) -> None:
     if benchmark:
         _nll(axes[2], fit, benchmark, np)
         _accuracy(axes[3], fit, benchmark, np)
+    from matplotlib.ticker import NullFormatter
+
+    for ax in axes:  # decades labelled only: a sweep spans less than one, and minor labels collide
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() == "log":
+                axis.set_minor_formatter(NullFormatter())
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)
