@@ -8,7 +8,7 @@ Megatron-core trainer, on this CPU) with the pod's environment and config, and m
 PyTorchJob's conditions as the Training Operator does. Nothing else is a stand-in.
 
 The jobs follow `examples/demo.yaml` (the tiny Llama on the three embedded channels, `en`
-fed random tokens for a stretch), shrunk so that the three runs take a few minutes on two
+fed random tokens for a stretch), shrunk so that the two runs take a few minutes on two
 cores: one trainer process, 8 sequences a step, one stage.
 
 The garbage run here is the hard one: its watchdog and controller are killed before the garbage
@@ -192,12 +192,14 @@ def assert_caught_and_rolled_back_once(deployment: Deployment, job: dict[str, An
 # --- the tests ---------------------------------------------------------------------------------
 
 
-def test_on_call_rollback_through_the_api_during_a_run(deployment: Deployment):
+def test_on_call_rollback_through_the_api_then_a_cancel_stops_the_workload(deployment: Deployment):
+    """An on-call engineer rolls the run back to its first checkpoint, then cancels the resumed
+    attempt: its PyTorchJob and what it owned go, and its trainer saves where it stopped."""
     api = deployment.api
     oncall = deployment.stack.pretrainctl(
         "tokens", "create", "--role", "oncall", "--name", "carol", "--local", "--json"
     )
-    job = submit(api, demo_spec("oncall", steps=30))
+    job = submit(api, demo_spec("oncall", steps=400))  # still running when it is cancelled
     first = wait_until(
         lambda: next(
             (c for c in api.checkpoints(job["id"]) if c["step"] == CHECKPOINT_EVERY), None
@@ -208,6 +210,7 @@ def test_on_call_rollback_through_the_api_during_a_run(deployment: Deployment):
     )
     assert api.get_job(job["id"])["state"] == "running"
 
+    # 1. The rollback.
     reason = "en looks wrong after the first checkpoint"
     with ApiClient(deployment.url, yaml.safe_load(oncall.stdout)["token"]) as carol:
         answer = carol.rollback(job["id"], reason=reason, to_step=first["step"])
@@ -217,11 +220,41 @@ def test_on_call_rollback_through_the_api_during_a_run(deployment: Deployment):
         and answer["checkpoint"]["id"] == first["id"]
         and not answer["paused"]
     )
-    done = wait_for_state(deployment, job["id"], "succeeded")
+    resumed = wait_until(
+        lambda: next(
+            (c for c in api.checkpoints(job["id"]) if c["attempt"] == 1), None
+        ),
+        timeout=RUN_TIMEOUT_S,
+        what="a checkpoint of the resumed attempt",
+        diagnostics=deployment.diagnostics,
+    )
+    assert resumed["step"] == first["step"] + CHECKPOINT_EVERY
+    name = name_of(job, 1)
+    pod = deployment.kubelet.pod(name)
+    assert pod is not None and pod.alive
+
+    # 2. The cancel.
+    api.cancel(job["id"], reason="wrong mixture")
+
+    done = wait_for_state(deployment, job["id"], "cancelled", timeout=60)
+    assert name not in deployment.cluster.names("pytorchjobs")
+    assert f"{name}-config" not in deployment.cluster.names("configmaps")
+    assert f"{name}-token" not in deployment.cluster.names("secrets")
+    wait_until(
+        lambda: not pod.alive,
+        timeout=60,
+        what=f"the trainer of {name} to exit",
+        diagnostics=deployment.diagnostics,
+    )
+    assert pod.terminating_since is not None, "the kubelet stopped it because its PyTorchJob went"
+    # On SIGTERM the trainer finished its step and saved there before it exited.
+    last_step = newest_step(api, job["id"], 1)
+    assert max(c["step"] for c in api.checkpoints(job["id"])) == last_step + 1
+
     attempts = api.attempts(job["id"])
     assert [(a["number"], a["state"], a["reason"]) for a in attempts] == [
         (0, "superseded", "launch"),
-        (1, "succeeded", "oncall"),
+        (1, "cancelled", "oncall"),
     ]
     assert attempts[1]["resume_from_checkpoint_id"] == first["id"]
     assert not [
@@ -237,47 +270,12 @@ def test_on_call_rollback_through_the_api_during_a_run(deployment: Deployment):
         ("carol", reason, 1)
     ]
     assert [e["actor"] for e in kinds(log, "attempt.opened")] == ["carol"]
-    assert launched(deployment, done) == [name_of(done, 0), name_of(done, 1)]
-    assert not deployment.kubelet.errors
-
-
-def test_cancel_stops_the_workload(deployment: Deployment):
-    api = deployment.api
-    job = submit(api, demo_spec("cancel", steps=400))
-    name = name_of(job, 0)
-    wait_until(
-        lambda: api.checkpoints(job["id"]),
-        timeout=RUN_TIMEOUT_S,
-        what="the first checkpoint",
-        diagnostics=deployment.diagnostics,
-    )
-    pod = deployment.kubelet.pod(name)
-    assert pod is not None and pod.alive
-
-    api.cancel(job["id"], reason="wrong mixture")
-
-    done = wait_for_state(deployment, job["id"], "cancelled", timeout=60)
-    assert name not in deployment.cluster.names("pytorchjobs")
-    assert f"{name}-config" not in deployment.cluster.names("configmaps")
-    assert f"{name}-token" not in deployment.cluster.names("secrets")
-    wait_until(
-        lambda: not pod.alive,
-        timeout=60,
-        what=f"the trainer of {name} to exit",
-        diagnostics=deployment.diagnostics,
-    )
-    assert pod.terminating_since is not None, "the kubelet stopped it because its PyTorchJob went"
-    # On SIGTERM the trainer finished its step and saved there before it exited.
-    last_step = newest_step(api, job["id"], 0)
-    assert max(c["step"] for c in api.checkpoints(job["id"])) == last_step + 1
-    assert [(a["number"], a["state"]) for a in done["attempts"]] == [(0, "cancelled")]
-    log = events(api, job["id"])
     assert [(e["actor"], e["reason"]) for e in kinds(log, "job.cancel_requested")] == [
         ("admin", "wrong mixture")
     ]
-    assert [e["attempt"] for e in kinds(log, "workload.deleted")] == [0]
+    assert [e["attempt"] for e in kinds(log, "workload.deleted")] == [0, 1]
     assert kinds(log, "job.cancelled")
-    assert launched(deployment, done) == [name] and not deployment.kubelet.errors
+    assert launched(deployment, done) == [name_of(done, 0), name] and not deployment.kubelet.errors
 
 
 def test_controller_and_watchdog_restarted_mid_run_lose_nothing(deployment: Deployment):
