@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from trainer.report import INGEST_TOKEN_ENV, post_evaluation
+from trainer.report import INGEST_TOKEN_ENV, post_result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     payload = {"step": args.step, "results": result["results"]}
     token = os.environ.get(INGEST_TOKEN_ENV) or None
-    if not post_evaluation(args.url, args.job, token, payload, deadline_s=args.deadline_s):
+    delivered = post_result(
+        args.url, args.job, token, payload, resource="evaluations", deadline_s=args.deadline_s
+    )
+    if not delivered:
         print(f"error: the service at {args.url} did not take the scores", file=sys.stderr)
         return 1
     print(f"reported the scores of job {args.job} step {args.step}")

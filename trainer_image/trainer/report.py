@@ -484,34 +484,16 @@ def post_result(
     token: str | None,
     payload: Mapping[str, Any],
     *,
+    resource: str = "result",
     timeout: float = 10.0,
     deadline_s: float = 300.0,
     backoff: Backoff | None = None,
 ) -> bool:
-    """Report a finished job's result: POST `{url}/v1/jobs/{job}/result`, retrying like `HttpSink`.
-
-    Blocks for at most about `deadline_s`; True when the service accepted it.
+    """Report what a batch workload made: POST `{url}/v1/jobs/{job}/{resource}` (`result`: a
+    tokenizer or data job's result; `evaluations`: a checkpoint's benchmark scores), retrying like
+    `HttpSink`. Blocks for at most about `deadline_s`; True when the service accepted it.
     """
-    endpoint = f"{url.rstrip('/')}/v1/jobs/{quote(job, safe='')}/result"
-    response = _post_until_delivered(
-        endpoint, payload, token, timeout=timeout, deadline_s=deadline_s, backoff=backoff
-    )
-    return response is not None
-
-
-def post_evaluation(
-    url: str,
-    job: str,
-    token: str | None,
-    payload: Mapping[str, Any],
-    *,
-    timeout: float = 10.0,
-    deadline_s: float = 300.0,
-    backoff: Backoff | None = None,
-) -> bool:
-    """Report a checkpoint's benchmark scores: POST `{url}/v1/jobs/{job}/evaluations`, retrying
-    like `post_result`; True when the service accepted them."""
-    endpoint = f"{url.rstrip('/')}/v1/jobs/{quote(job, safe='')}/evaluations"
+    endpoint = f"{url.rstrip('/')}/v1/jobs/{quote(job, safe='')}/{resource}"
     response = _post_until_delivered(
         endpoint, payload, token, timeout=timeout, deadline_s=deadline_s, backoff=backoff
     )
