@@ -16,7 +16,14 @@ from service.controller.manifests import workload_name
 from service.db.models import Job
 from service.db.session import get_sessionmaker
 from service.settings import Settings
-from tests.service.controller.on_cluster import ALICE, cluster_settings, event_kinds, stored
+from tests.service.controller.on_cluster import (
+    ALICE,
+    Killed,
+    cluster_settings,
+    event_kinds,
+    make_controller,
+    stored,
+)
 from tests.service.controller.test_manifests import KUBERNETES_VERSION, as_pod
 from tests.service.controller.test_tokenizer_on_kubernetes import condition
 
@@ -137,3 +144,53 @@ def test_a_failed_evaluation_fails_its_rows_and_never_the_training_job(
         (80, "succeeded"),
     ]
     assert "evaluation.failed" in event_kinds(settings, job.id)
+
+
+def test_controllers_killed_while_starting_an_evaluation_leave_one_job_whose_scores_land_and_a_vanished_one_fails(
+    controller, job, cluster, settings
+):
+    _, k8s = cluster
+    running_training(controller, job, k8s)
+    register_checkpoint(settings, job, 40)
+    # Controllers die one after another, each once its Nth API request took effect (N = 0, 1,
+    # 2, ...: at every point of starting the evaluation), until one gets through a whole pass.
+    kills = 0
+    while True:
+        dying = make_controller(settings, cluster, kill_after=kills)
+        try:
+            dying.evaluator.run_once()
+        except Killed:
+            kills += 1
+            continue
+        break
+    name = workload_name(job.name, job.id, 40, prefix="e")
+    assert kills >= 2 and k8s.get("jobs", name) is not None
+
+    restarted = make_controller(settings, cluster)
+    for _ in range(3):
+        restarted.evaluator.run_once()
+
+    evaluation_jobs = {n for n in k8s.names("jobs") if n.startswith(name)}
+    assert evaluation_jobs == {name}  # adopted as it is, never created twice
+    # Its pod reports with the token it was created with: the scores land, and once it exits
+    # the Job goes.
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        score = {"task": "continuation-en", "acc": 0.5, "acc_stderr": 0.1, "acc_norm": 0.25,
+                 "acc_norm_stderr": 0.1, "nll": 2.5, "samples": 32, "num_fewshot": 0}  # fmt: skip
+        evaluations.record_results(
+            session, job_id=job.id, step=40, results=[score], actor="evaluation"
+        )
+    k8s.set_status("jobs", name, {"succeeded": 1, "conditions": [condition("Complete", "Done")]})
+    restarted.evaluator.run_once()
+    assert rows(settings, job) == [(40, "succeeded", None)]
+    assert k8s.get("jobs", name) is None
+
+    # The next one's Job deleted by hand (or lost with its node): its rows fail, training runs on.
+    register_checkpoint(settings, job, 80)
+    restarted.evaluator.run_once()
+    k8s.remove("jobs", workload_name(job.name, job.id, 80, prefix="e"))
+    restarted.evaluator.run_once()
+    step, state, error = rows(settings, job)[1]
+    assert (step, state) == (80, "failed") and "gone" in error
+    restarted.reconcile(job.id)
+    assert stored(settings, job.id).state == "running"
